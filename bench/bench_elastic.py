@@ -1,0 +1,120 @@
+"""Benchmark: batched elastic deformation (unet_pipeline.augment) vs MONAI's Rand2DElasticd.
+
+Both deform an image and its label, 256 x 256 px, elastic deformation only, probability 1:
+
+* ours: :func:`unet_pipeline.augment.augment_batch` on a batch of 16 (one ``grid_sample`` per
+  tensor for the whole batch), time divided by 16;
+* MONAI: ``Rand2DElasticd`` called once per sample (its dictionary transforms work on one sample),
+  with the closest parameters to the paper's 3 x 3 lattice with sigma = 10 px: control-point
+  ``spacing`` = (256 - 1) / (3 - 1) = 127.5 px (the node spacing of a 3 x 3 lattice spanning the
+  patch; MONAI adds nodes beyond the border and interpolates bicubically too) and
+  ``magnitude_range=(10, 10)`` (MONAI draws node offsets ~ N(0, 1) times the magnitude, i.e.
+  sigma = 10 px), bilinear/nearest, reflection padding like ours.
+
+The two run alternately in one process on the CPU, after a warm-up; the medians over the repeats
+are reported. Run ``python bench/bench_elastic.py [--quick]``; prints a JSON dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from unet_pipeline.augment import AugmentConfig, augment_batch
+
+__all__ = ["run"]
+
+BATCH = 16
+SIZE = (256, 256)
+GRID = 3
+SIGMA_PX = 10.0
+TARGET_SPEEDUP = 5.0
+
+
+def _ours(image: torch.Tensor, label: torch.Tensor, config: AugmentConfig, gen: torch.Generator) -> float:
+    start = time.perf_counter()
+    augment_batch(image, label, config, generator=gen)
+    return (time.perf_counter() - start) / image.shape[0]
+
+
+def _monai(samples: list[dict], transform) -> float:
+    start = time.perf_counter()
+    for sample in samples:
+        transform(sample)
+    return (time.perf_counter() - start) / len(samples)
+
+
+def run(quick: bool = False) -> dict:
+    """Time both implementations; return per-sample milliseconds and the speedup (MONAI / ours).
+
+    Parameters
+    ----------
+    quick
+        3 repeats instead of 25 (a smoke run).
+
+    Returns
+    -------
+    dict
+        ``elastic_ours_ms_per_sample``, ``elastic_monai_ms_per_sample``, ``speedup``,
+        ``target_speedup``, the per-sample minima over the repeats and the settings used.
+    """
+    from monai.data import set_track_meta
+    from monai.transforms import Rand2DElasticd
+
+    repeats = 3 if quick else 25
+    gen = torch.Generator().manual_seed(0)
+    label = torch.zeros(BATCH, *SIZE, dtype=torch.long)
+    label[:, 64:160, 48:128] = 1
+    label[:, 100:200, 150:230] = 2
+    image = label.float()[:, None] + 0.1 * torch.randn(BATCH, 1, *SIZE, generator=gen)
+    config = AugmentConfig(elastic_p=1.0, elastic_grid=GRID, elastic_sigma_px=SIGMA_PX, rotate_p=0.0, scale_p=0.0,
+                           mirror_p=0.0, gamma_p=0.0, noise_p=0.0, contrast_p=0.0, brightness_p=0.0)
+
+    spacing = (SIZE[0] - 1) / (GRID - 1)
+    transform = Rand2DElasticd(keys=["image", "label"], spacing=(spacing, spacing),
+                               magnitude_range=(SIGMA_PX, SIGMA_PX), prob=1.0, mode=("bilinear", "nearest"),
+                               padding_mode="reflection")
+    transform.set_random_state(seed=0)
+    samples = [{"image": image[i], "label": label[i:i + 1].float()} for i in range(BATCH)]
+
+    set_track_meta(False)  # MONAI's fastest path: plain tensors, no metadata bookkeeping
+    try:
+        _ours(image, label, config, gen)  # warm-up
+        _monai(samples[:2], transform)
+        ours, theirs = [], []
+        for _ in range(repeats):
+            ours.append(_ours(image, label, config, gen))
+            theirs.append(_monai(samples, transform))
+    finally:
+        set_track_meta(True)
+    ours_ms = 1e3 * statistics.median(ours)
+    monai_ms = 1e3 * statistics.median(theirs)
+    return {
+        "elastic_ours_ms_per_sample": round(ours_ms, 4),
+        "elastic_monai_ms_per_sample": round(monai_ms, 4),
+        "speedup": round(monai_ms / ours_ms, 2),
+        "target_speedup": TARGET_SPEEDUP,
+        # best of the repeats: less sensitive to other processes on a shared machine
+        "elastic_ours_ms_per_sample_min": round(1e3 * min(ours), 4),
+        "elastic_monai_ms_per_sample_min": round(1e3 * min(theirs), 4),
+        "batch": BATCH,
+        "size_px": list(SIZE),
+        "repeats": repeats,
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 repeats instead of 25")
+    args = parser.parse_args()
+    print(json.dumps(run(quick=args.quick), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny synthetic CT volumes written as real NIfTI files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def make_ct(shape=(24, 20, 6), spacing=(1.0, 1.0, 3.0), seed=0):
+    """A small CT-like volume (int16 HU) with a box label (values 1, 2) in stored order (i, j, k)."""
+    rng = np.random.default_rng(seed)
+    image = np.full(shape, -1000, np.int16)
+    body = (slice(2, shape[0] - 2), slice(2, shape[1] - 2), slice(None))
+    image[body] = 40
+    label = np.zeros(shape, np.uint8)
+    label[5:12, 5:11, :] = 1
+    label[14:19, 8:15, 1:] = 2
+    image[label == 1] = 120
+    image[label == 2] = 200
+    image = (image + rng.normal(0, 10, shape)).astype(np.int16)
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = [-10.0, 5.0, 20.0]
+    return image, label, affine
+
+
+def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.fixture
+def ct_case(tmp_path):
+    """Paths of a tiny CT image and its label: (image_path, label_path, image, label, affine)."""
+    image, label, affine = make_ct()
+    ip = save_nifti(tmp_path / "images" / "case_a.nii.gz", image, affine)
+    lp = save_nifti(tmp_path / "labels" / "case_a.nii.gz", label, affine)
+    return ip, lp, image, label, affine
+
+
+@pytest.fixture
+def shared_data():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared test data not found at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,404 @@
+"""Discover the cases of a cohort and validate them.
+
+A cohort is given as one of
+
+* a folder of images (and optionally a folder of labels), matched by case id = file name
+  without its image extension;
+* an nnU-Net v2 / Medical Segmentation Decathlon ``dataset.json`` (``imagesTr``/``labelsTr``/
+  ``imagesTs``, ``_0000`` channel suffix);
+* a CSV manifest with columns ``case_id,image[,label]`` (paths relative to the manifest);
+* the built-in synthetic demo (:mod:`unet_pipeline.demo`).
+
+A folder of DICOM files (or a sub-folder per series) is also accepted as an image; see
+:mod:`unet_pipeline.dicom`.
+
+:func:`check_case` lists *every* problem of a case (errors make it unusable, warnings do not),
+so ``unet-pipeline check-cohort`` can report a whole cohort in one pass.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import CaseError, ConfigError
+from .naming import case_id_from_path, case_id_problems, is_image_file
+
+__all__ = [
+    "CaseSpec",
+    "CaseCheck",
+    "Cohort",
+    "discover_cohort",
+    "cohort_from_folders",
+    "cohort_from_dataset_json",
+    "cohort_from_manifest",
+    "check_case",
+    "case_id_problems",
+    "split_cases",
+    "WorkflowCases",
+    "workflow_cases",
+]
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """One case: an image file (or DICOM folder) and optionally its label file."""
+
+    case_id: str
+    image: str
+    label: str | None = None
+
+
+@dataclass
+class Cohort:
+    """Cases plus the label names (value -> name, background excluded)."""
+
+    cases: list[CaseSpec]
+    labels: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [c.case_id for c in self.cases]
+
+    def by_id(self) -> dict[str, CaseSpec]:
+        return {c.case_id: c for c in self.cases}
+
+
+@dataclass
+class CaseCheck:
+    """Result of :func:`check_case`: errors make a case unusable; warnings do not."""
+
+    case_id: str
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _parse_labels(raw: Mapping) -> dict[int, str]:
+    """Accept ``{"1": "liver"}`` (MSD) or ``{"liver": 1}`` (nnU-Net v2); drop background 0."""
+    labels: dict[int, str] = {}
+    for k, v in raw.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) or (isinstance(v, str) and v.isdigit() and not str(k).isdigit()):
+            value, name = int(v), str(k)
+        else:
+            value, name = int(k), str(v)
+        if value != 0:
+            labels[value] = name
+    return dict(sorted(labels.items()))
+
+
+def _list_images(folder: Path) -> list[tuple[str, Path]]:
+    """``(case id, path)`` for the image files and DICOM series folders directly in ``folder``.
+
+    Ids may repeat (``a.nii`` next to ``a.nii.gz``); :func:`case_id_problems` reports that.
+    """
+    if not folder.is_dir():
+        raise ConfigError(f"cohort folder not found: {folder}")
+    found: list[tuple[str, Path]] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and is_image_file(entry):
+            found.append((case_id_from_path(entry), entry))
+        elif entry.is_dir() and any(p.is_file() for p in entry.iterdir()):
+            found.append((entry.name, entry))  # a DICOM series folder
+    return found
+
+
+def cohort_from_folders(images: str | Path, labels: str | Path | None = None,
+                        label_names: Mapping[int, str] | None = None) -> Cohort:
+    """Cases from a folder of images and an optional folder of labels (matched by case id)."""
+    label_files = dict(_list_images(Path(labels))) if labels else {}
+    cases = []
+    for cid, path in _list_images(Path(images)):
+        label = label_files.get(cid)
+        cases.append(CaseSpec(cid, str(path), str(label) if label else None))
+    return Cohort(cases, dict(label_names or {}))
+
+
+def cohort_from_dataset_json(path: str | Path, *, include_test: bool = True) -> Cohort:
+    """Cases from an nnU-Net v2 or MSD ``dataset.json``."""
+    path = Path(path)
+    root = path.parent
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read dataset.json ({exc})") from exc
+    labels = _parse_labels(meta.get("labels", {}))
+    cases: list[CaseSpec] = []
+    if isinstance(meta.get("training"), list):  # MSD style: explicit pairs
+        for item in meta["training"]:
+            image = root / item["image"]
+            label = root / item["label"] if item.get("label") else None
+            cases.append(CaseSpec(case_id_from_path(image, channel_suffix=True), str(image), str(label) if label else None))
+        if include_test:
+            for item in meta.get("test", []):
+                image = root / (item if isinstance(item, str) else item["image"])
+                cases.append(CaseSpec(case_id_from_path(image, channel_suffix=True), str(image), None))
+        return Cohort(cases, labels)
+    ending = meta.get("file_ending", ".nii.gz")
+    for sub, with_labels in (("imagesTr", True), ("imagesTs", False)):
+        folder = root / sub
+        if not folder.is_dir() or (sub == "imagesTs" and not include_test):
+            continue
+        for image in sorted(folder.glob(f"*_0000{ending}")):
+            cid = case_id_from_path(image, channel_suffix=True)
+            label = root / "labelsTr" / f"{cid}{ending}" if with_labels else None
+            cases.append(CaseSpec(cid, str(image), str(label) if label and label.exists() else None))
+    if not cases and (root / "images").is_dir():  # the demo layout: images/ + labels/ + dataset.json
+        return cohort_from_folders(root / "images", root / "labels", labels)
+    return Cohort(cases, labels)
+
+
+def cohort_from_manifest(path: str | Path) -> Cohort:
+    """Cases from a CSV manifest ``case_id,image[,label]``; paths relative to the manifest."""
+    path = Path(path)
+    root = path.parent
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read manifest ({exc})") from exc
+    if not rows or "case_id" not in rows[0] or "image" not in rows[0]:
+        raise ConfigError(f"{path}: manifest needs the columns case_id,image[,label]")
+    cases = []
+    for row in rows:
+        label = (row.get("label") or "").strip()
+        cases.append(CaseSpec(row["case_id"].strip(), str(root / row["image"].strip()), str(root / label) if label else None))
+    return Cohort(cases, {})
+
+
+def discover_cohort(cohort_cfg: Mapping, label_names: Mapping[int, str] | None = None) -> Cohort:
+    """Build the cohort from the config's ``cohort`` section (see ``config/README.md``).
+
+    Exactly one of ``images``, ``dataset_json`` or ``manifest`` is used (the demo is expanded by
+    the workflow before this is called, as a ``dataset_json``). ``label_names`` from the config
+    override names from the dataset.
+    """
+    if cohort_cfg.get("dataset_json"):
+        cohort = cohort_from_dataset_json(cohort_cfg["dataset_json"])
+    elif cohort_cfg.get("manifest"):
+        cohort = cohort_from_manifest(cohort_cfg["manifest"])
+    elif cohort_cfg.get("images"):
+        cohort = cohort_from_folders(cohort_cfg["images"], cohort_cfg.get("labels"))
+    else:
+        raise ConfigError("cohort: set one of cohort.demo, cohort.images, cohort.dataset_json or cohort.manifest")
+    if label_names:
+        cohort.labels = {int(k): str(v) for k, v in label_names.items()}
+    return cohort
+
+
+def split_cases(case_ids: Sequence[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded train/test split of labelled case ids: ``(train, test)``, each sorted.
+
+    At least one case stays on each side when there are two or more cases.
+    """
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    ids = sorted(case_ids)
+    order = list(range(len(ids)))
+    random.Random(seed).shuffle(order)
+    n_test = int(round(test_fraction * len(ids)))
+    if test_fraction > 0 and len(ids) >= 2:
+        n_test = min(max(n_test, 1), len(ids) - 1)
+    test = sorted(ids[i] for i in order[:n_test])
+    train = sorted(ids[i] for i in order[n_test:])
+    return train, test
+
+
+def _geometry_mismatch(image_affine, label_affine, tol_mm: float) -> list[str]:
+    import numpy as np
+
+    from .io import spacing_from_affine
+
+    problems = []
+    si, sl = spacing_from_affine(image_affine), spacing_from_affine(label_affine)
+    if not np.allclose(si, sl, rtol=0, atol=tol_mm):
+        problems.append(f"spacing differs: image {np.round(si, 4).tolist()} mm vs label {np.round(sl, 4).tolist()} mm")
+    di, dl = image_affine[:3, :3] / si, label_affine[:3, :3] / sl
+    if not np.allclose(di, dl, atol=1e-4):
+        problems.append("direction (orientation) differs between image and label")
+    if not np.allclose(image_affine[:3, 3], label_affine[:3, 3], atol=tol_mm):
+        problems.append(
+            f"origin differs: image {np.round(image_affine[:3, 3], 3).tolist()} mm vs label "
+            f"{np.round(label_affine[:3, 3], 3).tolist()} mm"
+        )
+    return problems
+
+
+def check_case(spec: CaseSpec, labels: Mapping[int, str], *, min_slices: int = 1,
+               geometry_tolerance_mm: float = 1e-2) -> CaseCheck:
+    """Check one case and list every problem found.
+
+    Errors: unreadable/truncated/non-image files, not a single 3-D volume, NaN/Inf, a constant
+    image, non-positive spacing, fewer slices than ``min_slices``, label shape/geometry differing
+    from the image, non-integer label values, label values outside ``labels``.
+    Warnings: intensities that do not look like HU, spacing above 10 mm, an empty label.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    from .geometry import canonical_orientation
+    from .io import load_image, read_voxels, spacing_from_affine
+
+    result = CaseCheck(spec.case_id)
+    try:
+        img = load_image(spec.image)
+        data = read_voxels(img, spec.image)
+    except CaseError as exc:
+        result.errors.extend(f"{exc.path}: {p}" for p in exc.problems)
+        return result
+    name = spec.image
+    affine = np.asarray(img.affine, dtype=np.float64)
+    spacing = spacing_from_affine(affine)
+    result.info = {
+        "shape": list(data.shape),
+        "spacing_mm": [round(float(s), 4) for s in spacing],
+        "orientation": "".join(nib.aff2axcodes(affine)),
+        "dtype": str(data.dtype),
+    }
+    if not np.all(np.isfinite(affine)) or np.any(spacing <= 0):
+        result.errors.append(f"{name}: invalid voxel spacing or affine (spacing {spacing.tolist()})")
+        return result
+    if data.size == 0:
+        result.errors.append(f"{name}: image has no voxels (shape {data.shape})")
+        return result
+    if np.issubdtype(data.dtype, np.floating):
+        n_bad = int(np.count_nonzero(~np.isfinite(data)))
+        if n_bad:
+            result.errors.append(f"{name}: {n_bad} NaN/Inf voxels")
+            data = np.where(np.isfinite(data), data, 0)
+    lo, hi = float(data.min()), float(data.max())
+    result.info.update(hu_min=lo, hu_max=hi)
+    if lo == hi:
+        result.errors.append(f"{name}: image is constant (every voxel = {lo:g})")
+    elif lo > -500 or hi < 100 or hi > 40000:
+        result.warnings.append(f"{name}: intensities {lo:g}..{hi:g} do not look like CT in HU (air -1000, bone > 300)")
+    if np.any(spacing > 10):
+        result.warnings.append(f"{name}: unusually large voxel spacing {np.round(spacing, 2).tolist()} mm")
+    try:
+        orient = canonical_orientation(affine, data.shape)
+        n_slices = orient.canonical_shape[0]
+        result.info["slices"] = int(n_slices)
+        if n_slices < min_slices:
+            result.errors.append(f"{name}: {n_slices} slice(s), the model needs at least {min_slices}")
+    except ValueError as exc:
+        result.errors.append(f"{name}: {exc}")
+    if spec.label is None:
+        return result
+    lname = spec.label
+    try:
+        limg = load_image(spec.label)
+        ldata = read_voxels(limg, spec.label)
+    except CaseError as exc:
+        result.errors.extend(f"{exc.path}: {p}" for p in exc.problems)
+        return result
+    if ldata.shape != data.shape:
+        result.errors.append(f"{lname}: label shape {tuple(ldata.shape)} differs from image shape {tuple(data.shape)}")
+    else:
+        result.errors.extend(f"{lname}: {p}" for p in _geometry_mismatch(affine, np.asarray(limg.affine), geometry_tolerance_mm))
+    if np.issubdtype(ldata.dtype, np.floating):
+        finite = np.isfinite(ldata)
+        if not finite.all():
+            result.errors.append(f"{lname}: label has {int((~finite).sum())} NaN/Inf voxels")
+            ldata = np.where(finite, ldata, 0)
+        if np.any(ldata != np.round(ldata)):
+            result.errors.append(f"{lname}: label values are not integers (dtype {ldata.dtype})")
+            return result
+    values = np.unique(ldata).astype(np.int64)
+    allowed = {0, *labels.keys()} if labels else None
+    if allowed is not None:
+        extra = sorted(int(v) for v in values if int(v) not in allowed)
+        if extra:
+            result.errors.append(f"{lname}: label values {extra[:10]} are not declared classes {sorted(allowed)}")
+    result.info["label_values"] = [int(v) for v in values]
+    if values.size == 1 and values[0] == 0:
+        result.warnings.append(f"{lname}: label volume is empty (background only)")
+    return result
+
+
+@dataclass
+class WorkflowCases:
+    """Everything the Snakefile needs to know about the cases, worked out at parse time.
+
+    Attributes
+    ----------
+    cases
+        Case id -> spec (paths of the *source* files).
+    labels
+        Label value -> name.
+    train, val, test
+        Labelled case ids used for training, validation during training, and evaluation.
+    unlabelled
+        Case ids without labels: segmented, never evaluated.
+    """
+
+    cases: dict[str, CaseSpec]
+    labels: dict[int, str]
+    train: list[str]
+    val: list[str]
+    test: list[str]
+    unlabelled: list[str]
+
+    @property
+    def labelled(self) -> list[str]:
+        return sorted(self.train + self.val + self.test)
+
+    @property
+    def to_segment(self) -> list[str]:
+        return sorted(self.test + self.unlabelled)
+
+
+def workflow_cases(config: Mapping, results: str | Path) -> WorkflowCases:
+    """Discover the cohort named by ``config`` and split it (seeded).
+
+    With ``predict.model`` set, every case is only segmented (no training, no split). Unsafe,
+    duplicate or case-clashing ids stop the workflow here, naming them.
+    """
+    from .naming import DEMO_LABELS, demo_case_ids
+
+    cohort_cfg = config.get("cohort", {}) or {}
+    demo = cohort_cfg.get("demo", {}) or {}
+    if demo.get("enabled"):
+        root = Path(results) / "demo_cohort"
+        cases = [CaseSpec(c, str(root / "images" / f"{c}.nii.gz"), str(root / "labels" / f"{c}.nii.gz"))
+                 for c in demo_case_ids(int(demo.get("n_cases", 12)))]
+        cohort = Cohort(cases, dict(DEMO_LABELS))
+    else:
+        cohort = discover_cohort(cohort_cfg)
+    if cohort_cfg.get("label_names"):
+        cohort.labels = {int(k): str(v) for k, v in cohort_cfg["label_names"].items()}
+    bad = case_id_problems(cohort.case_ids)
+    if bad:
+        lines = "\n".join(f"  {cid!r}: {'; '.join(p)}" for cid, p in bad.items())
+        raise ConfigError(f"cohort: {len(bad)} case id(s) cannot be used; rename the files:\n{lines}")
+    if not cohort.cases:
+        raise ConfigError("cohort: no cases found")
+    if not cohort.labels and any(c.label for c in cohort.cases):
+        raise ConfigError("cohort.label_names: the cohort has labels but no label names; set cohort.label_names")
+    specs = cohort.by_id()
+    labelled = [c.case_id for c in cohort.cases if c.label]
+    unlabelled = sorted(c.case_id for c in cohort.cases if not c.label)
+    predict_model = (config.get("predict", {}) or {}).get("model")
+    if predict_model:
+        return WorkflowCases(specs, cohort.labels, [], [], [], sorted(specs))
+    split = config.get("split", {}) or {}
+    seed = int(split.get("seed", 0))
+    train_val, test = split_cases(labelled, float(split.get("test_fraction", 0.25)), seed)
+    train, val = split_cases(train_val, float(split.get("val_fraction", 0.2)), seed + 1)
+    if not train:
+        raise ConfigError("cohort: no labelled cases to train on (set predict.model to segment with a trained model)")
+    return WorkflowCases(specs, cohort.labels, train, val, test, unlabelled)

@@ -1,0 +1,170 @@
+"""Training data: preprocessed cases behind memory maps, and the patch sampler.
+
+Batches are drawn in the training process itself from memory-mapped ``.npy`` slices (no
+DataLoader workers, so none can die on an HPC node); each batch is a few small reads. The
+augmentation then runs batched on the training device (:mod:`unet_pipeline.augment`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .io import load_json
+from .slicing import load_slice_index
+
+__all__ = ["TrainingCase", "PatchSampler", "load_training_cases", "stack_neighbours"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingCase:
+    """One preprocessed case opened for sampling.
+
+    Attributes
+    ----------
+    image
+        ``(Z, Y, X)`` float32 z-scores (memory map).
+    label
+        ``(Z, Y, X)`` uint8 class indices (memory map).
+    weight
+        ``(Z, Y, X)`` float16 paper weight map (memory map) or None.
+    classes_present
+        Per slice, the foreground classes it holds.
+    """
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray
+    weight: np.ndarray | None
+    classes_present: list[list[int]]
+    pad_value: float
+
+
+def load_training_cases(pairs: Sequence[tuple[str | Path, str | Path]], *, need_weights: bool = False,
+                        in_memory: bool = False) -> list[TrainingCase]:
+    """Open ``(preprocessed_dir, slice_dir)`` pairs. ``in_memory`` loads arrays into RAM (small cohorts)."""
+    cases = []
+    mode = None if in_memory else "r"
+    for pre_dir, slice_dir in pairs:
+        pre_dir, slice_dir = Path(pre_dir), Path(slice_dir)
+        meta = load_json(pre_dir / "meta.json")
+        index = load_slice_index(slice_dir)
+        weight = None
+        if need_weights:
+            if not index.get("weight_map"):
+                raise ValueError(f"{slice_dir}: no weight map stored; set loss.weight_map: true so the slice stage writes it")
+            weight = np.load(slice_dir / "weightmap.npy", mmap_mode=mode)
+        image = np.load(pre_dir / "image.npy", mmap_mode=mode)
+        intensity = meta["intensity"]
+        pad = (float(intensity["p00_5"]) - float(intensity["mean"])) / max(float(intensity["std"]), 1e-6)
+        cases.append(TrainingCase(meta["case_id"], image, np.load(pre_dir / "label.npy", mmap_mode=mode), weight,
+                                  index["classes_present"], pad))
+    return cases
+
+
+def stack_neighbours(volume: np.ndarray, z: int, in_slices: int) -> np.ndarray:
+    """Slices ``z - k//2 .. z + k//2`` of ``volume`` ``(Z, Y, X)`` as channels ``(k, Y, X)``; edges repeat."""
+    half = in_slices // 2
+    idx = np.clip(np.arange(z - half, z + half + 1), 0, volume.shape[0] - 1)
+    return np.asarray(volume[idx] if in_slices > 1 else volume[z:z + 1])
+
+
+class PatchSampler:
+    """Draw training patches with foreground oversampling.
+
+    A share ``foreground_fraction`` of the patches is centred (with jitter) on a random voxel of
+    a random foreground class, drawn from the slices that hold that class; the rest come from a
+    uniformly random slice at a random position. Patches larger than a slice are padded with the
+    case's air value (image) and background (label).
+
+    Parameters
+    ----------
+    cases
+        The training cases.
+    patch_size
+        ``(H, W)`` in pixels.
+    in_slices
+        Channels per patch (1 = 2-D; k odd = 2.5-D, k neighbouring slices).
+    foreground_fraction
+        Share of patches centred on foreground.
+    rng
+        numpy Generator (its state is saved in checkpoints).
+    """
+
+    def __init__(self, cases: Sequence[TrainingCase], patch_size: Sequence[int], *, in_slices: int = 1,
+                 foreground_fraction: float = 0.33, rng: np.random.Generator) -> None:
+        if not cases:
+            raise ValueError("PatchSampler needs at least one training case")
+        if not 0.0 <= foreground_fraction <= 1.0:
+            raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
+        if in_slices < 1 or in_slices % 2 == 0:
+            raise ValueError(f"in_slices must be a positive odd number, got {in_slices}")
+        self.cases = list(cases)
+        self.patch = (int(patch_size[0]), int(patch_size[1]))
+        self.in_slices = in_slices
+        self.fg_fraction = foreground_fraction
+        self.rng = rng
+        self._all_slices = [(ci, z) for ci, c in enumerate(self.cases) for z in range(c.image.shape[0])]
+        self._by_class: dict[int, list[tuple[int, int]]] = {}
+        for ci, c in enumerate(self.cases):
+            for z, present in enumerate(c.classes_present):
+                for k in present:
+                    self._by_class.setdefault(int(k), []).append((ci, z))
+        self._classes = sorted(self._by_class)
+
+    def _window(self, centre: int, size: int, length: int) -> int:
+        """Top-left start so that a window of ``size`` centred at ``centre`` overlaps the slice."""
+        start = centre - size // 2
+        lo, hi = min(0, length - size), max(0, length - size)
+        return int(np.clip(start, lo, hi))
+
+    def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Draw a batch.
+
+        Returns
+        -------
+        image
+            ``(N, in_slices, H, W)`` float32 z-scores.
+        label
+            ``(N, H, W)`` int64 class indices.
+        weight
+            ``(N, H, W)`` float32 weight map, or None when the cases have none.
+        """
+        h, w = self.patch
+        images = np.empty((batch_size, self.in_slices, h, w), np.float32)
+        labels = np.zeros((batch_size, h, w), np.int64)
+        has_w = self.cases[0].weight is not None
+        weights = np.ones((batch_size, h, w), np.float32) if has_w else None
+        for b in range(batch_size):
+            if self._classes and self.rng.random() < self.fg_fraction:
+                k = self._classes[self.rng.integers(len(self._classes))]
+                ci, z = self._by_class[k][self.rng.integers(len(self._by_class[k]))]
+                lab = np.asarray(self.cases[ci].label[z])
+                ys, xs = np.nonzero(lab == k)
+                j = self.rng.integers(ys.size)
+                cy = int(ys[j]) + int(self.rng.integers(-h // 4, h // 4 + 1))
+                cx = int(xs[j]) + int(self.rng.integers(-w // 4, w // 4 + 1))
+            else:
+                ci, z = self._all_slices[self.rng.integers(len(self._all_slices))]
+                _, ny, nx = self.cases[ci].image.shape
+                cy, cx = int(self.rng.integers(ny)), int(self.rng.integers(nx))
+            case = self.cases[ci]
+            _, ny, nx = case.image.shape
+            y0, x0 = self._window(cy, h, ny), self._window(cx, w, nx)
+            # Source and destination windows (the patch may stick out of a small slice).
+            sy0, sx0 = max(y0, 0), max(x0, 0)
+            sy1, sx1 = min(y0 + h, ny), min(x0 + w, nx)
+            dy0, dx0 = sy0 - y0, sx0 - x0
+            dy1, dx1 = dy0 + (sy1 - sy0), dx0 + (sx1 - sx0)
+            images[b] = case.pad_value
+            images[b, :, dy0:dy1, dx0:dx1] = stack_neighbours(case.image, z, self.in_slices)[:, sy0:sy1, sx0:sx1]
+            labels[b, dy0:dy1, dx0:dx1] = case.label[z, sy0:sy1, sx0:sx1]
+            if weights is not None and case.weight is not None:
+                weights[b, dy0:dy1, dx0:dx1] = case.weight[z, sy0:sy1, sx0:sx1]
+        return images, labels, weights

@@ -1,0 +1,76 @@
+"""Case ids and image file names (standard library only, so the Snakefile can import it).
+
+A case id is the image file name without its image extension (``liver_017.nii.gz`` ->
+``liver_017``); nnU-Net's channel suffix ``_0000`` is dropped where the layout uses it.
+Case ids become file and folder names, so only safe ids are accepted
+(:func:`case_id_problems`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["IMAGE_SUFFIXES", "CASE_ID_PATTERN", "is_image_file", "case_id_from_path", "case_id_problems",
+           "demo_case_ids", "DEMO_LABELS"]
+
+#: File endings accepted as images or labels, longest first so ``.nii.gz`` wins over ``.gz``.
+IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+#: A safe case id: letters, digits, ``.``, ``_`` and ``-``; starts with a letter or digit.
+CASE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_CASE_ID_RE = re.compile(rf"^{CASE_ID_PATTERN}$")
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True when ``path`` ends in one of :data:`IMAGE_SUFFIXES` (case-insensitive)."""
+    name = Path(path).name.lower()
+    return any(name.endswith(s) for s in IMAGE_SUFFIXES)
+
+
+def case_id_from_path(path: str | Path, *, channel_suffix: bool = False) -> str:
+    """File name without its image extension; ``channel_suffix`` strips nnU-Net's ``_0000``."""
+    name = Path(path).name
+    lower = name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if lower.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    if channel_suffix and len(name) > 5 and name[-5] == "_" and name[-4:].isdigit():
+        name = name[:-5]
+    return name
+
+
+def case_id_problems(case_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Problems with case ids themselves: unsafe characters, duplicates, case-insensitive clashes.
+
+    Returns a mapping case id -> problems (only ids with problems appear).
+    """
+    problems: dict[str, list[str]] = {}
+    seen: dict[str, str] = {}
+    for cid in case_ids:
+        if not _CASE_ID_RE.match(cid) or cid in {".", ".."}:
+            problems.setdefault(cid, []).append(
+                f"case id {cid!r} is not safe as a file name (allowed: letters, digits, '.', '_', '-'; "
+                "must start with a letter or digit; at most 128 characters)"
+            )
+        key = cid.lower()
+        if key in seen:
+            other = seen[key]
+            what = "duplicate case id" if other == cid else f"case id clashes with {other!r} on case-insensitive file systems"
+            problems.setdefault(cid, []).append(what)
+        else:
+            seen[key] = cid
+    return problems
+
+
+def demo_case_ids(n_cases: int) -> list[str]:
+    """Case ids of the built-in demo cohort: ``demo_000``, ``demo_001``, ..."""
+    if n_cases < 1:
+        raise ValueError(f"n_cases must be >= 1, got {n_cases}")
+    return [f"demo_{i:03d}" for i in range(n_cases)]
+
+
+#: Label value -> organ name of the built-in synthetic demo cohort.
+DEMO_LABELS: dict[int, str] = {1: "liver", 2: "spleen", 3: "kidney_left", 4: "kidney_right"}

@@ -1,0 +1,225 @@
+"""Fingerprint -> plan, and per-case preprocessing.
+
+Preprocessing turns an imported NIfTI case into the arrays every later stage works on:
+
+* canonical orientation ``(z, y, x)`` by exact permutation and flipping
+  (:mod:`unet_pipeline.geometry`);
+* in-plane resampling of every slice to the plan's spacing (bilinear with antialiasing for the
+  image; nearest-exact for the label, which keeps label values crisp and costs nothing; the
+  reverse direction, in :mod:`unet_pipeline.reassembly`, resamples softmax probabilities
+  bilinearly and then takes the argmax, i.e. one-hot linear interpolation);
+* CT normalisation: clip to the 0.5/99.5 percentiles of the training foreground, then z-score
+  with the foreground mean and standard deviation.
+
+Outputs per case (``out_dir``): ``image.npy`` float32 ``(Z, Y', X')`` (z-scores),
+``label.npy`` uint8 ``(Z, Y', X')`` (when a label is given) and ``meta.json`` with everything
+needed to map predictions back onto the input grid. Slices are processed in chunks, so peak
+memory is the stored volume plus a few chunks; no float64 copy of a volume is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .geometry import Orientation, canonical_orientation
+from .io import NpyWriter, load_image, read_voxels, save_json
+
+__all__ = ["make_plan", "preprocess_image", "preprocess_label", "resample_slices", "normalise", "resampled_size", "CHUNK_SLICES"]
+
+log = logging.getLogger(__name__)
+
+#: Slices processed at once; bounds the working memory to a few slabs.
+CHUNK_SLICES = 16
+
+
+def resampled_size(size: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, int]:
+    """In-plane size ``(Y', X')`` after resampling ``size`` at ``spacing`` (mm) to ``target`` (mm)."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(size, spacing, target))  # type: ignore[return-value]
+
+
+def resample_slices(slices: np.ndarray | torch.Tensor, size: tuple[int, int], *, mode: str) -> torch.Tensor:
+    """Resample a stack of 2-D slices in-plane.
+
+    Parameters
+    ----------
+    slices
+        ``(N, Y, X)`` or ``(N, C, Y, X)`` array (float for ``"linear"``, integer labels for
+        ``"nearest"``).
+    size
+        Output in-plane size ``(Y', X')``; the field of view is kept (pixel edges align).
+    mode
+        ``"linear"`` (bilinear; antialiased when shrinking) or ``"nearest"`` (nearest-exact,
+        pixel centres mapped consistently with ``"linear"``).
+
+    Returns
+    -------
+    torch.Tensor
+        Same leading dims with in-plane size ``size``; float32 for linear, the input dtype for nearest.
+    """
+    t = torch.as_tensor(slices)
+    squeeze = t.ndim == 3
+    if squeeze:
+        t = t[:, None]
+    if tuple(t.shape[-2:]) == tuple(size):
+        out = t
+    elif mode == "linear":
+        shrink = size[0] < t.shape[-2] or size[1] < t.shape[-1]
+        out = F.interpolate(t.float(), size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    elif mode == "nearest":
+        out = F.interpolate(t.to(torch.float32), size=size, mode="nearest-exact").to(t.dtype)
+    else:
+        raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
+    return out[:, 0] if squeeze else out
+
+
+def normalise(x: np.ndarray | torch.Tensor, intensity: Mapping[str, float]) -> np.ndarray | torch.Tensor:
+    """Clip HU to ``[p00_5, p99_5]`` and z-score with ``mean``/``std`` (from the plan). float32 in, float32 out."""
+    lo, hi = float(intensity["p00_5"]), float(intensity["p99_5"])
+    mean, std = float(intensity["mean"]), max(float(intensity["std"]), 1e-6)
+    if isinstance(x, torch.Tensor):
+        return (x.clamp(lo, hi) - mean) / std
+    return ((np.clip(x, lo, hi) - mean) / std).astype(np.float32, copy=False)
+
+
+def _orientation_of(path: str | Path) -> tuple[Orientation, object]:
+    img = load_image(path)
+    return canonical_orientation(np.asarray(img.affine), img.shape), img
+
+
+def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mapping[int, str], *,
+              target_spacing_mm: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,
+              max_patch: int = 256, divisor: int = 16, samples_per_case: int = 20000, seed: int = 0) -> dict:
+    """Fingerprint the training cases and derive the plan.
+
+    Parameters
+    ----------
+    cases
+        ``(case_id, image_path, label_path)`` of the *training* cases only.
+    labels
+        Label value -> name (background 0 excluded); values must be ``1..K``.
+    target_spacing_mm
+        In-plane ``(y, x)`` spacing in mm; default the median in-plane spacing of the cases.
+    patch_size
+        Training/inference tile ``(Y, X)`` in pixels; default the median resampled slice size
+        rounded up to a multiple of ``divisor``, at most ``max_patch``.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable plan: ``labels``, ``num_classes``, ``target_spacing_mm`` (y, x),
+        ``patch_size`` (y, x), ``intensity`` (``p00_5``, ``p99_5``, ``mean``, ``std`` in HU over
+        labelled foreground), ``cases`` (per-case canonical shape and spacing).
+    """
+    if not cases:
+        raise ValueError("make_plan needs at least one training case")
+    values = sorted(int(v) for v in labels)
+    if values != list(range(1, len(values) + 1)):
+        raise ValueError(f"label values must be 1..K without gaps, got {values}")
+    rng = np.random.default_rng(seed)
+    samples, per_case = [], {}
+    for case_id, image_path, label_path in cases:
+        orient, img = _orientation_of(image_path)
+        image = read_voxels(img, image_path)
+        label = read_voxels(load_image(label_path), label_path)
+        fg = np.flatnonzero(label.reshape(-1) > 0)
+        if fg.size:
+            pick = fg if fg.size <= samples_per_case else rng.choice(fg, samples_per_case, replace=False)
+            samples.append(image.reshape(-1)[pick].astype(np.float32))
+        per_case[case_id] = {"shape": list(orient.canonical_shape), "spacing_mm": list(orient.canonical_spacing),
+                             "foreground_voxels": int(fg.size)}
+    if not samples:
+        raise ValueError("no labelled foreground voxels in any training case: cannot derive CT statistics")
+    fg_values = np.concatenate(samples)
+    spacings = np.array([c["spacing_mm"] for c in per_case.values()])
+    shapes = np.array([c["shape"] for c in per_case.values()])
+    if target_spacing_mm is None:
+        target = [float(np.median(spacings[:, 1])), float(np.median(spacings[:, 2]))]
+    else:
+        target = [float(s) for s in target_spacing_mm]
+    if patch_size is None:
+        sizes = np.array([resampled_size(sh[1:], sp[1:], target) for sh, sp in zip(shapes, spacings)])
+        med = np.median(sizes, axis=0)
+        patch = [int(min(max_patch, divisor * math.ceil(m / divisor))) for m in med]
+    else:
+        patch = [int(p) for p in patch_size]
+    lo, hi = np.percentile(fg_values, [0.5, 99.5])
+    clipped = np.clip(fg_values, lo, hi)
+    return {
+        "format": "unet-pipeline-plan/1",
+        "labels": {str(k): str(labels[k]) for k in values},
+        "num_classes": len(values) + 1,
+        "target_spacing_mm": target,
+        "patch_size": patch,
+        "intensity": {"p00_5": float(lo), "p99_5": float(hi), "mean": float(clipped.mean()), "std": float(clipped.std())},
+        "median_slice_thickness_mm": float(np.median(spacings[:, 0])),
+        "training_cases": [c[0] for c in cases],
+        "cases": per_case,
+    }
+
+
+def preprocess_image(image_path: str | Path, plan: Mapping, out_dir: str | Path, *, case_id: str) -> dict:
+    """Preprocess one image into ``out_dir/image.npy`` and ``out_dir/meta.json``.
+
+    Returns the ``meta`` dict written to ``meta.json``: orientation, canonical and resampled
+    shapes and spacings, the source affine, and the intensity statistics applied.
+    """
+    out_dir = Path(out_dir)
+    orient, img = _orientation_of(image_path)
+    stored = read_voxels(img, image_path)
+    canonical = orient.to_canonical(stored)  # view, no copy
+    n_z, n_y, n_x = canonical.shape
+    spacing = orient.canonical_spacing
+    target = tuple(float(s) for s in plan["target_spacing_mm"])
+    out_yx = resampled_size((n_y, n_x), spacing[1:], target)
+    intensity = plan["intensity"]
+    with NpyWriter(out_dir / "image.npy", (n_z, *out_yx), np.float32) as writer:
+        for z0 in range(0, n_z, CHUNK_SLICES):
+            chunk = np.asarray(canonical[z0:z0 + CHUNK_SLICES], dtype=np.float32)
+            chunk = np.nan_to_num(chunk, nan=0.0, posinf=0.0, neginf=0.0)
+            res = resample_slices(chunk, out_yx, mode="linear")
+            writer.write(normalise(res, intensity).numpy())
+    effective = [spacing[1] * n_y / out_yx[0], spacing[2] * n_x / out_yx[1]]
+    meta = {
+        "format": "unet-pipeline-preprocessed/1",
+        "case_id": case_id,
+        "image": str(image_path),
+        "orientation": orient.to_dict(),
+        "slice_world_axis": orient.slice_world_axis,
+        "canonical_shape": [n_z, n_y, n_x],
+        "canonical_spacing_mm": list(spacing),
+        "resampled_shape": [n_z, *out_yx],
+        "resampled_spacing_mm": [spacing[0], *effective],
+        "affine": np.asarray(img.affine).tolist(),
+        "stored_shape": list(img.shape),
+        "intensity": dict(intensity),
+    }
+    save_json(meta, out_dir / "meta.json")
+    log.info("preprocessed %s: canonical %s at %s mm -> %s at %s mm", case_id, list(canonical.shape),
+             [round(s, 3) for s in spacing], meta["resampled_shape"], [round(s, 3) for s in meta["resampled_spacing_mm"]])
+    return meta
+
+
+def preprocess_label(label_path: str | Path, meta: Mapping, out_npy: str | Path) -> None:
+    """Write the label of a preprocessed case as uint8 ``(Z, Y', X')`` on the preprocessed grid.
+
+    Uses the orientation and resampled shape recorded in ``meta`` by :func:`preprocess_image`;
+    in-plane resampling is nearest-exact.
+    """
+    orient = Orientation.from_dict(meta["orientation"])
+    stored = read_voxels(load_image(label_path), label_path)
+    if tuple(stored.shape) != tuple(orient.stored_shape):
+        raise ValueError(f"{label_path}: label shape {stored.shape} differs from the image's {orient.stored_shape}")
+    canonical = orient.to_canonical(stored)
+    n_z = canonical.shape[0]
+    out_yx = tuple(meta["resampled_shape"][1:])
+    with NpyWriter(out_npy, (n_z, *out_yx), np.uint8) as writer:
+        for z0 in range(0, n_z, CHUNK_SLICES):
+            chunk = np.asarray(canonical[z0:z0 + CHUNK_SLICES]).astype(np.uint8)
+            writer.write(resample_slices(torch.from_numpy(chunk), out_yx, mode="nearest").numpy())

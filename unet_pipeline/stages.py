@@ -1,0 +1,458 @@
+"""One function per workflow stage: paths and plain values in, files out.
+
+The Snakemake rule scripts and the ``unet-pipeline`` CLI both call these; none of them sees
+Snakemake. Every file is written atomically, so a failed stage leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CaseError
+from .io import NpyWriter, atomic_path, load_json, save_json
+
+__all__ = [
+    "demo_cohort",
+    "import_case",
+    "fingerprint",
+    "import_label",
+    "preprocess",
+    "preprocess_label",
+    "slice_case",
+    "train",
+    "infer",
+    "reassemble",
+    "evaluate",
+    "aggregate_metrics",
+    "report",
+    "report_from_workflow",
+    "predict_cohort",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _labels(labels: Mapping) -> dict[int, str]:
+    return {int(k): str(v) for k, v in labels.items()}
+
+
+def demo_cohort(out_dir: str | Path, *, n_cases: int, seed: int) -> list[str]:
+    """Write the synthetic demo cohort (images/, labels/, dataset.json) into ``out_dir``."""
+    from .demo import write_demo_cohort
+
+    return write_demo_cohort(out_dir, n_cases=n_cases, seed=seed)
+
+
+def import_case(case_id: str, image: str | Path, label: str | Path | None, out_dir: str | Path, *,
+                labels: Mapping, min_slices: int = 1, geometry_tolerance_mm: float = 1e-3) -> dict:
+    """Validate a case (image and label together) and write ``out_dir/image.nii.gz`` and ``case.json``.
+
+    The label is only checked here; :func:`import_label` writes it.
+
+    Raises
+    ------
+    CaseError
+        Any error found by :func:`unet_pipeline.cohort.check_case`, all listed in one message;
+        nothing is written then.
+    """
+    import nibabel as nib
+
+    from .cohort import CaseSpec, check_case
+    from .io import load_image, read_voxels
+
+    out_dir = Path(out_dir)
+    spec = CaseSpec(case_id, str(image), str(label) if label else None)
+    check = check_case(spec, _labels(labels), min_slices=min_slices, geometry_tolerance_mm=geometry_tolerance_mm)
+    for w in check.warnings:
+        log.warning("%s: %s", case_id, w)
+    if not check.ok:
+        raise CaseError(image, check.errors)
+    img = load_image(image)
+    out_image = out_dir / "image.nii.gz"
+    if str(image).lower().endswith(".nii.gz") and isinstance(img, nib.Nifti1Image) and len(img.shape) == 3:
+        with atomic_path(out_image) as tmp:
+            shutil.copyfile(image, tmp)
+    else:
+        data = read_voxels(img, image)
+        hdr = img.header.copy() if isinstance(img, nib.Nifti1Image) else None
+        new = nib.Nifti1Image(data, img.affine, header=hdr)
+        if hdr is None or len(img.shape) != 3:
+            new.header.set_qform(img.affine, code=int(img.header["qform_code"]) or 1)
+            new.header.set_sform(img.affine, code=int(img.header["sform_code"]) or 1)
+        with atomic_path(out_image) as tmp:
+            nib.save(new, str(tmp))
+    record = {"case_id": case_id, "source_image": str(image), "source_label": str(label) if label else None,
+              "warnings": check.warnings, **check.info}
+    save_json(record, out_dir / "case.json")
+    return record
+
+
+def import_label(label: str | Path, imported_image: str | Path, out_label: str | Path, *, labels: Mapping) -> None:
+    """Write a checked label as uint8 (uint16 beyond 255) NIfTI on the imported image's header."""
+    import nibabel as nib
+
+    from .io import load_image, read_voxels
+    from .reassembly import label_dtype, write_segmentation
+
+    data = read_voxels(load_image(label), label)
+    ref = nib.load(str(imported_image))
+    if data.shape != ref.shape[:3]:
+        raise CaseError(label, f"label shape {data.shape} differs from image shape {ref.shape}")
+    values = np.rint(data).astype(label_dtype(max(_labels(labels), default=0) + 1))
+    write_segmentation(values, imported_image, out_label)
+
+
+def fingerprint(cases: Sequence[tuple[str, str | Path]], out_plan: str | Path, *, labels: Mapping,
+                target_spacing_mm: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,
+                max_patch: int = 256, seed: int = 0) -> dict:
+    """Plan from the imported training cases ``(case_id, imported_dir)``; writes ``plan.json``."""
+    from .preprocessing import make_plan
+
+    triples = [(cid, Path(d) / "image.nii.gz", Path(d) / "label.nii.gz") for cid, d in cases]
+    plan = make_plan(triples, _labels(labels), target_spacing_mm=target_spacing_mm, patch_size=patch_size,
+                     max_patch=max_patch, seed=seed)
+    save_json(plan, out_plan)
+    return plan
+
+
+def preprocess(case_id: str, imported_image: str | Path, plan_path: str | Path, out_dir: str | Path) -> dict:
+    """Preprocess one imported image; ``plan_path`` is a ``plan.json`` or a trained ``model.json``."""
+    from .preprocessing import preprocess_image
+
+    plan = load_json(plan_path)
+    plan = plan.get("plan", plan)  # model.json carries the plan it was trained with
+    return preprocess_image(imported_image, plan, out_dir, case_id=case_id)
+
+
+def preprocess_label(imported_label: str | Path, meta_path: str | Path, out_npy: str | Path) -> None:
+    """The label of one case on its preprocessed grid (``meta.json`` from :func:`preprocess`)."""
+    from .preprocessing import preprocess_label as _label
+
+    _label(imported_label, load_json(meta_path), out_npy)
+
+
+def slice_case(preprocessed_dir: str | Path, plan_path: str | Path, out_dir: str | Path, *, weight_map: bool = False,
+               w0: float = 10.0, sigma_px: float = 5.0) -> dict:
+    """Slice index (+ weight maps) of one preprocessed case."""
+    from .slicing import slice_case as _slice
+
+    plan = load_json(plan_path)
+    return _slice(preprocessed_dir, out_dir, num_classes=int(plan["num_classes"]), weight_map=weight_map, w0=w0,
+                  sigma_px=sigma_px)
+
+
+def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root: str | Path, slices_root: str | Path,
+          plan_path: str | Path, out_dir: str | Path, model: Mapping, training: Mapping, augment: Mapping,
+          loss: Mapping | None = None) -> dict:
+    """Train on ``train_ids`` (validating on ``val_ids``); writes the model folder."""
+    from .augment import AugmentConfig
+    from .training import TrainConfig
+    from .training import train as _train
+
+    pre, sl = Path(preprocessed_root), Path(slices_root)
+    pairs = lambda ids: [(pre / i, sl / i) for i in ids]  # noqa: E731
+    loss = dict(loss or {})
+    training = {**training}
+    name = loss.pop("name", training.get("loss", "dice_ce"))
+    training["loss"] = name
+    # Only the Dice losses take these options; w0 and sigma_px belong to the slice stage.
+    dice_keys = ("include_background", "batch_dice", "smooth") if name in ("dice", "dice_ce") else ()
+    loss = {k: v for k, v in loss.items() if k in dice_keys}
+    return _train(pairs(train_ids), pairs(val_ids), load_json(plan_path), out_dir, model_config=model,
+                  train_config=TrainConfig.from_dict(training), augment_config=AugmentConfig.from_dict(augment),
+                  loss_options=loss)
+
+
+def _load_models(model_dirs: Sequence[str | Path], device) -> tuple[list, dict]:
+    from .training import load_model
+
+    models, meta = [], {}
+    for d in model_dirs:
+        m, meta = load_model(d, device)
+        models.append(m)
+    return models, meta
+
+
+class _Ensemble:
+    """Average of the softmax outputs of several models (cross-validation folds), as log-probabilities."""
+
+    def __init__(self, models: list) -> None:
+        self.models = models
+
+    def __call__(self, x):
+        import torch
+
+        if len(self.models) == 1:
+            return self.models[0](x)
+        probs = sum(torch.softmax(m(x).float(), 1) for m in self.models) / len(self.models)
+        return torch.log(probs.clamp_min(1e-12))
+
+
+def _infer_volume(models, meta: Mapping, pre_dir: Path, out_probs: Path, inference: Mapping, device) -> dict:
+    from .inference import iter_volume_probabilities
+
+    arch = meta["architecture"]
+    plan = meta["plan"]
+    volume = np.load(pre_dir / "image.npy", mmap_mode="r")
+    pmeta = load_json(pre_dir / "meta.json")
+    inten = pmeta["intensity"]
+    pad = (float(inten["p00_5"]) - float(inten["mean"])) / max(float(inten["std"]), 1e-6)
+    k = int(plan["num_classes"])
+    margin = models[0].margin() if not arch.get("padded", True) else 0
+    t0 = time.perf_counter()
+    with NpyWriter(out_probs, (volume.shape[0], k, *volume.shape[1:]), np.float16) as writer:
+        for _z0, probs in iter_volume_probabilities(
+                _Ensemble(models), volume, in_slices=int(arch.get("in_channels", 1)), num_classes=k,
+                patch_size=plan["patch_size"], overlap=float(inference.get("overlap", 0.5)),
+                batch_size=int(inference.get("batch_size", 8)), device=device, margin=margin,
+                mirror_tta=bool(inference.get("mirror_tta", False)), pad_value=pad,
+                chunk_slices=int(inference.get("chunk_slices", 16))):
+            writer.write(probs.astype(np.float16))
+    return {"seconds": round(time.perf_counter() - t0, 3), "slices": int(volume.shape[0]), "device": str(device)}
+
+
+def infer(model_dirs: Sequence[str | Path], preprocessed_dir: str | Path, out_probs: str | Path, *,
+          inference: Mapping | None = None) -> dict:
+    """Tiled inference of one preprocessed case -> ``(Z, K, Y', X')`` float16 probabilities ``.npy``.
+
+    Several model folders (cross-validation folds) are ensembled by averaging probabilities.
+    """
+    import torch
+
+    from .inference import select_device
+
+    inference = dict(inference or {})
+    device = select_device(inference.get("device", "auto"))
+    with torch.inference_mode():
+        models, meta = _load_models(model_dirs, device)
+        return _infer_volume(models, meta, Path(preprocessed_dir), Path(out_probs), inference, device)
+
+
+def reassemble(probs_path: str | Path, preprocessed_dir: str | Path, imported_image: str | Path, out_nifti: str | Path,
+               *, model_dir: str | Path, postprocess: Mapping | None = None, provenance: Mapping | None = None) -> None:
+    """Probabilities -> segmentation NIfTI with the input's exact geometry, plus a sidecar JSON."""
+    from .reassembly import reassemble_case
+
+    model_meta = load_json(Path(model_dir) / "model.json")
+    labels = _labels(model_meta["labels"])
+    reassemble_case(probs_path, Path(preprocessed_dir) / "meta.json", imported_image, out_nifti,
+                    num_classes=len(labels) + 1, postprocess=postprocess, labels=labels)
+    _write_sidecar(out_nifti, labels, model_dir, provenance)
+
+
+def _write_sidecar(out_nifti: str | Path, labels: Mapping[int, str], model_dir: str | Path, extra: Mapping | None) -> None:
+    import hashlib
+
+    from . import __version__
+
+    weights = Path(model_dir) / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.exists() else None
+    out_nifti = Path(out_nifti)
+    name = out_nifti.name[:-7] if out_nifti.name.endswith(".nii.gz") else out_nifti.stem
+    save_json({"labels": {str(k): v for k, v in labels.items()}, "model": str(model_dir), "model_sha256": digest,
+               "unet_pipeline": __version__, **dict(extra or {})}, out_nifti.with_name(f"{name}.json"))
+
+
+METRIC_COLUMNS = ["case", "label", "label_id", "dice", "iou", "precision", "recall", "hd_mm", "hd95_mm", "assd_mm",
+                  "nsd", "vol_ref_ml", "vol_pred_ml", "vol_diff_ml", "ref_empty", "pred_empty", "empty_policy"]
+
+
+def evaluate(case_id: str, pred: str | Path, ref: str | Path, out_csv: str | Path, *, labels: Mapping,
+             nsd_tolerance_mm: float | Mapping[str, float] = 2.0) -> list[dict]:
+    """Metrics of one case (all classes) into a one-case CSV."""
+    import nibabel as nib
+
+    from .io import read_voxels, spacing_from_affine
+    from .metrics import case_metrics
+
+    pimg, rimg = nib.load(str(pred)), nib.load(str(ref))
+    if pimg.shape != rimg.shape or not np.allclose(pimg.affine, rimg.affine, atol=1e-4):
+        raise CaseError(pred, f"prediction grid {pimg.shape} does not match reference {ref} {rimg.shape}")
+    rows = case_metrics(read_voxels(pimg, pred), read_voxels(rimg, ref), spacing_from_affine(rimg.affine),
+                        _labels(labels), nsd_tolerance_mm)
+    rows = [{"case": case_id, **r} for r in rows]
+    _write_rows(out_csv, rows)
+    return rows
+
+
+def _write_rows(path: str | Path, rows: Sequence[Mapping]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("" if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()})
+
+
+def _read_rows(path: str | Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        for k, v in r.items():
+            if k in ("case", "label", "empty_policy"):
+                continue
+            if v in ("True", "False"):
+                r[k] = v == "True"
+            else:
+                try:
+                    r[k] = float(v) if v != "" else float("nan")
+                except ValueError:
+                    pass
+    return rows
+
+
+def aggregate_metrics(case_csvs: Sequence[str | Path], out_csv: str | Path, out_summary: str | Path) -> dict:
+    """Concatenate per-case metric CSVs into ``metrics.csv`` and write ``summary.json``."""
+    from .metrics import EMPTY_POLICY, summarize
+
+    rows = [r for p in case_csvs for r in _read_rows(p)]
+    _write_rows(out_csv, rows)
+    summary = {"n_cases": len({r["case"] for r in rows}), "empty_policy": EMPTY_POLICY, "per_class": summarize(rows)}
+    save_json(summary, out_summary)
+    return summary
+
+
+def report(out_html: str | Path, *, metrics_csv: str | Path | None, summary_json: str | Path | None,
+           train_logs: Sequence[str | Path], overlay_cases: Sequence[Mapping], case_records: Sequence[str | Path],
+           provenance: Mapping, labels: Mapping, work_dir: str | Path, splits: Mapping[str, str] | None = None) -> None:
+    """The HTML report: summary, plots, curves, overlays, cohort geometry and provenance.
+
+    ``overlay_cases``: dicts with ``case``, ``image`` (imported NIfTI), ``pred`` and optional ``ref``.
+    """
+    import nibabel as nib
+
+    from .geometry import canonical_orientation
+    from .io import read_voxels
+    from .metrics import EMPTY_POLICY
+    from .report import overlay_figure, write_report
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    overlays = []
+    for item in overlay_cases:
+        img = nib.load(str(item["image"]))
+        orient = canonical_orientation(np.asarray(img.affine), img.shape)
+        to_c = lambda p: np.ascontiguousarray(orient.to_canonical(read_voxels(nib.load(str(p)), p)))  # noqa: E731
+        png = work / f"overlay_{item['case']}.png"
+        caption = item.get("caption", item["case"])
+        overlay_figure(to_c(item["image"]), to_c(item["ref"]) if item.get("ref") else None, to_c(item["pred"]),
+                       orient.canonical_spacing, _labels(labels), png, title=caption)
+        overlays.append((caption, png))
+    geometry = []
+    for rec_path in case_records:
+        rec = load_json(rec_path)
+        row = {k: rec.get(k) for k in ("case_id", "shape", "spacing_mm", "orientation")}
+        row["split"] = (splits or {}).get(rec.get("case_id"), "train/val")
+        geometry.append(row)
+    write_report(out_html, metrics_csv=metrics_csv, summary_json=summary_json, train_logs=train_logs,
+                 overlays=overlays, geometry_rows=geometry, provenance=provenance, empty_policy=EMPTY_POLICY)
+
+
+def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mapping[str, Mapping], labels: Mapping,
+                         config: Mapping, work_dir: str | Path, n_overlays: int = 3) -> None:
+    """The report rule: pick overlay cases (best/median/worst by Dice, else the first ones) and render."""
+    import platform
+
+    from . import __version__
+
+    metrics = inputs.get("metrics")
+    if metrics:
+        picks = pick_overlay_cases(metrics, n_overlays)
+    else:
+        picks = [(f"{cid} (no reference)", cid) for cid in list(cases)[:n_overlays]]
+    overlay_cases = [{"case": cid, "caption": caption, **cases[cid]} for caption, cid in picks]
+    train_log = inputs.get("train_log")
+    provenance = {"unet_pipeline": __version__, "python": platform.python_version(), "config": dict(config)}
+    records = inputs.get("records", [])
+    if isinstance(records, str):
+        records = [records]
+    report(out_html, metrics_csv=metrics, summary_json=inputs.get("summary"), train_logs=[train_log] if train_log else [],
+           overlay_cases=overlay_cases, case_records=records, provenance=provenance, labels=labels, work_dir=work_dir,
+           splits={cid: c.get("split") for cid, c in cases.items()})
+
+
+def pick_overlay_cases(metrics_csv: str | Path, n: int = 3) -> list[tuple[str, str]]:
+    """Best, median and worst case by mean Dice over classes: ``[(caption, case_id), ...]``."""
+    rows = _read_rows(metrics_csv)
+    by_case: dict[str, list[float]] = {}
+    for r in rows:
+        by_case.setdefault(r["case"], []).append(float(r["dice"]))
+    if not by_case:
+        return []
+    ranked = sorted(by_case, key=lambda c: float(np.nanmean(by_case[c])))
+    picks = {"worst": ranked[0], "median": ranked[len(ranked) // 2], "best": ranked[-1]}
+    out, seen = [], set()
+    for what, cid in picks.items():
+        if cid not in seen and len(out) < n:
+            seen.add(cid)
+            out.append((f"{what}: {cid} (mean Dice {np.nanmean(by_case[cid]):.3f})", cid))
+    return out
+
+
+def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple[str, str | Path]], out_dir: str | Path, *,
+                   work_dir: str | Path, inference: Mapping | None = None, postprocess: Mapping | None = None,
+                   keep_going: bool = True) -> dict[str, str]:
+    """Segment many cases with the models loaded once: import -> preprocess -> infer -> reassemble.
+
+    Parameters
+    ----------
+    inputs
+        ``(case_id, image path)`` pairs (NIfTI, NRRD, MHA or a DICOM folder).
+    out_dir
+        Receives ``<case>.nii.gz`` (input's geometry) and ``<case>.json`` per case.
+    keep_going
+        Record a failing case and go on with the others (its error is returned).
+
+    Returns
+    -------
+    dict
+        case id -> ``"ok"`` or the error message.
+    """
+    import torch
+
+    from .inference import select_device
+    from .preprocessing import preprocess_image
+    from .reassembly import reassemble_case
+
+    inference = dict(inference or {})
+    device = select_device(inference.get("device", "auto"))
+    models, meta = _load_models(model_dirs, device)
+    labels = _labels(meta["labels"])
+    status: dict[str, str] = {}
+    for case_id, image in inputs:
+        case_work = Path(work_dir) / case_id
+        try:
+            t0 = time.perf_counter()
+            record = import_case(case_id, image, None, case_work / "imported", labels=labels)
+            preprocess_image(case_work / "imported" / "image.nii.gz", meta["plan"], case_work / "pre", case_id=case_id)
+            with torch.inference_mode():
+                info = _infer_volume(models, meta, case_work / "pre", case_work / "probs.npy", inference, device)
+            out = Path(out_dir) / f"{case_id}.nii.gz"
+            reassemble_case(case_work / "probs.npy", case_work / "pre" / "meta.json", case_work / "imported" / "image.nii.gz",
+                            out, num_classes=len(labels) + 1, postprocess=postprocess, labels=labels)
+            _write_sidecar(out, labels, model_dirs[0], {"source": str(image), "device": str(device),
+                                                       "seconds": round(time.perf_counter() - t0, 3),
+                                                       "infer": info, "warnings": record.get("warnings", [])})
+            status[case_id] = "ok"
+            log.info("%s: segmented in %.1f s", case_id, time.perf_counter() - t0)
+        except (CaseError, ValueError) as exc:
+            if not keep_going:
+                raise
+            status[case_id] = str(exc)
+            log.error("%s: %s", case_id, exc)
+        finally:
+            shutil.rmtree(case_work, ignore_errors=True)
+    return status
+
+
+def read_json(path: str | Path) -> Any:
+    """Small helper for rule scripts."""
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,468 @@
+"""The training loop: sampling, batched augmentation, loss, validation, checkpoints, resume.
+
+Nothing is lost: a checkpoint (weights, optimizer, scaler, every RNG state, epoch and
+iteration) is written atomically at the end of every epoch, every ``checkpoint_minutes``, and
+when SIGTERM or SIGUSR1 arrives (what SLURM sends before a time limit or preemption). Calling
+:func:`train` again with the same output folder resumes from that checkpoint; with
+``deterministic: true`` on the CPU the resumed run ends with exactly the weights of an
+uninterrupted run.
+
+Outputs in ``out_dir``: ``model.safetensors`` (weights of the best epoch by smoothed validation
+Dice, no pickle), ``model.json`` (architecture, plan, labels, training config, versions, data
+fingerprint), ``train_log.csv`` (one row per epoch), ``curves.png``, ``checkpoint.pt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .augment import AugmentConfig, augment_batch
+from .data import PatchSampler, load_training_cases
+from .inference import iter_volume_probabilities, select_device
+from .io import atomic_path, save_json
+from .losses import make_loss
+from .model import UNetConfig, build_unet
+
+__all__ = ["TrainConfig", "train", "load_model", "TrainingInterrupted"]
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "unet-pipeline-model/1"
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised after a signal-triggered checkpoint; rerunning training resumes from it."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (the ``training`` section of the config).
+
+    ``iterations_per_epoch`` batches of ``batch_size`` patches make an epoch; the learning rate
+    follows ``lr * (1 - step / total_steps) ** poly_power``.
+    """
+
+    epochs: int = 30
+    iterations_per_epoch: int = 50
+    batch_size: int = 8
+    optimizer: str = "sgd"  # "sgd" (Nesterov, momentum 0.99) | "adamw"
+    lr: float = 0.01
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    poly_power: float = 0.9
+    grad_clip: float = 12.0
+    loss: str = "dice_ce"
+    foreground_fraction: float = 0.33
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    deterministic: bool = False
+    checkpoint_minutes: float = 10.0
+    val_smoothing: float = 0.5  # exponential smoothing of the validation Dice used to pick the best epoch
+    early_stopping_patience: int = 0  # epochs without improvement of the smoothed Dice; 0 = off
+    compile: bool = False
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    progress: bool | None = None  # tqdm bar; None = only on a terminal
+    stop_after_iterations: int = 0  # testing aid: simulate a SIGTERM after this many iterations in total (0 = off)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> TrainConfig:
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"training: unknown key(s) {unknown}; allowed: {sorted(names)}")
+        cfg = cls(**d)
+        if cfg.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"training.optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
+        for key in ("epochs", "iterations_per_epoch", "batch_size"):
+            if getattr(cfg, key) < 1:
+                raise ValueError(f"training.{key} must be >= 1, got {getattr(cfg, key)}")
+        if cfg.lr <= 0:
+            raise ValueError(f"training.lr must be > 0, got {cfg.lr}")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class _State:
+    epoch: int = 0  # next epoch to run
+    iteration: int = 0  # next iteration within the epoch
+    step: int = 0  # total optimizer steps done
+    epoch_loss_sum: float = 0.0
+    epoch_seconds: float = 0.0
+    best_score: float = -1.0
+    best_epoch: int = -1
+    smoothed: float | None = None
+    stale_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def _versions() -> dict:
+    import nibabel
+    import SimpleITK
+
+    from . import __version__
+
+    return {"unet_pipeline": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "nibabel": nibabel.__version__, "SimpleITK": SimpleITK.Version_VersionString(),
+            "python": platform.python_version()}
+
+
+def _fingerprint(plan: Mapping, train_ids: Sequence[str], val_ids: Sequence[str]) -> str:
+    blob = json.dumps({"plan": plan, "train": sorted(train_ids), "val": sorted(val_ids)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    return cfg.lr * (1.0 - min(step, total - 1) / total) ** cfg.poly_power
+
+
+def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class _SignalFlag:
+    """Turns SIGTERM/SIGUSR1 into a flag checked between iterations (restores handlers on exit)."""
+
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> _SignalFlag:
+        if hasattr(signal, "pthread_kill"):
+            try:
+                for s in self.SIGNALS:
+                    self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                self._old.clear()
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _save_checkpoint(path: Path, model, optimizer, scaler, state: _State, np_rng: np.random.Generator,
+                     aug_gen: torch.Generator) -> None:
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "state": json.dumps(dataclasses.asdict(state)),
+        "numpy_rng": json.dumps(np_rng.bit_generator.state),
+        "torch_rng": torch.get_rng_state(),
+        "aug_rng": aug_gen.get_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_checkpoint(path: Path, model, optimizer, scaler, np_rng: np.random.Generator,
+                     aug_gen: torch.Generator, device: torch.device) -> _State:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    if scaler is not None and payload["scaler"]:
+        scaler.load_state_dict(payload["scaler"])
+    np_rng.bit_generator.state = json.loads(payload["numpy_rng"])
+    torch.set_rng_state(payload["torch_rng"])
+    aug_gen.set_state(payload["aug_rng"])
+    if payload["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    return _State(**json.loads(payload["state"]))
+
+
+def _validate(model, cases, *, num_classes: int, patch_size, in_slices: int, device, margin: int) -> dict:
+    """Per-class Dice averaged over validation cases (cases where the class is absent in both count as 1)."""
+    model.eval()
+    per_class = np.zeros((len(cases), num_classes - 1))
+    for ci, case in enumerate(cases):
+        inter = np.zeros(num_classes - 1)
+        ref_n = np.zeros(num_classes - 1)
+        pred_n = np.zeros(num_classes - 1)
+        for z0, probs in iter_volume_probabilities(model, case.image, in_slices=in_slices, num_classes=num_classes,
+                                                   patch_size=patch_size, overlap=0.25, batch_size=8, device=device,
+                                                   margin=margin, pad_value=case.pad_value):
+            pred = probs.argmax(1)
+            ref = np.asarray(case.label[z0:z0 + pred.shape[0]])
+            for k in range(1, num_classes):
+                p, r = pred == k, ref == k
+                inter[k - 1] += np.count_nonzero(p & r)
+                ref_n[k - 1] += np.count_nonzero(r)
+                pred_n[k - 1] += np.count_nonzero(p)
+        denom = ref_n + pred_n
+        per_class[ci] = np.where(denom > 0, 2 * inter / np.maximum(denom, 1), 1.0)
+    model.train()
+    return {"per_class": per_class.mean(0).tolist(), "mean": float(per_class.mean())}
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Sequence[tuple[str | Path, str | Path]],
+          plan: Mapping, out_dir: str | Path, *, model_config: Mapping | UNetConfig, train_config: TrainConfig,
+          augment_config: AugmentConfig, loss_options: Mapping | None = None) -> dict:
+    """Train a U-Net; resume from ``out_dir/checkpoint.pt`` when present.
+
+    Parameters
+    ----------
+    train_pairs, val_pairs
+        ``(preprocessed_dir, slice_dir)`` per case; validation may be empty.
+    plan
+        The plan from :func:`unet_pipeline.preprocessing.make_plan`.
+    out_dir
+        Output folder (model files, log, curves, checkpoint).
+
+    Returns
+    -------
+    dict
+        The ``model.json`` content.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = train_config
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = select_device(cfg.device)
+    if device.type == "cpu" and cfg.device not in ("auto", "cpu"):
+        log.warning("no usable GPU: training on the CPU")
+    _seed_everything(cfg.seed, cfg.deterministic)
+    num_classes = int(plan["num_classes"])
+    mcfg = model_config if isinstance(model_config, UNetConfig) else UNetConfig.from_dict(
+        {**dict(model_config), "num_classes": num_classes})
+    model = build_unet(mcfg).to(device)
+    margin = model.margin() if not mcfg.padded else 0
+    patch = tuple(int(p) for p in plan["patch_size"])
+    in_patch = (patch[0] + 2 * margin, patch[1] + 2 * margin)
+    loss_options = dict(loss_options or {})
+    need_weights = cfg.loss == "weighted_ce"
+    loss_fn = make_loss(cfg.loss, **loss_options)
+    train_cases = load_training_cases(train_pairs, need_weights=need_weights)
+    val_cases = load_training_cases(val_pairs) if val_pairs else []
+    np_rng = np.random.default_rng(cfg.seed)
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    sampler = PatchSampler(train_cases, in_patch, in_slices=mcfg.in_channels,
+                           foreground_fraction=cfg.foreground_fraction, rng=np_rng)
+    optimizer = _make_optimizer(cfg, model.parameters())
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if cfg.compile else model
+    ckpt = out_dir / "checkpoint.pt"
+    state = _State()
+    if ckpt.exists():
+        state = _load_checkpoint(ckpt, model, optimizer, scaler, np_rng, aug_gen, device)
+        log.info("resuming from %s: epoch %d, iteration %d", ckpt, state.epoch, state.iteration)
+    total_steps = cfg.epochs * cfg.iterations_per_epoch
+    label_names = [plan["labels"][str(k)] for k in range(1, num_classes)]
+    train_ids = [c.case_id for c in train_cases]
+    val_ids = [c.case_id for c in val_cases]
+    show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+    last_ckpt = time.monotonic()
+    done_in_run = 0
+
+    def checkpoint() -> None:
+        _save_checkpoint(ckpt, model, optimizer, scaler, state, np_rng, aug_gen)
+
+    model.train()
+    with _SignalFlag() as signals:
+        while state.epoch < cfg.epochs:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.iterations_per_epoch, initial=state.iteration, disable=not show_bar,
+                       desc=f"epoch {state.epoch + 1}/{cfg.epochs}", unit="it", leave=False)
+            t0 = time.perf_counter()
+            while state.iteration < cfg.iterations_per_epoch:
+                lr = _lr_at(cfg, state.step, total_steps)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                img, lab, wmap = sampler.sample(cfg.batch_size)
+                x = torch.from_numpy(img).to(device, non_blocking=True)
+                y = torch.from_numpy(lab).to(device, non_blocking=True)
+                w = torch.from_numpy(wmap).to(device) if wmap is not None else None
+                x, y, w = augment_batch(x, y, augment_config, weight=w, generator=aug_gen)
+                if margin:  # unpadded U-Net: the loss covers the output (centre) region only
+                    y = y[:, margin:-margin, margin:-margin]
+                    w = w[:, margin:-margin, margin:-margin] if w is not None else None
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    logits = step_model(x)
+                loss = loss_fn(logits.float(), y, weight_map=w)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss is {loss.item()} at epoch {state.epoch + 1}; lower training.lr")
+                state.iteration += 1
+                state.step += 1
+                state.epoch_loss_sum += float(loss.item())
+                done_in_run += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+                if cfg.stop_after_iterations and state.step >= cfg.stop_after_iterations and signals.received is None:
+                    signals.received = signal.SIGTERM
+                if signals.received is not None:
+                    state.epoch_seconds += time.perf_counter() - t0
+                    checkpoint()
+                    bar.close()
+                    log.warning("signal %s received: checkpoint written to %s; rerun to resume", signals.received, ckpt)
+                    raise TrainingInterrupted(f"interrupted by signal {signals.received}; checkpoint saved to {ckpt}")
+                if cfg.checkpoint_minutes and time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes:
+                    state.epoch_seconds += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    checkpoint()
+                    last_ckpt = time.monotonic()
+            bar.close()
+            seconds = state.epoch_seconds + time.perf_counter() - t0
+            train_loss = state.epoch_loss_sum / cfg.iterations_per_epoch
+            row: dict[str, Any] = {"epoch": state.epoch + 1, "train_loss": round(train_loss, 6), "lr": lr}
+            if val_cases:
+                val = _validate(step_model, val_cases, num_classes=num_classes, patch_size=patch,
+                                in_slices=mcfg.in_channels, device=device, margin=margin)
+                row["val_dice_mean"] = round(val["mean"], 6)
+                for name, d in zip(label_names, val["per_class"]):
+                    row[f"val_dice_{name}"] = round(d, 6)
+                score = val["mean"]
+            else:
+                row["val_dice_mean"] = ""
+                for name in label_names:
+                    row[f"val_dice_{name}"] = ""
+                score = -train_loss
+            row["seconds"] = round(seconds, 3)
+            row["slices_per_s"] = round(cfg.iterations_per_epoch * cfg.batch_size / max(seconds, 1e-9), 3)
+            state.smoothed = score if state.smoothed is None else (
+                cfg.val_smoothing * state.smoothed + (1 - cfg.val_smoothing) * score)
+            improved = state.smoothed > state.best_score
+            if improved:
+                state.best_score, state.best_epoch, state.stale_epochs = state.smoothed, state.epoch + 1, 0
+                _save_weights(model, out_dir / "best.safetensors")
+            else:
+                state.stale_epochs += 1
+            state.history.append(row)
+            log.info("epoch %d/%d: loss %.4f, val Dice %s, %.1f s, %.1f slices/s", state.epoch + 1, cfg.epochs, train_loss,
+                     row["val_dice_mean"] if val_cases else "n/a", seconds, row["slices_per_s"])
+            state.epoch += 1
+            state.iteration = 0
+            state.epoch_loss_sum = 0.0
+            state.epoch_seconds = 0.0
+            _write_log(out_dir / "train_log.csv", state.history)
+            checkpoint()
+            last_ckpt = time.monotonic()
+            if cfg.early_stopping_patience and state.stale_epochs >= cfg.early_stopping_patience:
+                log.info("early stopping: no improvement for %d epochs", state.stale_epochs)
+                break
+    best = out_dir / "best.safetensors"
+    if best.exists():
+        os.replace(best, out_dir / "model.safetensors")
+    else:
+        _save_weights(model, out_dir / "model.safetensors")
+    from .report import plot_training_curves
+
+    plot_training_curves(out_dir / "train_log.csv", out_dir / "curves.png")
+    meta = {
+        "format": MODEL_FORMAT,
+        "architecture": mcfg.to_dict(),
+        "plan": dict(plan),
+        "labels": {str(k): label_names[k - 1] for k in range(1, num_classes)},
+        "training": cfg.to_dict(),
+        "augmentation": augment_config.to_dict(),
+        "loss": {"name": cfg.loss, **loss_options},
+        "train_cases": train_ids,
+        "val_cases": val_ids,
+        "best_epoch": state.best_epoch,
+        "best_smoothed_val_dice": state.best_score if val_cases else None,
+        "epochs_run": state.epoch,
+        "device": str(device),
+        "versions": _versions(),
+        "data_fingerprint": _fingerprint(plan, train_ids, val_ids),
+    }
+    save_json(meta, out_dir / "model.json")
+    return meta
+
+
+def _save_weights(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Load ``model.safetensors`` + ``model.json`` from ``model_dir`` (no pickle involved).
+
+    Returns the network in eval mode on ``device`` and the ``model.json`` dict.
+    """
+    from safetensors.torch import load_file
+
+    from .io import load_json
+
+    model_dir = Path(model_dir)
+    meta_path, weights_path = model_dir / "model.json", model_dir / "model.safetensors"
+    for p in (meta_path, weights_path):
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: missing; a model folder holds model.json and model.safetensors")
+    meta = load_json(meta_path)
+    if meta.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{meta_path}: not a unet-pipeline model (format {meta.get('format')!r})")
+    model = build_unet(UNetConfig.from_dict(meta["architecture"]))
+    model.load_state_dict(load_file(str(weights_path)))
+    model.to(device).eval()
+    if torch.device(device).type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, meta

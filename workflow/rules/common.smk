@@ -1,0 +1,135 @@
+# Shared helpers: config validation, the case table, wildcard constraints, input functions.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, workflow.basedir)  # unet_pipeline importable without installing it
+
+from snakemake.utils import validate
+
+from unet_pipeline.cohort import workflow_cases
+from unet_pipeline.naming import CASE_ID_PATTERN
+
+
+validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+RESULTS = config["results"]
+LOGS = f"{RESULTS}/logs"
+CASES = workflow_cases(config, RESULTS)
+PREDICT_ONLY = bool(config["predict"]["model"])
+MODEL_DIR = config["predict"]["model"] if PREDICT_ONLY else f"{RESULTS}/model"
+NEEDS_WEIGHT_MAP = config["loss"]["name"] == "weighted_ce"
+MIN_SLICES = config["model"]["in_channels"]
+
+
+wildcard_constraints:
+    case=CASE_ID_PATTERN,
+
+
+def _alternation(ids):
+    """Regex matching exactly these case ids (or nothing)."""
+    import re
+
+    return "|".join(re.escape(i) for i in ids) if ids else "(?!x)x"
+
+
+LABELLED_CASES = _alternation(CASES.labelled)
+
+
+def case_sources(wildcards):
+    """Source image (and label, for labelled cases) of a case."""
+    spec = CASES.cases[wildcards.case]
+    sources = {"image": spec.image}
+    if spec.label:
+        sources["label"] = spec.label
+    return sources
+
+
+def source_label(wildcards):
+    return CASES.cases[wildcards.case].label
+
+
+def case_params(wildcards):
+    spec = CASES.cases[wildcards.case]
+    return {"case_id": spec.case_id, "image": spec.image, "label": spec.label}
+
+
+def model_files():
+    return [f"{MODEL_DIR}/model.safetensors", f"{MODEL_DIR}/model.json"]
+
+
+def slice_outputs():
+    outputs = {"index": f"{RESULTS}/slices/{{case}}/index.json"}
+    if NEEDS_WEIGHT_MAP:
+        outputs["weightmap"] = f"{RESULTS}/slices/{{case}}/weightmap.npy"
+    return outputs
+
+
+def training_inputs(wildcards):
+    ids = CASES.train + CASES.val
+    return {
+        "plan": f"{RESULTS}/plan.json",
+        "images": expand(f"{RESULTS}/preprocessed/{{case}}/image.npy", case=ids),
+        "labels": expand(f"{RESULTS}/preprocessed/{{case}}/label.npy", case=ids),
+        "slices": expand(f"{RESULTS}/slices/{{case}}/index.json", case=ids),
+    }
+
+
+def evaluated_cases():
+    return [] if PREDICT_ONLY else CASES.test
+
+
+def final_targets():
+    targets = expand(f"{RESULTS}/segmentations/{{case}}.nii.gz", case=CASES.to_segment)
+    if evaluated_cases():
+        targets += [f"{RESULTS}/metrics/metrics.csv", f"{RESULTS}/metrics/summary.json"]
+    targets.append(f"{RESULTS}/report.html")
+    return targets
+
+
+def split_of(case):
+    for name in ("train", "val", "test", "unlabelled"):
+        if case in getattr(CASES, name):
+            return name
+    return "predict"
+
+
+def report_inputs(wildcards):
+    inputs = {
+        "segmentations": expand(f"{RESULTS}/segmentations/{{case}}.nii.gz", case=CASES.to_segment),
+        "records": expand(f"{RESULTS}/imported/{{case}}/case.json", case=sorted(CASES.cases)),
+    }
+    if evaluated_cases():
+        inputs["metrics"] = f"{RESULTS}/metrics/metrics.csv"
+        inputs["summary"] = f"{RESULTS}/metrics/summary.json"
+    train_log = f"{MODEL_DIR}/train_log.csv"
+    if not PREDICT_ONLY or Path(train_log).exists():
+        inputs["train_log"] = train_log
+    return inputs
+
+
+def report_case_table(wildcards):
+    """Per segmented case: imported image, segmentation, reference (if any), split."""
+    table = {}
+    for case in CASES.to_segment:
+        ref = f"{RESULTS}/imported/{case}/label.nii.gz" if case in CASES.test else None
+        table[case] = {
+            "image": f"{RESULTS}/imported/{case}/image.nii.gz",
+            "pred": f"{RESULTS}/segmentations/{case}.nii.gz",
+            "ref": ref,
+            "split": split_of(case),
+        }
+    return table
+
+
+def volume_mem_mb(wildcards, input, attempt):
+    """Memory for a per-case job from the image header's voxel count (grows with retries)."""
+    from unet_pipeline.resources import volume_mem_mb as estimate
+
+    return estimate(input[0] if input else None, attempt=attempt)
+
+
+def training_runtime_min(wildcards, attempt):
+    """Wall time for training from epochs x iterations (grows with retries)."""
+    from unet_pipeline.resources import training_runtime_min as estimate
+
+    return estimate(config["training"], attempt=attempt)

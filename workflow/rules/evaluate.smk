@@ -1,0 +1,60 @@
+# Metrics per test case, the aggregate table and summary, and the HTML report.
+
+
+rule evaluate:
+    input:
+        seg=f"{RESULTS}/segmentations/{{case}}.nii.gz",
+        ref=f"{RESULTS}/imported/{{case}}/label.nii.gz",
+    output:
+        csv=f"{RESULTS}/metrics/cases/{{case}}.csv",
+    params:
+        labels=CASES.labels,
+        nsd_tolerance_mm=config["evaluation"]["nsd_tolerance_mm"],
+    log:
+        f"{LOGS}/evaluate/{{case}}.log",
+    group:
+        "per_case"
+    conda:
+        "../envs/unet.yaml"
+    script:
+        "../scripts/evaluate.py"
+
+
+rule aggregate_metrics:
+    input:
+        expand(f"{RESULTS}/metrics/cases/{{case}}.csv", case=evaluated_cases()),
+    output:
+        csv=report(
+            f"{RESULTS}/metrics/metrics.csv",
+            caption="../report/metrics.rst",
+            category="Metrics",
+        ),
+        summary=f"{RESULTS}/metrics/summary.json",
+    log:
+        f"{LOGS}/aggregate_metrics.log",
+    conda:
+        "../envs/unet.yaml"
+    script:
+        "../scripts/aggregate_metrics.py"
+
+
+rule report:
+    input:
+        unpack(report_inputs),
+    output:
+        html=report(
+            f"{RESULTS}/report.html",
+            caption="../report/report.rst",
+            category="Report",
+        ),
+    params:
+        cases=report_case_table,
+        labels=CASES.labels,
+        config=config,
+        work_dir=f"{RESULTS}/report_figures",
+    log:
+        f"{LOGS}/report.log",
+    conda:
+        "../envs/unet.yaml"
+    script:
+        "../scripts/report.py"

@@ -1,0 +1,48 @@
+# Tiled slice-wise inference and reassembly onto each input's own grid.
+
+
+rule infer:
+    input:
+        model_files(),
+        image=f"{RESULTS}/preprocessed/{{case}}/image.npy",
+        meta=f"{RESULTS}/preprocessed/{{case}}/meta.json",
+    output:
+        probs=temp(f"{RESULTS}/probabilities/{{case}}.npy"),
+    params:
+        model_dirs=[MODEL_DIR],
+        inference=config["inference"],
+    log:
+        f"{LOGS}/infer/{{case}}.log",
+    group:
+        "per_case"
+    resources:
+        gpu=1,
+        mem_mb=volume_mem_mb,
+    conda:
+        "../envs/unet.yaml"
+    script:
+        "../scripts/infer.py"
+
+
+rule reassemble:
+    input:
+        model_files(),
+        probs=f"{RESULTS}/probabilities/{{case}}.npy",
+        meta=f"{RESULTS}/preprocessed/{{case}}/meta.json",
+        image=f"{RESULTS}/imported/{{case}}/image.nii.gz",
+    output:
+        seg=f"{RESULTS}/segmentations/{{case}}.nii.gz",
+        sidecar=f"{RESULTS}/segmentations/{{case}}.json",
+    params:
+        model_dir=MODEL_DIR,
+        postprocess=config["postprocess"],
+    log:
+        f"{LOGS}/reassemble/{{case}}.log",
+    group:
+        "per_case"
+    resources:
+        mem_mb=volume_mem_mb,
+    conda:
+        "../envs/unet.yaml"
+    script:
+        "../scripts/reassemble.py"

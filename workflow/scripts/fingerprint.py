@@ -1,0 +1,15 @@
+"""Rule fingerprint: the plan (spacing, CT statistics, patch size) from the training cases."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821
+
+from unet_pipeline import stages  # noqa: E402
+from unet_pipeline.runlog import rule_logging  # noqa: E402
+
+sm = snakemake  # noqa: F821
+plan = sm.params.plan
+with rule_logging(sm.log[0]):
+    stages.fingerprint([(c, Path(sm.params.imported_root) / c) for c in sm.params.cases], sm.output.plan,
+                       labels=sm.params.labels, target_spacing_mm=plan["target_spacing_mm"],
+                       patch_size=plan["patch_size"], max_patch=int(plan["max_patch"]), seed=int(sm.params.seed))

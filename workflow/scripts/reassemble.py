@@ -1,0 +1,13 @@
+"""Rule reassemble: probabilities back onto the input's grid, written as NIfTI + sidecar JSON."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821
+
+from unet_pipeline import stages  # noqa: E402
+from unet_pipeline.runlog import rule_logging  # noqa: E402
+
+sm = snakemake  # noqa: F821
+with rule_logging(sm.log[0]):
+    stages.reassemble(sm.input.probs, Path(sm.input.meta).parent, sm.input.image, sm.output.seg,
+                      model_dir=sm.params.model_dir, postprocess=sm.params.postprocess)

@@ -1,0 +1,13 @@
+"""Rule slice_case: slice index (classes per slice) and optional weight maps."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821
+
+from unet_pipeline import stages  # noqa: E402
+from unet_pipeline.runlog import rule_logging  # noqa: E402
+
+sm = snakemake  # noqa: F821
+with rule_logging(sm.log[0]):
+    stages.slice_case(Path(sm.input.label).parent, sm.input.plan, Path(sm.output.index).parent,
+                      weight_map=bool(sm.params.weight_map), w0=float(sm.params.w0), sigma_px=float(sm.params.sigma_px))
