@@ -40,6 +40,7 @@ __all__ = [
     "save_json",
     "load_json",
     "NpyWriter",
+    "NpyReader",
     "sitk_to_nifti",
     "spacing_from_affine",
 ]
@@ -143,6 +144,84 @@ class NpyWriter:
         self._ctx.__exit__(exc_type, exc, tb)
 
 
+class NpyReader:
+    """Read a C-ordered ``.npy`` file slab by slab along axis 0 with plain file reads.
+
+    A memory map (``np.load(mmap_mode="r")``) keeps every page it has touched resident and
+    counted in the process's RSS until it is closed, so one pass over a large array costs the
+    whole file. This reader holds only the slab asked for.
+
+    Parameters
+    ----------
+    path
+        ``.npy`` file (format 1.0 or 2.0, C order, no object dtype).
+
+    Attributes
+    ----------
+    shape, dtype, ndim
+        Those of the stored array.
+
+    Examples
+    --------
+    >>> probs = NpyReader(p)  # doctest: +SKIP
+    >>> slab = probs[16:32]   # numpy array (16, *probs.shape[1:])  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            try:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+                else:
+                    raise ValueError(f"unsupported .npy format version {version}")
+            except ValueError as exc:
+                raise CaseError(self.path, f"not a readable .npy file ({_short(exc)})") from exc
+            self._offset = fh.tell()
+        if fortran or dtype.hasobject:
+            raise CaseError(self.path, "only C-ordered .npy files without Python objects can be read in slabs")
+        self.shape: tuple[int, ...] = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+        if self.ndim == 0:
+            raise CaseError(self.path, "a 0-d array has no slabs")
+        self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: int | slice) -> np.ndarray:
+        """Rows ``key`` (an int or a slice with step 1) as a new array."""
+        if isinstance(key, (int, np.integer)):
+            index = int(key) + (self.shape[0] if key < 0 else 0)
+            if not 0 <= index < self.shape[0]:
+                raise IndexError(f"index {key} out of range for {self.shape[0]} rows")
+            return self.read(index, index + 1)[0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            if step != 1:
+                raise IndexError(f"NpyReader reads contiguous rows only, got step {step}")
+            return self.read(start, max(start, stop))
+        raise TypeError(f"NpyReader index must be an int or a slice, got {type(key).__name__}")
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` (``0 <= start <= stop <= len``) as an array ``(stop - start, *shape[1:])``."""
+        if not 0 <= start <= stop <= self.shape[0]:
+            raise ValueError(f"rows {start}:{stop} outside 0:{self.shape[0]}")
+        out = np.empty((stop - start, *self.shape[1:]), self.dtype)
+        n_bytes = out.nbytes
+        if n_bytes:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset + start * self._row_bytes)
+                got = fh.readinto(memoryview(out.reshape(-1)).cast("B"))
+            if got != n_bytes:
+                raise CaseError(self.path, f"truncated .npy file: rows {start}:{stop} need {n_bytes} bytes, got {got}")
+        return out
+
+
 def spacing_from_affine(affine: np.ndarray) -> np.ndarray:
     """Voxel size (mm) along each stored voxel axis: the norms of the affine's first 3 columns.
 
@@ -160,6 +239,23 @@ def sitk_to_nifti(image: Any) -> nib.Nifti1Image:
 
     ITK stores voxels as ``(k, j, i)`` in numpy order and geometry in LPS; the returned image
     holds the data as ``(i, j, k)`` and an affine ``diag(-1, -1, 1) @ [D * s | o]``.
+
+    Parameters
+    ----------
+    image
+        3-D scalar ``SimpleITK.Image`` (spacing mm, origin and direction in LPS).
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        Data ``(i, j, k)`` of the image's pixel type, as a Fortran-ordered array (the one copy
+        SimpleITK makes, transposed without a second copy); qform and sform set to the affine
+        with code 1 (scanner), units mm. The affine is rounded to float32 like any NIfTI header.
+
+    Raises
+    ------
+    ValueError
+        ``image`` is not 3-D or has more than one component per voxel.
     """
     import SimpleITK as sitk
 
@@ -167,7 +263,7 @@ def sitk_to_nifti(image: Any) -> nib.Nifti1Image:
         raise ValueError(f"expected a 3-D image, got {image.GetDimension()}-D")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"expected one component per voxel, got {image.GetNumberOfComponentsPerPixel()}")
-    data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    data = sitk.GetArrayFromImage(image).T  # (k, j, i) C order -> (i, j, k) F order, no copy
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
     origin = np.asarray(image.GetOrigin(), dtype=np.float64)
@@ -175,7 +271,7 @@ def sitk_to_nifti(image: Any) -> nib.Nifti1Image:
     affine = np.eye(4)
     affine[:3, :3] = lps_to_ras @ (direction * spacing[None, :])
     affine[:3, 3] = lps_to_ras @ origin
-    out = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    out = nib.Nifti1Image(data, affine)
     out.header.set_xyzt_units("mm")
     out.set_qform(affine, code=1)
     out.set_sform(affine, code=1)
@@ -220,8 +316,22 @@ def read_voxels(img: nib.Nifti1Image, path: str | Path) -> np.ndarray:
     """Read all voxels of ``img`` in stored order ``(i, j, k)``.
 
     Integer data without scaling keeps its dtype (int16 CT stays int16: no float64 copy);
-    scaled data (``scl_slope``/``scl_inter``) is returned as float32. A 4-D image with a single
-    volume is squeezed to 3-D.
+    scaled data (``scl_slope``/``scl_inter``) is returned as float32, and so is float64 data.
+    Big-endian data is returned in native byte order, bool as uint8. A 4-D or 5-D image
+    holding a single volume (trailing dimensions of size 1) is squeezed to 3-D.
+
+    Parameters
+    ----------
+    img
+        Image from :func:`load_image`.
+    path
+        The image's source, named in errors.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(I, J, K)``, stored voxel order (values in the image's units, HU for CT). An
+        unscaled uncompressed ``.nii`` may come back as a read-only memory map.
 
     Raises
     ------
@@ -238,8 +348,10 @@ def read_voxels(img: nib.Nifti1Image, path: str | Path) -> np.ndarray:
     try:
         proxy = img.dataobj
         if hasattr(proxy, "get_unscaled"):
-            raw = np.asarray(proxy.get_unscaled())
-            slope, inter = _scaling(img)
+            raw = _read_compressed(proxy)
+            if raw is None:
+                raw = np.asarray(proxy.get_unscaled())
+            slope, inter = _scaling(proxy)
             if slope != 1.0 or inter != 0.0:
                 data = raw.astype(np.float32)
                 data *= np.float32(slope)
@@ -249,15 +361,59 @@ def read_voxels(img: nib.Nifti1Image, path: str | Path) -> np.ndarray:
             raw = np.asarray(proxy)
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
         raise CaseError(path, f"truncated or corrupt image data ({_short(exc)})") from exc
-    if raw.dtype == np.float64:
+    if raw.dtype.kind == "f" and raw.dtype.itemsize > 4:
         raw = raw.astype(np.float32)
+    elif not raw.dtype.isnative:  # big-endian files: torch needs native byte order
+        raw = raw.astype(raw.dtype.newbyteorder("="))
     if raw.dtype == np.bool_:
         raw = raw.astype(np.uint8)
     return raw.reshape(shape)
 
 
-def _scaling(img: nib.Nifti1Image) -> tuple[float, float]:
-    slope, inter = img.header.get_slope_inter()
+#: Bytes decompressed per read when streaming a compressed image into its array.
+_READ_CHUNK = 16 * 2**20
+
+
+def _read_compressed(proxy: Any) -> np.ndarray | None:
+    """Unscaled voxels of a compressed (``.gz``/``.bz2``/``.zst``) file-backed proxy, or None.
+
+    nibabel reads a compressed file with one ``read`` of the whole data block, which holds the
+    decompressed bytes twice at its peak (Python's gzip returns a new bytes object that is then
+    copied). Here the bytes are decompressed straight into one preallocated array, in slabs of
+    :data:`_READ_CHUNK`, so the peak is the array itself.
+    """
+    from nibabel.openers import Opener
+
+    file_like = getattr(proxy, "file_like", None)
+    if not isinstance(file_like, (str, os.PathLike)):
+        return None
+    if not str(file_like).lower().endswith((".gz", ".bz2", ".zst")):
+        return None  # uncompressed: nibabel memory-maps it without a copy
+    dtype = np.dtype(proxy.dtype)
+    shape = tuple(int(n) for n in proxy.shape)
+    order = getattr(proxy, "order", "F")
+    n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(n_bytes, np.uint8)
+    view = memoryview(buf)
+    with Opener(file_like, "rb") as fh:
+        fh.seek(int(proxy.offset))
+        pos = 0
+        while pos < n_bytes:
+            got = fh.readinto(view[pos:pos + _READ_CHUNK])
+            if not got:
+                raise EOFError(f"expected {n_bytes} bytes of voxel data, the file ends after {pos}")
+            pos += got
+    return buf.view(dtype).reshape(shape, order=order)
+
+
+def _scaling(proxy: Any) -> tuple[float, float]:
+    """``(slope, inter)`` of a nibabel array proxy.
+
+    The proxy holds the file's ``scl_slope``/``scl_inter``; a loaded image's header does not
+    (nibabel resets them to NaN there), so the header must not be asked.
+    """
+    slope = getattr(proxy, "slope", 1.0)
+    inter = getattr(proxy, "inter", 0.0)
     slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
     inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
     return slope, inter

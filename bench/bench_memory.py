@@ -1,0 +1,186 @@
+"""Benchmark: peak memory of preprocessing and of reassembly for large CT volumes.
+
+For each volume size an int16 CT ``512 x 512 x N`` (0.8 x 0.8 x 1.0 mm, stored RAS, gzip NIfTI like
+an imported case) is written, then two stages each run in a *fresh* Python process, so the
+figures are independent:
+
+* preprocessing: :func:`unet_pipeline.preprocessing.preprocess_image` (canonical reorientation,
+  in-plane resampling to the target spacing, normalisation, ``image.npy`` written in chunks);
+* reassembly: :func:`unet_pipeline.reassembly.reassemble_case` from a ``(Z, K, Y', X')`` float16
+  probabilities ``.npy`` (K = 5: background + 4 classes) back to a uint8 NIfTI on the input grid.
+
+The child reports its peak resident set size (``VmHWM`` from ``/proc/self/status``, which
+counts file pages mapped by ``np.load(mmap_mode="r")`` too) and its resident size right after
+the imports (``baseline``: Python, numpy, torch, nibabel). The target is a peak below 4 x the
+float32 size of the volume; it is judged on the peak above the baseline ("net"), because the
+baseline of ~250 MB does not grow with the volume, and the absolute ratio is reported too.
+Growth is linear when ``net(large) / net(small)`` is close to the ratio of slice counts.
+
+Run ``python bench/bench_memory.py [--quick] [--target-mm 0.8]``; prints a JSON dict. ``--quick``
+uses 100 and 200 slices instead of 300 and 600. Linux only (``/proc``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["run", "TARGET_RATIO"]
+
+#: Peak memory target, as a multiple of the volume's float32 size.
+TARGET_RATIO = 4.0
+NUM_CLASSES = 5
+IN_PLANE = 512
+SPACING = (0.8, 0.8, 1.0)  # mm along the stored axes (i, j, k) = (R, A, S)
+
+_CHILD = r"""
+import json, sys
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+import numpy as np
+from unet_pipeline.io import load_json
+from unet_pipeline.preprocessing import preprocess_image
+from unet_pipeline.reassembly import reassemble_case
+args = json.loads(sys.argv[1])
+baseline = status("VmRSS")
+if args["stage"] == "preprocess":
+    preprocess_image(args["image"], args["plan"], args["out_dir"], case_id="bench")
+else:
+    reassemble_case(args["probs"], args["meta"], args["image"], args["out"], num_classes=args["num_classes"])
+print(json.dumps({"peak_bytes": status("VmHWM"), "baseline_bytes": baseline}))
+"""
+
+
+def _write_ct(path: Path, n_slices: int, seed: int = 0) -> None:
+    """An int16 CT-like volume ``(512, 512, n_slices)`` in HU: air, a body ellipse, noise."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    i, j = np.meshgrid(np.arange(IN_PLANE), np.arange(IN_PLANE), indexing="ij")
+    body = ((i - 256) / 200.0) ** 2 + ((j - 256) / 150.0) ** 2 < 1
+    data = np.empty((IN_PLANE, IN_PLANE, n_slices), np.int16)
+    for k in range(n_slices):  # slice by slice: keep this process small
+        data[..., k] = np.where(body, 40, -1000) + rng.integers(-20, 20, body.shape)
+    affine = np.diag([*SPACING, 1.0])
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, str(path))
+
+
+def _write_probs(path: Path, shape_zyx: tuple[int, int, int], seed: int = 0) -> None:
+    """Random softmax-like float16 probabilities ``(Z, K, Y', X')``, written slab by slab."""
+    from unet_pipeline.io import NpyWriter
+
+    rng = np.random.default_rng(seed)
+    n_z, n_y, n_x = shape_zyx
+    with NpyWriter(path, (n_z, NUM_CLASSES, n_y, n_x), np.float16) as writer:
+        for z0 in range(0, n_z, 16):
+            n = min(16, n_z - z0)
+            logits = rng.standard_normal((n, NUM_CLASSES, n_y, n_x), dtype=np.float32)
+            e = np.exp(logits)
+            writer.write((e / e.sum(axis=1, keepdims=True)).astype(np.float16))
+
+
+def _measure(args: dict) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True, env=env,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{args['stage']} child failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _figures(measured: dict, volume_bytes: int) -> dict:
+    peak, base = measured["peak_bytes"], measured["baseline_bytes"]
+    return {
+        "peak_mb": round(peak / 1e6, 1),
+        "baseline_mb": round(base / 1e6, 1),
+        "net_peak_mb": round((peak - base) / 1e6, 1),
+        "ratio": round(peak / volume_bytes, 2),
+        "net_ratio": round((peak - base) / volume_bytes, 2),
+        "meets_target": bool((peak - base) < TARGET_RATIO * volume_bytes),
+    }
+
+
+def _one_size(work: Path, n_slices: int, target_mm: float) -> dict:
+    case = work / f"z{n_slices}"
+    case.mkdir()
+    image = case / "image.nii.gz"
+    _write_ct(image, n_slices)
+    plan = {"target_spacing_mm": [target_mm, target_mm], "num_classes": NUM_CLASSES,
+            "intensity": {"p00_5": -1000.0, "p99_5": 1000.0, "mean": 0.0, "std": 300.0}}
+    volume_bytes = IN_PLANE * IN_PLANE * n_slices * 4
+    pre = _measure({"stage": "preprocess", "image": str(image), "plan": plan, "out_dir": str(case / "pre")})
+    meta = json.loads((case / "pre" / "meta.json").read_text())
+    _write_probs(case / "probs.npy", tuple(meta["resampled_shape"]))
+    probs_bytes = (case / "probs.npy").stat().st_size
+    (case / "pre" / "image.npy").unlink()
+    post = _measure({"stage": "reassemble", "probs": str(case / "probs.npy"), "meta": str(case / "pre" / "meta.json"),
+                     "image": str(image), "out": str(case / "seg.nii.gz"), "num_classes": NUM_CLASSES})
+    for p in (case / "probs.npy", case / "seg.nii.gz", image):
+        p.unlink(missing_ok=True)
+    return {
+        "slices": n_slices,
+        "shape": [IN_PLANE, IN_PLANE, n_slices],
+        "resampled_shape": meta["resampled_shape"],
+        "float32_mb": round(volume_bytes / 1e6, 1),
+        "int16_mb": round(volume_bytes / 2e6, 1),
+        "probs_mb": round(probs_bytes / 1e6, 1),
+        "preprocess": _figures(pre, volume_bytes),
+        "reassemble": _figures(post, volume_bytes),
+    }
+
+
+def run(quick: bool = False, target_mm: float = 0.8) -> dict:
+    """Measure peak memory of preprocessing and reassembly for two volume sizes.
+
+    Parameters
+    ----------
+    quick
+        100 and 200 slices instead of 300 and 600.
+    target_mm
+        In-plane target spacing of the plan in mm (0.8 = the volume's own: no resampling).
+
+    Returns
+    -------
+    dict
+        Per size: peak, baseline and net (peak - baseline) RSS in MB, the float32 volume size,
+        ratios and whether the target holds; per stage: ``growth`` (net peak ratio large/small)
+        next to ``slice_ratio`` and ``linear`` (growth within 15 % of the slice ratio).
+    """
+    if target_mm <= 0:
+        raise ValueError(f"target_mm must be > 0, got {target_mm}")
+    sizes = (100, 200) if quick else (300, 600)
+    with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
+        results = [_one_size(Path(tmp), n, target_mm) for n in sizes]
+    out: dict = {"target_ratio": TARGET_RATIO, "num_classes": NUM_CLASSES, "spacing_mm": list(SPACING),
+                 "target_spacing_mm": target_mm, "sizes": results}
+    slice_ratio = sizes[1] / sizes[0]
+    for stage in ("preprocess", "reassemble"):
+        small, large = results[0][stage]["net_peak_mb"], results[1][stage]["net_peak_mb"]
+        growth = large / small if small > 0 else float("nan")
+        out[f"{stage}_growth"] = {"net_peak_ratio": round(growth, 2), "slice_ratio": slice_ratio,
+                                  "linear": bool(abs(growth - slice_ratio) <= 0.15 * slice_ratio)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100 and 200 slices instead of 300 and 600")
+    parser.add_argument("--target-mm", type=float, default=0.8, help="in-plane target spacing (mm)")
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.quick, args.target_mm), indent=2))
+
+
+if __name__ == "__main__":
+    main()
