@@ -16,7 +16,7 @@ Two variants:
   segmented with the overlap-tile strategy (:mod:`unet_pipeline.inference`).
 * ``padded=True`` (default) -- zero-padded convolutions with normalisation: output size equals
   input size. Inputs of any size are accepted: they are padded (reflect) up to a multiple of
-  ``2 ** depth`` and the logits cropped back.
+  ``2 ** depth`` (at least ``2 ** (depth + 1)``) and the logits cropped back.
 
 Tensors: input ``(N, C_in, H, W)`` float32 (normalised CT, ``C_in`` neighbouring slices),
 output ``(N, num_classes, H_out, W_out)`` float32 logits (no softmax). Weights are initialised
@@ -227,8 +227,10 @@ class UNet2d(nn.Module):
             raise ValueError(f"expected input (N, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
         h, w = x.shape[-2:]
         if self.config.padded:
+            # Pad to a multiple of 2**depth, at least 2 * 2**depth so the bottom map is >= 2 x 2
+            # (instance normalisation needs more than one value per channel).
             m = 2 ** self.config.depth
-            ph, pw = (-h) % m, (-w) % m
+            ph, pw = max((-h) % m, 2 * m - h), max((-w) % m, 2 * m - w)
             if ph or pw:
                 mode = "reflect" if h > ph and w > pw else "replicate"
                 x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode=mode)

@@ -84,7 +84,12 @@ def import_case(case_id: str, image: str | Path, label: str | Path | None, out_d
     else:
         data = read_voxels(img, image)
         hdr = img.header.copy() if isinstance(img, nib.Nifti1Image) else None
+        if np.issubdtype(data.dtype, np.floating) and data.size and np.array_equal(data, np.rint(data)) \
+                and -32768 <= data.min() and data.max() <= 32767:
+            data = data.astype(np.int16)  # whole HU values: store them exactly, as int16
         new = nib.Nifti1Image(data, img.affine, header=hdr)
+        new.set_data_dtype(data.dtype)
+        new.header.set_slope_inter(1.0, 0.0)
         if hdr is None or len(img.shape) != 3:
             new.header.set_qform(img.affine, code=int(img.header["qform_code"]) or 1)
             new.header.set_sform(img.affine, code=int(img.header["sform_code"]) or 1)

@@ -13,7 +13,7 @@ rule demo_cohort:
         ),
         dataset=f"{RESULTS}/demo_cohort/dataset.json",
     params:
-        out_dir=f"{RESULTS}/demo_cohort",
+        out_dir=folder_of_output_dataset,
         demo=config["cohort"]["demo"],
     log:
         f"{LOGS}/demo_cohort.log",
@@ -37,7 +37,7 @@ rule import_case:
     log:
         f"{LOGS}/import_case/{{case}}.log",
     group:
-        "per_case"
+        "import_cases"
     conda:
         "../envs/unet.yaml"
     script:
@@ -58,7 +58,7 @@ rule import_label:
     log:
         f"{LOGS}/import_label/{{case}}.log",
     group:
-        "per_case"
+        "import_cases"
     conda:
         "../envs/unet.yaml"
     script:

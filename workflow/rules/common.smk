@@ -53,6 +53,26 @@ def case_params(wildcards):
     return {"case_id": spec.case_id, "image": spec.image, "label": spec.label}
 
 
+def plan_file(wildcards):
+    """Training plan: from this run, or from the trained model in predict-only mode."""
+    return f"{MODEL_DIR}/model.json" if PREDICT_ONLY else f"{RESULTS}/plan.json"
+
+
+def folder_of_output_dataset(wildcards, output):
+    """The demo cohort folder: where its dataset.json goes."""
+    return str(Path(output.dataset).parent)
+
+
+def parent_of_input_folders(wildcards, input):
+    """The folder holding the per-case folders of the inputs (``imported/``)."""
+    return str(Path(input.images[0]).parent.parent) if input.images else f"{RESULTS}/imported"
+
+
+def folder_of_first_input(wildcards, input):
+    """The model folder: where the first input (model.safetensors) lies."""
+    return str(Path(input[0]).parent)
+
+
 def model_files():
     return [f"{MODEL_DIR}/model.safetensors", f"{MODEL_DIR}/model.json"]
 

@@ -13,7 +13,7 @@ rule evaluate:
     log:
         f"{LOGS}/evaluate/{{case}}.log",
     group:
-        "per_case"
+        "segment_cases"
     conda:
         "../envs/unet.yaml"
     script:

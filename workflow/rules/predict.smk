@@ -14,7 +14,7 @@ rule infer:
     log:
         f"{LOGS}/infer/{{case}}.log",
     group:
-        "per_case"
+        "segment_cases"
     resources:
         gpu=1,
         mem_mb=volume_mem_mb,
@@ -34,12 +34,12 @@ rule reassemble:
         seg=f"{RESULTS}/segmentations/{{case}}.nii.gz",
         sidecar=f"{RESULTS}/segmentations/{{case}}.json",
     params:
-        model_dir=MODEL_DIR,
+        model_dir=folder_of_first_input,
         postprocess=config["postprocess"],
     log:
         f"{LOGS}/reassemble/{{case}}.log",
     group:
-        "per_case"
+        "segment_cases"
     resources:
         mem_mb=volume_mem_mb,
     conda:

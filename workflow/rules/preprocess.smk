@@ -9,7 +9,7 @@ rule fingerprint:
         plan=f"{RESULTS}/plan.json",
     params:
         cases=CASES.train,
-        imported_root=f"{RESULTS}/imported",
+        imported_root=parent_of_input_folders,
         labels=CASES.labels,
         plan=config["plan"],
         seed=config["split"]["seed"],
@@ -19,11 +19,6 @@ rule fingerprint:
         "../envs/unet.yaml"
     script:
         "../scripts/fingerprint.py"
-
-
-def plan_file(wildcards):
-    """Training plan: from this run, or from the trained model in predict-only mode."""
-    return f"{MODEL_DIR}/model.json" if PREDICT_ONLY else f"{RESULTS}/plan.json"
 
 
 rule preprocess:
@@ -38,7 +33,7 @@ rule preprocess:
     log:
         f"{LOGS}/preprocess/{{case}}.log",
     group:
-        "per_case"
+        "prepare_cases"
     resources:
         mem_mb=volume_mem_mb,
     conda:
@@ -56,7 +51,7 @@ rule preprocess_label:
     log:
         f"{LOGS}/preprocess_label/{{case}}.log",
     group:
-        "per_case"
+        "prepare_cases"
     resources:
         mem_mb=volume_mem_mb,
     conda:
@@ -79,7 +74,7 @@ rule slice_case:
     log:
         f"{LOGS}/slice_case/{{case}}.log",
     group:
-        "per_case"
+        "prepare_cases"
     conda:
         "../envs/unet.yaml"
     script:

@@ -1,0 +1,287 @@
+"""Tests for unet_pipeline.report: figures and the self-contained HTML report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unet_pipeline.report import overlay_figure, plot_metric_boxes, plot_training_curves, write_report
+
+EVIL = "<script>alert(1)</script>"
+METRIC_COLUMNS = ["case", "label", "label_id", "dice", "iou", "precision", "recall", "hd_mm", "hd95_mm", "assd_mm",
+                  "nsd", "vol_ref_ml", "vol_pred_ml", "vol_diff_ml", "ref_empty", "pred_empty", "empty_policy"]
+
+
+def _write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fieldnames or list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _assert_png(path: Path) -> np.ndarray:
+    import matplotlib.image as mpimg
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = mpimg.imread(str(path))
+    assert img.ndim == 3 and img.shape[0] > 0 and img.shape[1] > 0
+    return img
+
+
+def _no_temp_files(folder: Path) -> None:
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".tmp-")]
+
+
+def _train_log(path: Path, n_epochs: int, with_val: bool = True) -> Path:
+    rows = []
+    for e in range(1, n_epochs + 1):
+        row = {"epoch": e, "train_loss": round(1.0 / e, 4), "lr": 1e-3 * 0.9 ** e}
+        row["val_dice_mean"] = round(0.5 + 0.04 * e, 4) if with_val else ""
+        row["val_dice_liver"] = round(0.6 + 0.03 * e, 4) if with_val else ""
+        row["val_dice_tumour"] = round(0.4 + 0.05 * e, 4) if with_val else ""
+        row["seconds"] = 1.5
+        row["slices_per_s"] = 100.0
+        rows.append(row)
+    return _write_csv(path, rows)
+
+
+def _metrics_csv(path: Path, case_name: str = "case_001") -> Path:
+    rows = []
+    rng = np.random.default_rng(1)
+    for i, case in enumerate([case_name, "case_002", "case_003", "case_004"]):
+        for label_id, label in ((1, "liver"), (2, "tumour")):
+            empty = label == "tumour" and i == 3
+            rows.append({
+                "case": case, "label": label, "label_id": label_id,
+                "dice": "" if empty else round(float(rng.uniform(0.6, 0.95)), 4),
+                "iou": round(float(rng.uniform(0.5, 0.9)), 4), "precision": 0.9, "recall": 0.85,
+                "hd_mm": 12.0, "hd95_mm": "" if empty else round(float(rng.uniform(1, 10)), 3),
+                "assd_mm": 1.2, "nsd": "" if empty else round(float(rng.uniform(0.7, 1.0)), 4),
+                "vol_ref_ml": 1500.0, "vol_pred_ml": 1480.0, "vol_diff_ml": -20.0,
+                "ref_empty": empty, "pred_empty": False, "empty_policy": "nan",
+            })
+    return _write_csv(path, rows, METRIC_COLUMNS)
+
+
+def _stats(mean):
+    return {"mean": mean, "std": 0.0421, "median": 0.8766, "min": 0.6012, "max": 0.9456, "ci95": [0.7123, 0.8877]}
+
+
+def _summary_json(path: Path) -> Path:
+    summary = {
+        "n_cases": 4, "empty_policy": "both empty -> NaN",
+        "per_class": {
+            "liver": {"n_cases": 4, "dice": _stats(0.8312), "hd95_mm": _stats(4.5678), "assd_mm": _stats(1.2345),
+                      "nsd": _stats(0.9111), "iou": _stats(0.7222)},
+            EVIL: {"n_cases": 3, "dice": {"mean": None, "std": None, "median": None, "min": None, "max": None,
+                                          "ci95": [None, None]},
+                   "hd95_mm": None, "assd_mm": {}, "nsd": _stats(0.5556), "iou": _stats(0.4444)},
+        },
+    }
+    path.write_text(json.dumps(summary))
+    return path
+
+
+# ------------------------------------------------------------------ plot_training_curves
+
+@pytest.mark.parametrize("n_epochs,with_val", [(5, True), (1, True), (4, False), (1, False)])
+def test_training_curves(tmp_path, n_epochs, with_val):
+    log = _train_log(tmp_path / "train_log.csv", n_epochs, with_val)
+    out = tmp_path / "plots" / "curves.png"
+    plot_training_curves(log, out)
+    _assert_png(out)
+    _no_temp_files(out.parent)
+
+
+def test_training_curves_val_loss_column(tmp_path):
+    rows = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "lr": 1e-3} for e in (1, 2, 3)]
+    log = _write_csv(tmp_path / "train_log.csv", rows)
+    plot_training_curves(log, tmp_path / "curves.png")
+    _assert_png(tmp_path / "curves.png")
+
+
+@pytest.mark.parametrize("content", [None, "", "epoch,train_loss,lr\n"])
+def test_training_curves_missing_or_empty_log(tmp_path, content):
+    log = tmp_path / "train_log.csv"
+    if content is not None:
+        log.write_text(content)
+    plot_training_curves(log, tmp_path / "curves.png")
+    _assert_png(tmp_path / "curves.png")
+
+
+# ------------------------------------------------------------------ plot_metric_boxes
+
+def test_metric_boxes(tmp_path):
+    metrics = _metrics_csv(tmp_path / "metrics.csv")
+    out = tmp_path / "boxes.png"
+    plot_metric_boxes(metrics, out)
+    _assert_png(out)
+    _no_temp_files(tmp_path)
+
+
+def test_metric_boxes_class_without_values(tmp_path):
+    rows = [{c: "" for c in METRIC_COLUMNS} | {"case": "a", "label": "liver", "label_id": 1, "dice": 0.9,
+                                               "hd95_mm": 2.0, "nsd": 0.95},
+            {c: "" for c in METRIC_COLUMNS} | {"case": "a", "label": "tumour", "label_id": 2}]
+    metrics = _write_csv(tmp_path / "metrics.csv", rows, METRIC_COLUMNS)
+    plot_metric_boxes(metrics, tmp_path / "boxes.png")
+    _assert_png(tmp_path / "boxes.png")
+
+
+def test_metric_boxes_header_only(tmp_path):
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text(",".join(METRIC_COLUMNS) + "\n")
+    plot_metric_boxes(metrics, tmp_path / "boxes.png")
+    _assert_png(tmp_path / "boxes.png")
+
+
+# ------------------------------------------------------------------ overlay_figure
+
+def _volume(shape=(10, 24, 20)):
+    z, y, x = shape
+    image = np.full(shape, -1000.0)
+    image[:, 2:-2, 2:-2] = 40.0
+    ref = np.zeros(shape, np.uint8)
+    ref[3:8, 5:12, 4:10] = 1
+    ref[4:7, 14:20, 8:16] = 2
+    pred = np.zeros(shape, np.uint8)
+    pred[3:8, 6:13, 4:11] = 1
+    pred[5:7, 14:19, 9:16] = 2
+    return image, ref, pred
+
+
+LABELS = {0: "background", 1: "liver", 2: EVIL}
+
+
+@pytest.mark.parametrize("with_ref", [True, False])
+def test_overlay_figure(tmp_path, with_ref):
+    image, ref, pred = _volume()
+    out = tmp_path / "ov" / "overlay.png"
+    overlay_figure(image, ref if with_ref else None, pred, (3.0, 0.8, 0.8), LABELS, out, title="case <1>")
+    img = _assert_png(out)
+    assert img.shape[1] > img.shape[0]  # three columns side by side
+    _no_temp_files(out.parent)
+
+
+def test_overlay_figure_empty_masks(tmp_path):
+    image, _, _ = _volume()
+    empty = np.zeros(image.shape, np.uint8)
+    overlay_figure(image, empty, empty, (2.0, 1.0, 1.0), LABELS, tmp_path / "a.png")
+    overlay_figure(image, None, empty, (2.0, 1.0, 1.0), {1: "liver"}, tmp_path / "b.png")
+    _assert_png(tmp_path / "a.png")
+    _assert_png(tmp_path / "b.png")
+
+
+def test_overlay_figure_single_slice_and_full_mask(tmp_path):
+    image = np.zeros((1, 8, 9))
+    full = np.ones(image.shape, np.uint8)
+    overlay_figure(image, full, full, (1.0, 1.0, 2.0), {1: "body"}, tmp_path / "o.png", title="one slice")
+    _assert_png(tmp_path / "o.png")
+
+
+def test_overlay_figure_bad_input(tmp_path):
+    image, ref, pred = _volume()
+    with pytest.raises(ValueError, match="prediction"):
+        overlay_figure(image, ref, pred[:-1], (1.0, 1.0, 1.0), LABELS, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="reference"):
+        overlay_figure(image, ref[:, :-1], pred, (1.0, 1.0, 1.0), LABELS, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="spacing_mm"):
+        overlay_figure(image, ref, pred, (1.0, 0.0, 1.0), LABELS, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="image"):
+        overlay_figure(image[0], ref[0], pred[0], (1.0, 1.0, 1.0), LABELS, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+# ------------------------------------------------------------------ write_report
+
+def test_write_report_full(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    metrics = _metrics_csv(inputs / "metrics.csv", case_name=EVIL)
+    summary = _summary_json(inputs / "summary.json")
+    log = _train_log(inputs / "train_log.csv", 3)
+    image, ref, pred = _volume()
+    overlay_png = inputs / "overlay.png"
+    overlay_figure(image, ref, pred, (3.0, 0.8, 0.8), LABELS, overlay_png, title="best")
+    geometry = [{"case_id": EVIL, "shape": [24, 20, 10], "spacing_mm": [0.8, 0.8, 3.0], "orientation": "RAS",
+                 "split": "test"},
+                {"case_id": "case_002", "shape": [24, 20, 10], "spacing_mm": [0.8, 0.8, 3.0], "orientation": "LPS",
+                 "split": "train/val"}]
+    provenance = {"unet_pipeline": "1.2.3", "python": "3.11",
+                  "config": {"model": {"depth": 4}, "note": EVIL, "url": "http://example.org"}}
+    out = tmp_path / "out" / "report.html"
+    write_report(out, metrics_csv=metrics, summary_json=summary, train_logs=[log],
+                 overlays=[(f"worst: {EVIL}", overlay_png)], geometry_rows=geometry, provenance=provenance,
+                 title="Report <b>x</b>", empty_policy="Both empty: Dice = 1 & <NaN>.")
+    text = out.read_text(encoding="utf-8")
+
+    assert text.startswith("<!DOCTYPE html>")
+    # three figures embedded: boxes, curves, overlay
+    assert text.count("data:image/png;base64,") == 3
+    assert 'src="http' not in text and "href=" not in text
+    assert "<script" not in text.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "Report &lt;b&gt;x&lt;/b&gt;" in text
+    assert "Both empty: Dice = 1 &amp; &lt;NaN&gt;." in text
+    # summary numbers
+    for number in ("0.831", "0.042", "0.877", "0.601", "0.946", "0.712", "0.888", "4.568", "0.556"):
+        assert number in text, number
+    # per-case table, geometry, provenance
+    assert "case_002" in text and "hd95_mm" in text
+    assert "24 × 20 × 10" in text and "LPS" in text and "train/val" in text
+    assert "unet_pipeline" in text and "1.2.3" in text and "&quot;depth&quot;: 4" in text
+    assert "not available" not in text
+    # every embedded image decodes to a PNG
+    import base64
+
+    for data in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text):
+        assert base64.b64decode(data)[:4] == b"\x89PNG"
+    _no_temp_files(out.parent)
+    assert [p.name for p in out.parent.iterdir()] == ["report.html"]
+
+
+def test_write_report_predict_only(tmp_path):
+    out = tmp_path / "report.html"
+    write_report(out)
+    text = out.read_text(encoding="utf-8")
+    for heading in ("Summary per class", "Metric distributions", "Per-case metrics", "Training curves", "Overlays",
+                    "Cohort geometry", "Provenance", "Empty-mask policy"):
+        assert heading in text
+    assert text.count("not available") == 8
+    assert "data:image/png;base64," not in text
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_write_report_missing_files_and_reused_curves(tmp_path):
+    log = _train_log(tmp_path / "train_log.csv", 2)
+    plot_training_curves(log, tmp_path / "curves.png")
+    out = tmp_path / "report.html"
+    write_report(out, metrics_csv=tmp_path / "nope.csv", summary_json=tmp_path / "nope.json", train_logs=[log],
+                 overlays=[("gone", tmp_path / "gone.png")], provenance={"a": 1})
+    text = out.read_text(encoding="utf-8")
+    assert text.count("data:image/png;base64,") == 1
+    assert "gone: not available" in text
+    assert "summary: not available" in text and "metrics: not available" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "report.html", "train_log.csv"]
+
+
+def test_write_report_policy_from_summary(tmp_path):
+    summary = _summary_json(tmp_path / "summary.json")
+    out = tmp_path / "report.html"
+    write_report(out, summary_json=summary)
+    assert "both empty -&gt; NaN" in out.read_text(encoding="utf-8")
+
+
+def test_import_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, unet_pipeline.report; print('matplotlib.pyplot' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -1,0 +1,539 @@
+"""Figures and the self-contained HTML report.
+
+* :func:`plot_training_curves` -- losses, validation Dice and learning rate per epoch, from the
+  ``train_log.csv`` written by :mod:`unet_pipeline.training`.
+* :func:`plot_metric_boxes` -- per-class box plots of Dice, HD95 (mm) and NSD from ``metrics.csv``.
+* :func:`overlay_figure` -- axial CT slices with the reference (contours) and the prediction
+  (semi-transparent fill).
+* :func:`write_report` -- one HTML file with every figure embedded as a base64 data URI, inline
+  CSS and no scripts or external links; every string taken from data is HTML-escaped.
+
+matplotlib is imported inside the functions (with the non-interactive ``Agg`` backend), so
+importing this module is cheap. Every file is written atomically (:func:`unet_pipeline.io.atomic_path`).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import atomic_path
+
+__all__ = ["plot_training_curves", "plot_metric_boxes", "overlay_figure", "write_report"]
+
+#: Abdomen window: width and level in HU.
+WINDOW_HU = (400.0, 40.0)
+#: Metrics shown as box plots: (column of metrics.csv, axis title).
+BOX_METRICS = (("dice", "Dice"), ("hd95_mm", "HD95 (mm)"), ("nsd", "NSD"))
+_SUMMARY_METRICS = (("dice", "Dice"), ("iou", "IoU"), ("hd95_mm", "HD95 (mm)"), ("assd_mm", "ASSD (mm)"),
+                    ("nsd", "NSD"))
+_NA = "not available"
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+def _pyplot():
+    """Import matplotlib with the Agg backend and return ``matplotlib.pyplot``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out_png: str | Path, dpi: int = 100) -> None:
+    """Save ``fig`` as PNG atomically and close it."""
+    plt = _pyplot()
+    try:
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+
+
+def _read_csv(path: str | Path | None) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts; ``[]`` for a missing or empty file."""
+    if path is None or not Path(path).is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _float(value: Any) -> float:
+    """A float, or NaN for empty/unparsable cells and ``None``."""
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _placeholder(out_png: str | Path, message: str) -> None:
+    """A small figure that only says ``message`` (used when there is nothing to plot)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center")
+    _save(fig, out_png)
+
+
+# --------------------------------------------------------------------------------------------
+# figures
+# --------------------------------------------------------------------------------------------
+
+def plot_training_curves(log_csv: str | Path, out_png: str | Path) -> None:
+    """Plot the training log: losses per epoch (left) and validation Dice plus learning rate (right).
+
+    Parameters
+    ----------
+    log_csv
+        ``train_log.csv`` from :func:`unet_pipeline.training.train`: one row per epoch with
+        ``epoch``, ``train_loss``, ``lr``, ``val_dice_mean``, ``val_dice_<class>`` (empty cells
+        when there is no validation set), ``seconds``, ``slices_per_s``; a ``val_loss`` column
+        is plotted when present. A missing or empty log gives a figure that says so.
+    out_png
+        The PNG written (atomically).
+    """
+    rows = _read_csv(log_csv)
+    if not rows:
+        _placeholder(out_png, "no training epochs logged")
+        return
+    plt = _pyplot()
+    cols = list(rows[0].keys())
+    data = {c: np.array([_float(r.get(c)) for r in rows]) for c in cols}
+    epoch = data.get("epoch")
+    if epoch is None or np.isnan(epoch).all():
+        epoch = np.arange(1, len(rows) + 1, dtype=float)
+
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 4))
+    style = {"marker": "o", "markersize": 3}
+    for c in ("train_loss", "val_loss"):
+        if c in data and not np.isnan(data[c]).all():
+            ax_loss.plot(epoch, data[c], label=c.replace("_", " "), **style)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title("Loss")
+    ax_loss.grid(alpha=0.3)
+    if ax_loss.lines:
+        ax_loss.legend(fontsize=8)
+
+    dice_cols = [c for c in cols if c.startswith("val_dice_") and not np.isnan(data[c]).all()]
+    dice_cols.sort(key=lambda c: (c != "val_dice_mean", c))
+    for c in dice_cols:
+        mean = c == "val_dice_mean"
+        ax_dice.plot(epoch, data[c], label=("mean" if mean else c[len("val_dice_"):]),
+                     linewidth=2.2 if mean else 1.0, color="black" if mean else None, **style)
+    ax_dice.set_xlabel("epoch")
+    ax_dice.set_ylabel("validation Dice")
+    ax_dice.set_title("Validation Dice and learning rate")
+    ax_dice.grid(alpha=0.3)
+    if dice_cols:
+        ax_dice.set_ylim(-0.02, 1.02)
+    else:
+        ax_dice.text(0.5, 0.5, "no validation set", transform=ax_dice.transAxes, ha="center", va="center",
+                     color="gray")
+    handles, labels = ax_dice.get_legend_handles_labels()
+    if "lr" in data and not np.isnan(data["lr"]).all():
+        ax_lr = ax_dice.twinx()
+        line, = ax_lr.plot(epoch, data["lr"], color="tab:gray", linestyle="--", label="learning rate")
+        ax_lr.set_ylabel("learning rate")
+        lr = data["lr"][np.isfinite(data["lr"])]
+        if lr.size and (lr > 0).all() and lr.max() / lr.min() > 20:
+            ax_lr.set_yscale("log")
+        handles.append(line)
+        labels.append("learning rate")
+    if handles:
+        ax_dice.legend(handles, labels, fontsize=8, loc="best")
+    if len(epoch) == 1:
+        for ax in (ax_loss, ax_dice):
+            ax.set_xlim(epoch[0] - 1, epoch[0] + 1)
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def plot_metric_boxes(metrics_csv: str | Path, out_png: str | Path) -> None:
+    """Per-class box plots of Dice, HD95 (mm) and NSD, with each case as a jittered point.
+
+    Parameters
+    ----------
+    metrics_csv
+        ``metrics.csv``: one row per (case, class) with columns ``case``, ``label``, ``label_id``,
+        ``dice``, ``hd95_mm``, ``nsd``, ... ; empty cells are NaN and left out of the plot.
+    out_png
+        The PNG written (atomically).
+    """
+    rows = _read_csv(metrics_csv)
+    if not rows:
+        _placeholder(out_png, "no metrics")
+        return
+    plt = _pyplot()
+    order: dict[str, float] = {}
+    for r in rows:
+        order.setdefault(r.get("label", ""), _float(r.get("label_id")))
+    classes = sorted(order, key=lambda k: (math.isnan(order[k]), order[k], k))
+    rng = np.random.default_rng(0)
+    fig, axes = plt.subplots(1, len(BOX_METRICS), figsize=(4 * len(BOX_METRICS) + 1, 4), squeeze=False)
+    for ax, (col, name) in zip(axes[0], BOX_METRICS):
+        values = []
+        for cls in classes:
+            v = np.array([_float(r.get(col)) for r in rows if r.get("label", "") == cls])
+            values.append(v[np.isfinite(v)])
+        positions = [i + 1 for i, v in enumerate(values) if v.size]
+        if positions:
+            ax.boxplot([values[p - 1] for p in positions], positions=positions, widths=0.5, showfliers=False)
+        for i, v in enumerate(values):
+            if v.size:
+                ax.scatter(i + 1 + rng.uniform(-0.12, 0.12, v.size), v, s=12, alpha=0.7, color="tab:blue",
+                           zorder=3)
+            else:
+                ax.text(i + 1, 0.5, "n/a", transform=ax.get_xaxis_transform(), ha="center", color="gray")
+        ax.set_xticks(range(1, len(classes) + 1))
+        ax.set_xticklabels(classes, rotation=30, ha="right")
+        ax.set_xlim(0.5, len(classes) + 0.5)
+        ax.set_title(name)
+        ax.grid(axis="y", alpha=0.3)
+        if col in ("dice", "nsd"):
+            ax.set_ylim(-0.02, 1.02)
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def _slice_indices(mask: np.ndarray | None, n_z: int) -> list[int]:
+    """z indices at 25/50/75 % of the foreground z-extent of ``mask`` (mid-volume if empty)."""
+    if mask is not None and mask.any():
+        z = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+        lo, hi = int(z[0]), int(z[-1])
+        picks = [int(round(lo + f * (hi - lo))) for f in (0.25, 0.5, 0.75)]
+    else:
+        picks = [int(round(f * (n_z - 1))) for f in (0.25, 0.5, 0.75)]
+    return list(dict.fromkeys(picks))
+
+
+def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: np.ndarray,
+                   spacing_mm: Sequence[float], labels: Mapping[int, str], out_png: str | Path,
+                   title: str = "") -> None:
+    """Axial slices with the reference as contours and the prediction as a semi-transparent fill.
+
+    Parameters
+    ----------
+    image
+        CT volume in HU, float, shape ``(Z, Y, X)`` in canonical orientation: z superior
+        increasing, y anterior increasing, x (patient) right increasing.
+    reference
+        Integer label volume of the same shape, or ``None`` (no reference).
+    prediction
+        Integer label volume of the same shape.
+    spacing_mm
+        Voxel size ``(sz, sy, sx)`` in mm; sets the displayed aspect ratio.
+    labels
+        ``{label value: class name}``; 0 (background) is not drawn.
+    out_png
+        The PNG written (atomically).
+    title
+        Figure title.
+
+    Notes
+    -----
+    Three slices are shown at 25/50/75 % of the reference's foreground z-extent (else the
+    prediction's, else the whole volume), one column each, with the abdomen window (W 400,
+    L 40 HU), in radiological convention: patient right on the image left, anterior at the top.
+    """
+    image = np.asarray(image, dtype=float)
+    if image.ndim != 3:
+        raise ValueError(f"image: expected a 3-D (Z, Y, X) array, got shape {image.shape}")
+    prediction = np.asarray(prediction)
+    if prediction.shape != image.shape:
+        raise ValueError(f"prediction: shape {prediction.shape} differs from image shape {image.shape}")
+    if reference is not None:
+        reference = np.asarray(reference)
+        if reference.shape != image.shape:
+            raise ValueError(f"reference: shape {reference.shape} differs from image shape {image.shape}")
+    if len(spacing_mm) != 3 or not all(float(s) > 0 for s in spacing_mm):
+        raise ValueError(f"spacing_mm: expected three positive values (sz, sy, sx), got {spacing_mm!r}")
+    plt = _pyplot()
+    from matplotlib.colors import to_rgba
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    classes = sorted((int(k), str(v)) for k, v in labels.items() if int(k) != 0)
+    cmap = plt.get_cmap("tab10")
+    colours = {k: cmap(i % 10) for i, (k, _) in enumerate(classes)}
+    guide = reference if reference is not None and reference.any() else prediction
+    zs = _slice_indices(guide, image.shape[0])
+    width, level = WINDOW_HU
+    vmin, vmax = level - width / 2, level + width / 2
+    _, sy, sx = (float(s) for s in spacing_mm)
+
+    fig, axes = plt.subplots(1, len(zs), figsize=(4 * len(zs), 4.6), squeeze=False)
+    for ax, z in zip(axes[0], zs):
+        # Radiological display: rows = anterior at top (flip y), columns = patient right at left (flip x).
+        img = image[z, ::-1, ::-1]
+        pred = prediction[z, ::-1, ::-1]
+        ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, aspect=sy / sx, interpolation="nearest")
+        fill = np.zeros((*pred.shape, 4))
+        for k, _ in classes:
+            fill[pred == k] = to_rgba(colours[k], 0.4)
+        ax.imshow(fill, aspect=sy / sx, interpolation="nearest")
+        if reference is not None:
+            ref = reference[z, ::-1, ::-1]
+            for k, _ in classes:
+                m = (ref == k).astype(float)
+                if m.any() and not m.all():
+                    ax.contour(m, levels=[0.5], colors=[colours[k]], linewidths=1.2)
+        ax.set_title(f"z = {z} ({z * float(spacing_mm[0]):.1f} mm)", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for x, y, s, ha, va in ((0.02, 0.5, "R", "left", "center"), (0.98, 0.5, "L", "right", "center"),
+                                (0.5, 0.98, "A", "center", "top"), (0.5, 0.02, "P", "center", "bottom")):
+            ax.text(x, y, s, transform=ax.transAxes, ha=ha, va=va, color="yellow", fontsize=8)
+    handles = [Patch(facecolor=to_rgba(colours[k], 0.6), edgecolor=colours[k], label=name) for k, name in classes]
+    handles.append(Patch(facecolor=to_rgba("gray", 0.4), label="prediction (fill)"))
+    if reference is not None:
+        handles.append(Line2D([], [], color="gray", label="reference (contour)"))
+    else:
+        handles.append(Line2D([], [], color="none", label="no reference"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95 if title else 1))
+    _save(fig, out_png)
+
+
+# --------------------------------------------------------------------------------------------
+# HTML report
+# --------------------------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { border-bottom: 2px solid #444; }
+h2 { margin-top: 2em; border-bottom: 1px solid #aaa; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
+th { background: #eee; }
+td:first-child, th:first-child { text-align: left; }
+.scroll { max-height: 30em; overflow: auto; }
+img { max-width: 100%; }
+figure { margin: 1em 0; }
+figcaption { font-size: 0.9em; color: #444; }
+.na { color: #888; font-style: italic; }
+pre { background: #f6f6f6; padding: 0.5em; overflow: auto; font-size: 0.8em; }
+dt { font-weight: bold; margin-top: 0.4em; }
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _na(what: str = "") -> str:
+    return f'<p class="na">{_esc(what + ": " if what else "")}{_NA}</p>'
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    """A number rounded for display; '–' for None/NaN; other values as text (escaped)."""
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, bool):
+        return _esc(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return "&ndash;" if not math.isfinite(value) else f"{value:.{digits}f}"
+    return _esc(value)
+
+
+def _cell(text: str) -> str:
+    """A CSV cell for display: numbers rounded to 4 significant digits, the rest escaped."""
+    if text is None or text == "":
+        return "&ndash;"
+    if text.lstrip("-").isdigit():
+        return text
+    try:
+        x = float(text)
+    except ValueError:
+        return _esc(text)
+    return "&ndash;" if not math.isfinite(x) else f"{x:.4g}"
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """An HTML table; ``header`` is escaped here, cells must already be HTML."""
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _summary_section(summary_json: str | Path | None) -> str:
+    if summary_json is None or not Path(summary_json).is_file():
+        return _na("summary")
+    summary = json.loads(Path(summary_json).read_text())
+    per_class = summary.get("per_class") or {}
+    if isinstance(per_class, list):
+        per_class = {str(r.get("label", i)): r for i, r in enumerate(per_class)}
+    if not per_class:
+        return _na("summary")
+    header = ["class", "n cases"]
+    for _, name in _SUMMARY_METRICS:
+        header += [f"{name} mean ± sd", f"{name} median", f"{name} min–max", f"{name} 95% CI"]
+    rows = []
+    for label, stats in per_class.items():
+        stats = stats or {}
+        row = [_esc(label), _fmt(stats.get("n_cases"))]
+        for key, _ in _SUMMARY_METRICS:
+            s = stats.get(key) or {}
+            ci = s.get("ci95") or [None, None]
+            ci = list(ci) + [None] * (2 - len(ci))
+            row += [f"{_fmt(s.get('mean'))} ± {_fmt(s.get('std'))}", _fmt(s.get("median")),
+                    f"{_fmt(s.get('min'))} – {_fmt(s.get('max'))}", f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"]
+        rows.append(row)
+    n = summary.get("n_cases")
+    intro = f"<p>Test cases: {_fmt(n)}.</p>" if n is not None else ""
+    return intro + f'<div class="scroll">{_table(header, rows)}</div>'
+
+
+def _boxes_section(metrics_csv: str | Path | None, tmp: Path) -> str:
+    if metrics_csv is None or not _read_csv(metrics_csv):
+        return _na("metrics")
+    png = tmp / "boxes.png"
+    plot_metric_boxes(metrics_csv, png)
+    return _img(png.read_bytes(), "per-class metric distributions")
+
+
+def _cases_section(metrics_csv: str | Path | None) -> str:
+    rows = _read_csv(metrics_csv)
+    if not rows:
+        return _na("per-case metrics")
+    header = list(rows[0].keys())
+    body = [[_cell(r.get(h) or "") for h in header] for r in rows]
+    return f'<div class="scroll">{_table(header, body)}</div>'
+
+
+def _curves_section(train_logs: Sequence[str | Path], tmp: Path) -> str:
+    logs = [Path(p) for p in train_logs if p]
+    if not logs:
+        return _na("training curves")
+    parts = []
+    for i, log_csv in enumerate(logs):
+        beside = log_csv.with_name("curves.png")
+        if beside.is_file() and (not log_csv.is_file() or beside.stat().st_mtime >= log_csv.stat().st_mtime):
+            png = beside
+        else:
+            png = tmp / f"curves_{i}.png"
+            plot_training_curves(log_csv, png)
+        caption = f"{log_csv.parent.name}/{log_csv.name}"
+        parts.append(f"<figure>{_img(png.read_bytes(), 'training curves')}"
+                     f"<figcaption>{_esc(caption)}</figcaption></figure>")
+    return "".join(parts)
+
+
+def _overlays_section(overlays: Sequence[tuple[str, str | Path]]) -> str:
+    if not overlays:
+        return _na("overlays")
+    parts = []
+    for caption, png in overlays:
+        if png is None or not Path(png).is_file():
+            parts.append(f"<figure>{_na(str(caption))}</figure>")
+            continue
+        parts.append(f"<figure>{_img(Path(png).read_bytes(), str(caption))}"
+                     f"<figcaption>{_esc(caption)}</figcaption></figure>")
+    return "".join(parts)
+
+
+def _geometry_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " × ".join(_fmt(v, 3) if isinstance(v, float) else _esc(v) for v in value)
+    return _fmt(value)
+
+
+def _geometry_section(geometry_rows: Sequence[Mapping]) -> str:
+    if not geometry_rows:
+        return _na("cohort geometry")
+    header = ["case_id", "shape", "spacing_mm", "orientation", "split"]
+    rows = [[_geometry_value(r.get(h)) for h in header] for r in geometry_rows]
+    return f'<p>Cases: {len(rows)}.</p><div class="scroll">{_table(header, rows)}</div>'
+
+
+def _provenance_section(provenance: Mapping | None) -> str:
+    if not provenance:
+        return _na("provenance")
+    items = []
+    for key, value in provenance.items():
+        if isinstance(value, (Mapping, list, tuple)):
+            text = f"<pre>{_esc(json.dumps(value, indent=2, sort_keys=True, default=str))}</pre>"
+        else:
+            text = _esc(value)
+        items.append(f"<dt>{_esc(key)}</dt><dd>{text}</dd>")
+    return f"<dl>{''.join(items)}</dl>"
+
+
+def write_report(out_html: str | Path, *, metrics_csv: str | Path | None = None,
+                 summary_json: str | Path | None = None, train_logs: Sequence[str | Path] = (),
+                 overlays: Sequence[tuple[str, str | Path]] = (), geometry_rows: Sequence[Mapping] = (),
+                 provenance: Mapping | None = None, title: str = "U-Net segmentation report",
+                 empty_policy: str = "") -> None:
+    """Write the self-contained HTML report.
+
+    Parameters
+    ----------
+    out_html
+        The HTML file written (atomically). Figures are embedded as base64 PNG data URIs; the
+        page has inline CSS only, no scripts and no external links.
+    metrics_csv
+        Per-(case, class) metrics table, or ``None`` (predict-only run).
+    summary_json
+        ``{"n_cases", "empty_policy", "per_class": {label: {"n_cases", "dice": {"mean", "std",
+        "median", "min", "max", "ci95": [lo, hi]}, "hd95_mm": ..., "assd_mm": ..., "nsd": ...,
+        "iou": ...}}}``; null values are shown as dashes. ``None`` when there are no metrics.
+    train_logs
+        ``train_log.csv`` files; a newer ``curves.png`` beside a log is reused.
+    overlays
+        ``(caption, png path)`` pairs, e.g. from :func:`overlay_figure`.
+    geometry_rows
+        Dicts with ``case_id``, ``shape``, ``spacing_mm``, ``orientation``, ``split``.
+    provenance
+        Versions, configuration etc. (nested dict, JSON-serialisable or stringified).
+    title
+        Page title.
+    empty_policy
+        The sentence that states how empty reference/prediction masks are scored.
+
+    Every missing input gives a section that says "not available".
+    """
+    if not empty_policy and summary_json is not None and Path(summary_json).is_file():
+        with_policy = json.loads(Path(summary_json).read_text())
+        empty_policy = str(with_policy.get("empty_policy") or "") if isinstance(with_policy, dict) else ""
+    with tempfile.TemporaryDirectory(prefix="report-") as td:
+        tmp = Path(td)
+        sections = [
+            ("Summary per class", _summary_section(summary_json)),
+            ("Metric distributions", _boxes_section(metrics_csv, tmp)),
+            ("Per-case metrics", _cases_section(metrics_csv)),
+            ("Training curves", _curves_section(list(train_logs), tmp)),
+            ("Overlays", _overlays_section(list(overlays))),
+            ("Cohort geometry", _geometry_section(list(geometry_rows))),
+            ("Provenance", _provenance_section(provenance)),
+            ("Empty-mask policy", f"<p>{_esc(empty_policy)}</p>" if empty_policy else _na("empty-mask policy")),
+        ]
+    body = "".join(f'<section><h2>{_esc(h)}</h2>{content}</section>' for h, content in sections)
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{_esc(title)}</title><style>{_CSS}</style></head>"
+            f"<body><h1>{_esc(title)}</h1>{body}</body></html>\n")
+    with atomic_path(out_html) as tmp_html:
+        tmp_html.write_text(page, encoding="utf-8")
