@@ -137,7 +137,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                 inference={"device": args.device, "overlap": args.overlap,
                                            "batch_size": args.batch_size, "mirror_tta": args.tta})
     failed = {k: v for k, v in status.items() if v != "ok"}
-    print(f"{len(status) - len(failed)} of {len(status)} case(s) segmented into {args.output}")
+    print(f"{len(status) - len(failed)} of {len(status)} case(s) segmented into {args.output} "
+          f"(volumes and QC flags: {Path(args.output) / 'volumes.csv'})")
     for cid, err in failed.items():
         print(f"  FAILED {cid}: {err}", file=sys.stderr)
     return 1 if failed else 0

@@ -289,9 +289,45 @@ def evaluate(case_id: str, pred: str | Path, ref: str | Path, out_csv: str | Pat
     return rows
 
 
-def _write_rows(path: str | Path, rows: Sequence[Mapping]) -> None:
+def volumes(case_id: str, seg: str | Path, image: str | Path, out_csv: str | Path, *, labels: Mapping) -> list[dict]:
+    """Volumes, HU statistics and QC flags of one segmentation into a one-case CSV."""
+    rows = _volume_rows(case_id, seg, image, labels)
+    _write_rows(out_csv, rows, columns=_volume_columns())
+    return rows
+
+
+def _volume_columns() -> list[str]:
+    from .volumes import VOLUME_COLUMNS
+
+    return VOLUME_COLUMNS
+
+
+def _volume_rows(case_id: str, seg: str | Path, image: str | Path, labels: Mapping) -> list[dict]:
+    import nibabel as nib
+
+    from .io import read_voxels, spacing_from_affine
+    from .volumes import case_volumes
+
+    simg, iimg = nib.load(str(seg)), nib.load(str(image))
+    if simg.shape[:3] != iimg.shape[:3]:
+        raise CaseError(seg, f"segmentation shape {simg.shape} differs from image {image} shape {iimg.shape}")
+    return case_volumes(read_voxels(simg, seg), read_voxels(iimg, image), spacing_from_affine(iimg.affine),
+                        _labels(labels), case_id)
+
+
+def aggregate_volumes(case_csvs: Sequence[str | Path], out_csv: str | Path) -> int:
+    """Concatenate per-case volume CSVs into one table; returns the number of rows."""
+    rows = []
+    for p in case_csvs:
+        with open(p, newline="") as fh:
+            rows.extend(csv.DictReader(fh))
+    _write_rows(out_csv, rows, columns=_volume_columns())
+    return len(rows)
+
+
+def _write_rows(path: str | Path, rows: Sequence[Mapping], columns: Sequence[str] = METRIC_COLUMNS) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for r in rows:
             writer.writerow({k: ("" if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()})
@@ -432,6 +468,7 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple[str,
     models, meta = _load_models(model_dirs, device)
     labels = _labels(meta["labels"])
     status: dict[str, str] = {}
+    volume_rows: list[dict] = []
     for case_id, image in inputs:
         case_work = Path(work_dir) / case_id
         try:
@@ -446,6 +483,7 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple[str,
             _write_sidecar(out, labels, model_dirs[0], {"source": str(image), "device": str(device),
                                                        "seconds": round(time.perf_counter() - t0, 3),
                                                        "infer": info, "warnings": record.get("warnings", [])})
+            volume_rows.extend(_volume_rows(case_id, out, case_work / "imported" / "image.nii.gz", labels))
             status[case_id] = "ok"
             log.info("%s: segmented in %.1f s", case_id, time.perf_counter() - t0)
         except (CaseError, ValueError) as exc:
@@ -455,6 +493,8 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple[str,
             log.error("%s: %s", case_id, exc)
         finally:
             shutil.rmtree(case_work, ignore_errors=True)
+    if volume_rows:
+        _write_rows(Path(out_dir) / "volumes.csv", volume_rows, columns=_volume_columns())
     return status
 
 

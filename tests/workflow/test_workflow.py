@@ -71,6 +71,10 @@ def _check_outputs(work: Path, results: Path) -> list[dict]:
         assert col in rows[0]
     summary = json.loads((results / "metrics" / "summary.json").read_text())
     assert set(summary["per_class"]) == {"liver", "spleen", "kidney_left", "kidney_right"}
+    with open(results / "volumes.csv") as fh:
+        volumes = list(csv.DictReader(fh))
+    assert {r["case"] for r in volumes} == {s.name[:-7] for s in segs} and len(volumes) == 4 * len(segs)
+    assert all(float(r["volume_ml"]) >= 0 for r in volumes) and "qc_flags" in volumes[0]
     html = (results / "report.html").read_text()
     assert "data:image/png;base64," in html and "liver" in html
     for log in ("train.log", "fingerprint.log"):

@@ -102,7 +102,7 @@ def final_targets():
     targets = expand(f"{RESULTS}/segmentations/{{case}}.nii.gz", case=CASES.to_segment)
     if evaluated_cases():
         targets += [f"{RESULTS}/metrics/metrics.csv", f"{RESULTS}/metrics/summary.json"]
-    targets.append(f"{RESULTS}/report.html")
+    targets += [f"{RESULTS}/volumes.csv", f"{RESULTS}/report.html"]
     return targets
 
 

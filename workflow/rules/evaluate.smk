@@ -20,6 +20,41 @@ rule evaluate:
         "../scripts/evaluate.py"
 
 
+rule volumes:
+    input:
+        seg=f"{RESULTS}/segmentations/{{case}}.nii.gz",
+        image=f"{RESULTS}/imported/{{case}}/image.nii.gz",
+    output:
+        csv=f"{RESULTS}/volumes/cases/{{case}}.csv",
+    params:
+        labels=CASES.labels,
+    log:
+        f"{LOGS}/volumes/{{case}}.log",
+    group:
+        "segment_cases"
+    conda:
+        "../envs/unet.yaml"
+    script:
+        "../scripts/volumes.py"
+
+
+rule aggregate_volumes:
+    input:
+        expand(f"{RESULTS}/volumes/cases/{{case}}.csv", case=CASES.to_segment),
+    output:
+        csv=report(
+            f"{RESULTS}/volumes.csv",
+            caption="../report/volumes.rst",
+            category="Volumes",
+        ),
+    log:
+        f"{LOGS}/aggregate_volumes.log",
+    conda:
+        "../envs/unet.yaml"
+    script:
+        "../scripts/aggregate_volumes.py"
+
+
 rule aggregate_metrics:
     input:
         expand(f"{RESULTS}/metrics/cases/{{case}}.csv", case=evaluated_cases()),

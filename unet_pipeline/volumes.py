@@ -1,0 +1,70 @@
+"""Volumetry and quality-control flags of segmentations (no reference needed).
+
+For every segmented case and class: the volume (mL), HU statistics of the CT inside the
+structure, the number of connected components and QC flags a reader should look at:
+
+* ``empty``: nothing of this class was segmented;
+* ``fragmented``: more than one connected component (26-connectivity);
+* ``touches_border``: the structure reaches the edge of the image, so it may be cut off by the
+  field of view and its volume underestimated.
+
+Inputs are the segmentation (integer labels) and the CT image (HU) on the same voxel grid, in the
+array order of the NIfTI file; spacing in mm per array axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["VOLUME_COLUMNS", "case_volumes"]
+
+VOLUME_COLUMNS = ["case", "label", "label_id", "volume_ml", "hu_mean", "hu_std", "hu_p05", "hu_p50", "hu_p95",
+                  "n_components", "empty", "touches_border", "qc_flags"]
+
+
+def _touches_border(mask: np.ndarray) -> bool:
+    for axis in range(mask.ndim):
+        if mask.take(0, axis=axis).any() or mask.take(mask.shape[axis] - 1, axis=axis).any():
+            return True
+    return False
+
+
+def case_volumes(segmentation: np.ndarray, image_hu: np.ndarray, spacing_mm: Sequence[float],
+                 labels: Mapping[int, str], case_id: str = "") -> list[dict[str, Any]]:
+    """One row per class (``labels`` order) with the columns of :data:`VOLUME_COLUMNS`.
+
+    ``segmentation`` is an integer array, ``image_hu`` a float or integer array of the same shape
+    (HU); percentiles are of the voxels inside the structure (NaN when it is empty).
+    """
+    seg = np.asarray(segmentation)
+    if seg.shape != tuple(image_hu.shape):
+        raise ValueError(f"segmentation shape {seg.shape} differs from image shape {tuple(image_hu.shape)}")
+    voxel_ml = float(np.prod([float(s) for s in spacing_mm])) / 1000.0
+    rows = []
+    nan = float("nan")
+    for value, name in labels.items():
+        mask = seg == value
+        n = int(np.count_nonzero(mask))
+        row: dict[str, Any] = {"case": case_id, "label": str(name), "label_id": int(value), "volume_ml": n * voxel_ml}
+        if n:
+            hu = np.asarray(image_hu[mask], dtype=np.float32)
+            p05, p50, p95 = (float(v) for v in np.percentile(hu, [5, 50, 95]))
+            idx = np.nonzero(mask)
+            box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
+            _, n_comp = ndimage.label(mask[box], structure=np.ones((3,) * mask.ndim, bool))
+            border = _touches_border(mask)
+            row.update(hu_mean=float(hu.mean(dtype=np.float64)), hu_std=float(hu.std(dtype=np.float64)),
+                       hu_p05=p05, hu_p50=p50, hu_p95=p95, n_components=int(n_comp), empty=False,
+                       touches_border=border)
+        else:
+            row.update(hu_mean=nan, hu_std=nan, hu_p05=nan, hu_p50=nan, hu_p95=nan, n_components=0, empty=True,
+                       touches_border=False)
+        flags = [f for f, on in (("empty", row["empty"]), ("fragmented", row["n_components"] > 1),
+                                 ("touches_border", row["touches_border"])) if on]
+        row["qc_flags"] = ";".join(flags)
+        rows.append(row)
+    return rows
