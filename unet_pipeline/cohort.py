@@ -40,6 +40,7 @@ __all__ = [
     "check_case",
     "case_id_problems",
     "split_cases",
+    "assign_folds",
     "WorkflowCases",
     "workflow_cases",
 ]
@@ -344,6 +345,10 @@ class WorkflowCases:
         Labelled case ids used for training, validation during training, and evaluation.
     unlabelled
         Case ids without labels: segmented, never evaluated.
+    folds
+        Cross-validation: the case ids of each fold (empty without cross-validation). Fold ``f``
+        validates on ``folds[f]`` and trains on the other folds; ``train`` then holds all of them
+        and ``val`` is empty.
     """
 
     cases: dict[str, CaseSpec]
@@ -352,6 +357,15 @@ class WorkflowCases:
     val: list[str]
     test: list[str]
     unlabelled: list[str]
+    folds: list[list[str]] = field(default_factory=list)
+
+    def fold_split(self, fold: int | None) -> tuple[list[str], list[str]]:
+        """``(train ids, validation ids)`` of a cross-validation fold, or of the single model (None)."""
+        if fold is None:
+            return self.train, self.val
+        if not 0 <= fold < len(self.folds):
+            raise ValueError(f"fold {fold} does not exist ({len(self.folds)} folds)")
+        return sorted(c for i, f in enumerate(self.folds) if i != fold for c in f), sorted(self.folds[fold])
 
     @property
     def labelled(self) -> list[str]:
@@ -398,7 +412,23 @@ def workflow_cases(config: Mapping, results: str | Path) -> WorkflowCases:
     split = config.get("split", {}) or {}
     seed = int(split.get("seed", 0))
     train_val, test = split_cases(labelled, float(split.get("test_fraction", 0.25)), seed)
+    n_folds = int(split.get("folds", 1))
+    if n_folds > 1:
+        if len(train_val) < n_folds:
+            raise ConfigError(f"split.folds: {n_folds} folds need at least {n_folds} labelled training cases, "
+                              f"found {len(train_val)}")
+        return WorkflowCases(specs, cohort.labels, sorted(train_val), [], test, unlabelled,
+                             assign_folds(train_val, n_folds, seed + 2))
     train, val = split_cases(train_val, float(split.get("val_fraction", 0.2)), seed + 1)
     if not train:
         raise ConfigError("cohort: no labelled cases to train on (set predict.model to segment with a trained model)")
     return WorkflowCases(specs, cohort.labels, train, val, test, unlabelled)
+
+
+def assign_folds(case_ids: Sequence[str], n_folds: int, seed: int) -> list[list[str]]:
+    """Seeded assignment of whole cases (never slices) to ``n_folds`` folds of near-equal size."""
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be >= 2, got {n_folds}")
+    ids = sorted(case_ids)
+    random.Random(seed).shuffle(ids)
+    return [sorted(ids[f::n_folds]) for f in range(n_folds)]

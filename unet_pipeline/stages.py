@@ -410,12 +410,14 @@ def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mappin
     else:
         picks = [(f"{cid} (no reference)", cid) for cid in list(cases)[:n_overlays]]
     overlay_cases = [{"case": cid, "caption": caption, **cases[cid]} for caption, cid in picks]
-    train_log = inputs.get("train_log")
+    train_logs = inputs.get("train_logs") or []
+    if isinstance(train_logs, (str, Path)):
+        train_logs = [train_logs]
     provenance = {"unet_pipeline": __version__, "python": platform.python_version(), "config": dict(config)}
     records = inputs.get("records", [])
     if isinstance(records, str):
         records = [records]
-    report(out_html, metrics_csv=metrics, summary_json=inputs.get("summary"), train_logs=[train_log] if train_log else [],
+    report(out_html, metrics_csv=metrics, summary_json=inputs.get("summary"), train_logs=list(train_logs),
            overlay_cases=overlay_cases, case_records=records, provenance=provenance, labels=labels, work_dir=work_dir,
            splits={cid: c.get("split") for cid, c in cases.items()})
 

@@ -122,9 +122,10 @@ printf '%s\n' "sacct for run $RUN_ID:" "$sacct_rows" | sed 's/^/    /'
 (( n_jobs == n_submitted )) || die "sacct shows $n_jobs jobs, Snakemake submitted $n_submitted"
 [[ $(cut -d'|' -f1 <<<"$sacct_rows" | sort -n | tr '\n' ' ') == "$(tr '\n' ' ' <<<"$submitted")" ]] \
   || die "the job ids in sacct differ from those Snakemake submitted"
-# Every rule job ran inside one of those Slurm jobs: count the rules in the kept Slurm logs.
+# Every rule job ran inside one of those Slurm jobs: count the rules executed in the kept Slurm
+# logs (inside a Slurm job each rule runs as "localrule NAME:"; "rule NAME:" lines only list them).
 in_slurm=$(cat "$WORK"/.snakemake/slurm_logs/*/*/*.log "$WORK"/.snakemake/slurm_logs/*/*.log 2>/dev/null \
-  | grep -cE "^\s*(local)?rule [a-z_]+:" || true)
+  | grep -cE "^localrule [a-z_]+:" || true)
 (( in_slurm == rule_jobs - 1 )) || die "$in_slurm rule jobs in the Slurm logs, expected $((rule_jobs - 1))"
 # GPU: train and the group holding infer were allocated the (fake) GPU, and under such an
 # allocation the code picks the CPU, since CUDA_VISIBLE_DEVICES names no real device.
@@ -133,7 +134,7 @@ device=$(srun -n1 -t 2 --mem=1000 --gpus=1 --chdir="$REPO" python -c \
   'import os; from unet_pipeline.inference import select_device; print(os.environ.get("CUDA_VISIBLE_DEVICES"), select_device())')
 [[ $device == "0 cpu" ]] || die "under a fake GPU expected 'CUDA_VISIBLE_DEVICES=0, device cpu', got '$device'"
 log "fake GPU: CUDA_VISIBLE_DEVICES=${device% *}, select_device() -> ${device#* } (CPU fallback)"
-if grep -rhoiE "device[=: ]+'?(cuda|cpu)[^ ]*" "$WORK"/results/logs/infer "$WORK"/results/logs/train.log 2>/dev/null \
+if grep -rhoiE "device[=: ]+'?(cuda|cpu)[^ ]*" "$WORK"/results/logs/infer "$WORK"/results/logs/model 2>/dev/null \
     | grep -qi cuda; then die "a job log says it used CUDA under the fake GPU"; fi
 
 python - "$WORK/results" <<'EOF' || die "output check failed"

@@ -179,3 +179,20 @@ def test_workflow_cases_rejects_hostile_ids(tmp_path):
     (tmp_path / "m.csv").write_text("case_id,image\n../../etc/passwd,img/ok.nii.gz\nfine,img/ok.nii.gz\n")
     with pytest.raises(ConfigError, match="cannot be used"):
         workflow_cases({"cohort": {"manifest": str(tmp_path / "m.csv")}, "predict": {"model": "m"}}, tmp_path)
+
+
+def test_folds_assign_whole_cases_once_and_split_train_val():
+    from unet_pipeline.cohort import WorkflowCases, assign_folds
+
+    ids = [f"c{i:02d}" for i in range(11)]
+    folds = assign_folds(ids, 3, seed=4)
+    assert sorted(c for f in folds for c in f) == ids  # every case in exactly one fold
+    assert sorted(len(f) for f in folds) == [3, 4, 4]
+    assert assign_folds(ids, 3, seed=4) == folds  # seeded
+    cases = WorkflowCases({}, {}, sorted(ids), [], [], [], folds)
+    for k in range(3):
+        train, val = cases.fold_split(k)
+        assert val == folds[k] and not set(train) & set(val) and sorted(train + val) == ids
+    assert cases.fold_split(None) == (sorted(ids), [])
+    with pytest.raises(ValueError, match="fold 3 does not exist"):
+        cases.fold_split(3)

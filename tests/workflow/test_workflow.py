@@ -50,6 +50,20 @@ def test_dry_run(tmp_path, config):
     assert "rule train" in proc.stdout or "train" in proc.stdout
 
 
+def test_cross_validation_dry_run_trains_one_model_per_fold(tmp_path):
+    config = yaml.safe_load((REPO / "tests/workflow/config_tiny.yaml").read_text())
+    config["cohort"]["demo"]["n_cases"] = 7
+    config["split"] = {"test_fraction": 0.3, "folds": 3, "seed": 0}
+    work = make_workdir(tmp_path, config)
+    proc = run_snakemake(work, "-n", "--cores", "2")
+    assert proc.returncode == 0
+    planned = proc.stdout + proc.stderr
+    for fold in range(3):
+        assert f"results/model/fold_{fold}/model.safetensors" in planned
+    assert "results/model/model.safetensors" not in planned
+    assert planned.count("rule train:") == 3 or planned.count("localrule train:") == 3
+
+
 def _check_outputs(work: Path, results: Path) -> list[dict]:
     segs = sorted((results / "segmentations").glob("*.nii.gz"))
     assert segs, "no segmentations written"
@@ -77,7 +91,7 @@ def _check_outputs(work: Path, results: Path) -> list[dict]:
     assert all(float(r["volume_ml"]) >= 0 for r in volumes) and "qc_flags" in volumes[0]
     html = (results / "report.html").read_text()
     assert "data:image/png;base64," in html and "liver" in html
-    for log in ("train.log", "fingerprint.log"):
+    for log in ("model/train.log", "fingerprint.log"):
         assert (results / "logs" / log).exists()
     return rows
 

@@ -16,7 +16,14 @@ RESULTS = config["results"]
 LOGS = f"{RESULTS}/logs"
 CASES = workflow_cases(config, RESULTS)
 PREDICT_ONLY = bool(config["predict"]["model"])
-MODEL_DIR = config["predict"]["model"] if PREDICT_ONLY else f"{RESULTS}/model"
+if PREDICT_ONLY:  # one trained model folder, or several (cross-validation folds) to ensemble
+    _given = config["predict"]["model"]
+    MODEL_DIRS = [_given] if isinstance(_given, str) else list(_given)
+elif CASES.folds:
+    MODEL_DIRS = [f"{RESULTS}/model/fold_{i}" for i in range(len(CASES.folds))]
+else:
+    MODEL_DIRS = [f"{RESULTS}/model"]
+MODEL_DIR = MODEL_DIRS[0]
 NEEDS_WEIGHT_MAP = config["loss"]["name"] == "weighted_ce"
 MIN_SLICES = config["model"]["in_channels"]
 
@@ -74,7 +81,22 @@ def folder_of_first_input(wildcards, input):
 
 
 def model_files():
-    return [f"{MODEL_DIR}/model.safetensors", f"{MODEL_DIR}/model.json"]
+    """Weights and metadata of every model that is ensembled (one per fold)."""
+    return [f"{d}/{name}" for d in MODEL_DIRS for name in ("model.safetensors", "model.json")]
+
+
+def _fold_of(wildcards):
+    """Fold index of a train job (``model/fold_3`` -> 3), None for the single model."""
+    head, _, index = wildcards.model_dir.rpartition("fold_")
+    return int(index) if head else None
+
+
+def fold_train_ids(wildcards):
+    return CASES.fold_split(_fold_of(wildcards))[0]
+
+
+def fold_val_ids(wildcards):
+    return CASES.fold_split(_fold_of(wildcards))[1]
 
 
 def slice_outputs():
@@ -121,9 +143,11 @@ def report_inputs(wildcards):
     if evaluated_cases():
         inputs["metrics"] = f"{RESULTS}/metrics/metrics.csv"
         inputs["summary"] = f"{RESULTS}/metrics/summary.json"
-    train_log = f"{MODEL_DIR}/train_log.csv"
-    if not PREDICT_ONLY or Path(train_log).exists():
-        inputs["train_log"] = train_log
+    train_logs = [f"{d}/train_log.csv" for d in MODEL_DIRS]
+    if PREDICT_ONLY:
+        train_logs = [p for p in train_logs if Path(p).exists()]
+    if train_logs:
+        inputs["train_logs"] = train_logs
     return inputs
 
 

@@ -9,7 +9,7 @@ rule infer:
     output:
         probs=temp(f"{RESULTS}/probabilities/{{case}}.npy"),
     params:
-        model_dirs=[MODEL_DIR],
+        model_dirs=MODEL_DIRS,
         inference=config["inference"],
     log:
         f"{LOGS}/infer/{{case}}.log",

@@ -1,32 +1,35 @@
-# Training: one U-Net on the training cases, validated on the validation cases.
-# The rule resumes from results/model/checkpoint.pt by itself when rerun after a kill.
+# Training: one U-Net on the training cases, validated on the validation cases, written to
+# results/model/; with split.folds = k, one per cross-validation fold in results/model/fold_<i>/.
+# The rule resumes from the model folder's checkpoint.pt by itself when rerun after a kill.
 
 
 rule train:
     input:
         unpack(training_inputs),
     output:
-        weights=f"{RESULTS}/model/model.safetensors",
-        meta=f"{RESULTS}/model/model.json",
-        log_csv=f"{RESULTS}/model/train_log.csv",
+        weights=f"{RESULTS}/{{model_dir}}/model.safetensors",
+        meta=f"{RESULTS}/{{model_dir}}/model.json",
+        log_csv=f"{RESULTS}/{{model_dir}}/train_log.csv",
         curves=report(
-            f"{RESULTS}/model/curves.png",
+            f"{RESULTS}/{{model_dir}}/curves.png",
             caption="../report/curves.rst",
             category="Training",
         ),
     params:
-        train=CASES.train,
-        val=CASES.val,
+        train=fold_train_ids,
+        val=fold_val_ids,
         preprocessed_root=f"{RESULTS}/preprocessed",
         slices_root=f"{RESULTS}/slices",
         model=config["model"],
         training=config["training"],
         augment=config["augment"],
         loss=config["loss"],
+    wildcard_constraints:
+        model_dir=r"model(/fold_\d+)?",
     log:
-        f"{LOGS}/train.log",
+        f"{LOGS}/{{model_dir}}/train.log",
     benchmark:
-        f"{LOGS}/train.benchmark.tsv"
+        f"{LOGS}/{{model_dir}}/train.benchmark.tsv"
     threads: workflow.cores
     resources:
         gpu=1,

@@ -1,0 +1,4 @@
+"""``python -m bench [--quick] [--only NAME ...]``: run the benchmarks (see bench/run.py)."""
+from bench.run import main
+
+main()

@@ -1,0 +1,95 @@
+"""Run every benchmark, print a summary table, write the full figures as JSON.
+
+Usage (repository root, project venv active)::
+
+    python -m bench            # full sizes (512 x 512 x 300 volumes; tens of minutes on 2 cores)
+    python -m bench --quick    # small sizes, under 5 minutes on 2 cores
+    python -m bench --only metrics elastic --out bench/results.json
+
+Each benchmark module ``bench/bench_<name>.py`` has ``run(quick) -> dict`` and can run alone
+(``python bench/bench_<name>.py --quick``). The project and the reference library run
+alternately in the same process on the same data; the table shows each speed ratio
+(reference time / ours: above 1 means we are faster) next to its target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+#: name -> (module, headline keys: (label, key in the result, target key or number, "higher"/"lower" is better))
+BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, str | float | None]]]] = {
+    "elastic": ("bench.bench_elastic", [("elastic deformation vs MONAI Rand2DElasticd (x faster)", "speedup",
+                                        "target_speedup")]),
+    "metrics": ("bench.bench_metrics", [("Dice/HD95/ASSD/NSD vs MONAI (x faster)", "speedup", "target_speedup"),
+                                        ("largest relative difference to MONAI", "max_relative_difference", 1e-4)]),
+    "memory": ("bench.bench_memory", []),
+}
+
+
+def _headline(name: str, result: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for label, key, target in BENCHMARKS[name][1]:
+        value = result.get(key)
+        goal = result.get(target) if isinstance(target, str) else target
+        rows.append((label, f"{value}", "" if goal is None else f"{goal}"))
+    if name == "memory":
+        for size in result.get("sizes", []):
+            for stage in ("preprocess", "reassemble"):
+                fig = size.get(stage, {})
+                rows.append((f"{stage} peak RSS, {size.get('slices')} slices (x float32 volume, net)",
+                             f"{fig.get('net_ratio')}", f"< {result.get('target_ratio')}"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (under 5 minutes on 2 cores)")
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these benchmarks")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json", help="JSON file for all figures")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    results: dict = {"quick": args.quick, "python": platform.python_version(), "torch": torch.__version__,
+                     "torch_threads": torch.get_num_threads(), "machine": platform.machine(), "benchmarks": {}}
+    table: list[tuple[str, str, str]] = []
+    failed = []
+    for name in args.only or list(BENCHMARKS):
+        module = importlib.import_module(BENCHMARKS[name][0])
+        start = time.perf_counter()
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        try:
+            result = module.run(quick=args.quick)
+        except Exception:  # one failing benchmark must not hide the others' figures
+            failed.append(name)
+            results["benchmarks"][name] = {"error": traceback.format_exc()}
+            print(traceback.format_exc(), file=sys.stderr)
+            continue
+        result["wall_s"] = round(time.perf_counter() - start, 1)
+        results["benchmarks"][name] = result
+        table.extend(_headline(name, result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    width = max((len(r[0]) for r in table), default=10)
+    print(f"| {'benchmark'.ljust(width)} | measured | target |")
+    print(f"| {'-' * width} | -------- | ------ |")
+    for label, value, target in table:
+        print(f"| {label.ljust(width)} | {value} | {target} |")
+    print(f"\nall figures: {args.out}")
+    if failed:
+        sys.exit(f"benchmark(s) failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
