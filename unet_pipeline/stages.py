@@ -226,45 +226,69 @@ def _infer_volume(models, meta: Mapping, pre_dir: Path, out_probs: Path, inferen
 
 
 def infer(model_dirs: Sequence[str | Path], preprocessed_dir: str | Path, out_probs: str | Path, *,
-          inference: Mapping | None = None) -> dict:
+          inference: Mapping | None = None, out_info: str | Path | None = None) -> dict:
     """Tiled inference of one preprocessed case -> ``(Z, K, Y', X')`` float16 probabilities ``.npy``.
 
     Several model folders (cross-validation folds) are ensembled by averaging probabilities.
+    ``out_info`` (optional) receives the device, settings and timings as JSON, for provenance.
     """
     import torch
 
     from .inference import select_device
 
     inference = dict(inference or {})
+    t0 = time.perf_counter()
     device = select_device(inference.get("device", "auto"))
     with torch.inference_mode():
         models, meta = _load_models(model_dirs, device)
-        return _infer_volume(models, meta, Path(preprocessed_dir), Path(out_probs), inference, device)
+        info = _infer_volume(models, meta, Path(preprocessed_dir), Path(out_probs), inference, device)
+    info = {"device": str(device), "n_models": len(models), "settings": inference, **dict(info or {}),
+            "seconds": round(time.perf_counter() - t0, 3)}
+    if out_info:
+        save_json(info, out_info)
+    return info
 
 
 def reassemble(probs_path: str | Path, preprocessed_dir: str | Path, imported_image: str | Path, out_nifti: str | Path,
-               *, model_dir: str | Path, postprocess: Mapping | None = None, provenance: Mapping | None = None) -> None:
-    """Probabilities -> segmentation NIfTI with the input's exact geometry, plus a sidecar JSON."""
+               *, model_dir: str | Path | Sequence[str | Path], postprocess: Mapping | None = None,
+               provenance: Mapping | None = None, infer_info: str | Path | None = None) -> None:
+    """Probabilities -> segmentation NIfTI with the input's exact geometry, plus a sidecar JSON.
+
+    ``model_dir`` is the model folder (or the list of ensembled folders); ``infer_info`` the JSON
+    written by :func:`infer`, copied into the sidecar with ``provenance``.
+    """
     from .reassembly import reassemble_case
 
-    model_meta = load_json(Path(model_dir) / "model.json")
+    model_dirs = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir)
+    model_meta = load_json(Path(model_dirs[0]) / "model.json")
     labels = _labels(model_meta["labels"])
+    t0 = time.perf_counter()
     reassemble_case(probs_path, Path(preprocessed_dir) / "meta.json", imported_image, out_nifti,
                     num_classes=len(labels) + 1, postprocess=postprocess, labels=labels)
-    _write_sidecar(out_nifti, labels, model_dir, provenance)
+    extra = {**dict(provenance or {}), "reassemble_seconds": round(time.perf_counter() - t0, 3)}
+    if infer_info and Path(infer_info).exists():
+        extra["inference"] = load_json(infer_info)
+    _write_sidecar(out_nifti, labels, model_dirs, extra)
 
 
-def _write_sidecar(out_nifti: str | Path, labels: Mapping[int, str], model_dir: str | Path, extra: Mapping | None) -> None:
+def _write_sidecar(out_nifti: str | Path, labels: Mapping[int, str], model_dirs: str | Path | Sequence[str | Path],
+                   extra: Mapping | None) -> None:
+    """``<case>.json`` beside a segmentation: label names, models (path + SHA-256), version, provenance."""
     import hashlib
 
     from . import __version__
 
-    weights = Path(model_dir) / "model.safetensors"
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.exists() else None
+    dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
+    models = []
+    for d in dirs:
+        weights = Path(d) / "model.safetensors"
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.exists() else None
+        models.append({"path": str(d), "sha256": digest})
     out_nifti = Path(out_nifti)
     name = out_nifti.name[:-7] if out_nifti.name.endswith(".nii.gz") else out_nifti.stem
-    save_json({"labels": {str(k): v for k, v in labels.items()}, "model": str(model_dir), "model_sha256": digest,
-               "unet_pipeline": __version__, **dict(extra or {})}, out_nifti.with_name(f"{name}.json"))
+    save_json({"labels": {str(k): v for k, v in labels.items()}, "model": models[0]["path"],
+               "model_sha256": models[0]["sha256"], "models": models, "unet_pipeline": __version__,
+               **dict(extra or {})}, out_nifti.with_name(f"{name}.json"))
 
 
 METRIC_COLUMNS = ["case", "label", "label_id", "dice", "iou", "precision", "recall", "hd_mm", "hd95_mm", "assd_mm",
@@ -482,7 +506,7 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple[str,
             out = Path(out_dir) / f"{case_id}.nii.gz"
             reassemble_case(case_work / "probs.npy", case_work / "pre" / "meta.json", case_work / "imported" / "image.nii.gz",
                             out, num_classes=len(labels) + 1, postprocess=postprocess, labels=labels)
-            _write_sidecar(out, labels, model_dirs[0], {"source": str(image), "device": str(device),
+            _write_sidecar(out, labels, model_dirs, {"source": str(image), "device": str(device),
                                                        "seconds": round(time.perf_counter() - t0, 3),
                                                        "infer": info, "warnings": record.get("warnings", [])})
             volume_rows.extend(_volume_rows(case_id, out, case_work / "imported" / "image.nii.gz", labels))

@@ -79,6 +79,8 @@ def _check_outputs(work: Path, results: Path) -> list[dict]:
         assert int(out.header["qform_code"]) == int(source.header["qform_code"])
         sidecar = json.loads((results / "segmentations" / f"{case}.json").read_text())
         assert sidecar["labels"]["1"] == "liver"
+        assert len(sidecar["config_sha256"]) == 64 and len(sidecar["models"][0]["sha256"]) == 64
+        assert sidecar["inference"]["device"] == "cpu" and sidecar["inference"]["seconds"] > 0
     with open(results / "metrics" / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     for col in ("case", "label", "dice", "iou", "hd95_mm", "assd_mm", "nsd", "vol_ref_ml", "vol_pred_ml"):

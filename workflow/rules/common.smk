@@ -1,4 +1,6 @@
 # Shared helpers: config validation, the case table, wildcard constraints, input functions.
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from unet_pipeline.naming import CASE_ID_PATTERN
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 RESULTS = config["results"]
+CONFIG_SHA256 = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 LOGS = f"{RESULTS}/logs"
 CASES = workflow_cases(config, RESULTS)
 PREDICT_ONLY = bool(config["predict"]["model"])
@@ -75,9 +78,9 @@ def parent_of_input_folders(wildcards, input):
     return str(Path(input.images[0]).parent.parent) if input.images else f"{RESULTS}/imported"
 
 
-def folder_of_first_input(wildcards, input):
-    """The model folder: where the first input (model.safetensors) lies."""
-    return str(Path(input[0]).parent)
+def model_folders_of_inputs(wildcards, input):
+    """The model folders (one per ensembled fold): where the inputs named model.safetensors lie."""
+    return [str(Path(p).parent) for p in input if Path(p).name == "model.safetensors"]
 
 
 def model_files():

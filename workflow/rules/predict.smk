@@ -8,6 +8,7 @@ rule infer:
         meta=f"{RESULTS}/preprocessed/{{case}}/meta.json",
     output:
         probs=temp(f"{RESULTS}/probabilities/{{case}}.npy"),
+        info=temp(f"{RESULTS}/probabilities/{{case}}.json"),
     params:
         model_dirs=MODEL_DIRS,
         inference=config["inference"],
@@ -28,13 +29,15 @@ rule reassemble:
     input:
         model_files(),
         probs=f"{RESULTS}/probabilities/{{case}}.npy",
+        info=f"{RESULTS}/probabilities/{{case}}.json",
         meta=f"{RESULTS}/preprocessed/{{case}}/meta.json",
         image=f"{RESULTS}/imported/{{case}}/image.nii.gz",
     output:
         seg=f"{RESULTS}/segmentations/{{case}}.nii.gz",
         sidecar=f"{RESULTS}/segmentations/{{case}}.json",
     params:
-        model_dir=folder_of_first_input,
+        model_dirs=model_folders_of_inputs,
+        config_sha256=CONFIG_SHA256,
         postprocess=config["postprocess"],
     log:
         f"{LOGS}/reassemble/{{case}}.log",

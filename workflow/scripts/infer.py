@@ -9,4 +9,5 @@ from unet_pipeline.runlog import rule_logging  # noqa: E402
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]):
-    stages.infer(sm.params.model_dirs, Path(sm.input.image).parent, sm.output.probs, inference=sm.params.inference)
+    stages.infer(sm.params.model_dirs, Path(sm.input.image).parent, sm.output.probs, inference=sm.params.inference,
+                 out_info=sm.output.info)

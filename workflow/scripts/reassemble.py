@@ -10,4 +10,5 @@ from unet_pipeline.runlog import rule_logging  # noqa: E402
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]):
     stages.reassemble(sm.input.probs, Path(sm.input.meta).parent, sm.input.image, sm.output.seg,
-                      model_dir=sm.params.model_dir, postprocess=sm.params.postprocess)
+                      model_dir=sm.params.model_dirs, postprocess=sm.params.postprocess, infer_info=sm.input.info,
+                      provenance={"config_sha256": sm.params.config_sha256, "case": sm.wildcards.case})
