@@ -43,9 +43,9 @@ def _cohort_from_args(args: argparse.Namespace):
 
 def _label_names(args: argparse.Namespace, cohort) -> dict[int, str]:
     if getattr(args, "label_names", None):
-        import json
+        from .cohort import read_label_names
 
-        return {int(k): str(v) for k, v in json.loads(Path(args.label_names).read_text()).get("labels", {}).items()}
+        return read_label_names(args.label_names)
     return cohort.labels
 
 
@@ -145,8 +145,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
-
     from .cohort import cohort_from_folders
     from .stages import aggregate_metrics, evaluate
 
@@ -155,11 +153,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     common = sorted(set(preds) & set(refs))
     if not common:
         raise ConfigError(f"no case names in common between {args.pred} and {args.ref}")
+    from .cohort import read_label_names
+
     if args.labels:
-        labels = {int(k): v for k, v in json.loads(Path(args.labels).read_text()).get("labels", {}).items()}
+        labels = read_label_names(args.labels)
     else:
         sidecar = Path(args.pred) / f"{common[0]}.json"
-        labels = json.loads(sidecar.read_text())["labels"] if sidecar.exists() else {}
+        labels = read_label_names(sidecar) if sidecar.exists() else {}
     if not labels:
         raise ConfigError("no label names: give --labels (a dataset.json or a segmentation sidecar .json)")
     with tempfile.TemporaryDirectory() as tmp:

@@ -40,6 +40,7 @@ __all__ = [
     "check_case",
     "case_id_problems",
     "split_cases",
+    "read_label_names",
     "assign_folds",
     "WorkflowCases",
     "workflow_cases",
@@ -99,6 +100,22 @@ def _parse_labels(raw: Mapping) -> dict[int, str]:
         if value != 0:
             labels[value] = name
     return dict(sorted(labels.items()))
+
+
+def read_label_names(path: str | Path) -> dict[int, str]:
+    """Label names from a JSON file with a ``labels`` mapping: a dataset.json (nnU-Net v2
+    ``{"liver": 1}`` or MSD ``{"1": "liver"}``) or a segmentation's sidecar ``.json``."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text()).get("labels")
+    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+        raise ConfigError(f"{path}: cannot read label names ({exc})") from exc
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: no 'labels' mapping of label values to names")
+    try:
+        return _parse_labels(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: 'labels' must map label values to names ({exc})") from exc
 
 
 def _list_images(folder: Path) -> list[tuple[str, Path]]:
