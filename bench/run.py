@@ -33,6 +33,10 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, str | float | None]]]] = {
                                         "target_speedup")]),
     "metrics": ("bench.bench_metrics", [("Dice/HD95/ASSD/NSD vs MONAI (x faster)", "speedup", "target_speedup"),
                                         ("largest relative difference to MONAI", "max_relative_difference", 1e-4)]),
+    "inference": ("bench.bench_inference", [("tiled inference vs MONAI sliding_window_inference (x throughput)",
+                                            "throughput_ratio", "target_ratio"),
+                                           ("largest probability difference to MONAI", "max_abs_probability_difference",
+                                            1e-4)]),
     "memory": ("bench.bench_memory", []),
 }
 
