@@ -211,21 +211,33 @@ def plot_metric_boxes(metrics_csv: str | Path, out_png: str | Path) -> None:
     _save(fig, out_png)
 
 
-def _slice_indices(mask: np.ndarray | None, n_z: int) -> list[int]:
-    """z indices at 25/50/75 % of the foreground z-extent of ``mask`` (mid-volume if empty)."""
+def _centre(mask: np.ndarray | None, shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(z, y, x)`` voxel through which the views pass: the foreground's centroid (else the middle)."""
     if mask is not None and mask.any():
-        z = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
-        lo, hi = int(z[0]), int(z[-1])
-        picks = [int(round(lo + f * (hi - lo))) for f in (0.25, 0.5, 0.75)]
-    else:
-        picks = [int(round(f * (n_z - 1))) for f in (0.25, 0.5, 0.75)]
-    return list(dict.fromkeys(picks))
+        idx = np.nonzero(mask)
+        return tuple(int(round(float(np.median(i)))) for i in idx)  # type: ignore[return-value]
+    return tuple(int(n) // 2 for n in shape)  # type: ignore[return-value]
+
+
+# Views through the canonical (Z, Y, X) = (S, A, R) volume, in radiological display: each takes a
+# 2-D section and the spacings, and returns (section flipped for display, aspect, side markers).
+def _views(volume_shape: Sequence[int], centre: tuple[int, int, int], spacing_mm: Sequence[float]):
+    z, y, x = centre
+    sz, sy, sx = (float(s) for s in spacing_mm)
+    return [
+        # axial: anterior at the top, patient right on the left
+        ("axial", f"z = {z} ({z * sz:.1f} mm)", lambda v: v[z, ::-1, ::-1], sy / sx, ("R", "L", "A", "P")),
+        # coronal: superior at the top, patient right on the left
+        ("coronal", f"y = {y} ({y * sy:.1f} mm)", lambda v: v[::-1, y, ::-1], sz / sx, ("R", "L", "S", "I")),
+        # sagittal: superior at the top, anterior on the left
+        ("sagittal", f"x = {x} ({x * sx:.1f} mm)", lambda v: v[::-1, ::-1, x], sz / sy, ("A", "P", "S", "I")),
+    ]
 
 
 def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: np.ndarray,
                    spacing_mm: Sequence[float], labels: Mapping[int, str], out_png: str | Path,
                    title: str = "") -> None:
-    """Axial slices with the reference as contours and the prediction as a semi-transparent fill.
+    """Axial, coronal and sagittal sections with the reference as contours and the prediction filled.
 
     Parameters
     ----------
@@ -237,7 +249,7 @@ def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: 
     prediction
         Integer label volume of the same shape.
     spacing_mm
-        Voxel size ``(sz, sy, sx)`` in mm; sets the displayed aspect ratio.
+        Voxel size ``(sz, sy, sx)`` in mm; sets the displayed aspect ratio of each view.
     labels
         ``{label value: class name}``; 0 (background) is not drawn.
     out_png
@@ -247,9 +259,10 @@ def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: 
 
     Notes
     -----
-    Three slices are shown at 25/50/75 % of the reference's foreground z-extent (else the
-    prediction's, else the whole volume), one column each, with the abdomen window (W 400,
-    L 40 HU), in radiological convention: patient right on the image left, anterior at the top.
+    The three sections pass through the (median) centre of the reference's foreground (else the
+    prediction's, else the volume's middle), with the abdomen window (W 400, L 40 HU), in
+    radiological convention: patient right on the image left; anterior at the top of the axial
+    view and on the left of the sagittal view; superior at the top of the coronal and sagittal views.
     """
     image = np.asarray(image, dtype=float)
     if image.ndim != 3:
@@ -272,32 +285,29 @@ def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: 
     cmap = plt.get_cmap("tab10")
     colours = {k: cmap(i % 10) for i, (k, _) in enumerate(classes)}
     guide = reference if reference is not None and reference.any() else prediction
-    zs = _slice_indices(guide, image.shape[0])
+    views = _views(image.shape, _centre(guide > 0, image.shape), spacing_mm)
     width, level = WINDOW_HU
     vmin, vmax = level - width / 2, level + width / 2
-    _, sy, sx = (float(s) for s in spacing_mm)
 
-    fig, axes = plt.subplots(1, len(zs), figsize=(4 * len(zs), 4.6), squeeze=False)
-    for ax, z in zip(axes[0], zs):
-        # Radiological display: rows = anterior at top (flip y), columns = patient right at left (flip x).
-        img = image[z, ::-1, ::-1]
-        pred = prediction[z, ::-1, ::-1]
-        ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, aspect=sy / sx, interpolation="nearest")
+    fig, axes = plt.subplots(1, len(views), figsize=(4.2 * len(views), 4.6), squeeze=False)
+    for ax, (name, where, cut, aspect, (left, right, top, bottom)) in zip(axes[0], views):
+        img, pred = cut(image), cut(prediction)
+        ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
         fill = np.zeros((*pred.shape, 4))
         for k, _ in classes:
             fill[pred == k] = to_rgba(colours[k], 0.4)
-        ax.imshow(fill, aspect=sy / sx, interpolation="nearest")
+        ax.imshow(fill, aspect=aspect, interpolation="nearest")
         if reference is not None:
-            ref = reference[z, ::-1, ::-1]
+            ref = cut(reference)
             for k, _ in classes:
                 m = (ref == k).astype(float)
-                if m.any() and not m.all():
+                if m.any() and not m.all() and min(m.shape) > 1:
                     ax.contour(m, levels=[0.5], colors=[colours[k]], linewidths=1.2)
-        ax.set_title(f"z = {z} ({z * float(spacing_mm[0]):.1f} mm)", fontsize=9)
+        ax.set_title(f"{name}, {where}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-        for x, y, s, ha, va in ((0.02, 0.5, "R", "left", "center"), (0.98, 0.5, "L", "right", "center"),
-                                (0.5, 0.98, "A", "center", "top"), (0.5, 0.02, "P", "center", "bottom")):
+        for x, y, s, ha, va in ((0.02, 0.5, left, "left", "center"), (0.98, 0.5, right, "right", "center"),
+                                (0.5, 0.98, top, "center", "top"), (0.5, 0.02, bottom, "center", "bottom")):
             ax.text(x, y, s, transform=ax.transAxes, ha=ha, va=va, color="yellow", fontsize=8)
     handles = [Patch(facecolor=to_rgba(colours[k], 0.6), edgecolor=colours[k], label=name) for k, name in classes]
     handles.append(Patch(facecolor=to_rgba("gray", 0.4), label="prediction (fill)"))
