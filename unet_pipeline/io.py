@@ -374,6 +374,21 @@ def read_voxels(img: nib.Nifti1Image, path: str | Path) -> np.ndarray:
 _READ_CHUNK = 16 * 2**20
 
 
+def _open_compressed(path: str | os.PathLike) -> Any:
+    """A binary reader of a compressed file: gzip through ISA-L (``isal``, about 3x faster than
+    Python's gzip module) when it is installed, else nibabel's opener (gzip, bz2, zstd)."""
+    from nibabel.openers import Opener
+
+    if str(path).lower().endswith(".gz"):
+        try:
+            from isal import igzip
+        except ImportError:
+            pass
+        else:
+            return igzip.open(path, "rb")
+    return Opener(path, "rb")
+
+
 def _read_compressed(proxy: Any) -> np.ndarray | None:
     """Unscaled voxels of a compressed (``.gz``/``.bz2``/``.zst``) file-backed proxy, or None.
 
@@ -382,8 +397,6 @@ def _read_compressed(proxy: Any) -> np.ndarray | None:
     copied). Here the bytes are decompressed straight into one preallocated array, in slabs of
     :data:`_READ_CHUNK`, so the peak is the array itself.
     """
-    from nibabel.openers import Opener
-
     file_like = getattr(proxy, "file_like", None)
     if not isinstance(file_like, (str, os.PathLike)):
         return None
@@ -395,7 +408,7 @@ def _read_compressed(proxy: Any) -> np.ndarray | None:
     n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     buf = np.empty(n_bytes, np.uint8)
     view = memoryview(buf)
-    with Opener(file_like, "rb") as fh:
+    with _open_compressed(file_like) as fh:
         fh.seek(int(proxy.offset))
         pos = 0
         while pos < n_bytes:
