@@ -285,3 +285,47 @@ def test_import_is_light():
     code = "import sys, unet_pipeline.report; print('matplotlib.pyplot' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------ a real browser
+
+def _browser() -> str | None:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def test_report_renders_in_a_headless_browser(tmp_path):
+    """The page opens offline in Chromium and its figures render (apt-get install chromium)."""
+    import subprocess
+
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium)")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image, ref, pred = _volume()
+    overlay_png = inputs / "overlay.png"
+    overlay_figure(image, ref, pred, (3.0, 0.8, 0.8), LABELS, overlay_png, title="best")
+    out = tmp_path / "report.html"
+    write_report(out, metrics_csv=_metrics_csv(inputs / "metrics.csv"), summary_json=_summary_json(inputs / "s.json"),
+                 train_logs=[_train_log(inputs / "train_log.csv", 3)], overlays=[("best", overlay_png)],
+                 geometry_rows=[], provenance={"unet_pipeline": "test"})
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--window-size=1200,2400", f"--screenshot={shot}", out.as_uri()],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert shot.exists(), proc.stderr[-2000:]
+    pixels = _assert_png(shot)
+    rgb = pixels[..., :3].astype(float)
+    assert rgb.shape[0] >= 2000 and rgb.shape[1] >= 1000
+    # Rendered figures: many non-white pixels and real colour (the class fills and curves).
+    assert (rgb.mean(axis=2) < 0.9).mean() > 0.05
+    assert (rgb.max(axis=2) - rgb.min(axis=2) > 0.2).mean() > 0.005
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", out.as_uri()],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path).stdout
+    assert dom.count("<img") == 3 and "Summary" in dom
