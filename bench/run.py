@@ -40,6 +40,8 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, str | float | None]]]] = {
                                             "throughput_ratio", "target_ratio"),
                                            ("largest probability difference to MONAI", "max_abs_probability_difference",
                                             1e-4)]),
+    "training": ("bench.bench_training", [("training loop overhead vs a plain PyTorch loop (share)", "overhead",
+                                          "target_overhead")]),
     "memory": ("bench.bench_memory", []),
 }
 
