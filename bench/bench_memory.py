@@ -93,7 +93,7 @@ def _write_probs(path: Path, shape_zyx: tuple[int, int, int], seed: int = 0) -> 
 
 def _measure(args: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True, env=env,
+    done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True, encoding="utf-8", errors="replace", env=env,
                           check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{args['stage']} child failed:\n{done.stderr[-3000:]}")
@@ -121,7 +121,7 @@ def _one_size(work: Path, n_slices: int, target_mm: float) -> dict:
             "intensity": {"p00_5": -1000.0, "p99_5": 1000.0, "mean": 0.0, "std": 300.0}}
     volume_bytes = IN_PLANE * IN_PLANE * n_slices * 4
     pre = _measure({"stage": "preprocess", "image": str(image), "plan": plan, "out_dir": str(case / "pre")})
-    meta = json.loads((case / "pre" / "meta.json").read_text())
+    meta = json.loads((case / "pre" / "meta.json").read_text(encoding="utf-8"))
     _write_probs(case / "probs.npy", tuple(meta["resampled_shape"]))
     probs_bytes = (case / "probs.npy").stat().st_size
     (case / "pre" / "image.npy").unlink()

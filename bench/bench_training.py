@@ -73,7 +73,7 @@ def _ours(pairs, out: Path, iterations: int) -> float:
                       foreground_fraction=0.67, checkpoint_minutes=0, progress=False, seed=0)
     train(pairs, [], plan, out, model_config={"base_channels": 16, "depth": 4}, train_config=cfg,
           augment_config=AugmentConfig.from_dict(AUGMENT), loss_options={"batch_dice": True})
-    with open(out / "train_log.csv") as fh:
+    with open(out / "train_log.csv", encoding="utf-8") as fh:
         row = next(csv.DictReader(fh))
     return float(row["seconds"])  # the epoch's training time (without writing the model files)
 

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         results["benchmarks"][name] = result
         table.extend(_headline(name, result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     width = max((len(r[0]) for r in table), default=10)
     print(f"| {'benchmark'.ljust(width)} | measured | target |")
     print(f"| {'-' * width} | -------- | ------ |")

@@ -84,7 +84,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .cohort import split_cases
     from .stages import fingerprint, import_case, import_label, preprocess, preprocess_label, slice_case, train
 
-    cfg = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    cfg = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
     cohort = _cohort_from_args(args)
     labels = _label_names(args, cohort) or {int(k): v for k, v in (cfg.get("cohort", {}).get("label_names") or {}).items()}
     if not labels:

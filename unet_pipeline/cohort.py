@@ -107,7 +107,7 @@ def read_label_names(path: str | Path) -> dict[int, str]:
     ``{"liver": 1}`` or MSD ``{"1": "liver"}``) or a segmentation's sidecar ``.json``."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text()).get("labels")
+        raw = json.loads(path.read_text(encoding="utf-8")).get("labels")
     except (OSError, json.JSONDecodeError, AttributeError) as exc:
         raise ConfigError(f"{path}: cannot read label names ({exc})") from exc
     if not isinstance(raw, Mapping):
@@ -152,7 +152,7 @@ def cohort_from_dataset_json(path: str | Path, *, include_test: bool = True) -> 
     path = Path(path)
     root = path.parent
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read dataset.json ({exc})") from exc
     labels = _parse_labels(meta.get("labels", {}))
@@ -186,7 +186,7 @@ def cohort_from_manifest(path: str | Path) -> Cohort:
     path = Path(path)
     root = path.parent
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read manifest ({exc})") from exc

@@ -71,12 +71,12 @@ def save_json(obj: Any, path: str | Path) -> None:
     """Write ``obj`` as indented JSON, atomically. NaN is written as ``null``."""
     text = json.dumps(_nan_to_none(obj), indent=2, sort_keys=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(text + "\n")
+        tmp.write_text(text + "\n", encoding="utf-8")
 
 
 def load_json(path: str | Path) -> Any:
     """Read a JSON file."""
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def _nan_to_none(obj: Any) -> Any:

@@ -67,7 +67,7 @@ def _read_csv(path: str | Path | None) -> list[dict[str, str]]:
     """Rows of a CSV file as dicts; ``[]`` for a missing or empty file."""
     if path is None or not Path(path).is_file():
         return []
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 
@@ -393,7 +393,7 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 def _summary_section(summary_json: str | Path | None) -> str:
     if summary_json is None or not Path(summary_json).is_file():
         return _na("summary")
-    summary = json.loads(Path(summary_json).read_text())
+    summary = json.loads(Path(summary_json).read_text(encoding="utf-8"))
     per_class = summary.get("per_class") or {}
     if isinstance(per_class, list):
         per_class = {str(r.get("label", i)): r for i, r in enumerate(per_class)}
@@ -527,7 +527,7 @@ def write_report(out_html: str | Path, *, metrics_csv: str | Path | None = None,
     Every missing input gives a section that says "not available".
     """
     if not empty_policy and summary_json is not None and Path(summary_json).is_file():
-        with_policy = json.loads(Path(summary_json).read_text())
+        with_policy = json.loads(Path(summary_json).read_text(encoding="utf-8"))
         empty_policy = str(with_policy.get("empty_policy") or "") if isinstance(with_policy, dict) else ""
     with tempfile.TemporaryDirectory(prefix="report-") as td:
         tmp = Path(td)

@@ -32,7 +32,7 @@ def rule_logging(log_path: str | Path | None, *, level: int = logging.INFO, cons
     handlers: list[logging.Handler] = []
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_path, mode="a"))
+        handlers.append(logging.FileHandler(log_path, mode="a", encoding="utf-8"))
     if console or not log_path:
         handlers.append(logging.StreamHandler(sys.stderr))
     for h in handlers:

@@ -343,14 +343,14 @@ def aggregate_volumes(case_csvs: Sequence[str | Path], out_csv: str | Path) -> i
     """Concatenate per-case volume CSVs into one table; returns the number of rows."""
     rows = []
     for p in case_csvs:
-        with open(p, newline="") as fh:
+        with open(p, newline="", encoding="utf-8") as fh:
             rows.extend(csv.DictReader(fh))
     _write_rows(out_csv, rows, columns=_volume_columns())
     return len(rows)
 
 
 def _write_rows(path: str | Path, rows: Sequence[Mapping], columns: Sequence[str] = METRIC_COLUMNS) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for r in rows:
@@ -358,7 +358,7 @@ def _write_rows(path: str | Path, rows: Sequence[Mapping], columns: Sequence[str
 
 
 def _read_rows(path: str | Path) -> list[dict]:
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     for r in rows:
         for k, v in r.items():
@@ -526,4 +526,4 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple[str,
 
 def read_json(path: str | Path) -> Any:
     """Small helper for rule scripts."""
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path).read_text(encoding="utf-8"))

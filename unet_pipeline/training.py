@@ -237,7 +237,7 @@ def _validate(model, cases, *, num_classes: int, patch_size, in_slices: int, dev
 def _write_log(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
         writer.writeheader()
         writer.writerows(rows)
@@ -277,6 +277,13 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
     model = build_unet(mcfg).to(device)
     margin = model.margin() if not mcfg.padded else 0
     patch = tuple(int(p) for p in plan["patch_size"])
+    if not mcfg.padded:  # the unpadded U-Net only produces certain output sizes: take the next one up
+        valid = tuple(model.valid_output_size(p) for p in patch)
+        if valid != patch:
+            log.info("unpadded U-Net: output tile %s -> %s px (input tile %s px with the %d px margin)",
+                     list(patch), list(valid), [v + 2 * margin for v in valid], margin)
+            patch = valid
+            plan = {**dict(plan), "patch_size": list(patch)}  # model.json records the tile inference uses
     in_patch = (patch[0] + 2 * margin, patch[1] + 2 * margin)
     loss_options = dict(loss_options or {})
     need_weights = cfg.loss == "weighted_ce"

@@ -155,12 +155,12 @@ for seg in segs:
     assert out.get_data_dtype() == np.uint8, (case, out.get_data_dtype())
     labels = set(np.unique(np.asarray(out.dataobj)).tolist())
     assert labels <= {0, 1, 2, 3, 4}, (case, labels)
-with open(results / "metrics" / "metrics.csv") as fh:
+with open(results / "metrics" / "metrics.csv", encoding="utf-8") as fh:
     rows = list(csv.DictReader(fh))
 assert rows and {"case", "label", "dice", "hd95_mm"} <= set(rows[0]), rows[:1]
 assert {r["case"] for r in rows} == {s.name[:-7] for s in segs}, "metrics do not cover the segmented cases"
-json.loads((results / "metrics" / "summary.json").read_text())
-html = (results / "report.html").read_text()
+json.loads((results / "metrics" / "summary.json").read_text(encoding="utf-8"))
+html = (results / "report.html").read_text(encoding="utf-8")
 assert "data:image/png;base64," in html, "report.html has no embedded figure"
 print(f"    outputs ok: {len(segs)} segmentations on the input grid, {len(rows)} metric rows, "
       f"report.html {len(html) // 1024} KiB")

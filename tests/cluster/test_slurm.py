@@ -45,7 +45,7 @@ def _skip_reason() -> str | None:
 def _run_script(timeout_s: int) -> tuple[int, str]:
     """Run slurm.sh; on timeout send SIGTERM so its trap stops Snakemake and the daemons."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(["bash", str(SCRIPT)], cwd=REPO, env=env, text=True,
+    proc = subprocess.Popen(["bash", str(SCRIPT)], cwd=REPO, env=env, text=True, encoding="utf-8", errors="replace",
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         out, _ = proc.communicate(timeout=timeout_s)

@@ -25,10 +25,10 @@ def test_help_of_each_subcommand(command, option, capsys):
 
 
 def test_console_script_runs():
-    out = subprocess.run([sys.executable, "-m", "unet_pipeline.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "unet_pipeline.cli", "--help"], capture_output=True, text=True, encoding="utf-8", errors="replace")
     if out.returncode != 0:  # no __main__ guard: use the entry point function instead
         out = subprocess.run([sys.executable, "-c", "import sys; from unet_pipeline.cli import main; sys.exit(main())",
-                              "--help"], capture_output=True, text=True)
+                              "--help"], capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert out.returncode == 0 and "check-cohort" in out.stdout
 
 
@@ -51,7 +51,7 @@ def test_check_cohort_lists_every_problem_and_fails(tmp_path, capsys):
 
 def _names(tmp_path):
     path = tmp_path / "dataset.json"
-    path.write_text('{"labels": {"background": 0, "a": 1, "b": 2}}')
+    path.write_text('{"labels": {"background": 0, "a": 1, "b": 2}}', encoding="utf-8")
     return path
 
 
@@ -71,6 +71,6 @@ def test_demo_cohort_and_evaluate_identity(tmp_path, capsys):
     out = tmp_path / "metrics.csv"
     assert main(["evaluate", "--pred", str(labels), "--ref", str(labels), "-o", str(out),
                  "--labels", str(tmp_path / "demo" / "dataset.json")]) == 0
-    with open(out) as fh:
+    with open(out, encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 8 and all(float(r["dice"]) == 1.0 for r in rows)

@@ -152,13 +152,13 @@ def test_discovery_layouts(tmp_path):
         save_nifti(root / "imagesTr" / f"{cid}_0000.nii.gz", image, affine)
         save_nifti(root / "labelsTr" / f"{cid}.nii.gz", label, affine)
     save_nifti(root / "imagesTs" / "t_0000.nii.gz", image, affine)
-    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "x": 1, "y": 2}, "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "x": 1, "y": 2}, "file_ending": ".nii.gz"}), encoding="utf-8")
     cohort = cohort_from_dataset_json(root / "dataset.json")
     assert cohort.case_ids == ["a", "b", "t"] and cohort.labels == {1: "x", 2: "y"}
     assert cohort.by_id()["t"].label is None and cohort.by_id()["a"].label.endswith("labelsTr/a.nii.gz")
     folders = cohort_from_folders(root / "labelsTr", root / "labelsTr")
     assert folders.case_ids == ["a", "b"]
-    (tmp_path / "m.csv").write_text("case_id,image,label\nq,ds/imagesTr/a_0000.nii.gz,ds/labelsTr/a.nii.gz\nr,ds/imagesTs/t_0000.nii.gz,\n")
+    (tmp_path / "m.csv").write_text("case_id,image,label\nq,ds/imagesTr/a_0000.nii.gz,ds/labelsTr/a.nii.gz\nr,ds/imagesTs/t_0000.nii.gz,\n", encoding="utf-8")
     manifest = cohort_from_manifest(tmp_path / "m.csv")
     assert manifest.case_ids == ["q", "r"] and manifest.by_id()["r"].label is None
     assert manifest.by_id()["q"].image == str(tmp_path / "ds/imagesTr/a_0000.nii.gz")
@@ -176,7 +176,7 @@ def test_split_is_seeded_and_disjoint():
 def test_workflow_cases_rejects_hostile_ids(tmp_path):
     image, label, affine = make_ct()
     save_nifti(tmp_path / "img" / "ok.nii.gz", image, affine)
-    (tmp_path / "m.csv").write_text("case_id,image\n../../etc/passwd,img/ok.nii.gz\nfine,img/ok.nii.gz\n")
+    (tmp_path / "m.csv").write_text("case_id,image\n../../etc/passwd,img/ok.nii.gz\nfine,img/ok.nii.gz\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="cannot be used"):
         workflow_cases({"cohort": {"manifest": str(tmp_path / "m.csv")}, "predict": {"model": "m"}}, tmp_path)
 

@@ -51,7 +51,7 @@ def test_intensities_and_anatomy_are_plausible():
 def test_write_cohort_layout_and_dataset_json(tmp_path):
     ids = write_demo_cohort(tmp_path, n_cases=3, seed=2)
     assert ids == ["demo_000", "demo_001", "demo_002"]
-    meta = json.loads((tmp_path / "dataset.json").read_text())
+    meta = json.loads((tmp_path / "dataset.json").read_text(encoding="utf-8"))
     assert meta["labels"]["liver"] == 1 and meta["numTraining"] == 3
     for cohort in (cohort_from_folders(tmp_path / "images", tmp_path / "labels"),
                    cohort_from_dataset_json(tmp_path / "dataset.json")):

@@ -257,7 +257,7 @@ def test_several_series_in_one_folder(tmp_path):
 def test_folder_without_dicom(tmp_path):
     folder = tmp_path / "notes"
     folder.mkdir()
-    (folder / "readme.txt").write_text("no images here")
+    (folder / "readme.txt").write_text("no images here", encoding="utf-8")
     with pytest.raises(CaseError, match="no DICOM series found") as info:
         load_image(folder)
     assert str(folder) in str(info.value)
@@ -286,7 +286,7 @@ def test_manifest_cohort_with_dicom_case_imports_and_preprocesses(tmp_path):
     (tmp_path / "cohort" / "labels").mkdir()
     sitk.WriteImage(label, str(tmp_path / "cohort" / "labels" / "ct01.nrrd"), True)
     manifest = tmp_path / "cohort" / "cases.csv"
-    with open(manifest, "w", newline="") as fh:
+    with open(manifest, "w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows([["case_id", "image", "label"], ["ct01", "dicom/ct01", "labels/ct01.nrrd"]])
 
     cohort = cohort_from_manifest(manifest)
@@ -304,7 +304,7 @@ def test_manifest_cohort_with_dicom_case_imports_and_preprocesses(tmp_path):
 
     plan = {"target_spacing_mm": [0.9, 0.7], "num_classes": 2,
             "intensity": {"p00_5": -1000.0, "p99_5": 1000.0, "mean": 0.0, "std": 100.0}}
-    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    (tmp_path / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
     meta = preprocess("ct01", imported / "image.nii.gz", tmp_path / "plan.json", tmp_path / "pre")
     preprocess_label(imported / "label.nii.gz", tmp_path / "pre" / "meta.json", tmp_path / "pre" / "label.npy")
     image_pre = np.load(tmp_path / "pre" / "image.npy")

@@ -25,13 +25,13 @@ ENVS = sorted((REPO / "workflow" / "envs").glob("*.yaml"))
 
 
 def _pyproject_requirements() -> dict[str, Requirement]:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     reqs = [Requirement(r) for r in project["dependencies"]]
     return {canonicalize_name(r.name): r for r in reqs}
 
 
 def _pins(env_file: Path) -> dict[str, str]:
-    env = yaml.safe_load(env_file.read_text())
+    env = yaml.safe_load(env_file.read_text(encoding="utf-8"))
     assert isinstance(env, dict) and env.get("dependencies"), f"{env_file}: no dependencies"
     pins = {}
     for dep in env["dependencies"]:
@@ -45,7 +45,7 @@ def _pins(env_file: Path) -> dict[str, str]:
 
 def test_every_rule_names_an_existing_env_file():
     for smk in (REPO / "workflow" / "rules").glob("*.smk"):
-        text = smk.read_text()
+        text = smk.read_text(encoding="utf-8")
         n_rules = len(re.findall(r"^rule \w+:", text, flags=re.M))
         envs = re.findall(r'conda:\s*\n\s*"([^"]+)"', text)
         assert len(envs) == n_rules, f"{smk.name}: {n_rules} rules, {len(envs)} conda: directives"
@@ -66,7 +66,7 @@ def test_env_pins_match_pyproject_and_installed_versions(env_file):
                 f"{env_file.name}: {name}=={version} outside pyproject's {required[name]}"
         installed = metadata.version(name)
         assert installed.split("+")[0] == version, f"{env_file.name}: {name}=={version}, tested with {installed}"
-    python = [d for d in yaml.safe_load(env_file.read_text())["dependencies"] if isinstance(d, str) and d.startswith("python")]
+    python = [d for d in yaml.safe_load(env_file.read_text(encoding="utf-8"))["dependencies"] if isinstance(d, str) and d.startswith("python")]
     assert python and python[0].split("=", 1)[1] == f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
@@ -75,11 +75,11 @@ def test_rule_scripts_make_the_package_importable_from_anywhere(tmp_path):
     scripts = sorted((REPO / "workflow" / "scripts").glob("*.py"))
     assert scripts
     for script in scripts:
-        assert "sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))" in script.read_text(), script.name
+        assert "sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))" in script.read_text(encoding="utf-8"), script.name
     # Without site-packages (-S: no installed copy of the package) and from another directory.
     probe = ("import sys, types; from pathlib import Path; "
              f"snakemake = types.SimpleNamespace(scriptdir={str(REPO / 'workflow' / 'scripts')!r}); "
              "sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1])); "
              "import unet_pipeline; print(unet_pipeline.__file__)")
-    out = subprocess.run([sys.executable, "-S", "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-S", "-c", probe], cwd=tmp_path, capture_output=True, text=True, encoding="utf-8", errors="replace", check=True)
     assert Path(out.stdout.strip()).resolve().parent == REPO / "unet_pipeline"

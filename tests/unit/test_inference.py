@@ -67,7 +67,9 @@ def test_gaussian_importance_and_tile_starts():
     assert g.shape == (17, 9) and g.dtype == np.float32
     assert g[8, 4] == pytest.approx(1.0) and g.min() > 0
     sigma = 0.125 * 17
-    assert g[0, 4] == pytest.approx(np.exp(-0.5 * (8 / sigma) ** 2), rel=1e-4, abs=1e-6)
+    assert g[2, 4] == pytest.approx(np.exp(-0.5 * (6 / sigma) ** 2), rel=1e-4, abs=1e-6)
+    # the border value exp(-0.5 (8 / sigma)^2) = 8.4e-4 is raised to the floor of 1e-3 (as MONAI)
+    assert g[0, 4] == pytest.approx(1e-3)
     assert tile_starts(100, 32, 0.5) == [0, 14, 27, 41, 54, 68]  # steps <= 16 keep >= 50 % overlap
     assert tile_starts(32, 32, 0.5) == [0]
     with pytest.raises(ValueError, match="overlap"):

@@ -43,14 +43,14 @@ def test_atomic_path_renames_on_success(tmp_path):
 def test_atomic_path_failure_leaves_nothing_and_keeps_old_file(tmp_path):
     target = tmp_path / "out.json"
     with pytest.raises(RuntimeError, match="boom"), atomic_path(target) as tmp:
-        tmp.write_text("half")
+        tmp.write_text("half", encoding="utf-8")
         raise RuntimeError("boom")
     assert _leftovers(tmp_path) == []
-    target.write_text("old")
+    target.write_text("old", encoding="utf-8")
     with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
-        tmp.write_text("new")
+        tmp.write_text("new", encoding="utf-8")
         raise KeyboardInterrupt
-    assert target.read_text() == "old" and _leftovers(tmp_path) == ["out.json"]
+    assert target.read_text(encoding="utf-8") == "old" and _leftovers(tmp_path) == ["out.json"]
 
 
 def test_save_json_writes_nan_as_null(tmp_path):

@@ -77,7 +77,7 @@ def test_preprocessed_files(tmp_path):
     assert image.dtype == np.float32 and image.shape == tuple(meta["resampled_shape"])
     # canonical (Z, Y, X) = (S, A, R): stored (i=R 24, j=A 20, k=S 6) at 0.8 mm -> (6, 10, 12) at 1.6 mm
     assert image.shape == (6, 10, 12)
-    assert json.loads((tmp_path / "pre" / "meta.json").read_text())["case_id"] == "c0"
+    assert json.loads((tmp_path / "pre" / "meta.json").read_text(encoding="utf-8"))["case_id"] == "c0"
     preprocess_label(cases[0][2], meta, tmp_path / "pre" / "label.npy")
     label = np.load(tmp_path / "pre" / "label.npy")
     assert label.dtype == np.uint8 and label.shape == image.shape and set(np.unique(label)) <= {0, 1, 2}

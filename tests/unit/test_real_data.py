@@ -48,7 +48,7 @@ def _identity_round_trip(tmp_path, image_path, label_path, num_classes, target_y
 @pytest.fixture
 def totalseg(shared_data):
     root = shared_data / "totalsegmentator-example"
-    labels = {int(k): v for k, v in json.loads((root / "labels.json").read_text())["labels"].items()}
+    labels = {int(k): v for k, v in json.loads((root / "labels.json").read_text(encoding="utf-8"))["labels"].items()}
     return root / "example_ct_sm.nii.gz", root / "example_seg.nii.gz", labels
 
 

@@ -18,7 +18,7 @@ METRIC_COLUMNS = ["case", "label", "label_id", "dice", "iou", "precision", "reca
 
 
 def _write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> Path:
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=fieldnames or list(rows[0].keys()))
         writer.writeheader()
         writer.writerows(rows)
@@ -84,7 +84,7 @@ def _summary_json(path: Path) -> Path:
                    "hd95_mm": None, "assd_mm": {}, "nsd": _stats(0.5556), "iou": _stats(0.4444)},
         },
     }
-    path.write_text(json.dumps(summary))
+    path.write_text(json.dumps(summary), encoding="utf-8")
     return path
 
 
@@ -110,7 +110,7 @@ def test_training_curves_val_loss_column(tmp_path):
 def test_training_curves_missing_or_empty_log(tmp_path, content):
     log = tmp_path / "train_log.csv"
     if content is not None:
-        log.write_text(content)
+        log.write_text(content, encoding="utf-8")
     plot_training_curves(log, tmp_path / "curves.png")
     _assert_png(tmp_path / "curves.png")
 
@@ -136,7 +136,7 @@ def test_metric_boxes_class_without_values(tmp_path):
 
 def test_metric_boxes_header_only(tmp_path):
     metrics = tmp_path / "metrics.csv"
-    metrics.write_text(",".join(METRIC_COLUMNS) + "\n")
+    metrics.write_text(",".join(METRIC_COLUMNS) + "\n", encoding="utf-8")
     plot_metric_boxes(metrics, tmp_path / "boxes.png")
     _assert_png(tmp_path / "boxes.png")
 
@@ -283,7 +283,7 @@ def test_import_is_light():
     import sys
 
     code = "import sys, unet_pipeline.report; print('matplotlib.pyplot' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", check=True)
     assert result.stdout.strip() == "False"
 
 
@@ -318,7 +318,7 @@ def test_report_renders_in_a_headless_browser(tmp_path):
     shot = tmp_path / "shot.png"
     proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                            "--window-size=1200,2400", f"--screenshot={shot}", out.as_uri()],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120, cwd=tmp_path)
     assert shot.exists(), proc.stderr[-2000:]
     pixels = _assert_png(shot)
     rgb = pixels[..., :3].astype(float)
@@ -327,5 +327,5 @@ def test_report_renders_in_a_headless_browser(tmp_path):
     assert (rgb.mean(axis=2) < 0.9).mean() > 0.05
     assert (rgb.max(axis=2) - rgb.min(axis=2) > 0.2).mean() > 0.005
     dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", out.as_uri()],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path).stdout
+                         capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120, cwd=tmp_path).stdout
     assert dom.count("<img") == 3 and "Summary" in dom

@@ -17,7 +17,7 @@ def test_case_error_becomes_one_line_and_exit_1(tmp_path, capsys):
             logging.getLogger("unet_pipeline.test").info("working on it")
             raise CaseError(tmp_path / "bad.nii.gz", ["NaN voxels", "label shape differs"])
     assert info.value.code == 1
-    text = log.read_text()
+    text = log.read_text(encoding="utf-8")
     assert "working on it" in text and "bad.nii.gz" in text and "NaN voxels" in text
     assert "Traceback" not in text
     assert "ERROR" in capsys.readouterr().err
@@ -28,7 +28,7 @@ def test_other_errors_keep_their_traceback(tmp_path):
     with pytest.raises(ZeroDivisionError):
         with rule_logging(log):
             1 / 0  # noqa: B018
-    assert "Traceback" in log.read_text()
+    assert "Traceback" in log.read_text(encoding="utf-8")
 
 
 def test_handlers_are_removed_afterwards(tmp_path):

@@ -54,11 +54,11 @@ def _train(prepared, out_dir: Path, **training):
 def test_training_writes_the_model_folder(prepared, tmp_path):
     out = tmp_path / "model"
     _train(prepared, out)
-    meta = json.loads((out / "model.json").read_text())
+    meta = json.loads((out / "model.json").read_text(encoding="utf-8"))
     assert meta["architecture"]["base_channels"] == 4 and meta["architecture"]["num_classes"] == 3
     assert {str(k): v for k, v in meta["labels"].items()} == {"1": "organ_a", "2": "organ_b"}
     assert meta["plan"]["target_spacing_mm"] == [1.5, 1.5]
-    with open(out / "train_log.csv") as fh:
+    with open(out / "train_log.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     for col in ("train_loss", "lr", "val_dice_mean", "val_dice_organ_a", "seconds", "slices_per_s"):
@@ -71,7 +71,7 @@ def test_training_writes_the_model_folder(prepared, tmp_path):
 def test_loss_goes_down_on_an_easy_task(prepared, tmp_path):
     out = tmp_path / "model"
     _train(prepared, out, epochs=6, iterations_per_epoch=6, batch_size=4, lr=0.01)
-    with open(out / "train_log.csv") as fh:
+    with open(out / "train_log.csv", encoding="utf-8") as fh:
         losses = [float(r["train_loss"]) for r in csv.DictReader(fh)]
     assert losses[-1] < 0.7 * losses[0], losses
 
@@ -89,7 +89,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(prepared, tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
-    with open(whole / "train_log.csv") as fh1, open(cut / "train_log.csv") as fh2:
+    with open(whole / "train_log.csv", encoding="utf-8") as fh1, open(cut / "train_log.csv", encoding="utf-8") as fh2:
         la, lb = list(csv.DictReader(fh1)), list(csv.DictReader(fh2))
     assert [r["train_loss"] for r in la] == [r["train_loss"] for r in lb]
 

@@ -22,7 +22,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 def run_snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout, env=env)
     if proc.returncode != 0:
         print(proc.stdout[-5000:], proc.stderr[-10000:], sep="\n")
     return proc
@@ -31,14 +31,14 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.
 def make_workdir(tmp_path: Path, config: Path | dict) -> Path:
     (tmp_path / "config").mkdir(parents=True, exist_ok=True)
     if isinstance(config, dict):
-        (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+        (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     else:
         shutil.copy(config, tmp_path / "config" / "config.yaml")
     return tmp_path
 
 
 def test_lint_is_clean():
-    proc = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -51,7 +51,7 @@ def test_dry_run(tmp_path, config):
 
 
 def test_cross_validation_dry_run_trains_one_model_per_fold(tmp_path):
-    config = yaml.safe_load((REPO / "tests/workflow/config_tiny.yaml").read_text())
+    config = yaml.safe_load((REPO / "tests/workflow/config_tiny.yaml").read_text(encoding="utf-8"))
     config["cohort"]["demo"]["n_cases"] = 7
     config["split"] = {"test_fraction": 0.3, "folds": 3, "seed": 0}
     work = make_workdir(tmp_path, config)
@@ -77,21 +77,21 @@ def _check_outputs(work: Path, results: Path) -> list[dict]:
         assert out.get_data_dtype() == np.uint8
         assert int(out.header["sform_code"]) == int(source.header["sform_code"])
         assert int(out.header["qform_code"]) == int(source.header["qform_code"])
-        sidecar = json.loads((results / "segmentations" / f"{case}.json").read_text())
+        sidecar = json.loads((results / "segmentations" / f"{case}.json").read_text(encoding="utf-8"))
         assert sidecar["labels"]["1"] == "liver"
         assert len(sidecar["config_sha256"]) == 64 and len(sidecar["models"][0]["sha256"]) == 64
         assert sidecar["inference"]["device"] == "cpu" and sidecar["inference"]["seconds"] > 0
-    with open(results / "metrics" / "metrics.csv") as fh:
+    with open(results / "metrics" / "metrics.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     for col in ("case", "label", "dice", "iou", "hd95_mm", "assd_mm", "nsd", "vol_ref_ml", "vol_pred_ml"):
         assert col in rows[0]
-    summary = json.loads((results / "metrics" / "summary.json").read_text())
+    summary = json.loads((results / "metrics" / "summary.json").read_text(encoding="utf-8"))
     assert set(summary["per_class"]) == {"liver", "spleen", "kidney_left", "kidney_right"}
-    with open(results / "volumes.csv") as fh:
+    with open(results / "volumes.csv", encoding="utf-8") as fh:
         volumes = list(csv.DictReader(fh))
     assert {r["case"] for r in volumes} == {s.name[:-7] for s in segs} and len(volumes) == 4 * len(segs)
     assert all(float(r["volume_ml"]) >= 0 for r in volumes) and "qc_flags" in volumes[0]
-    html = (results / "report.html").read_text()
+    html = (results / "report.html").read_text(encoding="utf-8")
     assert "data:image/png;base64," in html and "liver" in html
     for log in ("model/train.log", "fingerprint.log"):
         assert (results / "logs" / log).exists()
@@ -105,7 +105,7 @@ def test_tiny_end_to_end_run(tmp_path):
     results = work / "results"
     rows = _check_outputs(work, results)
     assert len({r["case"] for r in rows}) == 2  # 40 % of 5 cases are test cases
-    log = (results / "model" / "train_log.csv").read_text().splitlines()
+    log = (results / "model" / "train_log.csv").read_text(encoding="utf-8").splitlines()
     assert len(log) == 3 and log[0].startswith("epoch,train_loss")
     # A second run has nothing to do; a deleted segmentation is redone without retraining.
     proc = run_snakemake(work, "--cores", "2", "-n")
@@ -124,14 +124,14 @@ def test_bad_case_fails_alone_with_keep_going(tmp_path):
     write_demo_cohort(cohort, n_cases=5, seed=3)
     bad = cohort / "images" / "demo_004.nii.gz"
     bad.write_bytes(bad.read_bytes()[:5000])  # truncated gzip
-    config = yaml.safe_load((REPO / "tests/workflow/config_tiny.yaml").read_text())
+    config = yaml.safe_load((REPO / "tests/workflow/config_tiny.yaml").read_text(encoding="utf-8"))
     config["cohort"] = {"demo": {"enabled": False}, "images": str(cohort / "images"), "labels": str(cohort / "labels"),
                         "label_names": {1: "liver", 2: "spleen", 3: "kidney_left", 4: "kidney_right"}}
     config["split"] = {"test_fraction": 0.4, "val_fraction": 0.34, "seed": 0}
     work = make_workdir(tmp_path / "work", config)
     proc = run_snakemake(work, "--cores", "2", "--keep-going")
     assert proc.returncode != 0
-    log = (work / "results" / "logs" / "import_case" / "demo_004.log").read_text()
+    log = (work / "results" / "logs" / "import_case" / "demo_004.log").read_text(encoding="utf-8")
     assert str(bad) in log and "truncated or corrupt" in log
     assert not (work / "results" / "imported" / "demo_004" / "image.nii.gz").exists()
     others = [p for p in (work / "results" / "imported").iterdir() if p.name != "demo_004"]
