@@ -6,6 +6,9 @@ figures are independent:
 
 * preprocessing: :func:`unet_pipeline.preprocessing.preprocess_image` (canonical reorientation,
   in-plane resampling to the target spacing, normalisation, ``image.npy`` written in chunks);
+* inference (first size only): :func:`unet_pipeline.stages.infer` with the demo model's
+  architecture, tiles of 256 x 256, probabilities written as float16 ``(Z, K, Y', X')``; target:
+  peak under 2 GB for 512 x 512 x 300;
 * reassembly: :func:`unet_pipeline.reassembly.reassemble_case` from a ``(Z, K, Y', X')`` float16
   probabilities ``.npy`` (K = 5: background + 4 classes) back to a uint8 NIfTI on the input grid.
 
@@ -54,6 +57,9 @@ args = json.loads(sys.argv[1])
 baseline = status("VmRSS")
 if args["stage"] == "preprocess":
     preprocess_image(args["image"], args["plan"], args["out_dir"], case_id="bench")
+elif args["stage"] == "infer":
+    from unet_pipeline.stages import infer
+    infer([args["model"]], args["pre"], args["out"], inference={"device": "cpu", "batch_size": 8})
 else:
     reassemble_case(args["probs"], args["meta"], args["image"], args["out"], num_classes=args["num_classes"])
 print(json.dumps({"peak_bytes": status("VmHWM"), "baseline_bytes": baseline}))
@@ -112,7 +118,27 @@ def _figures(measured: dict, volume_bytes: int) -> dict:
     }
 
 
-def _one_size(work: Path, n_slices: int, target_mm: float) -> dict:
+def _demo_model(folder: Path, plan: dict) -> Path:
+    """A model folder with the demo's architecture (padded U-Net, base 16, depth 4; seeded random weights)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from unet_pipeline.io import save_json
+    from unet_pipeline.model import UNetConfig, build_unet
+    from unet_pipeline.training import MODEL_FORMAT
+
+    torch.manual_seed(0)
+    config = UNetConfig(num_classes=NUM_CLASSES, base_channels=16, depth=4)
+    model = build_unet(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    labels = {str(k): f"class_{k}" for k in range(1, NUM_CLASSES)}
+    save_json({"format": MODEL_FORMAT, "architecture": config.to_dict(), "labels": labels,
+               "plan": {**plan, "labels": labels, "patch_size": [256, 256]}}, folder / "model.json")
+    return folder
+
+
+def _one_size(work: Path, n_slices: int, target_mm: float, infer: bool = False) -> dict:
     case = work / f"z{n_slices}"
     case.mkdir()
     image = case / "image.nii.gz"
@@ -122,7 +148,13 @@ def _one_size(work: Path, n_slices: int, target_mm: float) -> dict:
     volume_bytes = IN_PLANE * IN_PLANE * n_slices * 4
     pre = _measure({"stage": "preprocess", "image": str(image), "plan": plan, "out_dir": str(case / "pre")})
     meta = json.loads((case / "pre" / "meta.json").read_text(encoding="utf-8"))
-    _write_probs(case / "probs.npy", tuple(meta["resampled_shape"]))
+    inference = None
+    if infer:  # tiled inference of the whole volume with the demo model, probabilities to disk
+        model = _demo_model(work / "model", plan)
+        inference = _measure({"stage": "infer", "model": str(model), "pre": str(case / "pre"),
+                              "out": str(case / "probs.npy")})
+    else:
+        _write_probs(case / "probs.npy", tuple(meta["resampled_shape"]))
     probs_bytes = (case / "probs.npy").stat().st_size
     (case / "pre" / "image.npy").unlink()
     post = _measure({"stage": "reassemble", "probs": str(case / "probs.npy"), "meta": str(case / "pre" / "meta.json"),
@@ -138,6 +170,8 @@ def _one_size(work: Path, n_slices: int, target_mm: float) -> dict:
         "probs_mb": round(probs_bytes / 1e6, 1),
         "preprocess": _figures(pre, volume_bytes),
         "reassemble": _figures(post, volume_bytes),
+        **({"infer": {**_figures(inference, volume_bytes), "under_2_gb": inference["peak_bytes"] < 2e9}}
+           if inference else {}),
     }
 
 
@@ -162,7 +196,8 @@ def run(quick: bool = False, target_mm: float = 0.8) -> dict:
         raise ValueError(f"target_mm must be > 0, got {target_mm}")
     sizes = (100, 200) if quick else (300, 600)
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
-        results = [_one_size(Path(tmp), n, target_mm) for n in sizes]
+        # inference (slow on a CPU, and its memory does not grow with the slices) on the first size only
+        results = [_one_size(Path(tmp), n, target_mm, infer=i == 0) for i, n in enumerate(sizes)]
     out: dict = {"target_ratio": TARGET_RATIO, "num_classes": NUM_CLASSES, "spacing_mm": list(SPACING),
                  "target_spacing_mm": target_mm, "sizes": results}
     slice_ratio = sizes[1] / sizes[0]

@@ -54,6 +54,9 @@ def _headline(name: str, result: dict) -> list[tuple[str, str, str]]:
         rows.append((label, f"{value}", "" if goal is None else f"{goal}"))
     if name == "memory":
         for size in result.get("sizes", []):
+            if "infer" in size:
+                rows.append((f"inference peak RSS, {size.get('slices')} slices of 512 x 512 (MB)",
+                             f"{size['infer']['peak_mb']}", "< 2000"))
             for stage in ("preprocess", "reassemble"):
                 fig = size.get(stage, {})
                 rows.append((f"{stage} peak RSS, {size.get('slices')} slices (x float32 volume, net)",
