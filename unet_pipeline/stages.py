@@ -241,7 +241,15 @@ def infer(model_dirs: Sequence[str | Path], preprocessed_dir: str | Path, out_pr
     device = select_device(inference.get("device", "auto"))
     with torch.inference_mode():
         models, meta = _load_models(model_dirs, device)
-        info = _infer_volume(models, meta, Path(preprocessed_dir), Path(out_probs), inference, device)
+        try:
+            info = _infer_volume(models, meta, Path(preprocessed_dir), Path(out_probs), inference, device)
+        except torch.cuda.OutOfMemoryError:
+            log.warning("GPU out of memory on %s: predicting this case on the CPU instead", preprocessed_dir)
+            del models
+            torch.cuda.empty_cache()
+            device = torch.device("cpu")
+            models, meta = _load_models(model_dirs, device)
+            info = _infer_volume(models, meta, Path(preprocessed_dir), Path(out_probs), inference, device)
     info = {"device": str(device), "n_models": len(models), "settings": inference, **dict(info or {}),
             "seconds": round(time.perf_counter() - t0, 3)}
     if out_info:
