@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -107,6 +108,11 @@ def test_tiny_end_to_end_run(tmp_path):
     assert len({r["case"] for r in rows}) == 2  # 40 % of 5 cases are test cases
     log = (results / "model" / "train_log.csv").read_text(encoding="utf-8").splitlines()
     assert len(log) == 3 and log[0].startswith("epoch,train_loss")
+    # Snakemake's own report (needs pygments) packs the registered figures and tables.
+    proc = run_snakemake(work, "--cores", "2", "--report", str(work / "report.zip"))
+    assert proc.returncode == 0 and zipfile.is_zipfile(work / "report.zip")
+    names = zipfile.ZipFile(work / "report.zip").namelist()
+    assert any(n.endswith("report.html") for n in names) and any(n.endswith("curves.png") for n in names)
     # A second run has nothing to do; a deleted segmentation is redone without retraining.
     proc = run_snakemake(work, "--cores", "2", "-n")
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
