@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", required=True, help="output folder: <case>.nii.gz + <case>.json per input")
     r.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
     r.add_argument("--overlap", type=float, default=0.5, help="tile overlap (share of a tile, default 0.5)")
-    r.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+    r.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per forward pass (default: 8 on a GPU, 1 on the CPU, the fastest there)")
     r.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
     r.set_defaults(func=_cmd_predict)
 

@@ -218,7 +218,7 @@ def _infer_volume(models, meta: Mapping, pre_dir: Path, out_probs: Path, inferen
         for _z0, probs in iter_volume_probabilities(
                 _Ensemble(models), volume, in_slices=int(arch.get("in_channels", 1)), num_classes=k,
                 patch_size=plan["patch_size"], overlap=float(inference.get("overlap", 0.5)),
-                batch_size=int(inference.get("batch_size", 8)), device=device, margin=margin,
+                batch_size=inference.get("batch_size"), device=device, margin=margin,
                 mirror_tta=bool(inference.get("mirror_tta", False)), pad_value=pad,
                 chunk_slices=int(inference.get("chunk_slices", 16))):
             writer.write(probs.astype(np.float16))

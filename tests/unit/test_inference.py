@@ -74,3 +74,16 @@ def test_gaussian_importance_and_tile_starts():
     assert tile_starts(32, 32, 0.5) == [0]
     with pytest.raises(ValueError, match="overlap"):
         tile_starts(10, 4, 1.0)
+
+
+def test_cpu_graph_gives_the_same_probabilities_as_eager_batches():
+    """The default on the CPU (one tile per pass through a frozen graph) equals eager batches of 8."""
+    from unet_pipeline.model import UNetConfig, build_unet
+
+    torch.manual_seed(0)
+    model = build_unet(UNetConfig(num_classes=3, base_channels=4, depth=2)).eval()
+    slices = np.random.default_rng(0).normal(size=(2, 1, 40, 52)).astype(np.float32)
+    fast = predict_slices(model, slices, num_classes=3, patch_size=(32, 32))
+    eager = predict_slices(model, slices, num_classes=3, patch_size=(32, 32), batch_size=8)
+    np.testing.assert_allclose(fast, eager, atol=1e-5)
+    assert model.__dict__.get("_cpu_graphs")  # the traced graph was built and cached
