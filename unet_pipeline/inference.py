@@ -16,6 +16,7 @@ chunk's ``(n, K, Y, X)`` float32 probabilities are held.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
@@ -91,16 +92,24 @@ def _cpu_graph(model: torch.nn.Module, shape: tuple[int, int, int, int]):
     if not isinstance(model, torch.nn.Module) or model.training:
         return model
     cache = model.__dict__.setdefault("_cpu_graphs", {})
-    if shape not in cache:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                traced = torch.jit.trace(model, torch.zeros(shape), check_trace=False)
-                cache[shape] = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-        except Exception as exc:  # tracing is an optimisation only
-            log.debug("no optimised CPU graph (%s): eager inference", exc)
-            cache[shape] = model
+    with _CPU_GRAPH_LOCK:  # the model server predicts several cases at once: trace each shape once
+        if shape not in cache:
+            cache[shape] = _trace_for_cpu(model, shape)
     return cache[shape]
+
+
+_CPU_GRAPH_LOCK = threading.Lock()
+
+
+def _trace_for_cpu(model: torch.nn.Module, shape: tuple[int, int, int, int]):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, torch.zeros(shape), check_trace=False)
+            return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+    except Exception as exc:  # tracing is an optimisation only
+        log.debug("no optimised CPU graph (%s): eager inference", exc)
+        return model
 
 
 @torch.inference_mode()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CaseError
-from .io import NpyWriter, atomic_path, load_json, save_json
+from .io import atomic_path, load_json, save_json
 
 __all__ = [
     "demo_cohort",
@@ -177,81 +177,38 @@ def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root
                   loss_options=loss)
 
 
-def _load_models(model_dirs: Sequence[str | Path], device) -> tuple[list, dict]:
-    from .training import load_model
-
-    models, meta = [], {}
-    for d in model_dirs:
-        m, meta = load_model(d, device)
-        models.append(m)
-    return models, meta
-
-
-class _Ensemble:
-    """Average of the softmax outputs of several models (cross-validation folds), as log-probabilities."""
-
-    def __init__(self, models: list) -> None:
-        self.models = models
-
-    def __call__(self, x):
-        import torch
-
-        if len(self.models) == 1:
-            return self.models[0](x)
-        probs = sum(torch.softmax(m(x).float(), 1) for m in self.models) / len(self.models)
-        return torch.log(probs.clamp_min(1e-12))
-
-
-def _infer_volume(models, meta: Mapping, pre_dir: Path, out_probs: Path, inference: Mapping, device) -> dict:
-    from .inference import iter_volume_probabilities
-
-    arch = meta["architecture"]
-    plan = meta["plan"]
-    volume = np.load(pre_dir / "image.npy", mmap_mode="r")
-    pmeta = load_json(pre_dir / "meta.json")
-    inten = pmeta["intensity"]
-    pad = (float(inten["p00_5"]) - float(inten["mean"])) / max(float(inten["std"]), 1e-6)
-    k = int(plan["num_classes"])
-    margin = models[0].margin() if not arch.get("padded", True) else 0
-    t0 = time.perf_counter()
-    with NpyWriter(out_probs, (volume.shape[0], k, *volume.shape[1:]), np.float16) as writer:
-        for _z0, probs in iter_volume_probabilities(
-                _Ensemble(models), volume, in_slices=int(arch.get("in_channels", 1)), num_classes=k,
-                patch_size=plan["patch_size"], overlap=float(inference.get("overlap", 0.5)),
-                batch_size=inference.get("batch_size"), device=device, margin=margin,
-                mirror_tta=bool(inference.get("mirror_tta", False)), pad_value=pad,
-                chunk_slices=int(inference.get("chunk_slices", 16))):
-            writer.write(probs.astype(np.float16))
-    return {"seconds": round(time.perf_counter() - t0, 3), "slices": int(volume.shape[0]), "device": str(device)}
-
-
 def infer(model_dirs: Sequence[str | Path], preprocessed_dir: str | Path, out_probs: str | Path, *,
-          inference: Mapping | None = None, out_info: str | Path | None = None) -> dict:
+          inference: Mapping | None = None, out_info: str | Path | None = None,
+          server_log_dir: str | Path | None = None) -> dict:
     """Tiled inference of one preprocessed case -> ``(Z, K, Y', X')`` float16 probabilities ``.npy``.
 
     Several model folders (cross-validation folds) are ensembled by averaging probabilities.
-    ``out_info`` (optional) receives the device, settings and timings as JSON, for provenance.
+    With ``inference["model_server"]`` true (the workflow's default) the case is sent to the model
+    server of :mod:`unet_pipeline.inference_server`, which loads the models once for all cases
+    (started here when none runs; its log goes to ``server_log_dir``); if no server can be had,
+    the models are loaded in this process. ``out_info`` (optional) receives the device,
+    settings and timings as JSON, for provenance.
     """
-    import torch
-
-    from .inference import select_device
+    from .inference_server import ServerUnavailable, infer_via_server
+    from .predictor import Predictor
 
     inference = dict(inference or {})
     t0 = time.perf_counter()
-    device = select_device(inference.get("device", "auto"))
-    with torch.inference_mode():
-        models, meta = _load_models(model_dirs, device)
+    info = None
+    if inference.get("model_server", False):
         try:
-            info = _infer_volume(models, meta, Path(preprocessed_dir), Path(out_probs), inference, device)
-        except torch.cuda.OutOfMemoryError:
-            log.warning("GPU out of memory on %s: predicting this case on the CPU instead", preprocessed_dir)
-            del models
-            torch.cuda.empty_cache()
-            device = torch.device("cpu")
-            models, meta = _load_models(model_dirs, device)
-            info = _infer_volume(models, meta, Path(preprocessed_dir), Path(out_probs), inference, device)
-    info = {"device": str(device), "n_models": len(models), "settings": inference, **dict(info or {}),
-            "seconds": round(time.perf_counter() - t0, 3)}
+            info = infer_via_server(model_dirs, preprocessed_dir, out_probs, inference=inference,
+                                    log_dir=server_log_dir)
+            server = info["server"]
+            log.info("inferred by the model server pid %s (case %s it served; models loaded once, in %.2f s)",
+                     server["pid"], server["cases_served"], server["model_load_seconds"])
+        except ServerUnavailable as exc:
+            log.warning("%s; loading the models in this job instead", exc)
+    if info is None:
+        predictor = Predictor(model_dirs, inference.get("device", "auto"))
+        info = predictor.predict(preprocessed_dir, out_probs, inference)
+    info = {**info, "settings": inference, "seconds": round(time.perf_counter() - t0, 3)}
+    log.info("%s: %d slices on %s in %.1f s", preprocessed_dir, info["slices"], info["device"], info["seconds"])
     if out_info:
         save_json(info, out_info)
     return info
@@ -491,16 +448,13 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple[str,
     dict
         case id -> ``"ok"`` or the error message.
     """
-    import torch
-
-    from .inference import select_device
+    from .predictor import Predictor
     from .preprocessing import preprocess_image
     from .reassembly import reassemble_case
 
     inference = dict(inference or {})
-    device = select_device(inference.get("device", "auto"))
-    models, meta = _load_models(model_dirs, device)
-    labels = _labels(meta["labels"])
+    predictor = Predictor(model_dirs, inference.get("device", "auto"))
+    labels = predictor.labels
     status: dict[str, str] = {}
     volume_rows: list[dict] = []
     for case_id, image in inputs:
@@ -508,13 +462,13 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple[str,
         try:
             t0 = time.perf_counter()
             record = import_case(case_id, image, None, case_work / "imported", labels=labels)
-            preprocess_image(case_work / "imported" / "image.nii.gz", meta["plan"], case_work / "pre", case_id=case_id)
-            with torch.inference_mode():
-                info = _infer_volume(models, meta, case_work / "pre", case_work / "probs.npy", inference, device)
+            preprocess_image(case_work / "imported" / "image.nii.gz", predictor.meta["plan"], case_work / "pre",
+                             case_id=case_id)
+            info = predictor.predict(case_work / "pre", case_work / "probs.npy", inference)
             out = Path(out_dir) / f"{case_id}.nii.gz"
             reassemble_case(case_work / "probs.npy", case_work / "pre" / "meta.json", case_work / "imported" / "image.nii.gz",
                             out, num_classes=len(labels) + 1, postprocess=postprocess, labels=labels)
-            _write_sidecar(out, labels, model_dirs, {"source": str(image), "device": str(device),
+            _write_sidecar(out, labels, model_dirs, {"source": str(image), "device": info["device"],
                                                        "seconds": round(time.perf_counter() - t0, 3),
                                                        "infer": info, "warnings": record.get("warnings", [])})
             volume_rows.extend(_volume_rows(case_id, out, case_work / "imported" / "image.nii.gz", labels))

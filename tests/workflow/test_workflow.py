@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -108,6 +109,13 @@ def test_tiny_end_to_end_run(tmp_path):
     assert len({r["case"] for r in rows}) == 2  # 40 % of 5 cases are test cases
     log = (results / "model" / "train_log.csv").read_text(encoding="utf-8").splitlines()
     assert len(log) == 3 and log[0].startswith("epoch,train_loss")
+    # Every case's infer job went to one model server, which loaded the model once.
+    infer_logs = [p.read_text(encoding="utf-8") for p in sorted((results / "logs" / "infer").glob("*.log"))
+                  if not p.name.startswith("model_server_")]
+    pids = {re.search(r"inferred by the model server pid (\d+)", text).group(1) for text in infer_logs}
+    assert len(infer_logs) == 2 and len(pids) == 1, infer_logs
+    server_logs = list((results / "logs" / "infer").glob("model_server_*.log"))
+    assert len(server_logs) == 1 and server_logs[0].read_text(encoding="utf-8").count("loaded 1 model(s)") == 1
     # Snakemake's own report (needs pygments) packs the registered figures and tables.
     proc = run_snakemake(work, "--cores", "2", "--report", str(work / "report.zip"))
     assert proc.returncode == 0 and zipfile.is_zipfile(work / "report.zip")

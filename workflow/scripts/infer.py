@@ -10,4 +10,4 @@ from unet_pipeline.runlog import rule_logging  # noqa: E402
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]):
     stages.infer(sm.params.model_dirs, Path(sm.input.image).parent, sm.output.probs, inference=sm.params.inference,
-                 out_info=sm.output.info)
+                 out_info=sm.output.info, server_log_dir=Path(sm.log[0]).parent)
