@@ -3,8 +3,9 @@
 * :func:`plot_training_curves` -- losses, validation Dice and learning rate per epoch, from the
   ``train_log.csv`` written by :mod:`unet_pipeline.training`.
 * :func:`plot_metric_boxes` -- per-class box plots of Dice, HD95 (mm) and NSD from ``metrics.csv``.
-* :func:`overlay_figure` -- axial CT slices with the reference (contours) and the prediction
-  (semi-transparent fill).
+* :func:`overlay_figure` -- axial, coronal and sagittal CT sections with the reference (contours)
+  and the prediction (semi-transparent fill), optionally cut through one class
+  (:func:`sections_through` picks the slices).
 * :func:`write_report` -- one HTML file with every figure embedded as a base64 data URI, inline
   CSS and no scripts or external links; every string taken from data is HTML-escaped.
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from .io import atomic_path
 
-__all__ = ["plot_training_curves", "plot_metric_boxes", "overlay_figure", "write_report"]
+__all__ = ["plot_training_curves", "plot_metric_boxes", "sections_through", "overlay_figure", "write_report"]
 
 #: Abdomen window: width and level in HU.
 WINDOW_HU = (400.0, 40.0)
@@ -219,6 +220,38 @@ def _centre(mask: np.ndarray | None, shape: Sequence[int]) -> tuple[int, int, in
     return tuple(int(n) // 2 for n in shape)  # type: ignore[return-value]
 
 
+def sections_through(mask: np.ndarray) -> tuple[int, int, int] | None:
+    """``(z, y, x)`` indices of the axial, coronal and sagittal sections that cut through ``mask``.
+
+    Parameters
+    ----------
+    mask
+        Boolean (or 0/1) volume, shape ``(Z, Y, X)``, canonical orientation (as in
+        :func:`overlay_figure`), e.g. ``reference == label``.
+
+    Returns
+    -------
+    tuple of int or None
+        Per axis, the slice holding the most voxels of ``mask`` (the structure's largest
+        section); among equal slices the one nearest the mask's centre of mass along that axis,
+        then the lower index. Each section therefore always passes through the structure, also
+        for a non-convex one whose centre of mass lies outside it. ``None`` for an empty mask.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 3:
+        raise ValueError(f"mask: expected a 3-D (Z, Y, X) array, got shape {mask.shape}")
+    if not mask.any():
+        return None
+    out = []
+    for axis in range(3):
+        counts = mask.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64)
+        idx = np.arange(counts.size)
+        centre = float((idx * counts).sum()) / float(counts.sum())
+        fullest = np.flatnonzero(counts == counts.max())
+        out.append(int(fullest[np.argmin(np.abs(fullest - centre))]))  # argmin: first, i.e. lower index, on a tie
+    return tuple(out)  # type: ignore[return-value]
+
+
 # Views through the canonical (Z, Y, X) = (S, A, R) volume, in radiological display: each takes a
 # 2-D section and the spacings, and returns (section flipped for display, aspect, side markers).
 def _views(volume_shape: Sequence[int], centre: tuple[int, int, int], spacing_mm: Sequence[float]):
@@ -236,7 +269,7 @@ def _views(volume_shape: Sequence[int], centre: tuple[int, int, int], spacing_mm
 
 def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: np.ndarray,
                    spacing_mm: Sequence[float], labels: Mapping[int, str], out_png: str | Path,
-                   title: str = "") -> None:
+                   title: str = "", focus: int | None = None) -> None:
     """Axial, coronal and sagittal sections with the reference as contours and the prediction filled.
 
     Parameters
@@ -256,15 +289,23 @@ def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: 
         The PNG written (atomically).
     title
         Figure title.
+    focus
+        A label value: cut the sections through that class (see below), draw its reference
+        contour thicker and its legend entry in bold. ``None``: through all foreground.
 
     Notes
     -----
-    The three sections pass through the (median) centre of the reference's foreground (else the
-    prediction's, else the volume's middle), with the abdomen window (W 400, L 40 HU), in
-    radiological convention: patient right on the image left; anterior at the top of the axial
-    view and on the left of the sagittal view; superior at the top of the coronal and sagittal views.
+    With ``focus``, each section is the slice with the most voxels of that class in the
+    reference (:func:`sections_through`), else in the prediction; when the class is in neither,
+    the figure falls back to the sections used without ``focus`` and the title says so. Without
+    ``focus``, the three sections pass through the (median) centre of the reference's foreground
+    (else the prediction's, else the volume's middle). All classes are drawn in every view, with
+    the abdomen window (W 400, L 40 HU), in radiological convention: patient right on the image
+    left; anterior at the top of the axial view and on the left of the sagittal view; superior at
+    the top of the coronal and sagittal views. Each view is titled with its slice index and
+    position (index × spacing, mm).
     """
-    image = np.asarray(image, dtype=float)
+    image = np.asarray(image)  # sections are converted to float when cut, not the whole volume
     if image.ndim != 3:
         raise ValueError(f"image: expected a 3-D (Z, Y, X) array, got shape {image.shape}")
     prediction = np.asarray(prediction)
@@ -284,14 +325,26 @@ def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: 
     classes = sorted((int(k), str(v)) for k, v in labels.items() if int(k) != 0)
     cmap = plt.get_cmap("tab10")
     colours = {k: cmap(i % 10) for i, (k, _) in enumerate(classes)}
-    guide = reference if reference is not None and reference.any() else prediction
-    views = _views(image.shape, _centre(guide > 0, image.shape), spacing_mm)
+    centre = None
+    if focus is not None:
+        focus = int(focus)
+        for source in (reference, prediction):
+            if source is not None and centre is None:
+                centre = sections_through(source == focus)
+        if centre is None:
+            name = dict(classes).get(focus, str(focus))
+            title = f"{title}\n({name} in neither reference nor prediction)" if title else \
+                f"{name} in neither reference nor prediction"
+    if centre is None:
+        guide = reference if reference is not None and reference.any() else prediction
+        centre = _centre(guide > 0, image.shape)
+    views = _views(image.shape, centre, spacing_mm)
     width, level = WINDOW_HU
     vmin, vmax = level - width / 2, level + width / 2
 
     fig, axes = plt.subplots(1, len(views), figsize=(4.2 * len(views), 4.6), squeeze=False)
     for ax, (name, where, cut, aspect, (left, right, top, bottom)) in zip(axes[0], views):
-        img, pred = cut(image), cut(prediction)
+        img, pred = np.asarray(cut(image), dtype=float), cut(prediction)
         ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
         fill = np.zeros((*pred.shape, 4))
         for k, _ in classes:
@@ -302,7 +355,7 @@ def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: 
             for k, _ in classes:
                 m = (ref == k).astype(float)
                 if m.any() and not m.all() and min(m.shape) > 1:
-                    ax.contour(m, levels=[0.5], colors=[colours[k]], linewidths=1.2)
+                    ax.contour(m, levels=[0.5], colors=[colours[k]], linewidths=2.0 if k == focus else 1.2)
         ax.set_title(f"{name}, {where}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -315,10 +368,14 @@ def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: 
         handles.append(Line2D([], [], color="gray", label="reference (contour)"))
     else:
         handles.append(Line2D([], [], color="none", label="no reference"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    legend = fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    if focus is not None:
+        for text, (k, _) in zip(legend.get_texts(), classes):
+            if k == focus:
+                text.set_fontweight("bold")
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95 if title else 1))
+    fig.tight_layout(rect=(0, 0.08, 1, (0.95 - 0.04 * title.count("\n")) if title else 1))
     _save(fig, out_png)
 
 
@@ -330,6 +387,7 @@ _CSS = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 h1 { border-bottom: 2px solid #444; }
 h2 { margin-top: 2em; border-bottom: 1px solid #aaa; }
+h3 { margin: 1.5em 0 0.3em; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
 th { background: #eee; }
@@ -453,9 +511,13 @@ def _curves_section(train_logs: Sequence[str | Path], tmp: Path) -> str:
     return "".join(parts)
 
 
-def _overlays_section(overlays: Sequence[tuple[str, str | Path]]) -> str:
-    if not overlays:
-        return _na("overlays")
+_OVERLAYS_PER_CLASS_NOTE = ("Per class: the best, median and worst case by that class's Dice (ties by case id), "
+                             "with the axial, coronal and sagittal sections through that structure (the slices "
+                             "with the most voxels of the class in the reference, else in the prediction). "
+                             "Reference: contours (the class's thicker); prediction: semi-transparent fill.")
+
+
+def _figures(overlays: Sequence[tuple[str, str | Path]]) -> str:
     parts = []
     for caption, png in overlays:
         if png is None or not Path(png).is_file():
@@ -463,6 +525,20 @@ def _overlays_section(overlays: Sequence[tuple[str, str | Path]]) -> str:
             continue
         parts.append(f"<figure>{_img(Path(png).read_bytes(), str(caption))}"
                      f"<figcaption>{_esc(caption)}</figcaption></figure>")
+    return "".join(parts)
+
+
+def _overlays_section(overlays: Sequence[tuple[str, str | Path]] | Mapping[str, Sequence[tuple[str, str | Path]]]
+                      ) -> str:
+    if not overlays:
+        return _na("overlays")
+    if not isinstance(overlays, Mapping):
+        return _figures(overlays)
+    parts = [f"<p>{_esc(_OVERLAYS_PER_CLASS_NOTE)}</p>"]
+    for group, figures in overlays.items():
+        figures = list(figures or ())
+        content = _figures(figures) if figures else _na(f"{group}: no case with a finite Dice")
+        parts.append(f'<section class="overlay-class"><h3>{_esc(group)}</h3>{content}</section>')
     return "".join(parts)
 
 
@@ -495,7 +571,8 @@ def _provenance_section(provenance: Mapping | None) -> str:
 
 def write_report(out_html: str | Path, *, metrics_csv: str | Path | None = None,
                  summary_json: str | Path | None = None, train_logs: Sequence[str | Path] = (),
-                 overlays: Sequence[tuple[str, str | Path]] = (), geometry_rows: Sequence[Mapping] = (),
+                 overlays: Sequence[tuple[str, str | Path]] | Mapping[str, Sequence[tuple[str, str | Path]]] = (),
+                 geometry_rows: Sequence[Mapping] = (),
                  provenance: Mapping | None = None, title: str = "U-Net segmentation report",
                  empty_policy: str = "") -> None:
     """Write the self-contained HTML report.
@@ -514,7 +591,10 @@ def write_report(out_html: str | Path, *, metrics_csv: str | Path | None = None,
     train_logs
         ``train_log.csv`` files; a newer ``curves.png`` beside a log is reused.
     overlays
-        ``(caption, png path)`` pairs, e.g. from :func:`overlay_figure`.
+        ``(caption, png path)`` pairs, e.g. from :func:`overlay_figure`, shown in that order; or
+        ``{class name: [(caption, png path), ...]}``, the per-class best/median/worst picks: one
+        sub-section (``<h3>``) per class in the mapping's order, "not available" for a class
+        with an empty list. Each PNG is embedded as given (pass each figure once).
     geometry_rows
         Dicts with ``case_id``, ``shape``, ``spacing_mm``, ``orientation``, ``split``.
     provenance
@@ -536,7 +616,7 @@ def write_report(out_html: str | Path, *, metrics_csv: str | Path | None = None,
             ("Metric distributions", _boxes_section(metrics_csv, tmp)),
             ("Per-case metrics", _cases_section(metrics_csv)),
             ("Training curves", _curves_section(list(train_logs), tmp)),
-            ("Overlays", _overlays_section(list(overlays))),
+            ("Overlays", _overlays_section(overlays if isinstance(overlays, Mapping) else list(overlays))),
             ("Cohort geometry", _geometry_section(list(geometry_rows))),
             ("Provenance", _provenance_section(provenance)),
             ("Empty-mask policy", f"<p>{_esc(empty_policy)}</p>" if empty_policy else _na("empty-mask policy")),

@@ -355,7 +355,14 @@ def report(out_html: str | Path, *, metrics_csv: str | Path | None, summary_json
            provenance: Mapping, labels: Mapping, work_dir: str | Path, splits: Mapping[str, str] | None = None) -> None:
     """The HTML report: summary, plots, curves, overlays, cohort geometry and provenance.
 
-    ``overlay_cases``: dicts with ``case``, ``image`` (imported NIfTI), ``pred`` and optional ``ref``.
+    ``overlay_cases``: dicts with ``case``, ``image`` (imported NIfTI), ``pred``, optional ``ref``
+    and ``caption``, and, for per-class picks (:func:`pick_overlay_cases`), ``group`` (the class
+    name the figure is listed under) and ``focus`` (its label value: the sections cut through that
+    class). With any ``group``, the report has one overlay sub-section per class of ``labels``
+    (in label order, then any other group); otherwise the figures are listed as given. Each
+    case's volumes are read once, however many figures show it; a repeated (case, focus) is drawn
+    once. Figures are written to ``work_dir`` as ``overlay_<case>.png`` (no focus) or
+    ``overlay_<case>_label<focus>.png``.
     """
     import nibabel as nib
 
@@ -366,16 +373,41 @@ def report(out_html: str | Path, *, metrics_csv: str | Path | None, summary_json
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    overlays = []
+    names = _labels(labels)
+    by_case: dict[str, list[Mapping]] = {}
     for item in overlay_cases:
-        img = nib.load(str(item["image"]))
+        by_case.setdefault(str(item["case"]), []).append(item)
+    pngs: dict[tuple[str, int | None], Path] = {}
+    for cid, items in by_case.items():  # one case at a time: its volumes are read once, then dropped
+        first = items[0]
+        img = nib.load(str(first["image"]))
         orient = canonical_orientation(np.asarray(img.affine), img.shape)
         to_c = lambda p: np.ascontiguousarray(orient.to_canonical(read_voxels(nib.load(str(p)), p)))  # noqa: E731
-        png = work / f"overlay_{item['case']}.png"
-        caption = item.get("caption", item["case"])
-        overlay_figure(to_c(item["image"]), to_c(item["ref"]) if item.get("ref") else None, to_c(item["pred"]),
-                       orient.canonical_spacing, _labels(labels), png, title=caption)
-        overlays.append((caption, png))
+        image, pred = to_c(first["image"]), to_c(first["pred"])  # canonical (Z, Y, X); HU and label values
+        ref = to_c(first["ref"]) if first.get("ref") else None
+        for item in items:
+            focus = None if item.get("focus") is None else int(item["focus"])
+            if (cid, focus) in pngs:
+                continue
+            png = work / (f"overlay_{cid}.png" if focus is None else f"overlay_{cid}_label{focus}.png")
+            overlay_figure(image, ref, pred, orient.canonical_spacing, names, png,
+                           title=item.get("caption", cid), focus=focus)
+            pngs[(cid, focus)] = png
+        del image, pred, ref
+    entries = []
+    for item in overlay_cases:
+        focus = None if item.get("focus") is None else int(item["focus"])
+        entries.append((item.get("group"), (item.get("caption", item["case"]), pngs[(str(item["case"]), focus)])))
+    overlays: list | dict
+    if any(group is not None for group, _ in entries):
+        overlays = {name: [] for k, name in sorted(names.items()) if k != 0}
+        seen: set = set()
+        for group, entry in entries:
+            if (group, entry[1]) not in seen:
+                seen.add((group, entry[1]))
+                overlays.setdefault(str(group if group is not None else "other"), []).append(entry)
+    else:
+        overlays = [entry for _, entry in entries]
     geometry = []
     for rec_path in case_records:
         rec = load_json(rec_path)
@@ -388,17 +420,25 @@ def report(out_html: str | Path, *, metrics_csv: str | Path | None, summary_json
 
 def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mapping[str, Mapping], labels: Mapping,
                          config: Mapping, work_dir: str | Path, n_overlays: int = 3) -> None:
-    """The report rule: pick overlay cases (best/median/worst by Dice, else the first ones) and render."""
+    """The report rule: pick the overlays and render the report.
+
+    With metrics: per class, the best, median and worst case by that class's Dice
+    (:func:`pick_overlay_cases`, at most ``n_overlays`` per class), each cut through that class.
+    Without (predict-only): the first ``n_overlays`` cases, all classes.
+    """
     import platform
 
     from . import __version__
 
     metrics = inputs.get("metrics")
     if metrics:
-        picks = pick_overlay_cases(metrics, n_overlays)
+        ids = {name: k for k, name in _labels(labels).items()}
+        overlay_cases = [{**cases[p["case"]], "case": p["case"], "caption": p["caption"], "group": p["label"],
+                          "focus": p["label_id"] if p["label_id"] is not None else ids.get(p["label"])}
+                         for p in pick_overlay_cases(metrics, n_overlays)]
     else:
-        picks = [(f"{cid} (no reference)", cid) for cid in list(cases)[:n_overlays]]
-    overlay_cases = [{"case": cid, "caption": caption, **cases[cid]} for caption, cid in picks]
+        overlay_cases = [{**cases[cid], "case": cid, "caption": f"{cid} (no reference)"}
+                         for cid in list(cases)[:n_overlays]]
     train_logs = inputs.get("train_logs") or []
     if isinstance(train_logs, (str, Path)):
         train_logs = [train_logs]
@@ -411,21 +451,56 @@ def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mappin
            splits={cid: c.get("split") for cid, c in cases.items()})
 
 
-def pick_overlay_cases(metrics_csv: str | Path, n: int = 3) -> list[tuple[str, str]]:
-    """Best, median and worst case by mean Dice over classes: ``[(caption, case_id), ...]``."""
-    rows = _read_rows(metrics_csv)
-    by_case: dict[str, list[float]] = {}
-    for r in rows:
-        by_case.setdefault(r["case"], []).append(float(r["dice"]))
-    if not by_case:
-        return []
-    ranked = sorted(by_case, key=lambda c: float(np.nanmean(by_case[c])))
-    picks = {"worst": ranked[0], "median": ranked[len(ranked) // 2], "best": ranked[-1]}
-    out, seen = [], set()
-    for what, cid in picks.items():
-        if cid not in seen and len(out) < n:
-            seen.add(cid)
-            out.append((f"{what}: {cid} (mean Dice {np.nanmean(by_case[cid]):.3f})", cid))
+def pick_overlay_cases(metrics_csv: str | Path, n: int = 3) -> list[dict]:
+    """Per class, the best, median and worst case by that class's Dice.
+
+    Parameters
+    ----------
+    metrics_csv
+        ``metrics.csv``: one row per (case, class) with ``case``, ``label``, ``label_id``, ``dice``;
+        rows with an empty (NaN) Dice are left out, so a class without any finite Dice has no picks.
+    n
+        At most this many picks per class, taken in the order worst, best, median (``n >= 3``: all three).
+
+    Returns
+    -------
+    list of dict
+        Classes in ``label_id`` order (then name), within a class best, median, worst; each dict
+        has ``label`` (class name), ``label_id`` (int, or ``None`` when the column is empty),
+        ``case``, ``dice``, ``roles`` (e.g. ``["best"]``, or ``["best", "median"]`` when one case
+        is both: each (case, class) appears once, so at most 3 per class) and ``caption``, e.g.
+        ``"liver — worst: demo_003 (Dice 0.912)"``.
+
+    Notes
+    -----
+    Ties are broken by case id: the class's cases are sorted by (Dice, case id); worst is the
+    first, median the element ``len // 2``, best the last (so with tied Dice the three are still
+    different cases where there are three).
+    """
+    order: dict[str, tuple] = {}
+    by_class: dict[str, list[tuple[float, str]]] = {}
+    for r in _read_rows(metrics_csv):
+        label = str(r.get("label", ""))
+        label_id = r.get("label_id")
+        label_id = int(label_id) if isinstance(label_id, float) and np.isfinite(label_id) else None
+        order.setdefault(label, (label_id is None, label_id if label_id is not None else 0, label))
+        dice = r.get("dice")
+        if isinstance(dice, float) and np.isfinite(dice):
+            by_class.setdefault(label, []).append((dice, str(r["case"])))
+    out = []
+    for label in sorted(by_class, key=lambda k: order[k]):
+        ranked = sorted(by_class[label])
+        chosen = {"worst": ranked[0], "best": ranked[-1], "median": ranked[len(ranked) // 2]}
+        chosen = dict(list(chosen.items())[:max(int(n), 0)])
+        roles: dict[str, list[str]] = {}
+        for role in ("best", "median", "worst"):
+            if role in chosen:
+                roles.setdefault(chosen[role][1], []).append(role)
+        dice_of = dict((c, d) for d, c in ranked)
+        label_id = order[label][1] if not order[label][0] else None
+        for cid, what in roles.items():
+            out.append({"label": label, "label_id": label_id, "case": cid, "dice": dice_of[cid], "roles": what,
+                        "caption": f"{label} — {', '.join(what)}: {cid} (Dice {dice_of[cid]:.3f})"})
     return out
 
 

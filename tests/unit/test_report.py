@@ -329,3 +329,249 @@ def test_report_renders_in_a_headless_browser(tmp_path):
     dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", out.as_uri()],
                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120, cwd=tmp_path).stdout
     assert dom.count("<img") == 3 and "Summary" in dom
+
+
+# ------------------------------------------------------------------ per-class overlays
+
+from unet_pipeline.report import sections_through  # noqa: E402
+
+# Dice per (case, class): the best, median and worst differ between the classes.
+#   liver:  d 0.70 < b 0.80 < c 0.90 < a 0.95        -> best a, median c (sorted[4 // 2]), worst d
+#   tumour: a 0.30 < d 0.60 < b 0.85, c empty (NaN)  -> best b, median d (sorted[3 // 2]), worst a
+PER_CLASS_DICE = {"liver": {"a": 0.95, "b": 0.80, "c": 0.90, "d": 0.70},
+                  "tumour": {"a": 0.30, "b": 0.85, "c": None, "d": 0.60}}
+PER_CLASS_PICKS = {"liver": [("best", "a"), ("median", "c"), ("worst", "d")],
+                   "tumour": [("best", "b"), ("median", "d"), ("worst", "a")]}
+PER_CLASS_LABELS = {0: "background", 1: "liver", 2: "tumour"}
+
+
+def _per_class_metrics(path: Path, dice: dict = PER_CLASS_DICE) -> Path:
+    ids = {name: k for k, name in PER_CLASS_LABELS.items()}
+    rows = []
+    for label in sorted(dice, key=lambda n: -ids.get(n, 99)):  # tumour rows first: the order must come from label_id
+        for case, d in dice[label].items():
+            rows.append({c: "" for c in METRIC_COLUMNS} | {"case": case, "label": label, "label_id": ids.get(label, ""),
+                                                           "dice": "" if d is None else d, "empty_policy": "nan"})
+    return _write_csv(path, rows, METRIC_COLUMNS)
+
+
+def test_pick_overlay_cases_per_class(tmp_path):
+    from unet_pipeline.stages import pick_overlay_cases
+
+    picks = pick_overlay_cases(_per_class_metrics(tmp_path / "metrics.csv"))
+    assert [(p["label"], p["roles"], p["case"]) for p in picks] == [
+        (label, [role], case) for label in ("liver", "tumour") for role, case in PER_CLASS_PICKS[label]]
+    assert [p["label_id"] for p in picks] == [1, 1, 1, 2, 2, 2]
+    assert picks[2]["caption"] == "liver — worst: d (Dice 0.700)"
+    assert picks[3]["caption"] == "tumour — best: b (Dice 0.850)"
+    assert picks[3]["dice"] == pytest.approx(0.85)
+    # n caps the picks per class: worst first, then best, then median; still shown best -> worst
+    assert [(p["label"], p["case"]) for p in pick_overlay_cases(tmp_path / "metrics.csv", n=1)] == [
+        ("liver", "d"), ("tumour", "a")]
+    assert [p["roles"] for p in pick_overlay_cases(tmp_path / "metrics.csv", n=2)] == [["best"], ["worst"]] * 2
+
+
+def test_pick_overlay_cases_ties_and_few_cases(tmp_path):
+    from unet_pipeline.stages import pick_overlay_cases
+
+    dice = {"liver": {"d": 1.0, "b": 1.0, "a": 1.0, "c": 1.0},  # all tied: sorted by id, a b c d
+            "spleen": {"b": 0.8, "a": 0.8, "c": 0.3},  # tie at the top: a b sorted by id, c lowest
+            "tumour": {"b": 0.5, "a": None}}  # one finite Dice: one figure, all three roles
+    picks = pick_overlay_cases(_per_class_metrics(tmp_path / "m.csv", dice))
+    assert [(p["label"], p["case"], p["roles"]) for p in picks] == [
+        ("liver", "d", ["best"]), ("liver", "c", ["median"]), ("liver", "a", ["worst"]),
+        ("tumour", "b", ["best", "median", "worst"]),
+        ("spleen", "b", ["best"]), ("spleen", "a", ["median"]), ("spleen", "c", ["worst"])]  # no label_id: last
+    assert picks[0]["caption"] == "liver — best: d (Dice 1.000)"
+    assert picks[3]["caption"] == "tumour — best, median, worst: b (Dice 0.500)"
+    assert picks[4]["label_id"] is None
+    # a class without any finite Dice has no picks; no rows at all: nothing
+    assert pick_overlay_cases(_per_class_metrics(tmp_path / "n.csv", {"liver": {"a": None}})) == []
+    header_only = tmp_path / "h.csv"
+    header_only.write_text(",".join(METRIC_COLUMNS) + "\n", encoding="utf-8")
+    assert pick_overlay_cases(header_only) == []
+
+
+def test_sections_through_box_and_non_convex_structure():
+    box = np.zeros((12, 20, 16), bool)
+    box[3:8, 5:12, 4:11] = True  # centre (5, 8, 7)
+    assert sections_through(box) == (5, 8, 7)
+    # largest section wins over the centre of mass: areas 1, 4, 9 on z = 1, 2, 3
+    cone = np.zeros((6, 8, 8), np.uint8)
+    cone[1, 0:1, 0:1] = cone[2, 0:2, 0:2] = cone[3, 0:3, 0:3] = 1
+    assert sections_through(cone)[0] == 3
+    # two columns with the centre of mass (x = 5.5) in the gap between them: the sagittal section
+    # still cuts through the structure (x = 2 and 9 are equally near it: the lower); y = 4, 5 tie -> 4
+    u = np.zeros((5, 10, 12), bool)
+    u[:, :, 0:3] = u[:, :, 9:12] = True
+    z, y, x = sections_through(u)
+    assert (z, y, x) == (2, 4, 2) and u[:, :, x].any() and u[z].any() and u[:, y].any()
+    assert sections_through(np.zeros((3, 4, 5), bool)) is None
+    with pytest.raises(ValueError, match="mask"):
+        sections_through(np.ones((4, 5), bool))
+
+
+def test_overlay_figure_focus_cuts_through_the_class(tmp_path, monkeypatch):
+    import unet_pipeline.report as rep
+
+    centres = []
+    views = rep._views
+    monkeypatch.setattr(rep, "_views", lambda shape, centre, spacing: centres.append(centre) or
+                        views(shape, centre, spacing))
+    image, ref, pred = _volume()
+    labels = {0: "background", 1: "liver", 2: "tumour", 3: "spleen"}
+    overlay_figure(image, ref, pred, (3.0, 0.8, 0.8), labels, tmp_path / "t.png", title="tumour — best", focus=2)
+    overlay_figure(image, None, pred, (3.0, 0.8, 0.8), labels, tmp_path / "l.png", focus=1)
+    overlay_figure(image, ref, pred, (3.0, 0.8, 0.8), labels, tmp_path / "s.png", title="spleen", focus=3)
+    overlay_figure(image, ref, pred, (3.0, 0.8, 0.8), labels, tmp_path / "all.png")
+    # tumour: the reference box [4:7, 14:20, 8:16]; liver without reference: the predicted box [3:8, 6:13, 4:11]
+    assert centres[0] == (5, 16, 11) and centres[1] == (5, 9, 7)
+    # spleen is in neither: the same sections as without focus (median centre of the reference's foreground)
+    assert centres[2] == centres[3]
+    for name in ("t", "l", "s", "all"):
+        _assert_png(tmp_path / f"{name}.png")
+
+
+def _write_case(root: Path, case: str, boxes: dict[int, tuple[slice, slice, slice]], shape=(8, 20, 18)):
+    """A case as NIfTI files; ``boxes`` and the returned label volume are canonical ``(Z, Y, X)``.
+
+    The files have a diagonal RAS affine, so the stored ``(i, j, k)`` array is the canonical one transposed.
+    """
+    import nibabel as nib
+
+    affine = np.diag([0.8, 0.8, 3.0, 1.0])
+    image = np.full(shape, -800, np.int16)
+    image[:, 2:-2, 2:-2] = 40
+    label = np.zeros(shape, np.uint8)
+    for k, box in boxes.items():
+        label[box] = k
+    folder = root / case
+    folder.mkdir(parents=True)
+    paths = {}
+    for name, data in (("image", image), ("ref", label), ("pred", label)):
+        paths[name] = folder / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), affine), str(paths[name]))
+    return {k: str(v) for k, v in paths.items()}, label
+
+
+def test_report_from_workflow_per_class_sections(tmp_path, monkeypatch):
+    import html as html_lib
+
+    import unet_pipeline.io as uio
+    import unet_pipeline.report as rep
+    from unet_pipeline import stages
+
+    # liver and tumour sit in different places in every case, so a section through one need not cut the other
+    boxes = {"a": {1: np.s_[1:4, 3:9, 2:7], 2: np.s_[5:7, 12:17, 10:15]},
+             "b": {1: np.s_[2:6, 4:10, 3:8], 2: np.s_[4:6, 13:18, 11:16]},
+             "c": {1: np.s_[3:7, 2:8, 2:9]},
+             "d": {1: np.s_[1:5, 5:11, 4:10], 2: np.s_[6:8, 11:16, 9:14]}}
+    cases, refs = {}, {}
+    for cid, b in boxes.items():
+        paths, refs[cid] = _write_case(tmp_path / "in", cid, b)
+        cases[cid] = {**paths, "split": "test"}
+    reads, figures = [], []
+    read_voxels = uio.read_voxels
+    monkeypatch.setattr(uio, "read_voxels", lambda img, path: reads.append(str(path)) or read_voxels(img, path))
+    views, overlay = rep._views, rep.overlay_figure
+    monkeypatch.setattr(rep, "_views", lambda shape, centre, spacing: figures[-1].append(centre) or
+                        views(shape, centre, spacing))
+    monkeypatch.setattr(rep, "overlay_figure", lambda *a, **kw: figures.append([Path(a[5]).name]) or overlay(*a, **kw))
+    out = tmp_path / "report.html"
+    stages.report_from_workflow(out, inputs={"metrics": str(_per_class_metrics(tmp_path / "metrics.csv"))},
+                                cases=cases, labels=PER_CLASS_LABELS, config={"x": 1}, work_dir=tmp_path / "fig")
+    text = out.read_text(encoding="utf-8")
+
+    # six distinct (case, class) figures, each case's three volumes read once although a, b and d show twice
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == sorted(
+        f"overlay_{case}_label{k}.png" for k, label in ((1, "liver"), (2, "tumour"))
+        for _, case in PER_CLASS_PICKS[label])
+    assert sorted(reads) == sorted(p for c in cases.values() for k, p in c.items() if k != "split")
+    assert text.count("data:image/png;base64,") == 1 + 6  # box plots + overlays
+    # one sub-section per class, in label order, with best, median and worst naming the right cases
+    sections = re.findall(r'<section class="overlay-class"><h3>(.*?)</h3>(.*?)</section>', text, re.S)
+    assert [name for name, _ in sections] == ["liver", "tumour"]
+    for name, content in sections:
+        captions = [html_lib.unescape(c) for c in re.findall(r"<figcaption>(.*?)</figcaption>", content)]
+        expected = PER_CLASS_PICKS[name]
+        assert [c.split(" (Dice")[0] for c in captions] == [f"{name} — {role}: {case}" for role, case in expected]
+        for caption, (_, case) in zip(captions, expected):
+            assert f"(Dice {PER_CLASS_DICE[name][case]:.3f})" in caption
+    # every figure's three sections cut through its class in that case's reference
+    assert len(figures) == 6
+    for name, (z, y, x) in figures:
+        case, k = re.fullmatch(r"overlay_(\w)_label(\d)\.png", name).groups()
+        ref = refs[case] == int(k)  # canonical (Z, Y, X)
+        assert ref[z].any() and ref[:, y].any() and ref[:, :, x].any(), (case, k)
+        assert (z, y, x) == sections_through(ref)
+
+
+def test_report_from_workflow_predict_only_keeps_first_cases(tmp_path):
+    from unet_pipeline import stages
+
+    cases = {}
+    for cid in ("p1", "p2", "p3", "p4"):
+        paths, _ = _write_case(tmp_path / "in", cid, {1: np.s_[2:5, 4:9, 3:8]})
+        cases[cid] = {"image": paths["image"], "pred": paths["pred"], "ref": None, "split": "predict"}
+    out = tmp_path / "report.html"
+    stages.report_from_workflow(out, inputs={}, cases=cases, labels=PER_CLASS_LABELS, config={},
+                                work_dir=tmp_path / "fig")
+    text = out.read_text(encoding="utf-8")
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["overlay_p1.png", "overlay_p2.png",
+                                                                     "overlay_p3.png"]
+    assert re.findall(r"<figcaption>(.*?)</figcaption>", text) == [f"{c} (no reference)" for c in ("p1", "p2", "p3")]
+    assert "overlay-class" not in text and "<h3>" not in text
+
+
+def test_write_report_overlays_per_class(tmp_path):
+    image, ref, pred = _volume()
+    pngs = {}
+    for k in (1, 2):
+        pngs[k] = tmp_path / f"ov{k}.png"
+        overlay_figure(image, ref, pred, (3.0, 0.8, 0.8), LABELS, pngs[k], focus=k)
+    overlays = {"liver": [("liver — best: a (Dice 0.950)", pngs[1]), ("liver — worst: d (Dice 0.700)", pngs[1])],
+                EVIL: [(f"{EVIL} — best, median, worst: b (Dice 0.850)", pngs[2])],
+                "spleen": []}
+    out = tmp_path / "report.html"
+    write_report(out, overlays=overlays)
+    text = out.read_text(encoding="utf-8")
+    sections = re.findall(r'<section class="overlay-class"><h3>(.*?)</h3>(.*?)</section>', text, re.S)
+    assert [name for name, _ in sections] == ["liver", "&lt;script&gt;alert(1)&lt;/script&gt;", "spleen"]
+    assert [s.count("<figcaption>") for _, s in sections] == [2, 1, 0]
+    assert "spleen: no case with a finite Dice: not available" in sections[2][1]
+    assert "worst: d (Dice 0.700)" in sections[0][1] and "<script" not in text.lower()
+    assert text.count("data:image/png;base64,") == 3
+    assert "best, median and worst case by that class" in text
+
+
+def test_report_per_class_renders_in_a_headless_browser(tmp_path):
+    """The per-class overlay sub-sections render in Chromium (screenshot kept in tmp_path)."""
+    import subprocess
+
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium)")
+    image, ref, pred = _volume()
+    overlays = {}
+    for k, name in ((1, "liver"), (2, "tumour")):
+        overlays[name] = []
+        for role in ("best", "median", "worst"):
+            png = tmp_path / f"{name}_{role}.png"
+            caption = f"{name} — {role}: case_{k}{role[0]} (Dice 0.9{k}0)"
+            overlay_figure(image, ref, pred, (3.0, 0.8, 0.8), {1: "liver", 2: "tumour"}, png, title=caption, focus=k)
+            overlays[name].append((caption, png))
+    out = tmp_path / "report.html"
+    write_report(out, overlays=overlays, provenance={"unet_pipeline": "test"})
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--window-size=1200,4000", f"--screenshot={shot}", out.as_uri()],
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120, cwd=tmp_path)
+    assert shot.exists(), proc.stderr[-2000:]
+    rgb = _assert_png(shot)[..., :3].astype(float)
+    assert (rgb.mean(axis=2) < 0.9).mean() > 0.05
+    assert (rgb.max(axis=2) - rgb.min(axis=2) > 0.2).mean() > 0.005
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", out.as_uri()],
+                         capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120,
+                         cwd=tmp_path).stdout
+    assert dom.count("<img") == 6 and dom.count("<h3>") == 2
+    assert "liver — worst: case_1w (Dice 0.910)" in dom and "tumour — best: case_2b (Dice 0.920)" in dom
