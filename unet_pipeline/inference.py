@@ -196,7 +196,8 @@ def iter_volume_probabilities(model: torch.nn.Module, volume: np.ndarray, *, in_
     Parameters
     ----------
     volume
-        ``(Z, Y, X)`` float32 z-scores (may be a memory map).
+        ``(Z, Y, X)`` float32 z-scores: an array, a memory map or an :class:`~unet_pipeline.io.NpyReader`
+        (read one chunk of slices at a time).
     in_slices
         Network input channels (neighbouring slices, odd).
     **kwargs
@@ -208,9 +209,14 @@ def iter_volume_probabilities(model: torch.nn.Module, volume: np.ndarray, *, in_
         First slice index of the chunk and its ``(n, K, Y, X)`` float32 probabilities.
     """
     n_z = volume.shape[0]
+    half = in_slices // 2
     for z0 in range(0, n_z, chunk_slices):
-        zs = range(z0, min(n_z, z0 + chunk_slices))
-        x = np.stack([stack_neighbours(volume, z, in_slices) for z in zs]).astype(np.float32, copy=False)
+        z1 = min(n_z, z0 + chunk_slices)
+        lo, hi = max(0, z0 - half), min(n_z, z1 + half)
+        # The chunk and its neighbouring slices in one contiguous read; the slab reaches past the
+        # chunk by k//2 slices except at the volume's edges, so clipping to it repeats real edges only.
+        slab = np.asarray(volume[lo:hi], dtype=np.float32)
+        x = np.stack([stack_neighbours(slab, z - lo, in_slices) for z in range(z0, z1)])
         yield z0, predict_slices(model, x, **kwargs)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import NpyWriter, load_json
+from .io import NpyReader, NpyWriter, load_json
 
 __all__ = ["Predictor", "Ensemble", "load_models"]
 
@@ -133,7 +133,7 @@ def _infer_volume(models: Sequence[torch.nn.Module], meta: Mapping, pre_dir: Pat
 
     arch = meta["architecture"]
     plan = meta["plan"]
-    volume = np.load(pre_dir / "image.npy", mmap_mode="r")
+    volume = NpyReader(pre_dir / "image.npy")  # (Z, Y', X') float32, read chunk by chunk (no memory map)
     inten = load_json(pre_dir / "meta.json")["intensity"]
     pad = (float(inten["p00_5"]) - float(inten["mean"])) / max(float(inten["std"]), 1e-6)  # air, normalised
     k = int(plan["num_classes"])

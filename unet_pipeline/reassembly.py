@@ -19,7 +19,7 @@ import numpy as np
 
 from .geometry import Orientation
 from .inference import resize_probabilities
-from .io import atomic_path, load_json
+from .io import NpyReader, atomic_path, load_json
 from .preprocessing import CHUNK_SLICES
 
 __all__ = ["probabilities_to_labels", "write_segmentation", "reassemble_case", "label_dtype"]
@@ -82,7 +82,7 @@ def reassemble_case(probs_path: str | Path, meta_path: str | Path, reference: st
     Returns the stored-order label volume that was written.
     """
     meta = load_json(meta_path)
-    probs = np.load(probs_path, mmap_mode="r")
+    probs = NpyReader(probs_path)  # (Z, K, Y', X') float16, read chunk by chunk: RSS holds one chunk, not the file
     canonical = probabilities_to_labels(probs, tuple(meta["canonical_shape"]), num_classes)
     if postprocess:
         from .postprocess import postprocess_labels

@@ -87,3 +87,23 @@ def test_cpu_graph_gives_the_same_probabilities_as_eager_batches():
     eager = predict_slices(model, slices, num_classes=3, patch_size=(32, 32), batch_size=8)
     np.testing.assert_allclose(fast, eager, atol=1e-5)
     assert model.__dict__.get("_cpu_graphs")  # the traced graph was built and cached
+
+
+class LastChannelModel(PixelwiseModel):
+    """As :class:`PixelwiseModel`, on the last input channel (slice z + k//2 for 2.5-D input)."""
+
+    def forward(self, x):
+        return -((x[:, -1:] - self.k) ** 2)
+
+
+def test_volume_read_from_npy_slabs_gives_the_same_neighbours(tmp_path):
+    from unet_pipeline.io import NpyReader
+
+    vol = np.random.default_rng(4).uniform(0, 2, (8, 12, 10)).astype(np.float32)
+    np.save(tmp_path / "image.npy", vol)
+    reader = NpyReader(tmp_path / "image.npy")
+    for chunk_slices in (1, 3, 8):
+        probs = np.concatenate([p for _, p in iter_volume_probabilities(
+            LastChannelModel(), reader, in_slices=5, chunk_slices=chunk_slices, num_classes=3, patch_size=(8, 8))])
+        below = vol[np.clip(np.arange(8) + 2, 0, 7)][:, None]  # channel 4 of 5 is slice z + 2 (edge repeats)
+        np.testing.assert_allclose(probs, _direct(below), atol=1e-6)
