@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import CaseError
 from .geometry import Orientation, canonical_orientation
 from .io import NpyWriter, load_image, read_voxels, save_json
 
@@ -103,7 +104,8 @@ def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mappi
     cases
         ``(case_id, image_path, label_path)`` of the *training* cases only.
     labels
-        Label value -> name (background 0 excluded); values must be ``1..K``.
+        Label value -> name (background 0 excluded). Values need not be consecutive: class index
+        ``k`` (1..K) of the network stands for the ``k``-th smallest value (``label_values``).
     target_spacing_mm
         In-plane ``(y, x)`` spacing in mm; default the median in-plane spacing of the cases.
     patch_size
@@ -119,9 +121,7 @@ def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mappi
     """
     if not cases:
         raise ValueError("make_plan needs at least one training case")
-    values = sorted(int(v) for v in labels)
-    if values != list(range(1, len(values) + 1)):
-        raise ValueError(f"label values must be 1..K without gaps, got {values}")
+    values = label_values(labels)
     rng = np.random.default_rng(seed)
     samples, per_case = [], {}
     for case_id, image_path, label_path in cases:
@@ -154,6 +154,7 @@ def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mappi
     return {
         "format": "unet-pipeline-plan/1",
         "labels": {str(k): str(labels[k]) for k in values},
+        "label_values": values,
         "num_classes": len(values) + 1,
         "target_spacing_mm": target,
         "patch_size": patch,
@@ -199,6 +200,7 @@ def preprocess_image(image_path: str | Path, plan: Mapping, out_dir: str | Path,
         "affine": np.asarray(img.affine).tolist(),
         "stored_shape": list(img.shape),
         "intensity": dict(intensity),
+        "label_values": label_values(plan["labels"]) if plan.get("labels") else None,
     }
     save_json(meta, out_dir / "meta.json")
     log.info("preprocessed %s: canonical %s at %s mm -> %s at %s mm", case_id, list(canonical.shape),
@@ -206,20 +208,55 @@ def preprocess_image(image_path: str | Path, plan: Mapping, out_dir: str | Path,
     return meta
 
 
+def label_values(labels: Mapping) -> list[int]:
+    """Sorted label values (background 0 excluded) of a ``{value: name}`` mapping: class ``k`` is the ``k``-th."""
+    values = sorted(int(v) for v in labels)
+    if not values or values[0] < 1 or len(values) > 255:
+        raise ValueError(f"label values must be 1..65535, at most 255 classes besides background; got {values}")
+    return values
+
+
+def _index_lookup(values: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(lut, declared)``: ``lut[v]`` = class index of label value ``v`` (uint8), ``declared[v]`` = v is 0 or a class."""
+    lut = np.zeros(max(values) + 1, np.uint8)
+    lut[np.asarray(values)] = np.arange(1, len(values) + 1)
+    declared = np.zeros(max(values) + 1, bool)
+    declared[0] = True
+    declared[np.asarray(values)] = True
+    return lut, declared
+
+
+def _values_to_indices(chunk: np.ndarray, lut: np.ndarray, declared: np.ndarray, path: str | Path) -> np.ndarray:
+    """Label values of a chunk -> class indices (uint8); a value that is not a declared class is an error."""
+    ints = np.asarray(chunk).astype(np.intp, copy=False)
+    inside = (ints >= 0) & (ints < len(lut))
+    ok = inside.copy()
+    ok[inside] = declared[ints[inside]]
+    if not ok.all():
+        found = sorted(set(np.unique(ints[~ok]).tolist()))
+        raise CaseError(path, f"label values {found[:10]} are not declared classes {np.flatnonzero(declared)[1:].tolist()}")
+    return lut[ints]
+
+
 def preprocess_label(label_path: str | Path, meta: Mapping, out_npy: str | Path) -> None:
     """Write the label of a preprocessed case as uint8 ``(Z, Y', X')`` on the preprocessed grid.
 
     Uses the orientation and resampled shape recorded in ``meta`` by :func:`preprocess_image`;
-    in-plane resampling is nearest-exact.
+    in-plane resampling is nearest-exact. Label values become class indices: the ``k``-th value
+    of ``meta["label_values"]`` is written as ``k`` (background stays 0), so label maps with gaps
+    (``{1: spleen, 5: liver}``) train a network with consecutive classes.
     """
     orient = Orientation.from_dict(meta["orientation"])
     stored = read_voxels(load_image(label_path), label_path)
     if tuple(stored.shape) != tuple(orient.stored_shape):
         raise ValueError(f"{label_path}: label shape {stored.shape} differs from the image's {orient.stored_shape}")
+    values = meta.get("label_values")
+    lookup = _index_lookup(values) if values and values != list(range(1, len(values) + 1)) else None
     canonical = orient.to_canonical(stored)
     n_z = canonical.shape[0]
     out_yx = tuple(meta["resampled_shape"][1:])
     with NpyWriter(out_npy, (n_z, *out_yx), np.uint8) as writer:
         for z0 in range(0, n_z, CHUNK_SLICES):
-            chunk = np.asarray(canonical[z0:z0 + CHUNK_SLICES]).astype(np.uint8)
+            chunk = np.asarray(canonical[z0:z0 + CHUNK_SLICES])
+            chunk = _values_to_indices(chunk, *lookup, label_path) if lookup else chunk.astype(np.uint8)
             writer.write(resample_slices(torch.from_numpy(chunk), out_yx, mode="nearest").numpy())

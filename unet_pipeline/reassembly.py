@@ -32,7 +32,8 @@ def label_dtype(num_classes: int) -> np.dtype:
     return np.dtype(np.uint8 if num_classes <= 256 else np.uint16)
 
 
-def probabilities_to_labels(probs: np.ndarray, canonical_shape: tuple[int, int, int], num_classes: int) -> np.ndarray:
+def probabilities_to_labels(probs: np.ndarray, canonical_shape: tuple[int, int, int], num_classes: int,
+                            label_values: list[int] | None = None) -> np.ndarray:
     """Canonical label volume from preprocessed-grid probabilities.
 
     Parameters
@@ -41,6 +42,9 @@ def probabilities_to_labels(probs: np.ndarray, canonical_shape: tuple[int, int, 
         ``(Z, K, Y', X')`` probabilities (float16/float32; may be a memory map).
     canonical_shape
         ``(Z, Y, X)`` of the canonical (un-resampled) volume.
+    label_values
+        Label value of each class index ``1..K-1`` (default: the index itself); the written
+        volume holds these values, as the input labels did.
 
     Returns
     -------
@@ -50,10 +54,14 @@ def probabilities_to_labels(probs: np.ndarray, canonical_shape: tuple[int, int, 
     n_z, n_y, n_x = canonical_shape
     if probs.shape[0] != n_z:
         raise ValueError(f"probabilities have {probs.shape[0]} slices, the volume has {n_z}")
-    out = np.empty(canonical_shape, dtype=label_dtype(num_classes))
+    values = list(label_values) if label_values else list(range(1, num_classes))
+    if len(values) != num_classes - 1:
+        raise ValueError(f"{len(values)} label values for {num_classes - 1} classes")
+    out = np.empty(canonical_shape, dtype=label_dtype(max(values, default=0) + 1))
+    to_value = np.asarray([0, *values], dtype=out.dtype)  # class index -> label value
     for z0 in range(0, n_z, CHUNK_SLICES):
         chunk = resize_probabilities(np.asarray(probs[z0:z0 + CHUNK_SLICES], dtype=np.float32), (n_y, n_x))
-        out[z0:z0 + chunk.shape[0]] = chunk.argmax(1).numpy().astype(out.dtype)
+        out[z0:z0 + chunk.shape[0]] = to_value[chunk.argmax(1).numpy()]
     return out
 
 
@@ -83,7 +91,7 @@ def reassemble_case(probs_path: str | Path, meta_path: str | Path, reference: st
     """
     meta = load_json(meta_path)
     probs = NpyReader(probs_path)  # (Z, K, Y', X') float16, read chunk by chunk: RSS holds one chunk, not the file
-    canonical = probabilities_to_labels(probs, tuple(meta["canonical_shape"]), num_classes)
+    canonical = probabilities_to_labels(probs, tuple(meta["canonical_shape"]), num_classes, meta.get("label_values"))
     if postprocess:
         from .postprocess import postprocess_labels
 

@@ -35,6 +35,7 @@ import torch
 
 from .augment import AugmentConfig, augment_batch
 from .data import PatchSampler, load_training_cases
+from .errors import ConfigError
 from .inference import iter_volume_probabilities, select_device
 from .io import atomic_path, save_json
 from .losses import make_loss
@@ -307,7 +308,9 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
         state = _load_checkpoint(ckpt, model, optimizer, scaler, np_rng, aug_gen, device)
         log.info("resuming from %s: epoch %d, iteration %d", ckpt, state.epoch, state.iteration)
     total_steps = cfg.epochs * cfg.iterations_per_epoch
-    label_names = [plan["labels"][str(k)] for k in range(1, num_classes)]
+    label_values = sorted(int(v) for v in plan["labels"])  # class index k stands for label_values[k - 1]
+    label_names = [plan["labels"][str(v)] for v in label_values]
+    net_augment = _pairs_as_class_indices(augment_config, label_values)  # model.json keeps the user's values
     train_ids = [c.case_id for c in train_cases]
     val_ids = [c.case_id for c in val_cases]
     show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
@@ -333,7 +336,7 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
                 x = torch.from_numpy(img).to(device, non_blocking=True)
                 y = torch.from_numpy(lab).to(device, non_blocking=True)
                 w = torch.from_numpy(wmap).to(device) if wmap is not None else None
-                x, y, w = augment_batch(x, y, augment_config, weight=w, generator=aug_gen)
+                x, y, w = augment_batch(x, y, net_augment, weight=w, generator=aug_gen)
                 if margin:  # unpadded U-Net: the loss covers the output (centre) region only
                     y = y[:, margin:-margin, margin:-margin]
                     w = w[:, margin:-margin, margin:-margin] if w is not None else None
@@ -425,7 +428,7 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
         "format": MODEL_FORMAT,
         "architecture": mcfg.to_dict(),
         "plan": dict(plan),
-        "labels": {str(k): label_names[k - 1] for k in range(1, num_classes)},
+        "labels": {str(v): name for v, name in zip(label_values, label_names)},
         "training": cfg.to_dict(),
         "augmentation": augment_config.to_dict(),
         "loss": {"name": cfg.loss, **loss_options},
@@ -448,6 +451,18 @@ def _save_weights(model: torch.nn.Module, path: Path) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp))
+
+
+def _pairs_as_class_indices(cfg: AugmentConfig, label_values: Sequence[int]) -> AugmentConfig:
+    """``lr_label_pairs`` are given as label values (the user's); the network sees class indices."""
+    index = {v: k for k, v in enumerate(label_values, start=1)}
+    pairs = []
+    for a, b in cfg.lr_label_pairs:
+        if a not in index or b not in index:
+            raise ConfigError(f"augment.lr_label_pairs: [{a}, {b}] names a label value that is not a class "
+                              f"(classes: {list(label_values)})")
+        pairs.append((index[a], index[b]))
+    return dataclasses.replace(cfg, lr_label_pairs=tuple(pairs))
 
 
 def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import make_ct, save_nifti
+from unet_pipeline.geometry import Orientation
 from unet_pipeline.preprocessing import (make_plan, normalise, preprocess_image, preprocess_label, resample_slices,
                                          resampled_size)
 
@@ -65,8 +66,37 @@ def test_plan_from_training_cases(tmp_path):
     assert plan["intensity"]["p99_5"] == pytest.approx(np.percentile(fg, 99.5))
     assert all(p % 16 == 0 for p in plan["patch_size"])
     assert plan["median_slice_thickness_mm"] == pytest.approx(3.0)
-    with pytest.raises(ValueError, match="without gaps"):
-        make_plan([c[:3] for c in cases], {1: "a", 3: "c"})
+    # Label maps with gaps are classes too: class index k stands for the k-th smallest value.
+    gapped = make_plan([c[:3] for c in cases], {1: "a", 3: "c"})
+    assert gapped["label_values"] == [1, 3] and gapped["num_classes"] == 3
+    with pytest.raises(ValueError, match="label values"):
+        make_plan([c[:3] for c in cases], {0: "background"})
+
+
+def test_label_values_with_gaps_become_class_indices_and_come_back(tmp_path):
+    """{2: a, 7: b}: the network sees classes 1, 2; the segmentation holds 2 and 7 again."""
+    from unet_pipeline.errors import CaseError
+    from unet_pipeline.reassembly import probabilities_to_labels
+
+    image, label, affine = make_ct(shape=(24, 20, 6), spacing=(1.0, 1.0, 3.0))
+    gapped = np.where(label == 1, 2, np.where(label == 2, 7, 0)).astype(np.uint8)
+    ip = save_nifti(tmp_path / "img.nii.gz", image, affine)
+    lp = save_nifti(tmp_path / "lab.nii.gz", gapped, affine)
+    plan = {"target_spacing_mm": [1.0, 1.0], "labels": {"2": "a", "7": "b"},
+            "intensity": {"p00_5": -1000.0, "p99_5": 500.0, "mean": 0.0, "std": 100.0}}
+    meta = preprocess_image(ip, plan, tmp_path / "pre", case_id="x")
+    assert meta["label_values"] == [2, 7]
+    preprocess_label(lp, meta, tmp_path / "pre" / "label.npy")
+    indices = np.load(tmp_path / "pre" / "label.npy")
+    canonical = np.asarray(Orientation.from_dict(meta["orientation"]).to_canonical(gapped))
+    np.testing.assert_array_equal(indices, np.select([canonical == 2, canonical == 7], [1, 2], 0))
+    one_hot = np.eye(3, dtype=np.float32)[indices].transpose(0, 3, 1, 2)  # (Z, K, Y, X) from the indices
+    back = probabilities_to_labels(one_hot, tuple(meta["canonical_shape"]), 3, meta["label_values"])
+    np.testing.assert_array_equal(back, canonical)
+    bad = save_nifti(tmp_path / "bad.nii.gz", np.where(gapped == 7, 5, gapped).astype(np.uint8), affine)
+    with pytest.raises(CaseError, match=r"bad\.nii\.gz.*\[5\] are not declared classes \[2, 7\]"):
+        preprocess_label(bad, meta, tmp_path / "pre" / "bad.npy")
+    assert not (tmp_path / "pre" / "bad.npy").exists()
 
 
 def test_preprocessed_files(tmp_path):

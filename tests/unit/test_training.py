@@ -113,3 +113,15 @@ def test_load_model_gives_the_trained_network(prepared, tmp_path):
 def test_train_config_errors_name_the_key(bad, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig.from_dict(bad)
+
+
+def test_left_right_pairs_are_label_values_mapped_to_class_indices():
+    from unet_pipeline.augment import AugmentConfig
+    from unet_pipeline.errors import ConfigError
+    from unet_pipeline.training import _pairs_as_class_indices
+
+    cfg = AugmentConfig(mirror_p=0.5, lr_label_pairs=[[9, 3]])
+    assert _pairs_as_class_indices(cfg, [1, 3, 9]).lr_label_pairs == ((3, 2),)
+    assert cfg.lr_label_pairs == ((9, 3),)  # the user's config is left as it was
+    with pytest.raises(ConfigError, match=r"lr_label_pairs: \[9, 3\].*classes: \[1, 3\]"):
+        _pairs_as_class_indices(cfg, [1, 3])
