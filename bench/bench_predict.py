@@ -49,7 +49,7 @@ t0 = time.perf_counter()
 if args["which"] == "ours":
     from unet_pipeline.stages import predict_cohort
     status_ = predict_cohort([args["model"]], [("case", args["image"])], args["out"], work_dir=args["work"],
-                             inference={"device": "cpu", "overlap": 0.5, "batch_size": 8})
+                             inference={"device": "cpu", "overlap": 0.5, "batch_size": None})
     assert status_ == {"case": "ok"}, status_
 else:
     import warnings

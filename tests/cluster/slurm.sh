@@ -1,26 +1,39 @@
 #!/usr/bin/env bash
 # The cluster path on a real Slurm, not a mock (Debian/Ubuntu, as root; about 3-6 minutes).
 #
-# 1. start-slurm.sh: installs munge, slurm-wlm, slurmdbd and MariaDB when missing and brings up a
-#    one-node cluster on localhost with accounting (sacct) and one fake GPU (GRES on /dev/null);
+# The cluster comes from the shared scripts in $REPO/../shared/slurm, run by path (bash SCRIPT),
+# never copied and never written to (in CI that folder is a read-only copy beside the clone).
+#
+# 1. if a Slurm controller is already up (`scontrol ping` says UP, or /run/slurm-local/slurmctld.pid
+#    names a live slurmctld), uses that cluster and leaves it running; it must have node
+#    "localhost" with gres gpu and accounting. Otherwise runs the shared start-slurm.sh, which
+#    installs munge, Slurm, slurmdbd and MariaDB when missing and brings up a one-node cluster on
+#    localhost with accounting (sacct) and one fake GPU (GRES on /dev/null);
 # 2. runs the demo workflow on tests/cluster/config_cluster.yaml in a fresh work directory with
 #    `snakemake --executor slurm --workflow-profile workflow/profiles/slurm`, so every job goes
 #    through sbatch;
 # 3. checks the outputs (segmentations on the input's grid, metrics.csv, report.html), that each
 #    Slurm job of the run is COMPLETED in sacct, that no rule ran outside Slurm, that train and
 #    infer were given the GPU, and that the code falls back to the CPU under the fake GPU;
-# 4. stops exactly the daemons it started (by pid) and removes the state it created.
+# 4. only if this run started the cluster: stops it with the shared stop-slurm.sh (in the exit
+#    trap, so also on failure or a signal) and checks that none of its daemons is left. The shared
+#    stop script stops every daemon named by the cluster's pid files (munged and mariadbd too);
+#    it leaves the installed packages, the configs in /etc/slurm and the state under
+#    /var/lib/slurm-local, /var/log/slurm-local and /var/lib/mysql, which the next start reuses.
 #
 # Last line on success: "SLURM-TEST OK: <n> slurm jobs COMPLETED (<m> rule jobs) in <s> s".
 # Environment: UNET_CLUSTER_TIMEOUT  seconds for the Snakemake run (default 480)
-#              UNET_CLUSTER_KEEP=1   keep the work directory and the cluster's state for a look
+#              UNET_CLUSTER_KEEP=1   keep the work directory (with Snakemake's and Slurm's logs)
 #              UNET_CLUSTER_ARGS     more Snakemake arguments (word-split), e.g. "--groups a=b"
-#              SLURM_LOCAL_*         passed to start-slurm.sh (see there)
+#              SLURM_LOCAL_CPUS, SLURM_LOCAL_MEM_MB (default here 12000; the shared script caps it
+#                                    at 80 % of RAM): passed to the shared start-slurm.sh, which
+#                                    this test always runs with SLURM_LOCAL_ACCOUNTING=1 and
+#                                    SLURM_LOCAL_FAKE_GPU=1
 set -euo pipefail
 T0=$(date +%s)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-LIMIT=${UNET_CLUSTER_TIMEOUT:-480}
+LIMIT=${UNET_CLUSTER_TIMEOUT:-900}
 KEEP=${UNET_CLUSTER_KEEP:-0}
 log() { printf '[slurm-test %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 die() { log "FAILED: $*"; exit 1; }
@@ -28,6 +41,13 @@ die() { log "FAILED: $*"; exit 1; }
 [[ $(id -u) == 0 ]] || die "run as root (it installs and starts the Slurm daemons)"
 command -v apt-get >/dev/null || die "needs a Debian/Ubuntu machine (apt-get)"
 [[ -x $REPO/.venv/bin/python ]] || die "no virtual environment at $REPO/.venv (see README: set up)"
+# The shared cluster scripts, by path (never copied into the project, never written to).
+[[ -d $REPO/../shared/slurm ]] \
+  || die "no shared Slurm scripts: $REPO/../shared/slurm is absent (the shared/ folder must sit beside the repository)"
+SHARED=$(cd "$REPO/../shared/slurm" && pwd)
+for f in start-slurm.sh stop-slurm.sh; do
+  [[ -f $SHARED/$f && -r $SHARED/$f ]] || die "no readable $SHARED/$f"
+done
 # sbatch jobs inherit this shell's environment: the venv's python must come first on PATH.
 # shellcheck disable=SC1091
 . "$REPO/.venv/bin/activate"
@@ -36,9 +56,16 @@ python -c "import snakemake_executor_plugin_slurm" 2>/dev/null \
 
 SCRATCH=$(mktemp -d /tmp/unet-slurm-test.XXXXXX)
 WORK=$SCRATCH/work
-STARTED=$SCRATCH/started-daemons
+OURS=0        # 1: this run started the cluster, so it stops it at the end
+STARTED=()    # "PIDFILE COMM PID" of the cluster's daemons once up (checked after the stop)
 SMK_PID=""
-: >"$STARTED"
+# The pid files of the daemons the shared scripts start and stop.
+DAEMONS=("/run/slurm-local/slurmd.pid slurmd" "/run/slurm-local/slurmctld.pid slurmctld"
+         "/run/slurm-local/slurmdbd.pid slurmdbd" "/run/mysqld/mysqld.pid mariadbd"
+         "/run/munge/munged.pid munged")
+live_pid() {   # live_pid PIDFILE COMM: print the pid if the pid file names a live COMM
+  local p; p=$(cat "$1" 2>/dev/null) && [[ $p =~ ^[0-9]+$ && $(cat /proc/"$p"/comm 2>/dev/null) == "$2" ]] && echo "$p"
+}
 
 cleanup() {
   local rc=$?
@@ -48,14 +75,15 @@ cleanup() {
     kill -INT "$SMK_PID" 2>/dev/null || true
     wait "$SMK_PID" 2>/dev/null || true
   fi
-  if [[ -s $STARTED ]]; then
-    local purge=()   # the cluster was ours (we started its controller): remove its state too
-    if [[ $KEEP != 1 ]] && grep -q " slurmctld " "$STARTED"; then purge=(--purge); fi
-    "$HERE/stop-slurm.sh" --only "$STARTED" "${purge[@]}" || rc=1
-    while read -r _ comm pid; do   # verify: none of the daemons this run started is left
+  if [[ $OURS == 1 ]]; then
+    log "stopping the cluster this run started: bash $SHARED/stop-slurm.sh"
+    bash "$SHARED/stop-slurm.sh" || rc=1
+    local entry pidfile comm pid
+    for entry in "${STARTED[@]}"; do   # verify: none of the cluster's daemons is left
+      read -r pidfile comm pid <<<"$entry"
       if [[ $(cat /proc/"$pid"/comm 2>/dev/null) == "$comm" ]]; then log "ERROR: $comm pid $pid still running"; rc=1; fi
-    done <"$STARTED"
-  else log "no daemon was started by this run; none stopped"; fi
+    done
+  else log "the cluster was already running before this run; left running"; fi
   if [[ $KEEP == 1 ]]; then log "kept $SCRATCH"; else rm -rf "$SCRATCH"; fi
   log "finished with status $rc after $(( $(date +%s) - T0 )) s"
   exit "$rc"
@@ -64,10 +92,38 @@ trap cleanup EXIT
 trap 'log "signal received"; exit 130' INT TERM
 
 # --- 1. the cluster -------------------------------------------------------------------------
-CPUS=$(nproc)
-NODE_MEM=${SLURM_LOCAL_MEM_MB:-12000}
-SLURM_LOCAL_STARTED=$STARTED SLURM_LOCAL_MEM_MB=$NODE_MEM SLURM_LOCAL_FAKE_GPU=1 SLURM_LOCAL_ACCOUNTING=1 \
-  "$HERE/start-slurm.sh"
+ctld_up() {   # the pid file first: `scontrol ping` takes about 10 s to report a controller DOWN
+  [[ -n $(live_pid /run/slurm-local/slurmctld.pid slurmctld) ]] \
+    || { command -v scontrol >/dev/null && timeout 20 scontrol ping 2>/dev/null | grep -q "is UP"; }
+}
+if ctld_up; then
+  log "a Slurm controller is already up: using that cluster, and leaving it running"
+  command -v sinfo >/dev/null && command -v sacct >/dev/null || die "the running cluster has no sinfo/sacct on PATH"
+  state=$(sinfo -h -N -n localhost -o %t 2>/dev/null | head -n 1 || true)
+  [[ $state =~ ^(idle|mix|alloc) ]] \
+    || die "the running cluster has no usable node 'localhost' (state '${state:-none}'); stop it (bash $SHARED/stop-slurm.sh) and rerun"
+  [[ $(sinfo -h -N -n localhost -o %G) == *gpu* ]] \
+    || die "the running cluster's node has no gres gpu; stop it (bash $SHARED/stop-slurm.sh) and rerun, so it starts with SLURM_LOCAL_FAKE_GPU=1"
+  config=$(scontrol show config)   # (not piped into grep -q: with pipefail, SIGPIPE fails the pipe)
+  grep -qE "^AccountingStorageType += accounting_storage/slurmdbd" <<<"$config" \
+    || die "the running cluster has no accounting (slurmdbd); stop it (bash $SHARED/stop-slurm.sh) and rerun, so it starts with SLURM_LOCAL_ACCOUNTING=1"
+else
+  before=()   # daemons up before the start: the shared stop script stops them too
+  for d in "${DAEMONS[@]}"; do
+    read -r pidfile comm <<<"$d"
+    pid=$(live_pid "$pidfile" "$comm") && before+=("$comm=$pid")
+  done
+  ((${#before[@]} == 0)) || log "note: already running (the shared stop-slurm.sh stops these too at the end): ${before[*]}"
+  OURS=1   # from here on the exit trap stops the cluster, even if the start fails half-way
+  log "starting the cluster: bash $SHARED/start-slurm.sh"
+  SLURM_LOCAL_MEM_MB=${SLURM_LOCAL_MEM_MB:-12000} SLURM_LOCAL_FAKE_GPU=1 SLURM_LOCAL_ACCOUNTING=1 \
+    bash "$SHARED/start-slurm.sh" || die "the shared start-slurm.sh failed (output above)"
+  for d in "${DAEMONS[@]}"; do
+    read -r pidfile comm <<<"$d"
+    pid=$(live_pid "$pidfile" "$comm") && STARTED+=("$pidfile $comm $pid")
+  done
+fi
+CPUS=$(sinfo -h -N -n localhost -o %c)
 NODE_MEM=$(sinfo -h -N -n localhost -o %m)
 log "cluster up (node: $CPUS cpus, $NODE_MEM MB, gres $(sinfo -h -N -n localhost -o %G))"
 

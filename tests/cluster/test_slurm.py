@@ -1,10 +1,13 @@
 """The cluster path on a real Slurm: runs ``tests/cluster/slurm.sh`` (see there) as a test.
 
-The script installs and starts a one-node Slurm cluster with accounting and a fake GPU, runs the
-demo workflow on a tiny config through ``snakemake --executor slurm`` with the project's Slurm
-profile, checks the outputs and that every job was a COMPLETED Slurm job, and stops the daemons
-it started. It needs root on Debian/Ubuntu (apt-get); elsewhere the test is skipped. Set
-``UNET_SKIP_CLUSTER=1`` to skip it, or deselect it with ``-m "not cluster"``.
+Unless a Slurm controller is already up (then it uses that cluster and leaves it running), the
+script installs and starts a one-node Slurm cluster with accounting and a fake GPU through the
+shared ``../shared/slurm/start-slurm.sh`` (run by path, never copied), runs the demo workflow on
+a tiny config through ``snakemake --executor slurm`` with the project's Slurm profile, checks the
+outputs and that every job was a COMPLETED Slurm job, and then stops the cluster it started with
+the shared ``stop-slurm.sh``. It needs root on Debian/Ubuntu (apt-get) and the shared folder
+beside the repository; otherwise the test is skipped. Set ``UNET_SKIP_CLUSTER=1`` to skip it, or
+deselect it with ``-m "not cluster"``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "cluster" / "slurm.sh"
-TIMEOUT_S = 600  # apt installs + cluster start + the workflow; the script stops Snakemake at 480 s
+SHARED_SLURM = REPO.parent / "shared" / "slurm"  # the shared cluster scripts, used by path
+TIMEOUT_S = 1200  # apt installs + cluster start + the workflow; the script stops Snakemake at 900 s
 SUMMARY = re.compile(r"SLURM-TEST OK: (\d+) slurm jobs COMPLETED \((\d+) rule jobs\) in (\d+) s")
 
 
@@ -39,6 +43,9 @@ def _skip_reason() -> str | None:
         return f"needs the project's virtual environment at {REPO / '.venv'}"
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         return "snakemake-executor-plugin-slurm is not installed (pip install -e '.[slurm]')"
+    missing = [name for name in ("start-slurm.sh", "stop-slurm.sh") if not (SHARED_SLURM / name).is_file()]
+    if missing:
+        return f"the shared Slurm scripts are absent: no {', '.join(missing)} in {SHARED_SLURM} (../shared/slurm)"
     return None
 
 
