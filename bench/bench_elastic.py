@@ -26,7 +26,7 @@ import torch
 
 from unet_pipeline.augment import AugmentConfig, augment_batch
 
-__all__ = ["run"]
+__all__ = ["run", "check"]
 
 BATCH = 16
 SIZE = (256, 256)
@@ -48,6 +48,55 @@ def _monai(samples: list[dict], transform) -> float:
     return (time.perf_counter() - start) / len(samples)
 
 
+def _inputs(batch: int, size: tuple[int, int], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(batch, 1, H, W)`` image (label + noise), ``(batch, H, W)`` int64 label: two boxes (256 px layout, scaled)."""
+    sy, sx = size[0] / 256, size[1] / 256
+    label = torch.zeros(batch, *size, dtype=torch.long)
+    label[:, int(64 * sy):int(160 * sy), int(48 * sx):int(128 * sx)] = 1
+    label[:, int(100 * sy):int(200 * sy), int(150 * sx):int(230 * sx)] = 2
+    image = label.float()[:, None] + 0.1 * torch.randn(batch, 1, *size, generator=gen)
+    return image, label
+
+
+def _config() -> AugmentConfig:
+    return AugmentConfig(elastic_p=1.0, elastic_grid=GRID, elastic_sigma_px=SIGMA_PX, rotate_p=0.0, scale_p=0.0,
+                         mirror_p=0.0, gamma_p=0.0, noise_p=0.0, contrast_p=0.0, brightness_p=0.0)
+
+
+def _monai_transform(size: tuple[int, int]):
+    from monai.transforms import Rand2DElasticd
+
+    spacing = (size[0] - 1) / (GRID - 1)
+    transform = Rand2DElasticd(keys=["image", "label"], spacing=(spacing, spacing),
+                               magnitude_range=(SIGMA_PX, SIGMA_PX), prob=1.0, mode=("bilinear", "nearest"),
+                               padding_mode="reflection")
+    transform.set_random_state(seed=0)
+    return transform
+
+
+def check(batch: int = 4, size: tuple[int, int] = SIZE) -> dict:
+    """Correctness side only (no timing): both deformations of a small batch, as the benchmark sets them up.
+
+    Returns the inputs ``image`` ``(N, 1, H, W)`` and ``label`` ``(N, H, W)``, ``ours`` and
+    ``monai`` (each a pair ``(image, label)`` of the deformed batch, MONAI's stacked from its
+    per-sample outputs, label as int64).
+    """
+    from monai.data import set_track_meta
+
+    gen = torch.Generator().manual_seed(0)
+    image, label = _inputs(batch, size, gen)
+    ours_image, ours_label, _ = augment_batch(image, label, _config(), generator=gen)
+    transform = _monai_transform(size)
+    set_track_meta(False)
+    try:
+        outs = [transform({"image": image[i], "label": label[i:i + 1].float()}) for i in range(batch)]
+    finally:
+        set_track_meta(True)
+    monai_image = torch.stack([torch.as_tensor(o["image"]) for o in outs])
+    monai_label = torch.stack([torch.as_tensor(o["label"])[0] for o in outs]).round().long()
+    return {"image": image, "label": label, "ours": (ours_image, ours_label), "monai": (monai_image, monai_label)}
+
+
 def run(quick: bool = False) -> dict:
     """Time both implementations; return per-sample milliseconds and the speedup (MONAI / ours).
 
@@ -63,22 +112,12 @@ def run(quick: bool = False) -> dict:
         ``target_speedup``, the per-sample minima over the repeats and the settings used.
     """
     from monai.data import set_track_meta
-    from monai.transforms import Rand2DElasticd
 
     repeats = 3 if quick else 25
     gen = torch.Generator().manual_seed(0)
-    label = torch.zeros(BATCH, *SIZE, dtype=torch.long)
-    label[:, 64:160, 48:128] = 1
-    label[:, 100:200, 150:230] = 2
-    image = label.float()[:, None] + 0.1 * torch.randn(BATCH, 1, *SIZE, generator=gen)
-    config = AugmentConfig(elastic_p=1.0, elastic_grid=GRID, elastic_sigma_px=SIGMA_PX, rotate_p=0.0, scale_p=0.0,
-                           mirror_p=0.0, gamma_p=0.0, noise_p=0.0, contrast_p=0.0, brightness_p=0.0)
-
-    spacing = (SIZE[0] - 1) / (GRID - 1)
-    transform = Rand2DElasticd(keys=["image", "label"], spacing=(spacing, spacing),
-                               magnitude_range=(SIGMA_PX, SIGMA_PX), prob=1.0, mode=("bilinear", "nearest"),
-                               padding_mode="reflection")
-    transform.set_random_state(seed=0)
+    image, label = _inputs(BATCH, SIZE, gen)
+    config = _config()
+    transform = _monai_transform(SIZE)
     samples = [{"image": image[i], "label": label[i:i + 1].float()} for i in range(BATCH)]
 
     set_track_meta(False)  # MONAI's fastest path: plain tensors, no metadata bookkeeping

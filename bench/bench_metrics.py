@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from unet_pipeline.metrics import case_metrics
 
-__all__ = ["run"]
+__all__ = ["run", "check"]
 
 SPACING = (0.8, 0.8, 2.5)
 LABELS = {1: "liver", 2: "spleen", 3: "kidney"}
@@ -80,6 +80,26 @@ def _monai(pred: np.ndarray, ref: np.ndarray) -> tuple[float, dict]:
                      for i, name in enumerate(LABELS.values())}
 
 
+def _max_relative_difference(ours: dict, theirs: dict) -> float:
+    return max(abs(a - b) / max(abs(b), 1e-12) for name in ours for a, b in zip(ours[name], theirs[name]))
+
+
+def check(shape: tuple[int, int, int] = (64, 64, 24)) -> dict:
+    """Correctness side only (no timing), on a small pair from the same generator: both sets of values.
+
+    Returns ``ours`` and ``monai`` (label name -> [Dice, HD95, ASSD, NSD]) and
+    ``max_relative_difference`` (the bench's criterion: <= 1e-4).
+    """
+    import warnings
+
+    ref, pred = _volumes(shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        _, ours = _ours(pred, ref)
+        _, theirs = _monai(pred, ref)
+    return {"ours": ours, "monai": theirs, "max_relative_difference": _max_relative_difference(ours, theirs)}
+
+
 def run(quick: bool = False) -> dict:
     """Time both; return seconds per case, the speedup (MONAI / ours) and the largest relative difference."""
     import warnings
@@ -95,8 +115,7 @@ def run(quick: bool = False) -> dict:
             ours.append(t)
             t, monai_values = _monai(pred, ref)
             theirs.append(t)
-    diff = max(abs(a - b) / max(abs(b), 1e-12) for name in ours_values
-               for a, b in zip(ours_values[name], monai_values[name]))
+    diff = _max_relative_difference(ours_values, monai_values)
     ours_s, monai_s = statistics.median(ours), statistics.median(theirs)
     return {
         "metrics_ours_s": round(ours_s, 3),

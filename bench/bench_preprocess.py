@@ -28,7 +28,7 @@ import numpy as np
 
 from unet_pipeline.preprocessing import preprocess_image, preprocess_label
 
-__all__ = ["run"]
+__all__ = ["run", "check"]
 
 SPACING = (0.8, 0.8, 2.5)
 TARGET_MM = 1.2
@@ -97,6 +97,39 @@ def _monai(image: Path, label: Path, out: Path) -> float:
     return time.perf_counter() - start
 
 
+def _compare(ours: Path, monai: Path) -> dict:
+    """Agreement of the two results (output folders of :func:`_ours` and :func:`_monai`) on the common grid."""
+    ours_img = np.load(ours / "image.npy")  # (Z, Y, X) = (S, A, R)
+    ours_lab = np.load(ours / "label.npy")
+    # MONAI's RAS array is (X=R, Y=A, Z=S): bring it to (Z, Y, X).
+    monai_img = np.load(monai / "image.npy").transpose(2, 1, 0)
+    monai_lab = np.load(monai / "label.npy").transpose(2, 1, 0)
+    common = tuple(slice(0, min(a, b)) for a, b in zip(ours_img.shape, monai_img.shape))
+    a, b = ours_lab[common], monai_lab[common]
+    dice = {int(v): float(2 * np.sum((a == v) & (b == v)) / max(1, np.sum(a == v) + np.sum(b == v)))
+            for v in np.union1d(np.unique(a), np.unique(b)) if v}
+    return {"label_agreement": float((a == b).mean()), "label_dice": dice,
+            "image_median_abs_diff_z": float(np.median(np.abs(ours_img[common] - monai_img[common]))),
+            "shapes_zyx": {"ours": list(ours_img.shape), "monai": list(monai_img.shape)}}
+
+
+def check(n_slices: int = 8) -> dict:
+    """Correctness side only (no timing): both pipelines on a short case (512 x 512 x ``n_slices``).
+
+    Returns :func:`_compare`'s ``label_agreement`` (share of equal label voxels), ``label_dice``
+    (per organ, ours vs MONAI), ``image_median_abs_diff_z`` and ``shapes_zyx``.
+    """
+    import warnings
+
+    with tempfile.TemporaryDirectory(prefix="bench_preprocess_check_") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        tmp = Path(tmp)
+        image, label = _write_case(tmp, n_slices)
+        _ours(image, label, tmp / "ours")
+        _monai(image, label, tmp / "monai")
+        return _compare(tmp / "ours", tmp / "monai")
+
+
 def run(quick: bool = False) -> dict:
     """Time both on the same files; return seconds, the speedup and the agreement of the results."""
     import warnings
@@ -109,15 +142,9 @@ def run(quick: bool = False) -> dict:
         _ours(image, label, tmp / "warm_ours")  # warm-up (imports, caches)
         t_monai = _monai(image, label, tmp / "monai")
         t_ours = _ours(image, label, tmp / "ours")
-        ours_img = np.load(tmp / "ours" / "image.npy")  # (Z, Y, X) = (S, A, R)
-        ours_lab = np.load(tmp / "ours" / "label.npy")
-        # MONAI's RAS array is (X=R, Y=A, Z=S): bring it to (Z, Y, X).
-        monai_img = np.load(tmp / "monai" / "image.npy").transpose(2, 1, 0)
-        monai_lab = np.load(tmp / "monai" / "label.npy").transpose(2, 1, 0)
-        common = tuple(slice(0, min(a, b)) for a, b in zip(ours_img.shape, monai_img.shape))
-        agree = float((ours_lab[common] == monai_lab[common]).mean())
-        diff = float(np.median(np.abs(ours_img[common] - monai_img[common])))
-        shapes = {"ours": list(ours_img.shape), "monai": list(monai_img.shape)}
+        compared = _compare(tmp / "ours", tmp / "monai")
+        agree, diff, shapes = (compared["label_agreement"], compared["image_median_abs_diff_z"],
+                               compared["shapes_zyx"])
     return {
         "preprocess_ours_s": round(t_ours, 3),
         "preprocess_monai_s": round(t_monai, 3),

@@ -45,6 +45,18 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, str | float | None]]]] = {
                                        ("peak RSS, ours / MONAI", "memory_ratio", "target_memory_ratio")]),
     "training": ("bench.bench_training", [("training loop overhead vs a plain PyTorch loop (share)", "overhead",
                                           "target_overhead")]),
+    "forward": ("bench.bench_forward", [("forward pass: best GFLOP/s on the CPU (vs the machine's peak)",
+                                        "gflops_best_cpu", "cpu_peak_gflops_reference"),
+                                       ("forward pass: demo model slices/s (512 x 512, tiles at overlap 0.5)",
+                                        "demo_slices_per_s_tiled", None),
+                                       ("forward pass: demo model slices/s (512 x 512, one pass)", "demo_slices_per_s",
+                                        None),
+                                       ("forward pass: channels-last / contiguous throughput, batch 1",
+                                        "channels_last_vs_contiguous_b1", None),
+                                       ("forward pass: channels-last / contiguous throughput, batch 8",
+                                        "channels_last_vs_contiguous_b8", None),
+                                       ("forward pass: paper-size U-Net (base 64), estimated s per 512 x 512 slice",
+                                        "paper_s_per_slice_estimate", None)]),
     "memory": ("bench.bench_memory", []),
 }
 

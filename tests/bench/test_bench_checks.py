@@ -1,0 +1,214 @@
+"""The benchmarks' correctness side on tiny inputs: results equal (within tolerance) to the reference.
+
+Each bench module has a ``check(...)`` that runs the project and the library it is compared with
+on small data from the bench's own generator, without timing anything. These tests assert the
+values only (tolerances, equalities); the timings are the benchmarks' business, never the tests'.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from bench import bench_elastic, bench_forward, bench_inference, bench_metrics, bench_preprocess
+from unet_pipeline.model import UNetConfig
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+
+def test_metrics_equal_monai_within_1e4_relative():
+    result = bench_metrics.check(shape=(64, 64, 24))
+    ours, theirs = result["ours"], result["monai"]
+    assert set(ours) == set(theirs) == set(bench_metrics.LABELS.values())
+    for name in ours:
+        dice, hd95, assd, nsd = ours[name]
+        # The generator's prediction is a shifted, eroded/dilated reference: imperfect, not degenerate.
+        assert 0.3 < dice < 0.95 and 0.3 < nsd < 1.0
+        assert hd95 > 0.0 and assd > 0.0
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=0)
+    assert result["max_relative_difference"] <= 1e-4
+
+
+# -- tiled inference -----------------------------------------------------------------------------
+
+
+def test_tiled_inference_probabilities_within_1e4_of_monai():
+    result = bench_inference.check(n=2, size=320, tile=256, base_channels=4, depth=2)
+    ours, theirs = result["ours"], result["monai"]
+    assert ours.shape == theirs.shape == (2, bench_inference.NUM_CLASSES, 320, 320)
+    np.testing.assert_allclose(ours.sum(axis=1), 1.0, atol=1e-5)
+    assert ours.std() > 0.01  # a random network still gives spatially varying probabilities
+    assert result["max_abs_probability_difference"] <= 1e-4
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
+
+
+def test_inference_slices_generator_keeps_the_full_size_layout():
+    full = bench_inference._slices(2)
+    assert full.shape == (2, 1, 512, 512)
+    small = bench_inference._slices(2, size=128)
+    # Same anatomy scaled: the body covers the same share of the slice (noise aside).
+    assert abs((full > -1.5).mean() - (small > -1.5).mean()) < 0.02
+
+
+# -- preprocessing -------------------------------------------------------------------------------
+
+
+def test_preprocessing_agrees_with_the_monai_pipeline():
+    result = bench_preprocess.check(n_slices=6)
+    ours, theirs = result["shapes_zyx"]["ours"], result["shapes_zyx"]["monai"]
+    assert ours[0] == theirs[0] == 6  # slice thickness kept by both
+    # 512 px of 0.8 mm at 1.2 mm: ~341 px; the two resamplers round the grid size differently.
+    assert all(abs(a - b) <= 1 and abs(a - 512 * 0.8 / 1.2) <= 1.5 for a, b in zip(ours[1:], theirs[1:]))
+    # Orientation and resampling agree: every organ overlaps MONAI's almost perfectly (a flipped axis
+    # would move the off-centre organs and drop these far below).
+    assert set(result["label_dice"]) == {1, 2, 3}
+    assert min(result["label_dice"].values()) > 0.95
+    assert result["label_agreement"] > 0.99
+    assert result["image_median_abs_diff_z"] < 0.1
+
+
+# -- elastic deformation -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def elastic():
+    return bench_elastic.check(batch=4)
+
+
+@pytest.mark.parametrize("which", ["ours", "monai"])
+def test_elastic_deformation_outputs_are_valid(elastic, which):
+    image, label = elastic["image"], elastic["label"]
+    out_image, out_label = elastic[which]
+    assert out_image.shape == image.shape == (4, 1, *bench_elastic.SIZE)
+    assert out_label.shape == label.shape and out_label.dtype == torch.int64
+    assert torch.isfinite(out_image).all()
+    assert set(torch.unique(out_label).tolist()) == {0, 1, 2}  # nearest: no new label values
+    changed = out_label != label
+    share = changed.float().mean().item()
+    assert 0.01 < share < 0.3, share  # deformed, by a few pixels (sigma 10 px), not scrambled
+    # Image and label moved by the same field: where the label changed, the deformed image (label +
+    # noise, bilinear) follows the deformed label, not the original one.
+    follows_new = (out_image[:, 0] - out_label.float())[changed].abs().mean().item()
+    follows_old = (out_image[:, 0] - label.float())[changed].abs().mean().item()
+    assert follows_new < 0.25 and follows_old > 1.0, (follows_new, follows_old)
+    for value in (1, 2):  # organ areas roughly kept
+        ratio = (out_label == value).sum().item() / (label == value).sum().item()
+        assert 0.7 < ratio < 1.4, (value, ratio)
+
+
+def test_elastic_deformation_strength_comparable_to_monai(elastic):
+    """The bench's MONAI parameters (spacing of a 3 x 3 lattice, magnitude = sigma) deform about as much."""
+    label = elastic["label"]
+    ours = (elastic["ours"][1] != label).float().mean().item()
+    theirs = (elastic["monai"][1] != label).float().mean().item()
+    assert 0.5 < ours / theirs < 2.0, (ours, theirs)
+
+
+# -- forward FLOPs -------------------------------------------------------------------------------
+
+
+def _conv(n: int, h: int, w: int, c_in: int, c_out: int, k: int) -> int:
+    """FlopCounterMode's count of a convolution: 2 x multiply-accumulates (bias not counted)."""
+    return 2 * n * h * w * c_in * c_out * k * k
+
+
+def _unet_flops_by_hand(cfg: UNetConfig, size: int, batch: int = 1) -> int:
+    """Walk the U-Net level by level (sizes of valid or padded 3 x 3 convolutions) and add up the FLOPs."""
+    shrink = 0 if cfg.padded else 2
+    chans = [cfg.base_channels * 2 ** i for i in range(cfg.depth + 1)]
+    total, s, c_prev, skips = 0, size, cfg.in_channels, []
+    for level in range(cfg.depth + 1):
+        s -= shrink
+        total += _conv(batch, s, s, c_prev, chans[level], 3)
+        s -= shrink
+        total += _conv(batch, s, s, chans[level], chans[level], 3)
+        c_prev = chans[level]
+        if level < cfg.depth:
+            skips.append(s)
+            s //= 2
+    for level in reversed(range(cfg.depth)):
+        # 2 x 2 up-convolution, stride 2: every input pixel meets c_in x c_out x 2 x 2 weights.
+        total += _conv(batch, s, s, chans[level + 1], chans[level], 2)
+        s *= 2
+        s -= shrink
+        total += _conv(batch, s, s, 2 * chans[level], chans[level], 3)
+        s -= shrink
+        total += _conv(batch, s, s, chans[level], chans[level], 3)
+    return total + _conv(batch, s, s, chans[0], cfg.num_classes, 1)
+
+
+def test_flop_count_of_a_depth1_unet_by_hand():
+    cfg = UNetConfig(num_classes=3, in_channels=1, base_channels=4, depth=1, padded=True, norm="none")
+    n, hw, c, k = 2, 32 * 32, 4, 3
+    expected = (2 * n * hw * 9 * (1 * c + c * c)                 # two 3 x 3 convolutions at 32 x 32
+                + 2 * n * (hw // 4) * 9 * (c * 2 * c + 2 * c * 2 * c)  # bottleneck at 16 x 16
+                + 2 * n * (hw // 4) * 2 * c * c * 4              # 2 x 2 up-convolution from 16 x 16
+                + 2 * n * hw * 9 * (2 * c * c + c * c)           # after the concatenation, at 32 x 32
+                + 2 * n * hw * c * k)                            # 1 x 1 head
+    assert expected == 3_571_712
+    assert bench_forward.count_flops(cfg, 32, batch=2) == expected
+    assert bench_forward.count_flops(cfg, 32, batch=2) == _unet_flops_by_hand(cfg, 32, batch=2)
+    assert bench_forward.check(cfg, size=32, batch=2)["flops"] == expected
+
+
+@pytest.mark.parametrize("cfg, size", [
+    (UNetConfig(num_classes=5, base_channels=8, depth=3, norm="instance"), 64),
+    (UNetConfig(num_classes=2, base_channels=4, depth=2, padded=False, norm="none"), 92),
+])
+def test_flop_count_matches_the_level_walk(cfg, size):
+    assert bench_forward.count_flops(cfg, size) == _unet_flops_by_hand(cfg, size)
+
+
+def test_paper_network_flops():
+    paper = bench_forward.PAPER_UNPADDED
+    flops = bench_forward.count_flops(paper, 572)
+    assert flops == _unet_flops_by_hand(paper, 572)
+    assert round(flops / 1e9, 1) == 300.9  # per 572 x 572 tile (388 x 388 out)
+    demo, _ = bench_forward.demo_config()
+    padded = bench_forward.paper_config(demo)
+    assert (padded.base_channels, padded.depth, padded.padded) == (64, 4, True)
+    per_slice = bench_forward.count_flops(padded, 512)
+    assert round(per_slice / 1e9) == 385  # the issue's ~385 GFLOP per 512 x 512 slice
+    assert per_slice == 4 * bench_forward.count_flops(padded, 256)  # padded: FLOPs scale with the area
+
+
+def test_demo_config_is_the_configured_model():
+    cfg = yaml.safe_load(bench_forward.CONFIG.read_text(encoding="utf-8"))
+    demo, tile = bench_forward.demo_config()
+    for key in ("padded", "base_channels", "depth", "norm", "upsample", "in_channels"):
+        assert getattr(demo, key) == cfg["model"][key], key
+    assert tile == (max(cfg["plan"]["patch_size"]) if cfg["plan"]["patch_size"] else cfg["plan"]["max_patch"])
+    assert bench_forward.count_flops(demo, 512) == 4 * bench_forward.count_flops(demo, 256)
+
+
+def test_channels_last_logits_equal_contiguous():
+    cfg = UNetConfig(num_classes=5, base_channels=4, depth=2, norm="instance")
+    result = bench_forward.check(cfg, size=32, batch=2)
+    assert result["output_shape"] == [2, 5, 32, 32]
+    assert result["channels_last_output"]
+    assert result["max_abs_logit"] > 0.1
+    assert result["max_abs_diff_channels_last"] <= 1e-4 * max(1.0, result["max_abs_logit"])
+
+
+def test_forward_rates_are_consistent_with_the_flop_count():
+    """The timing plumbing on a tiny network: every variant present; the derived figures agree with each
+    other (arithmetic only: no value of any timing is asserted)."""
+    cfg = UNetConfig(num_classes=5, base_channels=4, depth=2)
+    seconds, diff = bench_forward._time(cfg, 32, torch.device("cpu"), (1, 2), repeats=1, tiles_per_sample=2,
+                                        frozen=True)
+    assert set(seconds) == {"b1_contiguous", "b1_channels_last", "b2_contiguous", "b2_channels_last", "b1_frozen"}
+    assert diff <= 1e-4
+    flops = bench_forward._flop_figures(cfg, 32, 256)
+    assert flops["tiles_per_slice_tiled"] == 9  # 512 px covered by tiles of 256 at overlap 0.5: 3 x 3
+    rates = bench_forward._rates(seconds, flops)
+    for name, r in rates.items():
+        median, fastest = seconds[name]
+        assert fastest <= median
+        assert r["tiles_per_s"] == pytest.approx(1 / median, rel=1e-2)
+        assert r["gflops"] == pytest.approx(flops["_flops_tile"] / median / 1e9, rel=0.05, abs=0.05)
+        assert r["gflops_fastest"] >= r["gflops"]
+        # A 512 x 512 slice in one pass costs 4 tiles of 256 (padded network), tiled at overlap 0.5: 9.
+        assert r["slices_per_s"] == pytest.approx(r["slices_per_s_tiled"] * 9 / 4, rel=1e-2, abs=2e-3)
