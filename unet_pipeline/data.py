@@ -1,8 +1,10 @@
 """Training data: preprocessed cases behind memory maps, and the patch sampler.
 
 Batches are drawn in the training process itself from memory-mapped ``.npy`` slices (no
-DataLoader workers, so none can die on an HPC node); each batch is a few small reads. The
-augmentation then runs batched on the training device (:mod:`unet_pipeline.augment`).
+DataLoader workers, so none can die on an HPC node); each batch is a few small reads, done a
+batch or two ahead by one background thread (:class:`BatchStream`, into pinned memory when
+training on CUDA) so that the next batch is ready when the device is. The augmentation then
+runs batched on the training device (:mod:`unet_pipeline.augment`).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .io import load_json
 from .slicing import load_slice_index
 
-__all__ = ["TrainingCase", "PatchSampler", "load_training_cases", "stack_neighbours"]
+__all__ = ["TrainingCase", "PatchSampler", "BatchStream", "Batch", "load_training_cases", "stack_neighbours"]
 
 log = logging.getLogger(__name__)
 
@@ -168,3 +171,143 @@ class PatchSampler:
             if weights is not None and case.weight is not None:
                 weights[b, dy0:dy1, dx0:dx1] = case.weight[z, sy0:sy1, sx0:sx1]
         return images, labels, weights
+
+
+class BatchStream:
+    """The batches of a :class:`PatchSampler`, in order, optionally drawn ahead by one background thread.
+
+    With ``prefetch`` a single thread (no worker processes) fills a bounded queue of ``depth``
+    batches while the training step runs; without it each batch is drawn when asked for. Both
+    give exactly the same batches in the same order: the sampler's generator is consumed by one
+    thread only, in the same order. Each batch carries ``rng_state``, the sampler generator's
+    state right after drawing it; :attr:`rng_state` is that of the last batch handed out (the
+    state a checkpoint must hold, not that of batches still waiting in the queue). Do not use the
+    sampler's generator elsewhere while a prefetching stream is open.
+
+    Parameters
+    ----------
+    sampler
+        The patch sampler.
+    batch_size
+        Patches per batch.
+    count
+        Batches to draw in all (None = no end); the stream ends (``StopIteration``) after them.
+    prefetch
+        Draw ahead in a background thread.
+    depth
+        Batches kept ready (prefetch only).
+    pin_memory
+        Return page-locked (pinned) tensors, so ``.to("cuda", non_blocking=True)`` copies
+        asynchronously (use when training on CUDA).
+
+    Yields
+    ------
+    Batch
+        ``image``, ``label``, ``weight`` as CPU ``torch`` tensors (``weight`` may be None) and
+        ``rng_state``.
+    """
+
+    _STOP = object()
+
+    def __init__(self, sampler: PatchSampler, batch_size: int, *, count: int | None = None, prefetch: bool = True,
+                 depth: int = 2, pin_memory: bool = False) -> None:
+        import queue
+        import threading
+
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.sampler = sampler
+        self.batch_size = int(batch_size)
+        self.count = count
+        self.prefetch = prefetch
+        self.pin_memory = pin_memory
+        self.rng_state: dict = sampler.rng.bit_generator.state  # before any batch is handed out
+        self._drawn = 0
+        self._thread = None
+        if prefetch:
+            self._queue: queue.Queue = queue.Queue(maxsize=depth)
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._produce, name="batch-prefetch", daemon=True)
+            self._thread.start()
+
+    def _draw(self) -> Batch:
+        import torch
+
+        image, label, weight = self.sampler.sample(self.batch_size)
+        state = self.sampler.rng.bit_generator.state
+        tensors = [torch.from_numpy(a) if a is not None else None for a in (image, label, weight)]
+        if self.pin_memory:
+            tensors = [t.pin_memory() if t is not None else None for t in tensors]
+        return Batch(*tensors, rng_state=state)
+
+    def _produce(self) -> None:
+        import queue
+
+        n = 0
+        while not self._stop.is_set() and (self.count is None or n < self.count):
+            try:
+                item: object = self._draw()
+            except BaseException as exc:  # handed to the consumer, raised there
+                item = exc
+            n += 1
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+        if not self._stop.is_set():
+            self._queue.put(self._STOP)
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> Batch:
+        if self.count is not None and self._drawn >= self.count:
+            raise StopIteration
+        if self._thread is None:
+            batch = self._draw()
+        else:
+            item = self._queue.get()
+            if item is self._STOP:
+                raise StopIteration
+            if isinstance(item, BaseException):
+                raise item
+            batch = item  # type: ignore[assignment]
+        self._drawn += 1
+        self.rng_state = batch.rng_state
+        return batch
+
+    def close(self) -> None:
+        """Stop the background thread (the batches still queued are dropped)."""
+        import queue
+
+        if self._thread is None:
+            return
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                while True:
+                    self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            self._thread.join(timeout=0.05)
+        self._thread = None
+
+    def __enter__(self) -> BatchStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class Batch:
+    """One training batch of :class:`BatchStream` (CPU tensors) and the sampler's RNG state after it."""
+
+    image: Any
+    label: Any
+    weight: Any
+    rng_state: dict

@@ -33,14 +33,27 @@ log = logging.getLogger(__name__)
 
 
 def select_device(preference: str = "auto") -> torch.device:
-    """``"auto"``: CUDA when a usable GPU is present, else CPU (with a log line); or an explicit device."""
+    """``"auto"``: CUDA when a usable GPU is present, else the CPU with a warning; or an explicit device.
+
+    The warning for ``"auto"`` is logged once per process: a job on a node without a (usable)
+    GPU says in its log that it ran on the CPU.
+    """
+    global _warned_no_gpu
     if preference != "auto":
         dev = torch.device(preference)
         if dev.type == "cuda" and not _cuda_usable():
             warnings.warn("device 'cuda' requested but no usable GPU found; falling back to CPU", stacklevel=2)
             return torch.device("cpu")
         return dev
-    return torch.device("cuda") if _cuda_usable() else torch.device("cpu")
+    if _cuda_usable():
+        return torch.device("cuda")
+    if not _warned_no_gpu:
+        _warned_no_gpu = True
+        log.warning("no usable GPU found: running on the CPU (slower; set device: cpu to silence this)")
+    return torch.device("cpu")
+
+
+_warned_no_gpu = False
 
 
 def _cuda_usable() -> bool:

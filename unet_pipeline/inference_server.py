@@ -10,8 +10,9 @@ the answer. A case that fails still fails only its own job.
   folders (and their weights' size and time), the device setting, the host, the Slurm job id and
   ``CUDA_VISIBLE_DEVICES``. Inside a Slurm group job the cases of that job share one server; a
   retrained model gets a new server.
-- **Lifetime**: the server exits after ``idle_seconds`` without a request (and Slurm ends it with
-  its job). Nothing else has to stop it.
+- **Lifetime**: the server exits after ``idle_seconds`` without a request, or as soon as the
+  Snakemake process that ran the job which started it has ended (on a cluster: the group job's
+  Snakemake, so the server never outlives its Slurm job). Nothing else has to stop it.
 - **Safety**: the socket lives in a folder only its user can open (mode 0700); requests name files
   by path, never carry code.
 - **Fallback**: if the server cannot be started or dies, the job predicts in its own process.
@@ -94,14 +95,32 @@ def _alive(sock_path: Path) -> bool:
         return False
 
 
+def _snakemake_ancestor() -> int | None:
+    """Pid of the nearest ancestor process that is a Snakemake (None outside Snakemake)."""
+    pid = os.getppid()
+    for _ in range(32):
+        if pid <= 1:
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        if any(b"snakemake" in Path(os.fsdecode(a)).name.encode() or a == b"snakemake" for a in cmdline[:3]):
+            return pid
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4: the parent's pid
+    return None
+
+
 def _start_server(model_dirs: Sequence[str], device: str, sock_path: Path, *, idle_seconds: float,
                   log_path: Path | None) -> None:
     """Start a server process (detached, own session) and wait until it answers."""
     with contextlib.suppress(FileNotFoundError):
         sock_path.unlink()  # a stale socket of a server that died
+    owner = _snakemake_ancestor()
     cmd = [sys.executable, "-m", "unet_pipeline.inference_server", "--socket", str(sock_path), "--device", device,
            "--idle-seconds", str(idle_seconds), *(["--log", str(log_path)] if log_path else []),
-           *[str(Path(d).resolve()) for d in model_dirs]]
+           *(["--owner-pid", str(owner)] if owner else []), *[str(Path(d).resolve()) for d in model_dirs]]
     out = open(log_path, "a", encoding="utf-8") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
@@ -198,9 +217,10 @@ def stop_server(model_dirs: Sequence[str | Path], device: str = "auto") -> bool:
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
-    def __init__(self, sock_path: str, predictor, idle_seconds: float) -> None:
+    def __init__(self, sock_path: str, predictor, idle_seconds: float, owner_pid: int | None = None) -> None:
         self.predictor = predictor
         self.idle_seconds = idle_seconds
+        self.owner_pid = owner_pid
         self.active = 0
         self.served = 0
         self.last_activity = time.monotonic()
@@ -218,6 +238,10 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 idle = self.active == 0 and time.monotonic() - self.last_activity > self.idle_seconds
             if idle:
                 log.info("idle for %.0f s after %d case(s): exiting", self.idle_seconds, self.served)
+                self.shutdown()
+                return
+            if self.owner_pid and not Path(f"/proc/{self.owner_pid}").exists():
+                log.info("Snakemake (pid %d) has ended, after %d case(s): exiting", self.owner_pid, self.served)
                 self.shutdown()
                 return
 
@@ -262,15 +286,16 @@ class _Handler(socketserver.StreamRequestHandler):
 
 
 def serve(model_dirs: Sequence[str | Path], sock_path: str | Path, *, device: str = "auto",
-          idle_seconds: float = 120.0) -> int:
-    """Load the models once and serve requests on ``sock_path`` until idle; returns cases served."""
+          idle_seconds: float = 120.0, owner_pid: int | None = None) -> int:
+    """Load the models once and serve requests on ``sock_path`` until idle (or until the process
+    ``owner_pid`` has ended); returns the number of cases served."""
     from .predictor import Predictor
 
     predictor = Predictor(model_dirs, device)
     sock_path = Path(sock_path)
     with contextlib.suppress(FileNotFoundError):
         sock_path.unlink()
-    server = _Server(str(sock_path), predictor, idle_seconds)
+    server = _Server(str(sock_path), predictor, idle_seconds, owner_pid)
     log.info("model server pid %d serving %s on %s", os.getpid(), ", ".join(map(str, model_dirs)), sock_path)
     threading.Thread(target=server.watch_idle, daemon=True).start()
     try:
@@ -294,12 +319,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--idle-seconds", type=float, default=120.0, help="exit after this long without a request")
     parser.add_argument("--log", help="log file (default: stderr)")
+    parser.add_argument("--owner-pid", type=int, help="exit when this process (the Snakemake that started us) ends")
     args = parser.parse_args(argv)
     handler = logging.FileHandler(args.log, encoding="utf-8") if args.log else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
     logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.INFO)
-    served = serve(args.model_dirs, args.socket, device=args.device, idle_seconds=args.idle_seconds)
+    served = serve(args.model_dirs, args.socket, device=args.device, idle_seconds=args.idle_seconds,
+                   owner_pid=args.owner_pid)
     log.info("served %d case(s)", served)
     return 0
 

@@ -37,7 +37,8 @@ __all__ = ["EMPTY_POLICY", "case_metrics", "surface_distances", "summarize"]
 #: The policy for empty masks, as written into summary.json and the report.
 EMPTY_POLICY = ("Empty masks: if reference and prediction are both empty for a class, Dice = IoU = precision = "
                 "recall = NSD = 1 and the distances (HD, HD95, ASSD) are 0; if exactly one is empty, Dice = IoU = "
-                "NSD = 0 and the distances are undefined (NaN, left out of the summary statistics, and counted).")
+                "NSD = 0, precision (empty prediction) or recall (empty reference) is undefined and the other 0, and the "
+                "distances are undefined (NaN, left out of the summary statistics, and counted).")
 
 _SUMMARY_METRICS = ("dice", "iou", "hd95_mm", "assd_mm", "nsd")
 

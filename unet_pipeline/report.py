@@ -34,7 +34,11 @@ __all__ = ["plot_training_curves", "plot_metric_boxes", "sections_through", "ove
 #: Abdomen window: width and level in HU.
 WINDOW_HU = (400.0, 40.0)
 #: Metrics shown as box plots: (column of metrics.csv, axis title).
-BOX_METRICS = (("dice", "Dice"), ("hd95_mm", "HD95 (mm)"), ("nsd", "NSD"))
+BOX_METRICS = (("dice", "Dice"), ("iou", "IoU"), ("precision", "Precision"), ("recall", "Recall"),
+               ("nsd", "NSD"), ("hd_mm", "HD (mm)"), ("hd95_mm", "HD95 (mm)"), ("assd_mm", "ASSD (mm)"),
+               ("vol_diff_ml", "Volume difference (mL)"))
+#: Metrics on a 0..1 scale (fixed axis limits).
+_UNIT_METRICS = {"dice", "iou", "precision", "recall", "nsd"}
 _SUMMARY_METRICS = (("dice", "Dice"), ("iou", "IoU"), ("hd95_mm", "HD95 (mm)"), ("assd_mm", "ASSD (mm)"),
                     ("nsd", "NSD"))
 _NA = "not available"
@@ -166,7 +170,7 @@ def plot_training_curves(log_csv: str | Path, out_png: str | Path) -> None:
 
 
 def plot_metric_boxes(metrics_csv: str | Path, out_png: str | Path) -> None:
-    """Per-class box plots of Dice, HD95 (mm) and NSD, with each case as a jittered point.
+    """Per-class box plots of every metric of :data:`BOX_METRICS`, each case a jittered point.
 
     Parameters
     ----------
@@ -186,8 +190,13 @@ def plot_metric_boxes(metrics_csv: str | Path, out_png: str | Path) -> None:
         order.setdefault(r.get("label", ""), _float(r.get("label_id")))
     classes = sorted(order, key=lambda k: (math.isnan(order[k]), order[k], k))
     rng = np.random.default_rng(0)
-    fig, axes = plt.subplots(1, len(BOX_METRICS), figsize=(4 * len(BOX_METRICS) + 1, 4), squeeze=False)
-    for ax, (col, name) in zip(axes[0], BOX_METRICS):
+    n_cols = 5  # two compact rows: the page stays short
+    n_rows = math.ceil(len(BOX_METRICS) / n_cols)
+    width = max(2.8, 0.45 * len(classes) + 1.2)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, 3.1 * n_rows), squeeze=False)
+    for ax in axes.flat[len(BOX_METRICS):]:
+        ax.set_visible(False)
+    for ax, (col, name) in zip(axes.flat, BOX_METRICS):
         values = []
         for cls in classes:
             v = np.array([_float(r.get(col)) for r in rows if r.get("label", "") == cls])
@@ -206,8 +215,10 @@ def plot_metric_boxes(metrics_csv: str | Path, out_png: str | Path) -> None:
         ax.set_xlim(0.5, len(classes) + 0.5)
         ax.set_title(name)
         ax.grid(axis="y", alpha=0.3)
-        if col in ("dice", "nsd"):
+        if col in _UNIT_METRICS:
             ax.set_ylim(-0.02, 1.02)
+        elif col == "vol_diff_ml":
+            ax.axhline(0.0, color="gray", lw=0.8)
     fig.tight_layout()
     _save(fig, out_png)
 
@@ -493,6 +504,28 @@ def _cases_section(metrics_csv: str | Path | None) -> str:
     return f'<div class="scroll">{_table(header, body)}</div>'
 
 
+def _volumes_section(volumes_csv: str | Path | None) -> str:
+    """Per class over the segmented cases: volume median and quartiles (mL) and the QC flag counts."""
+    rows = _read_csv(volumes_csv)
+    if not rows:
+        return _na("volumes")
+    by_class: dict[str, list[dict[str, str]]] = {}
+    for r in rows:
+        by_class.setdefault(r.get("label", ""), []).append(r)
+    body = []
+    for name, items in by_class.items():
+        vols = np.array([_float(r.get("volume_ml")) for r in items if r.get("empty") != "True"])
+        vols = vols[np.isfinite(vols)]
+        q = np.percentile(vols, [25, 50, 75]) if vols.size else [float("nan")] * 3
+        flags = [r.get("qc_flags", "") for r in items]
+        body.append([_esc(name), str(len(items)), _fmt(float(q[1]), 1), f"{_fmt(float(q[0]), 1)} &ndash; {_fmt(float(q[2]), 1)}",
+                     *(str(sum(flag in f.split(";") for f in flags)) for flag in ("empty", "fragmented", "touches_border"))])
+    header = ["class", "cases", "median volume (mL)", "quartiles (mL)", "empty", "fragmented", "touches border"]
+    return (f"{_table(header, body)}<p>Per segmented case and class in <code>volumes.csv</code>: volume, HU "
+            "statistics and QC flags (empty: nothing segmented; fragmented: more than one connected component; "
+            "touches border: the structure reaches the edge of the image and may be cut off).</p>")
+
+
 def _curves_section(train_logs: Sequence[str | Path], tmp: Path) -> str:
     logs = [Path(p) for p in train_logs if p]
     if not logs:
@@ -574,7 +607,7 @@ def write_report(out_html: str | Path, *, metrics_csv: str | Path | None = None,
                  overlays: Sequence[tuple[str, str | Path]] | Mapping[str, Sequence[tuple[str, str | Path]]] = (),
                  geometry_rows: Sequence[Mapping] = (),
                  provenance: Mapping | None = None, title: str = "U-Net segmentation report",
-                 empty_policy: str = "") -> None:
+                 empty_policy: str = "", volumes_csv: str | Path | None = None) -> None:
     """Write the self-contained HTML report.
 
     Parameters
@@ -603,6 +636,9 @@ def write_report(out_html: str | Path, *, metrics_csv: str | Path | None = None,
         Page title.
     empty_policy
         The sentence that states how empty reference/prediction masks are scored.
+    volumes_csv
+        ``volumes.csv`` (one row per segmented case and class), summarised per class; ``None``
+        leaves the section "not available".
 
     Every missing input gives a section that says "not available".
     """
@@ -615,6 +651,7 @@ def write_report(out_html: str | Path, *, metrics_csv: str | Path | None = None,
             ("Summary per class", _summary_section(summary_json)),
             ("Metric distributions", _boxes_section(metrics_csv, tmp)),
             ("Per-case metrics", _cases_section(metrics_csv)),
+            ("Volumes and QC flags", _volumes_section(volumes_csv)),
             ("Training curves", _curves_section(list(train_logs), tmp)),
             ("Overlays", _overlays_section(overlays if isinstance(overlays, Mapping) else list(overlays))),
             ("Cohort geometry", _geometry_section(list(geometry_rows))),

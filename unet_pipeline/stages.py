@@ -239,16 +239,10 @@ def reassemble(probs_path: str | Path, preprocessed_dir: str | Path, imported_im
 def _write_sidecar(out_nifti: str | Path, labels: Mapping[int, str], model_dirs: str | Path | Sequence[str | Path],
                    extra: Mapping | None) -> None:
     """``<case>.json`` beside a segmentation: label names, models (path + SHA-256), version, provenance."""
-    import hashlib
-
     from . import __version__
 
     dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
-    models = []
-    for d in dirs:
-        weights = Path(d) / "model.safetensors"
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.exists() else None
-        models.append({"path": str(d), "sha256": digest})
+    models = [_model_identity(d) for d in dirs]
     out_nifti = Path(out_nifti)
     name = out_nifti.name[:-7] if out_nifti.name.endswith(".nii.gz") else out_nifti.stem
     save_json({"labels": {str(k): v for k, v in labels.items()}, "model": models[0]["path"],
@@ -339,12 +333,18 @@ def _read_rows(path: str | Path) -> list[dict]:
     return rows
 
 
-def aggregate_metrics(case_csvs: Sequence[str | Path], out_csv: str | Path, out_summary: str | Path) -> dict:
-    """Concatenate per-case metric CSVs into ``metrics.csv`` and write ``summary.json``."""
+def aggregate_metrics(case_csvs: Sequence[str | Path], out_csv: str | Path, out_summary: str | Path,
+                      out_boxes: str | Path | None = None) -> dict:
+    """Concatenate per-case metric CSVs into ``metrics.csv``, write ``summary.json`` and (with
+    ``out_boxes``) the per-class box plots of every metric as PNG."""
     from .metrics import EMPTY_POLICY, summarize
 
     rows = [r for p in case_csvs for r in _read_rows(p)]
     _write_rows(out_csv, rows)
+    if out_boxes:
+        from .report import plot_metric_boxes
+
+        plot_metric_boxes(out_csv, out_boxes)
     summary = {"n_cases": len({r["case"] for r in rows}), "empty_policy": EMPTY_POLICY, "per_class": summarize(rows)}
     save_json(summary, out_summary)
     return summary
@@ -352,8 +352,9 @@ def aggregate_metrics(case_csvs: Sequence[str | Path], out_csv: str | Path, out_
 
 def report(out_html: str | Path, *, metrics_csv: str | Path | None, summary_json: str | Path | None,
            train_logs: Sequence[str | Path], overlay_cases: Sequence[Mapping], case_records: Sequence[str | Path],
-           provenance: Mapping, labels: Mapping, work_dir: str | Path, splits: Mapping[str, str] | None = None) -> None:
-    """The HTML report: summary, plots, curves, overlays, cohort geometry and provenance.
+           provenance: Mapping, labels: Mapping, work_dir: str | Path, splits: Mapping[str, str] | None = None,
+           volumes_csv: str | Path | None = None) -> None:
+    """The HTML report: summary, plots, curves, volumes, overlays, cohort geometry and provenance.
 
     ``overlay_cases``: dicts with ``case``, ``image`` (imported NIfTI), ``pred``, optional ``ref``
     and ``caption``, and, for per-class picks (:func:`pick_overlay_cases`), ``group`` (the class
@@ -415,11 +416,35 @@ def report(out_html: str | Path, *, metrics_csv: str | Path | None, summary_json
         row["split"] = (splits or {}).get(rec.get("case_id"), "train/val")
         geometry.append(row)
     write_report(out_html, metrics_csv=metrics_csv, summary_json=summary_json, train_logs=train_logs,
-                 overlays=overlays, geometry_rows=geometry, provenance=provenance, empty_policy=EMPTY_POLICY)
+                 overlays=overlays, geometry_rows=geometry, provenance=provenance, empty_policy=EMPTY_POLICY,
+                 volumes_csv=volumes_csv)
+
+
+def _versions() -> dict[str, str]:
+    """Versions of the libraries that shape the results."""
+    from importlib import metadata
+
+    out = {}
+    for name in ("torch", "numpy", "scipy", "nibabel", "SimpleITK", "monai", "snakemake"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _model_identity(model_dir: str | Path) -> dict:
+    """A model folder and the SHA-256 of its weights (None when the weights are not there)."""
+    import hashlib
+
+    weights = Path(model_dir) / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.exists() else None
+    return {"path": str(model_dir), "sha256": digest}
 
 
 def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mapping[str, Mapping], labels: Mapping,
-                         config: Mapping, work_dir: str | Path, n_overlays: int = 3) -> None:
+                         config: Mapping, work_dir: str | Path, n_overlays: int = 3,
+                         model_dirs: Sequence[str | Path] = ()) -> None:
     """The report rule: pick the overlays and render the report.
 
     With metrics: per class, the best, median and worst case by that class's Dice
@@ -442,13 +467,14 @@ def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mappin
     train_logs = inputs.get("train_logs") or []
     if isinstance(train_logs, (str, Path)):
         train_logs = [train_logs]
-    provenance = {"unet_pipeline": __version__, "python": platform.python_version(), "config": dict(config)}
+    provenance = {"unet_pipeline": __version__, "python": platform.python_version(), "versions": _versions(),
+                  "models": [_model_identity(d) for d in model_dirs], "config": dict(config)}
     records = inputs.get("records", [])
     if isinstance(records, str):
         records = [records]
     report(out_html, metrics_csv=metrics, summary_json=inputs.get("summary"), train_logs=list(train_logs),
            overlay_cases=overlay_cases, case_records=records, provenance=provenance, labels=labels, work_dir=work_dir,
-           splits={cid: c.get("split") for cid, c in cases.items()})
+           splits={cid: c.get("split") for cid, c in cases.items()}, volumes_csv=inputs.get("volumes"))
 
 
 def pick_overlay_cases(metrics_csv: str | Path, n: int = 3) -> list[dict]:

@@ -5,7 +5,12 @@ iteration) is written atomically at the end of every epoch, every ``checkpoint_m
 when SIGTERM or SIGUSR1 arrives (what SLURM sends before a time limit or preemption). Calling
 :func:`train` again with the same output folder resumes from that checkpoint; with
 ``deterministic: true`` on the CPU the resumed run ends with exactly the weights of an
-uninterrupted run.
+uninterrupted run. After a signal, :class:`TrainingInterrupted` is raised (exit status 1 of a
+rule script), so the job counts as unfinished.
+
+Batches come from a :class:`~unet_pipeline.data.BatchStream` that draws the next ones in one
+background thread (``prefetch``, the default; no worker processes); the checkpoint holds the
+sampler's generator state after the last batch used, so a resumed run draws the same batches.
 
 Outputs in ``out_dir``: ``model.safetensors`` (weights of the best epoch by smoothed validation
 Dice, no pickle), ``model.json`` (architecture, plan, labels, training config, versions, data
@@ -34,7 +39,7 @@ import numpy as np
 import torch
 
 from .augment import AugmentConfig, augment_batch
-from .data import PatchSampler, load_training_cases
+from .data import BatchStream, PatchSampler, load_training_cases
 from .errors import ConfigError
 from .inference import iter_volume_probabilities, select_device
 from .io import atomic_path, save_json
@@ -68,7 +73,7 @@ class TrainConfig:
     momentum: float = 0.99
     weight_decay: float = 3e-5
     poly_power: float = 0.9
-    grad_clip: float = 12.0
+    grad_clip: float = 12.0  # max. global L2 norm of the gradients; 0 = no clipping
     loss: str = "dice_ce"
     foreground_fraction: float = 0.33
     seed: int = 0
@@ -81,6 +86,7 @@ class TrainConfig:
     compile: bool = False
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     progress: bool | None = None  # tqdm bar; None = only on a terminal
+    prefetch: bool = True  # draw the next batches in a background thread (pinned memory on CUDA); same batches
     stop_after_iterations: int = 0  # testing aid: simulate a SIGTERM after this many iterations in total (0 = off)
 
     @classmethod
@@ -98,6 +104,13 @@ class TrainConfig:
                 raise ValueError(f"training.{key} must be >= 1, got {getattr(cfg, key)}")
         if cfg.lr <= 0:
             raise ValueError(f"training.lr must be > 0, got {cfg.lr}")
+        if cfg.grad_clip < 0:
+            raise ValueError(f"training.grad_clip must be >= 0 (0 = off), got {cfg.grad_clip}")
+        if not 0.0 <= cfg.val_smoothing < 1.0:
+            raise ValueError(f"training.val_smoothing must be in [0, 1), got {cfg.val_smoothing}")
+        if cfg.early_stopping_patience < 0:
+            raise ValueError("training.early_stopping_patience must be >= 0 (0 = off), "
+                             f"got {cfg.early_stopping_patience}")
         return cfg
 
     def to_dict(self) -> dict:
@@ -111,11 +124,50 @@ class _State:
     step: int = 0  # total optimizer steps done
     epoch_loss_sum: float = 0.0
     epoch_seconds: float = 0.0
-    best_score: float = -1.0
+    best_score: float | None = None  # best smoothed score so far (None before the first epoch)
     best_epoch: int = -1
     smoothed: float | None = None
     stale_epochs: int = 0
     history: list[dict] = field(default_factory=list)
+
+
+def _update_best(state: _State, score: float, smoothing: float) -> bool:
+    """Fold one finished epoch's score (validation Dice, or minus the training loss) into ``state``.
+
+    The smoothed score is ``smoothing * previous + (1 - smoothing) * score`` (the first epoch's
+    score as it is); the epoch is the new best when its smoothed score beats every earlier one
+    (ties keep the earlier epoch). ``state.epoch`` is the epoch just finished (0-based).
+    Returns True for a new best.
+    """
+    state.smoothed = score if state.smoothed is None else smoothing * state.smoothed + (1 - smoothing) * score
+    if state.best_score is None or state.smoothed > state.best_score:
+        state.best_score, state.best_epoch, state.stale_epochs = state.smoothed, state.epoch + 1, 0
+        return True
+    state.stale_epochs += 1
+    return False
+
+
+def _should_stop(state: _State, patience: int) -> bool:
+    """Early stopping: ``patience`` epochs in a row without a new best smoothed score (0 = never)."""
+    return bool(patience) and state.stale_epochs >= patience
+
+
+def select_best_epoch(scores: Sequence[float], *, smoothing: float = 0.5, patience: int = 0) -> dict:
+    """Replay the best-epoch selection and early stopping of :func:`train` on per-epoch scores.
+
+    Returns ``{"best_epoch": 1-based, "best_smoothed": ..., "epochs_run": ..., "smoothed": [...]}``;
+    ``epochs_run`` is where early stopping ends training (``len(scores)`` when it does not).
+    """
+    state = _State()
+    smoothed = []
+    for score in scores:
+        _update_best(state, float(score), smoothing)
+        smoothed.append(state.smoothed)
+        state.epoch += 1
+        if _should_stop(state, patience):
+            break
+    return {"best_epoch": state.best_epoch, "best_smoothed": state.best_score, "epochs_run": state.epoch,
+            "smoothed": smoothed}
 
 
 def _versions() -> dict:
@@ -154,6 +206,28 @@ def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def _backward_and_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler,
+                       grad_clip: float) -> float:
+    """Backward pass, gradient clipping to the global L2 norm ``grad_clip`` (0 = off), optimizer step.
+
+    Returns the gradient norm before clipping (``nan`` when clipping is off).
+    """
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    norm = float("nan")
+    if grad_clip > 0:
+        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return norm
+
+
 class _SignalFlag:
     """Turns SIGTERM/SIGUSR1 into a flag checked between iterations (restores handlers on exit)."""
 
@@ -175,19 +249,27 @@ class _SignalFlag:
     def _handle(self, signum, frame) -> None:
         self.received = signum
 
+    @property
+    def name(self) -> str:
+        try:
+            return signal.Signals(self.received).name
+        except ValueError:
+            return str(self.received)
+
     def __exit__(self, *exc) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
 
 
-def _save_checkpoint(path: Path, model, optimizer, scaler, state: _State, np_rng: np.random.Generator,
+def _save_checkpoint(path: Path, model, optimizer, scaler, state: _State, np_rng_state: Mapping,
                      aug_gen: torch.Generator) -> None:
+    """``np_rng_state``: the sampler generator's state after the last batch *used* (not prefetched)."""
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},
         "state": json.dumps(dataclasses.asdict(state)),
-        "numpy_rng": json.dumps(np_rng.bit_generator.state),
+        "numpy_rng": json.dumps(np_rng_state),
         "torch_rng": torch.get_rng_state(),
         "aug_rng": aug_gen.get_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -316,13 +398,17 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
     show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     last_ckpt = time.monotonic()
     done_in_run = 0
+    # The sampler's generator is only used by the stream from here on; the checkpoint takes the
+    # generator state after the last batch used (batches drawn ahead are drawn again on resume).
+    batches = BatchStream(sampler, cfg.batch_size, count=max(total_steps - state.step, 0), prefetch=cfg.prefetch,
+                          pin_memory=device.type == "cuda")
 
     def checkpoint() -> None:
-        _save_checkpoint(ckpt, model, optimizer, scaler, state, np_rng, aug_gen)
+        _save_checkpoint(ckpt, model, optimizer, scaler, state, batches.rng_state, aug_gen)
 
     model.train()
-    with _SignalFlag() as signals:
-        while state.epoch < cfg.epochs:
+    with _SignalFlag() as signals, batches:
+        while state.epoch < cfg.epochs and not _should_stop(state, cfg.early_stopping_patience):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.iterations_per_epoch, initial=state.iteration, disable=not show_bar,
@@ -332,10 +418,10 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
                 lr = _lr_at(cfg, state.step, total_steps)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
-                img, lab, wmap = sampler.sample(cfg.batch_size)
-                x = torch.from_numpy(img).to(device, non_blocking=True)
-                y = torch.from_numpy(lab).to(device, non_blocking=True)
-                w = torch.from_numpy(wmap).to(device) if wmap is not None else None
+                batch = next(batches)
+                x = batch.image.to(device, non_blocking=True)
+                y = batch.label.to(device, non_blocking=True)
+                w = batch.weight.to(device, non_blocking=True) if batch.weight is not None else None
                 x, y, w = augment_batch(x, y, net_augment, weight=w, generator=aug_gen)
                 if margin:  # unpadded U-Net: the loss covers the output (centre) region only
                     y = y[:, margin:-margin, margin:-margin]
@@ -346,18 +432,9 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     logits = step_model(x)
                 loss = loss_fn(logits.float(), y, weight_map=w)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    optimizer.step()
-                if not torch.isfinite(loss):
+                if not torch.isfinite(loss):  # before the step: the weights stay finite
                     raise FloatingPointError(f"training loss is {loss.item()} at epoch {state.epoch + 1}; lower training.lr")
+                _backward_and_step(loss, model, optimizer, scaler, cfg.grad_clip)
                 state.iteration += 1
                 state.step += 1
                 state.epoch_loss_sum += float(loss.item())
@@ -370,8 +447,9 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
                     state.epoch_seconds += time.perf_counter() - t0
                     checkpoint()
                     bar.close()
-                    log.warning("signal %s received: checkpoint written to %s; rerun to resume", signals.received, ckpt)
-                    raise TrainingInterrupted(f"interrupted by signal {signals.received}; checkpoint saved to {ckpt}")
+                    log.warning("signal %s received: checkpoint written to %s (epoch %d, iteration %d); "
+                                "rerun to resume", signals.name, ckpt, state.epoch + 1, state.iteration)
+                    raise TrainingInterrupted(f"interrupted by signal {signals.name}; checkpoint saved to {ckpt}")
                 if cfg.checkpoint_minutes and time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes:
                     state.epoch_seconds += time.perf_counter() - t0
                     t0 = time.perf_counter()
@@ -380,7 +458,9 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
             bar.close()
             seconds = state.epoch_seconds + time.perf_counter() - t0
             train_loss = state.epoch_loss_sum / cfg.iterations_per_epoch
-            row: dict[str, Any] = {"epoch": state.epoch + 1, "train_loss": round(train_loss, 6), "lr": lr}
+            # The learning rate of the epoch's last step (also when resumed right after it).
+            row: dict[str, Any] = {"epoch": state.epoch + 1, "train_loss": round(train_loss, 6),
+                                   "lr": _lr_at(cfg, state.step - 1, total_steps)}
             if val_cases:
                 val = _validate(step_model, val_cases, num_classes=num_classes, patch_size=patch,
                                 in_slices=mcfg.in_channels, device=device, margin=margin)
@@ -395,14 +475,8 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
                 score = -train_loss
             row["seconds"] = round(seconds, 3)
             row["slices_per_s"] = round(cfg.iterations_per_epoch * cfg.batch_size / max(seconds, 1e-9), 3)
-            state.smoothed = score if state.smoothed is None else (
-                cfg.val_smoothing * state.smoothed + (1 - cfg.val_smoothing) * score)
-            improved = state.smoothed > state.best_score
-            if improved:
-                state.best_score, state.best_epoch, state.stale_epochs = state.smoothed, state.epoch + 1, 0
+            if _update_best(state, score, cfg.val_smoothing):
                 _save_weights(model, out_dir / "best.safetensors")
-            else:
-                state.stale_epochs += 1
             state.history.append(row)
             log.info("epoch %d/%d: loss %.4f, val Dice %s, %.1f s, %.1f slices/s", state.epoch + 1, cfg.epochs, train_loss,
                      row["val_dice_mean"] if val_cases else "n/a", seconds, row["slices_per_s"])
@@ -413,9 +487,8 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
             _write_log(out_dir / "train_log.csv", state.history)
             checkpoint()
             last_ckpt = time.monotonic()
-            if cfg.early_stopping_patience and state.stale_epochs >= cfg.early_stopping_patience:
-                log.info("early stopping: no improvement for %d epochs", state.stale_epochs)
-                break
+            if _should_stop(state, cfg.early_stopping_patience):
+                log.info("early stopping: no improvement of the smoothed score for %d epochs", state.stale_epochs)
     best = out_dir / "best.safetensors"
     if best.exists():
         os.replace(best, out_dir / "model.safetensors")

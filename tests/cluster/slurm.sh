@@ -22,7 +22,7 @@
 #    /var/lib/slurm-local, /var/log/slurm-local and /var/lib/mysql, which the next start reuses.
 #
 # Last line on success: "SLURM-TEST OK: <n> slurm jobs COMPLETED (<m> rule jobs) in <s> s".
-# Environment: UNET_CLUSTER_TIMEOUT  seconds for the Snakemake run (default 480)
+# Environment: UNET_CLUSTER_TIMEOUT  seconds for the Snakemake run (default 900)
 #              UNET_CLUSTER_KEEP=1   keep the work directory (with Snakemake's and Slurm's logs)
 #              UNET_CLUSTER_ARGS     more Snakemake arguments (word-split), e.g. "--groups a=b"
 #              SLURM_LOCAL_CPUS, SLURM_LOCAL_MEM_MB (default here 12000; the shared script caps it

@@ -107,3 +107,49 @@ def test_volume_read_from_npy_slabs_gives_the_same_neighbours(tmp_path):
             LastChannelModel(), reader, in_slices=5, chunk_slices=chunk_slices, num_classes=3, patch_size=(8, 8))])
         below = vol[np.clip(np.arange(8) + 2, 0, 7)][:, None]  # channel 4 of 5 is slice z + 2 (edge repeats)
         np.testing.assert_allclose(probs, _direct(below), atol=1e-6)
+
+
+def test_auto_device_falls_back_to_the_cpu_with_one_warning(monkeypatch, caplog):
+    import logging
+
+    import unet_pipeline.inference as inference
+
+    monkeypatch.setattr(inference, "_cuda_usable", lambda: False)
+    monkeypatch.setattr(inference, "_warned_no_gpu", False)
+    with caplog.at_level(logging.WARNING, logger="unet_pipeline.inference"):
+        assert inference.select_device("auto").type == "cpu"
+        assert inference.select_device("auto").type == "cpu"
+    assert caplog.text.count("no usable GPU found: running on the CPU") == 1
+    monkeypatch.setattr(inference, "_cuda_usable", lambda: True)
+    assert inference.select_device("auto").type == "cuda"
+    with pytest.warns(UserWarning, match="no usable GPU"):
+        monkeypatch.setattr(inference, "_cuda_usable", lambda: False)
+        assert inference.select_device("cuda").type == "cpu"
+
+
+def test_out_of_memory_on_the_gpu_moves_the_case_to_the_cpu(monkeypatch, tmp_path, caplog):
+    """Predictor: a CUDA OOM during a case is retried on a CPU copy of the models."""
+    import unet_pipeline.predictor as predictor_module
+
+    calls = []
+
+    def fake_infer(models, meta, pre_dir, out_probs, inference, device):
+        calls.append(device.type)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        return {"seconds": 0.1, "slices": 3, "device": str(device)}
+
+    p = predictor_module.Predictor.__new__(predictor_module.Predictor)
+    p.model_dirs, p.models, p.meta, p.device = ["m"], [object()], {}, torch.device("cuda")
+    p.cases_predicted, p._cpu_models = 0, None
+    import threading
+
+    p._lock = threading.Lock()
+    monkeypatch.setattr(predictor_module, "_infer_volume", fake_infer)
+    monkeypatch.setattr(predictor_module, "load_models", lambda dirs, device: ([object()], {}))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    (tmp_path / "image.npy").write_bytes(b"")
+    (tmp_path / "meta.json").write_text("{}", encoding="utf-8")
+    info = p.predict(tmp_path, tmp_path / "probs.npy")
+    assert calls == ["cuda", "cpu"] and info["device"] == "cpu"
+    assert "GPU out of memory" in caplog.text

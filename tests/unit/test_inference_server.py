@@ -120,3 +120,31 @@ def test_socket_folder_is_private(trained):
     sock = server_socket_path([model_dir])
     assert sock.parent.stat().st_mode & 0o077 == 0
     assert len(str(sock)) < 100  # Unix socket paths are limited to about 107 bytes
+
+
+def test_server_exits_when_its_owner_process_ends(trained, tmp_path):
+    """The workflow passes the pid of the Snakemake that ran the job: the server ends with it."""
+    import subprocess
+    import sys
+
+    from unet_pipeline.inference_server import _alive
+
+    model_dir, _ = trained
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    sock = tmp_path / "owned.sock"
+    server = subprocess.Popen([sys.executable, "-m", "unet_pipeline.inference_server", "--socket", str(sock),
+                               "--device", "cpu", "--idle-seconds", "300", "--owner-pid", str(owner.pid),
+                               str(model_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (sock.exists() and _alive(sock)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _alive(sock), "the server should be up"
+        owner.kill()
+        owner.wait()
+        server.wait(timeout=20)  # well before its 300 s idle limit
+        assert "has ended" in server.stderr.read()
+        assert not sock.exists()
+    finally:
+        owner.kill()
+        server.kill()

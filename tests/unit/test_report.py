@@ -125,6 +125,22 @@ def test_metric_boxes(tmp_path):
     _no_temp_files(tmp_path)
 
 
+def test_metric_boxes_show_every_metric(tmp_path, monkeypatch):
+    import unet_pipeline.report as report
+
+    shown = {}
+
+    def capture(fig, out_png, dpi=100):
+        shown["titles"] = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+        shown["ylim"] = {ax.get_title(): ax.get_ylim() for ax in fig.axes if ax.get_visible()}
+
+    monkeypatch.setattr(report, "_save", capture)
+    plot_metric_boxes(_metrics_csv(tmp_path / "metrics.csv"), tmp_path / "boxes.png")
+    assert shown["titles"] == [name for _, name in report.BOX_METRICS]
+    assert {"Dice", "IoU", "Precision", "Recall", "NSD", "HD (mm)", "HD95 (mm)", "ASSD (mm)"} <= set(shown["titles"])
+    assert shown["ylim"]["Dice"] == pytest.approx((-0.02, 1.02))
+
+
 def test_metric_boxes_class_without_values(tmp_path):
     rows = [{c: "" for c in METRIC_COLUMNS} | {"case": "a", "label": "liver", "label_id": 1, "dice": 0.9,
                                                "hd95_mm": 2.0, "nsd": 0.95},
@@ -575,3 +591,26 @@ def test_report_per_class_renders_in_a_headless_browser(tmp_path):
                          cwd=tmp_path).stdout
     assert dom.count("<img") == 6 and dom.count("<h3>") == 2
     assert "liver — worst: case_1w (Dice 0.910)" in dom and "tumour — best: case_2b (Dice 0.920)" in dom
+
+
+def test_volumes_section_summarises_each_class(tmp_path):
+    """Predict-only runs have no metrics: the report still shows volumes and QC flags per class."""
+    from unet_pipeline.volumes import VOLUME_COLUMNS
+
+    rows = []
+    for i, (vol, flags) in enumerate([(100.0, ""), (200.0, "fragmented"), (300.0, "touches_border;fragmented")]):
+        rows.append({"case": f"c{i}", "label": "liver", "label_id": 1, "volume_ml": vol, "empty": False,
+                     "qc_flags": flags})
+        rows.append({"case": f"c{i}", "label": "spleen", "label_id": 2, "volume_ml": 0.0, "empty": True,
+                     "qc_flags": "empty"})
+    volumes = _write_csv(tmp_path / "volumes.csv", rows, VOLUME_COLUMNS)
+    out = tmp_path / "report.html"
+    write_report(out, volumes_csv=volumes)
+    html = out.read_text(encoding="utf-8")
+    section = html[html.index("Volumes and QC flags"):]
+    section = section[:section.index("</section>")]
+    # liver: 3 cases, median 200 mL, quartiles 150-250, 0 empty, 2 fragmented, 1 touching the border
+    assert "<td>liver</td><td>3</td><td>200.0</td><td>150.0 &ndash; 250.0</td><td>0</td><td>2</td><td>1</td>" in section
+    assert "<td>spleen</td><td>3</td><td>&ndash;</td><td>&ndash; &ndash; &ndash;</td><td>3</td><td>0</td><td>0</td>" in section
+    write_report(tmp_path / "none.html")
+    assert "not available" in (tmp_path / "none.html").read_text(encoding="utf-8").split("Volumes and QC flags")[1][:200]

@@ -20,6 +20,14 @@ NO_AUG = {"elastic_p": 0.0, "rotate_p": 0.0, "scale_p": 0.0, "mirror_p": 0.0, "g
           "contrast_p": 0.0, "brightness_p": 0.0}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    """The tiny runs use one torch thread (far faster on busy shared cores); other modules keep theirs."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """Three tiny cases run through import -> fingerprint -> preprocess -> slice: ``(root, plan path)``."""
@@ -42,13 +50,37 @@ def prepared(tmp_path_factory):
     return root, plan
 
 
-def _train(prepared, out_dir: Path, **training):
+def _train_args(prepared, out_dir: Path, *, val=("c",), model=None, loss="dice_ce", slices="slices", **training):
+    """Keyword arguments of ``stages.train`` for a tiny deterministic CPU run (JSON-able, for subprocesses too)."""
     root, plan = prepared
     settings = {"epochs": 2, "iterations_per_epoch": 4, "batch_size": 2, "optimizer": "adamw", "lr": 0.003,
-                "seed": 3, "deterministic": True, "checkpoint_minutes": 0, **training}
-    return stages.train(["a", "b"], ["c"], preprocessed_root=root / "preprocessed", slices_root=root / "slices",
-                        plan_path=plan, out_dir=out_dir, model=MODEL, training=settings, augment=NO_AUG,
-                        loss={"name": "dice_ce"})
+                "seed": 3, "deterministic": True, "checkpoint_minutes": 0, "threads": 1, **training}
+    return {"train_ids": ["a", "b"], "val_ids": list(val), "preprocessed_root": str(root / "preprocessed"),
+            "slices_root": str(root / slices), "plan_path": str(plan), "out_dir": str(out_dir),
+            "model": {**MODEL, **(model or {})}, "training": settings, "augment": NO_AUG, "loss": {"name": loss}}
+
+
+def _train(prepared, out_dir: Path, **kwargs):
+    return stages.train(**_train_args(prepared, out_dir, **kwargs))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prepared, tmp_path_factory):
+    """The model folder of one uninterrupted run with ``_train``'s defaults (prefetch off)."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    _train(prepared, out, prefetch=False)
+    return out
+
+
+def _assert_same_run(a_dir: Path, b_dir: Path) -> None:
+    a, b = load_file(str(a_dir / "model.safetensors")), load_file(str(b_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    with open(a_dir / "train_log.csv", encoding="utf-8") as fh1, open(b_dir / "train_log.csv", encoding="utf-8") as fh2:
+        la, lb = list(csv.DictReader(fh1)), list(csv.DictReader(fh2))
+    for col in ("train_loss", "lr", "val_dice_mean"):
+        assert [r[col] for r in la] == [r[col] for r in lb], col
 
 
 def test_training_writes_the_model_folder(prepared, tmp_path):
@@ -76,22 +108,19 @@ def test_loss_goes_down_on_an_easy_task(prepared, tmp_path):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-def test_killed_and_resumed_run_equals_an_uninterrupted_one(prepared, tmp_path):
-    """Deterministic mode on CPU: a SIGTERM mid-epoch, then a rerun, gives identical weights."""
-    whole = tmp_path / "whole"
-    _train(prepared, whole)
+@pytest.mark.parametrize("stop_after", [5, 4])  # in the middle of epoch 2; right after the last step of epoch 1
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(prepared, uninterrupted, tmp_path, stop_after):
+    """Deterministic mode on CPU: a SIGTERM mid-epoch, then a rerun, gives identical weights.
+
+    The interrupted run prefetches batches (the default), the uninterrupted one does not.
+    """
     cut = tmp_path / "cut"
     with pytest.raises(TrainingInterrupted):
-        _train(prepared, cut, stop_after_iterations=5)  # in the middle of epoch 2
+        _train(prepared, cut, stop_after_iterations=stop_after, prefetch=True)
     assert (cut / "checkpoint.pt").exists() and not (cut / "model.safetensors").exists()
+    assert _checkpoint_state(cut)["step"] == stop_after
     _train(prepared, cut)  # the rerun resumes from the checkpoint by itself
-    a, b = load_file(str(whole / "model.safetensors")), load_file(str(cut / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-    with open(whole / "train_log.csv", encoding="utf-8") as fh1, open(cut / "train_log.csv", encoding="utf-8") as fh2:
-        la, lb = list(csv.DictReader(fh1)), list(csv.DictReader(fh2))
-    assert [r["train_loss"] for r in la] == [r["train_loss"] for r in lb]
+    _assert_same_run(uninterrupted, cut)
 
 
 def test_load_model_gives_the_trained_network(prepared, tmp_path):
@@ -125,3 +154,276 @@ def test_left_right_pairs_are_label_values_mapped_to_class_indices():
     assert cfg.lr_label_pairs == ((9, 3),)  # the user's config is left as it was
     with pytest.raises(ConfigError, match=r"lr_label_pairs: \[9, 3\].*classes: \[1, 3\]"):
         _pairs_as_class_indices(cfg, [1, 3])
+
+
+def _checkpoint_state(out_dir: Path) -> dict:
+    payload = torch.load(out_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    return json.loads(payload["state"])
+
+
+# A rule-script-like training process; it sleeps before each step's augmentation (main thread
+# only: the batches and every random stream stay as they are) so a signal finds it mid-run.
+_SIGNAL_SCRIPT = r"""
+import json, sys, time
+from unet_pipeline import stages, training
+from unet_pipeline.runlog import rule_logging
+
+args = json.loads(sys.argv[1])
+_augment = training.augment_batch
+
+def slow_augment(*a, **k):
+    time.sleep(args["sleep"])
+    return _augment(*a, **k)
+
+training.augment_batch = slow_augment
+with rule_logging(args["log"]):
+    stages.train(**args["train"])
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
+def test_real_signal_checkpoints_exits_and_resumes_to_the_same_weights(prepared, uninterrupted, tmp_path, signame):
+    """A training process gets a real signal after its first epoch: it writes the checkpoint, exits
+    promptly with status 1 (``TrainingInterrupted``), and a rerun ends with the uninterrupted weights."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not hasattr(signal, signame):
+        pytest.skip(f"no {signame} on this platform")
+    cut, log_path = tmp_path / "cut", tmp_path / "train.log"
+    args = {"sleep": 0.3, "log": str(log_path), "train": _train_args(prepared, cut)}  # prefetch on (default)
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", _SIGNAL_SCRIPT, json.dumps(args)], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (cut / "train_log.csv").exists():  # epoch 1 is done; 4 throttled steps remain
+            assert proc.poll() is None, f"training exited early ({proc.returncode}): {proc.communicate()[1][-2000:]}"
+            assert time.monotonic() < deadline, "no epoch finished within 60 s"
+            time.sleep(0.01)
+        sent = time.monotonic()
+        proc.send_signal(getattr(signal, signame))
+        _, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, stderr[-2000:]
+    assert took < 10, f"{took:.1f} s from the signal to the exit"
+    assert "TrainingInterrupted" in stderr
+    assert f"signal {signame} received: checkpoint written" in log_path.read_text(encoding="utf-8")
+    state = _checkpoint_state(cut)
+    assert state["epoch"] == 1 and 1 <= state["iteration"] < 4, state  # the position inside epoch 2
+    assert state["step"] == 4 * state["epoch"] + state["iteration"]
+    assert len(state["history"]) == 1 and not (cut / "model.safetensors").exists()
+    _train(prepared, cut)  # the rerun (in this process) resumes from the checkpoint
+    _assert_same_run(uninterrupted, cut)
+
+
+def test_timed_checkpoint_is_written_mid_epoch(prepared, tmp_path, monkeypatch):
+    from unet_pipeline import training
+
+    positions = []
+    real = training._save_checkpoint
+
+    def spy(path, model, optimizer, scaler, state, *rest):
+        positions.append((state.epoch, state.iteration))
+        return real(path, model, optimizer, scaler, state, *rest)
+
+    monkeypatch.setattr(training, "_save_checkpoint", spy)
+    _train(prepared, tmp_path / "off", epochs=1, iterations_per_epoch=3, checkpoint_minutes=0)
+    assert positions == [(1, 0)]  # only the end of the epoch
+    positions.clear()
+    _train(prepared, tmp_path / "often", epochs=1, iterations_per_epoch=3, checkpoint_minutes=1e-7)
+    assert positions == [(0, 1), (0, 2), (0, 3), (1, 0)]  # after every step (6 us), and the epoch's end
+    positions.clear()
+    _train(prepared, tmp_path / "rare", epochs=1, iterations_per_epoch=3, checkpoint_minutes=60)
+    assert positions == [(1, 0)]
+
+
+def test_defaults_are_nesterov_sgd_with_momentum_0_99():
+    from unet_pipeline.training import _make_optimizer
+
+    cfg = TrainConfig()
+    assert (cfg.optimizer, cfg.momentum, cfg.lr, cfg.poly_power, cfg.grad_clip, cfg.prefetch) == \
+        ("sgd", 0.99, 0.01, 0.9, 12.0, True)
+    assert TrainConfig.from_dict({}) == cfg
+    opt = _make_optimizer(cfg, torch.nn.Linear(2, 1).parameters())
+    assert type(opt) is torch.optim.SGD
+    group = opt.param_groups[0]
+    assert group["nesterov"] is True and group["momentum"] == 0.99 and group["weight_decay"] == cfg.weight_decay
+    adamw = _make_optimizer(TrainConfig(optimizer="adamw", lr=0.003), torch.nn.Linear(2, 1).parameters())
+    assert type(adamw) is torch.optim.AdamW and adamw.param_groups[0]["lr"] == 0.003
+
+
+@pytest.mark.parametrize("power", [0.9, 2.0])
+def test_polynomial_learning_rate_decay(power):
+    from unet_pipeline.training import _lr_at
+
+    cfg = TrainConfig(lr=0.01, poly_power=power)
+    total = 200
+    for step in (0, 1, 50, 100, 199):
+        assert _lr_at(cfg, step, total) == pytest.approx(0.01 * (1 - step / total) ** power, rel=1e-12)
+    assert _lr_at(cfg, 100, total) == pytest.approx(0.01 * 0.5 ** power)
+    assert _lr_at(cfg, 250, total) == _lr_at(cfg, 199, total) > 0  # never 0 or negative past the end
+
+
+def test_training_log_follows_the_schedule(prepared, tmp_path):
+    """SGD (the default optimizer) end to end: the logged rate is that of each epoch's last step."""
+    out = tmp_path / "model"
+    _train(prepared, out, optimizer="sgd", lr=0.01, epochs=2, iterations_per_epoch=2)
+    with open(out / "train_log.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.01 * (1 - 1 / 4) ** 0.9, 0.01 * (1 - 3 / 4) ** 0.9])
+    assert json.loads((out / "model.json").read_text(encoding="utf-8"))["training"]["optimizer"] == "sgd"
+
+
+def test_gradient_clipping_clips_a_huge_gradient():
+    from unet_pipeline.training import _backward_and_step
+
+    def step(grad_clip):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        loss = 1e6 * model(torch.ones(3, 4)).sum()
+        norm = _backward_and_step(loss, model, opt, None, grad_clip)
+        after = torch.cat([p.detach().flatten() for p in model.parameters()])
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        return norm, grads.norm().item(), (after - before).norm().item()
+
+    norm, grad_norm, moved = step(12.0)
+    assert norm == pytest.approx(3e6 * 5 ** 0.5, rel=1e-5)  # d/dw = 3e6 per weight (4) and bias (1)
+    assert grad_norm == pytest.approx(12.0, rel=1e-4) and moved == pytest.approx(12.0, rel=1e-4)
+    norm, grad_norm, moved = step(0.0)  # 0 = off
+    assert norm != norm and grad_norm == pytest.approx(3e6 * 5 ** 0.5, rel=1e-5)
+
+
+def test_best_epoch_by_smoothed_score_and_early_stopping():
+    from unet_pipeline.training import select_best_epoch
+
+    # smoothing 0.5: 0.1, 0.5, 0.3, 0.55, 0.675, 0.7375: the spike of epoch 2 loses to the plateau.
+    r = select_best_epoch([0.1, 0.9, 0.1, 0.8, 0.8, 0.8], smoothing=0.5)
+    assert r["smoothed"] == pytest.approx([0.1, 0.5, 0.3, 0.55, 0.675, 0.7375])
+    assert (r["best_epoch"], r["epochs_run"]) == (6, 6) and r["best_smoothed"] == pytest.approx(0.7375)
+    raw = select_best_epoch([0.1, 0.9, 0.1, 0.8, 0.8, 0.8], smoothing=0.0)
+    assert (raw["best_epoch"], raw["best_smoothed"]) == (2, 0.9)
+    # 0.2, 0.4, 0.45, 0.675 (best, epoch 4), then 0.3875, 0.24375, 0.171875: no improvement.
+    scores = [0.2, 0.6, 0.5, 0.9, 0.1, 0.1, 0.1, 0.1]
+    assert select_best_epoch(scores, patience=0)["epochs_run"] == 8
+    for patience, stop in ((1, 5), (2, 6), (3, 7), (4, 8)):
+        r = select_best_epoch(scores, patience=patience)
+        assert (r["best_epoch"], r["epochs_run"]) == (4, stop), patience
+        assert r["best_smoothed"] == pytest.approx(0.675)
+    tie = select_best_epoch([0.5, 0.5, 0.5], smoothing=0.5, patience=2)
+    assert (tie["best_epoch"], tie["epochs_run"]) == (1, 3)  # a tie is no improvement
+    assert select_best_epoch([-3.0, -2.5])["best_epoch"] == 2  # scores below -1 (minus a loss) count too
+
+
+def test_training_keeps_the_best_epoch_and_stops_early(prepared, tmp_path, monkeypatch):
+    """Scripted validation scores (the hand-computed sequence above): model.safetensors holds the
+    weights of epoch 4, and patience 2 stops training after epoch 6."""
+    from unet_pipeline import training
+
+    scores = iter([0.2, 0.6, 0.5, 0.9, 0.1, 0.1, 0.1, 0.1])
+    snapshots = []
+
+    def scripted(model, cases, **kwargs):
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        s = next(scores)
+        return {"per_class": [s, s], "mean": s}
+
+    monkeypatch.setattr(training, "_validate", scripted)
+    out = tmp_path / "model"
+    meta = _train(prepared, out, epochs=8, iterations_per_epoch=1, early_stopping_patience=2)
+    assert (meta["best_epoch"], meta["epochs_run"], len(snapshots)) == (4, 6, 6)
+    assert meta["best_smoothed_val_dice"] == pytest.approx(0.675)
+    best = load_file(str(out / "model.safetensors"))
+    for name, t in best.items():
+        assert torch.equal(t, snapshots[3][name]), name
+    assert not torch.equal(best["head.weight"], snapshots[5]["head.weight"])  # not simply the last weights
+    with open(out / "train_log.csv", encoding="utf-8") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4, 5, 6]
+    # A rerun after early stopping does not train on: the checkpoint says it stopped.
+    assert _train(prepared, out, epochs=8, iterations_per_epoch=1, early_stopping_patience=2)["epochs_run"] == 6
+
+
+def test_without_validation_the_best_epoch_is_by_training_loss(prepared, tmp_path):
+    """No validation cases: minus the training loss picks the epoch, also when the loss is above 1."""
+    meta = _train(prepared, tmp_path / "model", val=(), loss="ce", epochs=2, iterations_per_epoch=2)
+    assert meta["best_epoch"] in (1, 2) and meta["val_cases"] == [] and meta["best_smoothed_val_dice"] is None
+    assert (tmp_path / "model" / "model.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def weight_slices(prepared):
+    """The fixture's cases sliced again with the paper's weight maps (``slices_w/``)."""
+    root, plan = prepared
+    for cid in ("a", "b", "c"):
+        stages.slice_case(root / "preprocessed" / cid, plan, root / "slices_w" / cid, weight_map=True)
+    return "slices_w"
+
+
+def _losses(out: Path) -> list[float]:
+    import math
+
+    with open(out / "train_log.csv", encoding="utf-8") as fh:
+        losses = [float(r["train_loss"]) for r in csv.DictReader(fh)]
+    assert losses and all(math.isfinite(v) for v in losses), losses
+    return losses
+
+
+def test_weighted_ce_trains_with_the_weight_maps(prepared, weight_slices, tmp_path, monkeypatch):
+    from unet_pipeline import training
+
+    seen = []
+    real = training.make_loss
+
+    def spy(name, **kwargs):
+        fn = real(name, **kwargs)
+
+        def loss(logits, target, weight_map=None, **kw):
+            seen.append((tuple(target.shape), None if weight_map is None else weight_map.clone()))
+            return fn(logits, target, weight_map=weight_map, **kw)
+        return loss
+
+    monkeypatch.setattr(training, "make_loss", spy)
+    out = tmp_path / "model"
+    meta = _train(prepared, out, loss="weighted_ce", slices=weight_slices, epochs=1, iterations_per_epoch=3)
+    _losses(out)
+    assert meta["loss"]["name"] == "weighted_ce" and (out / "model.safetensors").exists()
+    assert len(seen) == 3
+    for shape, w in seen:
+        assert w is not None and tuple(w.shape) == shape
+    weights = torch.cat([w.flatten() for _, w in seen])
+    assert weights.min() > 0 and weights.max() > 1.5 and weights.std() > 0  # the border and class terms
+    with pytest.raises(ValueError, match="no weight map stored"):  # the plain slices have none
+        _train(prepared, tmp_path / "no_maps", loss="weighted_ce", epochs=1, iterations_per_epoch=1)
+
+
+def test_unpadded_paper_unet_trains(prepared, tmp_path):
+    out = tmp_path / "model"
+    meta = _train(prepared, out, model={"padded": False, "norm": "none"}, epochs=1, iterations_per_epoch=2)
+    _losses(out)
+    assert meta["architecture"]["padded"] is False
+    model, meta = load_model(out)
+    tile = meta["plan"]["patch_size"]
+    margin = model.margin()
+    with torch.no_grad():
+        y = model(torch.zeros(1, 1, tile[0] + 2 * margin, tile[1] + 2 * margin))
+    assert tuple(y.shape) == (1, 3, *tile)  # output tile = the plan's (inference) tile
+
+
+def test_2_5d_input_trains(prepared, tmp_path):
+    out = tmp_path / "model"
+    meta = _train(prepared, out, model={"in_channels": 3}, epochs=1, iterations_per_epoch=2)
+    _losses(out)
+    assert meta["architecture"]["in_channels"] == 3
+    model, _ = load_model(out)
+    with torch.no_grad():
+        assert tuple(model(torch.zeros(1, 3, 32, 32)).shape) == (1, 3, 32, 32)

@@ -65,6 +65,11 @@ rule aggregate_metrics:
             category="Metrics",
         ),
         summary=f"{RESULTS}/metrics/summary.json",
+        boxes=report(
+            f"{RESULTS}/metrics/boxes.png",
+            caption="../report/boxes.rst",
+            category="Metrics",
+        ),
     log:
         f"{LOGS}/aggregate_metrics.log",
     conda:
@@ -87,6 +92,7 @@ rule report:
         labels=CASES.labels,
         config=config,
         work_dir=f"{RESULTS}/report_figures",
+        model_dirs=MODEL_DIRS,
     log:
         f"{LOGS}/report.log",
     conda:

@@ -1,4 +1,4 @@
-"""Rule aggregate_metrics: metrics.csv (case x class) and summary.json."""
+"""Rule aggregate_metrics: metrics.csv (case x class), summary.json and the box plots."""
 import sys
 from pathlib import Path
 
@@ -9,4 +9,4 @@ from unet_pipeline.runlog import rule_logging  # noqa: E402
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]):
-    stages.aggregate_metrics(list(sm.input), sm.output.csv, sm.output.summary)
+    stages.aggregate_metrics(list(sm.input), sm.output.csv, sm.output.summary, out_boxes=sm.output.boxes)
