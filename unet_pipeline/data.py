@@ -61,7 +61,8 @@ def load_training_cases(pairs: Sequence[tuple[str | Path, str | Path]], *, need_
         weight = None
         if need_weights:
             if not index.get("weight_map"):
-                raise ValueError(f"{slice_dir}: no weight map stored; set loss.weight_map: true so the slice stage writes it")
+                raise ValueError(f"{slice_dir}: no weight map stored; the slice stage writes weight maps when "
+                                 "loss.name is weighted_ce (rerun it)")
             weight = np.load(slice_dir / "weightmap.npy", mmap_mode=mode)
         image = np.load(pre_dir / "image.npy", mmap_mode=mode)
         intensity = meta["intensity"]
