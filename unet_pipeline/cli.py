@@ -29,7 +29,7 @@ def _cmd_demo_cohort(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cohort_from_args(args: argparse.Namespace):
+def _cohort_from_args(args: argparse.Namespace, *, warn: bool = True):
     from .cohort import cohort_from_dataset_json, cohort_from_folders, cohort_from_manifest
 
     if args.dataset_json:
@@ -37,7 +37,7 @@ def _cohort_from_args(args: argparse.Namespace):
     if args.manifest:
         return cohort_from_manifest(args.manifest)
     if args.images:
-        return cohort_from_folders(args.images, args.labels)
+        return cohort_from_folders(args.images, args.labels, warn=warn)
     raise ConfigError("give -i IMAGES_DIR [-l LABELS_DIR], --dataset-json or --manifest")
 
 
@@ -49,22 +49,69 @@ def _label_names(args: argparse.Namespace, cohort) -> dict[int, str]:
     return cohort.labels
 
 
-def _cmd_check_cohort(args: argparse.Namespace) -> int:
-    from .cohort import check_case
-    from .naming import case_id_problems
+def _check_settings(args: argparse.Namespace):
+    """``(cohort, label names, min slices, geometry tolerance)`` for check-cohort: the options,
+    else the workflow config given with ``-c`` (its cohort, ``cohort.label_names``,
+    ``model.in_channels``, ``cohort.geometry_tolerance_mm``), else the workflow's defaults."""
+    import yaml
 
-    cohort = _cohort_from_args(args)
-    labels = _label_names(args, cohort)
-    id_problems = case_id_problems(cohort.case_ids)
+    from .cohort import discover_cohort
+
+    cfg = {}
+    if args.config:
+        try:
+            cfg = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{args.config}: cannot read the config ({exc})") from exc
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{args.config}: not a workflow config (a YAML mapping)")
+    cohort_cfg = cfg.get("cohort") or {}
+    if args.images or args.dataset_json or args.manifest:
+        cohort = _cohort_from_args(args, warn=False)
+    elif args.config:
+        if (cohort_cfg.get("demo") or {}).get("enabled"):
+            raise ConfigError(f"{args.config}: cohort.demo.enabled is set: the workflow would run the built-in demo "
+                              "cohort, not cohort.images/dataset_json/manifest; disable the demo to check them")
+        cohort = discover_cohort(cohort_cfg, warn=False)
+    else:
+        raise ConfigError("give -c CONFIG, -i IMAGES_DIR [-l LABELS_DIR], --dataset-json or --manifest")
+    if cohort_cfg.get("label_names") and not args.label_names:
+        labels = {int(k): str(v) for k, v in cohort_cfg["label_names"].items()}
+    else:
+        labels = _label_names(args, cohort)
+    min_slices = args.min_slices if args.min_slices is not None else int((cfg.get("model") or {}).get("in_channels", 1))
+    tolerance = args.geometry_tolerance_mm if args.geometry_tolerance_mm is not None else \
+        float(cohort_cfg.get("geometry_tolerance_mm", 0.01))
+    return cohort, labels, min_slices, tolerance
+
+
+def _cmd_check_cohort(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from .cohort import CaseCheck, check_case, screen_cases
+
+    cohort, labels, min_slices, tolerance = _check_settings(args)
+    _, rejected = screen_cases(cohort.cases, cohort.problems)
+    print(f"checking {len(cohort.cases)} case(s): label names {labels or '(none)'}, at least {min_slices} slice(s), "
+          f"geometry tolerance {tolerance:g} mm")
+    for note in cohort.notes:
+        print(f"note: {note}")
+    folders = Counter(c.image for c in cohort.cases)
     rows, n_bad, n_warn = [], 0, 0
     for spec in cohort.cases:
-        check = check_case(spec, labels, min_slices=args.min_slices)
-        errors = list(id_problems.get(spec.case_id, [])) + check.errors
+        try:
+            check = check_case(spec, labels, min_slices=min_slices, geometry_tolerance_mm=tolerance)
+        except Exception as exc:  # noqa: BLE001 - one case must not end the pass
+            check = CaseCheck(spec.case_id, errors=[f"{spec.image}: unexpected error while checking it "
+                                                    f"({type(exc).__name__}: {exc})"])
+        errors = [f"case id: {p}" for p in rejected.get(spec.case_id, [])] + check.errors
         n_bad += bool(errors)
         n_warn += bool(check.warnings)
         status = "ERROR" if errors else ("warning" if check.warnings else "ok")
         info = check.info
         geometry = f"{info.get('shape', '?')} @ {info.get('spacing_mm', '?')} mm {info.get('orientation', '')}"
+        if spec.series_uid and folders[spec.image] > 1:  # several series of one folder: say which
+            geometry += f"  series {spec.series_uid}"
         rows.append((spec.case_id, status, geometry, errors, check.warnings))
     width = max([len(r[0]) for r in rows] + [4])
     print(f"{'case'.ljust(width)}  status   geometry")
@@ -74,8 +121,9 @@ def _cmd_check_cohort(args: argparse.Namespace) -> int:
             print(f"{''.ljust(width)}    error: {e}")
         for w in warnings:
             print(f"{''.ljust(width)}    warning: {w}")
-    print(f"\n{len(rows)} case(s): {len(rows) - n_bad} usable, {n_bad} unusable, {n_warn} with warnings")
-    return 1 if n_bad else 0
+    print(f"\n{len(rows)} case(s): {len(rows) - n_bad} usable, {n_bad} unusable, {n_warn} with warnings"
+          + (f"; {len(cohort.notes)} file(s)/folder(s) passed over (notes above)" if cohort.notes else ""))
+    return 1 if n_bad or not rows else 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -200,7 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check-cohort", help="validate every case of a cohort and list every problem; exit 1 if any case is unusable")
     cohort_args(c)
-    c.add_argument("--min-slices", type=int, default=1, help="fewest slices a usable volume may have")
+    c.add_argument("-c", "--config", help="workflow config YAML: its cohort (when no -i/--dataset-json/--manifest is "
+                   "given), label names, model.in_channels and geometry tolerance, as the workflow uses them")
+    c.add_argument("--min-slices", type=int, default=None,
+                   help="fewest slices a usable volume may have (default: model.in_channels of -c, else 1)")
+    c.add_argument("--geometry-tolerance-mm", type=float, default=None,
+                   help="largest image/label spacing and origin difference in mm "
+                        "(default: cohort.geometry_tolerance_mm of -c, else 0.01)")
     c.set_defaults(func=_cmd_check_cohort)
 
     t = sub.add_parser("train", help="train a U-Net on a labelled cohort")

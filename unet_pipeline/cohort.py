@@ -9,11 +9,28 @@ A cohort is given as one of
 * a CSV manifest with columns ``case_id,image[,label]`` (paths relative to the manifest);
 * the built-in synthetic demo (:mod:`unet_pipeline.demo`).
 
-A folder of DICOM files (or a sub-folder per series) is also accepted as an image; see
-:mod:`unet_pipeline.dicom`.
+DICOM in a folder of images: every DICOM image series under a sub-folder ``images/<name>/``
+(at any depth: ``<name>/<study>/<series>/``), or loose in ``images/`` itself, is one case,
+grouped by SeriesInstanceUID from the file headers (:func:`unet_pipeline.dicom.find_series`),
+never by folder alone. Case ids:
+
+* ``<name>`` when ``<name>`` holds a single series (wherever its files lie below it);
+* otherwise the path of the series' folder below ``images/``, joined with ``_``
+  (``<name>_<study>_<series>``, sub-folder names made safe by
+  :func:`~unet_pipeline.naming.safe_name_part`), plus ``_<SeriesNumber>`` when that folder holds
+  several series (``_1``, ``_2``, ... by SeriesNumber, then UID, when a SeriesNumber is missing
+  or repeated; :func:`~unet_pipeline.naming.series_suffixes`). Loose series in ``images/`` take
+  the name of ``images/`` itself.
+
+The case's :attr:`CaseSpec.series_uid` names its series, so reading it never picks up another
+series of the same folder. Whatever discovery passes over (files that are neither images nor
+DICOM, DICOM objects without pixels, empty folders, labels without an image) is listed in
+:attr:`Cohort.notes` and logged as a warning.
 
 :func:`check_case` lists *every* problem of a case (errors make it unusable, warnings do not),
-so ``unet-pipeline check-cohort`` can report a whole cohort in one pass.
+so ``unet-pipeline check-cohort`` can report a whole cohort in one pass. :func:`screen_cases`
+sets aside cases whose id cannot be used (unsafe, duplicated, clashing in letter case): the
+workflow leaves them out and fails at the end, naming them, while every other case runs.
 """
 
 from __future__ import annotations
@@ -38,7 +55,10 @@ __all__ = [
     "cohort_from_dataset_json",
     "cohort_from_manifest",
     "check_case",
+    "load_case_image",
     "case_id_problems",
+    "screen_cases",
+    "rejection_message",
     "split_cases",
     "read_label_names",
     "assign_folds",
@@ -50,19 +70,30 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CaseSpec:
-    """One case: an image file (or DICOM folder) and optionally its label file."""
+    """One case: an image file (or DICOM folder) and optionally its label file.
+
+    ``series_uid`` is the SeriesInstanceUID of a DICOM case: the one series read from the
+    ``image`` folder (None: the folder's only series).
+    """
 
     case_id: str
     image: str
     label: str | None = None
+    series_uid: str | None = None
 
 
 @dataclass
 class Cohort:
-    """Cases plus the label names (value -> name, background excluded)."""
+    """Cases plus the label names (value -> name, background excluded).
+
+    ``problems``: case id -> problems found by discovery that make the case unusable (several
+    label files match it); ``notes``: what discovery passed over, one line each, naming it.
+    """
 
     cases: list[CaseSpec]
     labels: dict[int, str] = field(default_factory=dict)
+    problems: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def case_ids(self) -> list[str]:
@@ -118,33 +149,96 @@ def read_label_names(path: str | Path) -> dict[int, str]:
         raise ConfigError(f"{path}: 'labels' must map label values to names ({exc})") from exc
 
 
-def _list_images(folder: Path) -> list[tuple[str, Path]]:
-    """``(case id, path)`` for the image files and DICOM series folders directly in ``folder``.
+def _dicom_cases(top: Path, name: str, *, recursive: bool = True) -> tuple[list[tuple[str, Path, str]], list[str]]:
+    """``(case id, folder, SeriesInstanceUID)`` of every DICOM image series in ``top`` (the id rule
+    is in the module docstring), and notes on what was passed over."""
+    from .dicom import find_series
+    from .naming import safe_name_part, series_suffixes
 
-    Ids may repeat (``a.nii`` next to ``a.nii.gz``); :func:`case_id_problems` reports that.
+    series, notes = find_series(top, recursive=recursive, skip_image_files=not recursive)
+    if not series:
+        if recursive and not notes:
+            notes.append(f"{top}: no DICOM image series found, skipped")
+        return [], notes
+    if len(series) == 1:
+        return [(name, top, series[0].uid)], notes
+    by_folder: dict[str, list] = {}
+    for s in series:
+        by_folder.setdefault(s.folder, []).append(s)
+    cases = []
+    for folder, group in by_folder.items():
+        base = "_".join([name, *(safe_name_part(part) for part in Path(folder).relative_to(top).parts)])
+        suffixes = series_suffixes([s.number for s in group]) if len(group) > 1 else [None]
+        for s, suffix in zip(group, suffixes):
+            cases.append((f"{base}_{suffix}" if suffix else base, Path(folder), s.uid))
+    return cases, notes
+
+
+def _list_images(folder: Path, *, dicom: bool = True) -> tuple[list[tuple[str, Path, str | None]], list[str]]:
+    """``(case id, path, SeriesInstanceUID or None)`` for the image files directly in ``folder``
+    and, with ``dicom``, for every DICOM image series in it and below it (without ``dicom``, as
+    for labels: each sub-folder holding files is one entry); and notes naming what was passed over.
+
+    Ids may repeat (``a.nii`` next to ``a.nii.gz``); :func:`screen_cases` rejects them then.
     """
     if not folder.is_dir():
         raise ConfigError(f"cohort folder not found: {folder}")
-    found: list[tuple[str, Path]] = []
+    found: list[tuple[str, Path, str | None]] = []
+    notes: list[str] = []
+    loose: list[Path] = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
         if entry.is_file() and is_image_file(entry):
-            found.append((case_id_from_path(entry), entry))
+            found.append((case_id_from_path(entry), entry, None))
+        elif entry.is_file():
+            loose.append(entry)
+        elif entry.is_dir() and dicom:
+            cases, more = _dicom_cases(entry, entry.name)
+            found += cases
+            notes += more
         elif entry.is_dir() and any(p.is_file() for p in entry.iterdir()):
-            found.append((entry.name, entry))  # a DICOM series folder
-    return found
+            found.append((entry.name, entry, None))
+        elif entry.is_dir():
+            notes.append(f"{entry}: empty folder, skipped")
+    sidecars = {str(folder / f"{cid}.json") for cid, _, _ in found}  # <case>.json beside <case>.nii.gz
+    if loose and dicom and any(str(p) not in sidecars for p in loose):
+        cases, more = _dicom_cases(folder, folder.name, recursive=False)
+        found += cases
+        notes += more
+    elif loose:
+        notes += [f"{p}: not an image file, skipped" for p in loose]
+    return found, [n for n in notes if n.split(": ", 1)[0] not in sidecars]
 
 
 def cohort_from_folders(images: str | Path, labels: str | Path | None = None,
-                        label_names: Mapping[int, str] | None = None) -> Cohort:
-    """Cases from a folder of images and an optional folder of labels (matched by case id)."""
-    label_files = dict(_list_images(Path(labels))) if labels else {}
-    cases = []
-    for cid, path in _list_images(Path(images)):
-        label = label_files.get(cid)
-        cases.append(CaseSpec(cid, str(path), str(label) if label else None))
-    return Cohort(cases, dict(label_names or {}))
+                        label_names: Mapping[int, str] | None = None, *, warn: bool = True) -> Cohort:
+    """Cases from a folder of images and an optional folder of labels (matched by case id).
+
+    With ``warn``, each of :attr:`Cohort.notes` is also logged as a warning.
+    """
+    notes: list[str] = []
+    label_files: dict[str, list[Path]] = {}
+    if labels:
+        found, notes = _list_images(Path(labels), dicom=False)
+        for cid, path, _ in found:
+            label_files.setdefault(cid, []).append(path)
+    found, more = _list_images(Path(images))
+    notes += more
+    cases, problems = [], {}
+    for cid, path, uid in found:
+        matches = label_files.get(cid, [])
+        if len(matches) > 1:
+            problems[cid] = [f"several label files match this case: {', '.join(str(m) for m in matches)}"]
+        label = matches[0] if len(matches) == 1 else None
+        cases.append(CaseSpec(cid, str(path), str(label) if label else None, uid))
+    image_ids = {c.case_id for c in cases}
+    notes += [f"{p}: label without an image of the same name, not used"
+              for cid, paths in label_files.items() if cid not in image_ids for p in paths]
+    if warn:
+        for note in notes:
+            log.warning("cohort: %s", note)
+    return Cohort(cases, dict(label_names or {}), problems, notes)
 
 
 def cohort_from_dataset_json(path: str | Path, *, include_test: bool = True) -> Cohort:
@@ -182,7 +276,10 @@ def cohort_from_dataset_json(path: str | Path, *, include_test: bool = True) -> 
 
 
 def cohort_from_manifest(path: str | Path) -> Cohort:
-    """Cases from a CSV manifest ``case_id,image[,label]``; paths relative to the manifest."""
+    """Cases from a CSV manifest ``case_id,image[,label][,series_uid]``; paths relative to the manifest.
+
+    ``series_uid`` picks one DICOM series from an ``image`` folder that holds several.
+    """
     path = Path(path)
     root = path.parent
     try:
@@ -195,11 +292,12 @@ def cohort_from_manifest(path: str | Path) -> Cohort:
     cases = []
     for row in rows:
         label = (row.get("label") or "").strip()
-        cases.append(CaseSpec(row["case_id"].strip(), str(root / row["image"].strip()), str(root / label) if label else None))
+        cases.append(CaseSpec(row["case_id"].strip(), str(root / row["image"].strip()), str(root / label) if label else None,
+                              (row.get("series_uid") or "").strip() or None))
     return Cohort(cases, {})
 
 
-def discover_cohort(cohort_cfg: Mapping, label_names: Mapping[int, str] | None = None) -> Cohort:
+def discover_cohort(cohort_cfg: Mapping, label_names: Mapping[int, str] | None = None, *, warn: bool = True) -> Cohort:
     """Build the cohort from the config's ``cohort`` section (see ``config/README.md``).
 
     Exactly one of ``images``, ``dataset_json`` or ``manifest`` is used (the demo is expanded by
@@ -211,7 +309,7 @@ def discover_cohort(cohort_cfg: Mapping, label_names: Mapping[int, str] | None =
     elif cohort_cfg.get("manifest"):
         cohort = cohort_from_manifest(cohort_cfg["manifest"])
     elif cohort_cfg.get("images"):
-        cohort = cohort_from_folders(cohort_cfg["images"], cohort_cfg.get("labels"))
+        cohort = cohort_from_folders(cohort_cfg["images"], cohort_cfg.get("labels"), warn=warn)
     else:
         raise ConfigError("cohort: set one of cohort.demo, cohort.images, cohort.dataset_json or cohort.manifest")
     if label_names:
@@ -257,28 +355,65 @@ def _geometry_mismatch(image_affine, label_affine, tol_mm: float) -> list[str]:
     return problems
 
 
+def load_case_image(spec: CaseSpec):
+    """The image of a case: :func:`unet_pipeline.io.load_image`, or for a DICOM case with a
+    ``series_uid``, exactly that series of its folder (:func:`unet_pipeline.dicom.read_dicom_series`)."""
+    from .io import load_image
+
+    if spec.series_uid is None:
+        return load_image(spec.image)
+    from .dicom import read_dicom_series
+
+    if not Path(spec.image).is_dir():
+        raise CaseError(spec.image, f"DICOM folder of series {spec.series_uid} not found")
+    return read_dicom_series(spec.image, spec.series_uid)
+
+
+def _unexpected(path: str, exc: Exception) -> str:
+    log.debug("unexpected error while checking %s", path, exc_info=exc)
+    return f"{path}: unexpected error while checking it ({type(exc).__name__}: {exc})"
+
+
 def check_case(spec: CaseSpec, labels: Mapping[int, str], *, min_slices: int = 1,
                geometry_tolerance_mm: float = 1e-2) -> CaseCheck:
-    """Check one case and list every problem found.
+    """Check one case and list every problem found; never raises.
 
     Errors: unreadable/truncated/non-image files, not a single 3-D volume, NaN/Inf, a constant
     image, non-positive spacing, fewer slices than ``min_slices``, label shape/geometry differing
-    from the image, non-integer label values, label values outside ``labels``.
+    from the image, non-integer label values, label values outside ``labels``; an unexpected
+    exception while checking a file (reported as that file's error).
     Warnings: intensities that do not look like HU, spacing above 10 mm, an empty label.
+    When the image cannot be read, the label is still checked on its own (everything except
+    its shape and geometry against the image).
     """
+    result = CaseCheck(spec.case_id)
+    image = None
+    try:
+        image = _check_image(spec, result, min_slices)
+    except Exception as exc:  # one odd file must not stop a cohort check
+        result.errors.append(_unexpected(spec.image, exc))
+    if spec.label is not None:
+        try:
+            _check_label(spec.label, labels, result, image, geometry_tolerance_mm)
+        except Exception as exc:
+            result.errors.append(_unexpected(spec.label, exc))
+    return result
+
+
+def _check_image(spec: CaseSpec, result: CaseCheck, min_slices: int):
+    """Image checks of :func:`check_case`; ``(affine, shape)`` to compare the label with, or None."""
     import nibabel as nib
     import numpy as np
 
     from .geometry import canonical_orientation
-    from .io import load_image, read_voxels, spacing_from_affine
+    from .io import read_voxels, spacing_from_affine
 
-    result = CaseCheck(spec.case_id)
     try:
-        img = load_image(spec.image)
+        img = load_case_image(spec)
         data = read_voxels(img, spec.image)
     except CaseError as exc:
         result.errors.extend(f"{exc.path}: {p}" for p in exc.problems)
-        return result
+        return None
     name = spec.image
     affine = np.asarray(img.affine, dtype=np.float64)
     spacing = spacing_from_affine(affine)
@@ -288,12 +423,14 @@ def check_case(spec: CaseSpec, labels: Mapping[int, str], *, min_slices: int = 1
         "orientation": "".join(nib.aff2axcodes(affine)),
         "dtype": str(data.dtype),
     }
+    if spec.series_uid:
+        result.info["series_uid"] = spec.series_uid
     if not np.all(np.isfinite(affine)) or np.any(spacing <= 0):
         result.errors.append(f"{name}: invalid voxel spacing or affine (spacing {spacing.tolist()})")
-        return result
+        return None
     if data.size == 0:
         result.errors.append(f"{name}: image has no voxels (shape {data.shape})")
-        return result
+        return None
     if np.issubdtype(data.dtype, np.floating):
         n_bad = int(np.count_nonzero(~np.isfinite(data)))
         if n_bad:
@@ -315,19 +452,27 @@ def check_case(spec: CaseSpec, labels: Mapping[int, str], *, min_slices: int = 1
             result.errors.append(f"{name}: {n_slices} slice(s), the model needs at least {min_slices}")
     except ValueError as exc:
         result.errors.append(f"{name}: {exc}")
-    if spec.label is None:
-        return result
-    lname = spec.label
+    return affine, data.shape
+
+
+def _check_label(lname: str, labels: Mapping[int, str], result: CaseCheck, image, geometry_tolerance_mm: float) -> None:
+    """Label checks of :func:`check_case`; shape and geometry only when ``image`` is ``(affine, shape)``."""
+    import numpy as np
+
+    from .io import load_image, read_voxels
+
     try:
-        limg = load_image(spec.label)
-        ldata = read_voxels(limg, spec.label)
+        limg = load_image(lname)
+        ldata = read_voxels(limg, lname)
     except CaseError as exc:
         result.errors.extend(f"{exc.path}: {p}" for p in exc.problems)
-        return result
-    if ldata.shape != data.shape:
-        result.errors.append(f"{lname}: label shape {tuple(ldata.shape)} differs from image shape {tuple(data.shape)}")
-    else:
-        result.errors.extend(f"{lname}: {p}" for p in _geometry_mismatch(affine, np.asarray(limg.affine), geometry_tolerance_mm))
+        return
+    if image is not None:
+        affine, shape = image
+        if ldata.shape != shape:
+            result.errors.append(f"{lname}: label shape {tuple(ldata.shape)} differs from image shape {tuple(shape)}")
+        else:
+            result.errors.extend(f"{lname}: {p}" for p in _geometry_mismatch(affine, np.asarray(limg.affine), geometry_tolerance_mm))
     if np.issubdtype(ldata.dtype, np.floating):
         finite = np.isfinite(ldata)
         if not finite.all():
@@ -335,7 +480,7 @@ def check_case(spec: CaseSpec, labels: Mapping[int, str], *, min_slices: int = 1
             ldata = np.where(finite, ldata, 0)
         if np.any(ldata != np.round(ldata)):
             result.errors.append(f"{lname}: label values are not integers (dtype {ldata.dtype})")
-            return result
+            return
     values = np.unique(ldata).astype(np.int64)
     allowed = {0, *labels.keys()} if labels else None
     if allowed is not None:
@@ -345,7 +490,6 @@ def check_case(spec: CaseSpec, labels: Mapping[int, str], *, min_slices: int = 1
     result.info["label_values"] = [int(v) for v in values]
     if values.size == 1 and values[0] == 0:
         result.warnings.append(f"{lname}: label volume is empty (background only)")
-    return result
 
 
 @dataclass
@@ -362,6 +506,9 @@ class WorkflowCases:
         Labelled case ids used for training, validation during training, and evaluation.
     unlabelled
         Case ids without labels: segmented, never evaluated.
+    rejected
+        Case id -> why the case was left out of the run (:func:`screen_cases`); the workflow
+        processes every other case, then fails, naming these.
     folds
         Cross-validation: the case ids of each fold (empty without cross-validation). Fold ``f``
         validates on ``folds[f]`` and trains on the other folds; ``train`` then holds all of them
@@ -375,6 +522,7 @@ class WorkflowCases:
     test: list[str]
     unlabelled: list[str]
     folds: list[list[str]] = field(default_factory=list)
+    rejected: dict[str, list[str]] = field(default_factory=dict)
 
     def fold_split(self, fold: int | None) -> tuple[list[str], list[str]]:
         """``(train ids, validation ids)`` of a cross-validation fold, or of the single model (None)."""
@@ -393,11 +541,56 @@ class WorkflowCases:
         return sorted(self.test + self.unlabelled)
 
 
+def screen_cases(cases: Sequence[CaseSpec], problems: Mapping[str, Sequence[str]] | None = None
+                 ) -> tuple[list[CaseSpec], dict[str, list[str]]]:
+    """Set aside the cases whose id cannot be used: ``(usable cases, {case id: problems})``.
+
+    Rejected: ids unsafe as file names; ids given to different sources (every copy: which one is
+    meant is unknowable; the same files listed twice are kept once); ids that differ only in
+    letter case (every one of them: they would share files on case-insensitive file systems);
+    and the ids in ``problems`` (found by discovery, e.g. several matching label files).
+    """
+    rejected: dict[str, list[str]] = {cid: list(p) for cid, p in (problems or {}).items() if p}
+    unique = list(dict.fromkeys(cases))  # the same files listed twice: one case
+    groups: dict[str, list[CaseSpec]] = {}
+    for spec in unique:
+        groups.setdefault(spec.case_id.lower(), []).append(spec)
+    for group in groups.values():
+        ids = sorted({c.case_id for c in group})
+        for cid in ids:
+            same = [c for c in group if c.case_id == cid]
+            if len(same) > 1:
+                sources = "; ".join(c.image + (f" (series {c.series_uid})" if c.series_uid else "") for c in same)
+                rejected.setdefault(cid, []).append(f"duplicate case id: {len(same)} different sources ({sources})")
+            others = [o for o in ids if o != cid]
+            if others:
+                rejected.setdefault(cid, []).append(
+                    f"case id clashes with {', '.join(repr(o) for o in others)} on case-insensitive file systems")
+            rejected.setdefault(cid, []).extend(case_id_problems([cid]).get(cid, []))
+            if not rejected[cid]:
+                del rejected[cid]
+    return [c for c in unique if c.case_id not in rejected], rejected
+
+
+def rejection_message(rejected: Mapping[str, Sequence[str]]) -> str:
+    """The lines that name every rejected case and why (empty when none)."""
+    if not rejected:
+        return ""
+    lines = [f"cohort: {len(rejected)} case(s) left out of this run because of their case id "
+             "(rename or remove their files; every other case is processed):"]
+    return "\n".join(lines + _rejection_lines(rejected))
+
+
+def _rejection_lines(rejected: Mapping[str, Sequence[str]]) -> list[str]:
+    return [f"  {cid!r}: {'; '.join(problems)}" for cid, problems in sorted(rejected.items())]
+
+
 def workflow_cases(config: Mapping, results: str | Path) -> WorkflowCases:
     """Discover the cohort named by ``config`` and split it (seeded).
 
-    With ``predict.model`` set, every case is only segmented (no training, no split). Unsafe,
-    duplicate or case-clashing ids stop the workflow here, naming them.
+    With ``predict.model`` set, every case is only segmented (no training, no split). Cases
+    with unsafe, duplicate or case-clashing ids are left out (:func:`screen_cases`) and listed in
+    :attr:`WorkflowCases.rejected`; the split is made from the other cases.
     """
     from .naming import DEMO_LABELS, demo_case_ids
 
@@ -412,12 +605,10 @@ def workflow_cases(config: Mapping, results: str | Path) -> WorkflowCases:
         cohort = discover_cohort(cohort_cfg)
     if cohort_cfg.get("label_names"):
         cohort.labels = {int(k): str(v) for k, v in cohort_cfg["label_names"].items()}
-    bad = case_id_problems(cohort.case_ids)
-    if bad:
-        lines = "\n".join(f"  {cid!r}: {'; '.join(p)}" for cid, p in bad.items())
-        raise ConfigError(f"cohort: {len(bad)} case id(s) cannot be used; rename the files:\n{lines}")
+    cohort.cases, rejected = screen_cases(cohort.cases, cohort.problems)
     if not cohort.cases:
-        raise ConfigError("cohort: no cases found")
+        raise ConfigError("cohort: no cases found" if not rejected else "cohort: no usable cases: every case id "
+                          "cannot be used (rename the files):\n" + "\n".join(_rejection_lines(rejected)))
     if not cohort.labels and any(c.label for c in cohort.cases):
         raise ConfigError("cohort.label_names: the cohort has labels but no label names; set cohort.label_names")
     specs = cohort.by_id()
@@ -425,7 +616,7 @@ def workflow_cases(config: Mapping, results: str | Path) -> WorkflowCases:
     unlabelled = sorted(c.case_id for c in cohort.cases if not c.label)
     predict_model = (config.get("predict", {}) or {}).get("model")
     if predict_model:
-        return WorkflowCases(specs, cohort.labels, [], [], [], sorted(specs))
+        return WorkflowCases(specs, cohort.labels, [], [], [], sorted(specs), rejected=rejected)
     split = config.get("split", {}) or {}
     seed = int(split.get("seed", 0))
     train_val, test = split_cases(labelled, float(split.get("test_fraction", 0.25)), seed)
@@ -435,11 +626,12 @@ def workflow_cases(config: Mapping, results: str | Path) -> WorkflowCases:
             raise ConfigError(f"split.folds: {n_folds} folds need at least {n_folds} labelled training cases, "
                               f"found {len(train_val)}")
         return WorkflowCases(specs, cohort.labels, sorted(train_val), [], test, unlabelled,
-                             assign_folds(train_val, n_folds, seed + 2))
+                             assign_folds(train_val, n_folds, seed + 2), rejected)
     train, val = split_cases(train_val, float(split.get("val_fraction", 0.2)), seed + 1)
     if not train:
-        raise ConfigError("cohort: no labelled cases to train on (set predict.model to segment with a trained model)")
-    return WorkflowCases(specs, cohort.labels, train, val, test, unlabelled)
+        raise ConfigError("cohort: no labelled cases to train on (set predict.model to segment with a trained model)"
+                          + (f"\n{rejection_message(rejected)}" if rejected else ""))
+    return WorkflowCases(specs, cohort.labels, train, val, test, unlabelled, rejected=rejected)
 
 
 def assign_folds(case_ids: Sequence[str], n_folds: int, seed: int) -> list[list[str]]:

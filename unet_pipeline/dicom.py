@@ -14,20 +14,31 @@ Tolerances (position rounding in real headers, e.g. to 0.01 mm, must not trip th
   grid through the first and last slice;
 * gantry tilt: no slice is shifted within its plane, relative to the first slice, by more than
   :data:`TILT_TOLERANCE` x the smallest pixel spacing.
+
+Discovery (:func:`find_series`) groups the files of a folder tree into series by the
+SeriesInstanceUID of their headers, read by :func:`read_dicom_header` without SimpleITK (a few KB
+per file, so a cohort of many thousand files is listed in seconds; files it cannot parse are left
+to GDCM). This part imports only the standard library, so the Snakefile can use it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import struct
+from dataclasses import dataclass
 from pathlib import Path
-
-import nibabel as nib
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .errors import CaseError
-from .io import sitk_to_nifti
+from .naming import is_image_file
 
-__all__ = ["list_series", "read_dicom_series", "SPACING_TOLERANCE", "TILT_TOLERANCE"]
+if TYPE_CHECKING:  # numpy, nibabel and SimpleITK are imported where used: discovery runs without them
+    import nibabel as nib
+    import numpy as np
+
+__all__ = ["list_series", "read_dicom_series", "read_dicom_header", "find_series", "DicomHeader", "SeriesInfo",
+           "NON_IMAGE_MODALITIES", "SPACING_TOLERANCE", "TILT_TOLERANCE"]
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +77,306 @@ def list_series(folder: str | Path) -> dict[str, list[str]]:
     return series
 
 
+#: Modalities whose objects hold no CT volume: structure sets, plans, doses, reports, key objects,
+#: presentation states, segmentations, registrations. Discovery skips them, naming each file.
+NON_IMAGE_MODALITIES = frozenset({"RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "KO", "PR", "SEG", "REG",
+                                  "DOC", "AU", "ECG", "HD", "FID", "RWV", "PLAN"})
+
+_IMPLICIT_LE, _EXPLICIT_BE, _DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_UNDEFINED = 0xFFFFFFFF
+_WANTED = {(0x0008, 0x0060): "modality", (0x0020, 0x000E): "uid", (0x0020, 0x0011): "number",
+           (0x0028, 0x0010): "rows"}
+_LAST_WANTED = (0x0028, 0x0010)
+_MAX_HEADER = 16 << 20  # a header this long is left to GDCM
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """The few header fields discovery needs (``None`` where the file has none)."""
+
+    uid: str | None  # SeriesInstanceUID (0020,000E)
+    number: str | None  # SeriesNumber (0020,0011)
+    modality: str | None  # Modality (0008,0060)
+    rows: int | None  # Rows (0028,0010): present in every image object
+
+    @property
+    def is_image(self) -> bool:
+        return bool(self.uid) and self.rows is not None and (self.modality or "").upper() not in NON_IMAGE_MODALITIES
+
+
+class _Unparsed(Exception):
+    """The file may be DICOM, but this reader cannot tell (GDCM decides)."""
+
+
+class _Header:
+    """Sequential reader of a DICOM data set's element headers (values read only where wanted)."""
+
+    def __init__(self, fh, pos: int, explicit: bool, endian: str) -> None:
+        self.fh, self.pos, self.explicit, self.endian = fh, pos, explicit, endian
+        self.fields: dict[str, object] = {}
+
+    def _read(self, n: int) -> bytes:
+        if self.pos + n > _MAX_HEADER:
+            raise _Unparsed("header too long")
+        self.fh.seek(self.pos)
+        data = self.fh.read(n)
+        if len(data) < n:
+            raise _Unparsed("truncated header")
+        self.pos += n
+        return data
+
+    def _tag(self) -> tuple[int, int]:
+        return struct.unpack(self.endian + "HH", self._read(4))
+
+    def _element(self, explicit: bool) -> tuple[bytes | None, int]:
+        """VR (None when implicit) and value length of the element whose tag was just read."""
+        if not explicit:
+            return None, struct.unpack(self.endian + "I", self._read(4))[0]
+        vr = self._read(2)
+        if not (vr.isalpha() and vr.isupper()):
+            raise _Unparsed(f"not a value representation: {vr!r}")
+        if vr in _LONG_VRS:
+            self._read(2)
+            return vr, struct.unpack(self.endian + "I", self._read(4))[0]
+        return vr, struct.unpack(self.endian + "H", self._read(2))[0]
+
+    def _skip_sequence(self, explicit: bool) -> None:
+        """Skip a sequence (or encapsulated data) of undefined length, items and all."""
+        while True:
+            tag, length = self._tag(), struct.unpack(self.endian + "I", self._read(4))[0]
+            if tag == (0xFFFE, 0xE0DD):
+                return
+            if tag != (0xFFFE, 0xE000):
+                raise _Unparsed(f"unexpected tag {tag} in a sequence")
+            if length != _UNDEFINED:
+                self.pos += length
+                continue
+            while True:  # an item of undefined length: elements up to the item delimiter
+                tag = self._tag()
+                if tag == (0xFFFE, 0xE00D):
+                    self._read(4)
+                    break
+                vr, length = self._element(explicit)
+                if length == _UNDEFINED:
+                    self._skip_sequence(explicit and vr != b"UN")
+                else:
+                    self.pos += length
+
+    def read(self) -> None:
+        """Read the top-level elements up to Rows (0028,0010), keeping :data:`_WANTED`."""
+        previous = (0, 0)
+        while True:
+            try:
+                tag = self._tag()
+            except _Unparsed:
+                if self.fields:
+                    return  # a data set that ends before Rows: an object without pixels
+                raise
+            if tag < previous:
+                raise _Unparsed("element tags out of order")
+            previous = tag
+            if tag > _LAST_WANTED or tag[0] == 0x0004:  # past what is needed, or a DICOMDIR
+                return
+            vr, length = self._element(self.explicit)
+            if length == _UNDEFINED:
+                self._skip_sequence(self.explicit and vr != b"UN")
+                continue
+            name = _WANTED.get(tag)
+            if name is None:
+                self.pos += length
+                continue
+            value = self._read(length)
+            if name == "rows":
+                self.fields[name] = struct.unpack(self.endian + "H", value[:2])[0] if length >= 2 else None
+            else:
+                self.fields[name] = value.decode("ascii", "replace").strip("\x00 ") or None
+
+
+def read_dicom_header(path: str | Path) -> DicomHeader | None:
+    """SeriesInstanceUID, SeriesNumber, Modality and Rows of a DICOM file, read without SimpleITK.
+
+    Reads only the element headers up to Rows (0028,0010) (a few KB), in implicit or explicit
+    VR little endian or explicit big endian, so discovery stays quick on cohorts of many files.
+
+    Returns
+    -------
+    DicomHeader or None
+        None when the file is not DICOM (no ``DICM`` marker and no plausible data set at its start).
+
+    Raises
+    ------
+    ValueError
+        The file looks like DICOM but this reader cannot parse it (deflated transfer syntax,
+        malformed header): ask GDCM (:func:`find_series` does).
+    OSError
+        The file cannot be read.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+        if len(head) == 132 and head[128:] == b"DICM":
+            meta = _Header(fh, 132, explicit=True, endian="<")
+            syntax = None
+            while True:
+                start = meta.pos
+                try:
+                    group, element = meta._tag()
+                except _Unparsed:
+                    break  # the file ends after its meta information
+                if group != 0x0002:
+                    meta.pos = start
+                    break
+                try:
+                    _, length = meta._element(True)
+                    value = meta._read(length)
+                except _Unparsed as exc:
+                    raise ValueError(f"{path}: malformed DICOM file meta information ({exc})") from exc
+                if element == 0x0010:
+                    syntax = value.decode("ascii", "replace").strip("\x00 ")
+            if syntax == _DEFLATED:
+                raise ValueError(f"{path}: deflated DICOM data set")
+            reader = _Header(fh, meta.pos, explicit=syntax != _IMPLICIT_LE, endian=">" if syntax == _EXPLICIT_BE else "<")
+        else:  # no preamble (ACR-NEMA style): a data set from byte 0, groups 0002 or 0008 first
+            if len(head) < 8 or struct.unpack("<H", head[:2])[0] not in (0x0002, 0x0008):
+                return None
+            vr = head[4:6]
+            reader = _Header(fh, 0, explicit=vr.isalpha() and vr.isupper(), endian="<")
+        try:
+            reader.read()
+        except (_Unparsed, struct.error) as exc:
+            if reader.fields or head[128:] == b"DICM":
+                raise ValueError(f"{path}: cannot parse the DICOM header ({exc})") from exc
+            return None
+    f = reader.fields
+    return DicomHeader(f.get("uid"), f.get("number"), f.get("modality"), f.get("rows"))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One DICOM image series found by :func:`find_series`."""
+
+    uid: str  # SeriesInstanceUID
+    folder: str  # the deepest folder holding all of its files
+    n_files: int
+    number: str | None = None  # SeriesNumber, as written
+    modality: str | None = None
+
+
+def _gdcm_headers(folder: str, files: list[str]) -> tuple[dict[str, DicomHeader], list[str]]:
+    """Headers of ``files`` (in ``folder``) that :func:`read_dicom_header` could not parse, by GDCM."""
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        return {}, [f"{f}: cannot tell whether this is a DICOM image (SimpleITK is not installed), skipped"
+                    for f in files]
+    wanted, found, notes = set(files), {}, []
+    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder) or ():
+        for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid):
+            if f in wanted and f not in found:
+                r = sitk.ImageFileReader()
+                r.SetFileName(f)
+                try:
+                    r.ReadImageInformation()
+                except RuntimeError:
+                    continue
+                found[f] = DicomHeader(uid, _tag(r, "0020|0011") or None, _tag(r, "0008|0060") or None,
+                                       int(r.GetSize()[1]))
+    notes += [f"{f}: not a DICOM image that GDCM can read, skipped" for f in files if f not in found]
+    return found, notes
+
+
+def find_series(folder: str | Path, *, recursive: bool = True,
+                skip_image_files: bool = False) -> tuple[list[SeriesInfo], list[str]]:
+    """Every DICOM image series in ``folder`` (and its sub-folders), from the file headers.
+
+    Files are grouped by SeriesInstanceUID, whichever folders they lie in. Hidden files and
+    folders (``.*``) are ignored; everything else that is not used gets a note naming it:
+    files that are not DICOM, DICOM objects without an image (structure sets, reports,
+    DICOMDIR, ...), image files (``.nii.gz`` ...) inside a DICOM folder, empty folders.
+
+    Parameters
+    ----------
+    folder
+        Folder to search.
+    recursive
+        Also search the sub-folders.
+    skip_image_files
+        Pass over image files (``.nii.gz`` ...) silently (the caller uses them).
+
+    Returns
+    -------
+    tuple
+        The series, sorted by folder, then SeriesNumber, then UID; and the notes.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CaseError(folder, "DICOM folder not found")
+    groups: dict[str, dict] = {}
+    notes: list[str] = []
+    seen = {os.path.realpath(folder)}
+    for here, subdirs, files in os.walk(folder, followlinks=True):  # linked folders too, each once
+        subdirs[:] = [d for d in sorted(subdirs) if not d.startswith(".") and recursive
+                      and os.path.realpath(os.path.join(here, d)) not in seen]
+        seen.update(os.path.realpath(os.path.join(here, d)) for d in subdirs)
+        names = sorted(f for f in files if not f.startswith("."))
+        if not names and not subdirs:
+            notes.append(f"{here}: empty folder, skipped")
+            continue
+        unparsed = []
+        for name in names:
+            path = os.path.join(here, name)
+            if is_image_file(name):
+                if not skip_image_files:
+                    notes.append(f"{path}: image file inside a DICOM folder, not used (image files belong "
+                                 "directly in the images folder)")
+                continue
+            try:
+                header = read_dicom_header(path)
+            except ValueError:
+                unparsed.append(path)
+                continue
+            except OSError as exc:
+                notes.append(f"{path}: unreadable ({exc.strerror or exc}), skipped")
+                continue
+            _add_file(groups, notes, path, here, header)
+        if unparsed:
+            headers, more = _gdcm_headers(here, unparsed)
+            notes += more
+            for path, header in headers.items():
+                _add_file(groups, notes, path, here, header)
+    series = [SeriesInfo(uid, os.path.commonpath(sorted(g["dirs"])), g["n"], g["number"], g["modality"])
+              for uid, g in groups.items()]
+    return sorted(series, key=lambda s: (s.folder, *_number_key(s.number), s.uid)), notes
+
+
+def _add_file(groups: dict, notes: list[str], path: str, here: str, header: DicomHeader | None) -> None:
+    if header is None:
+        notes.append(f"{path}: not an image or DICOM file, skipped")
+    elif not header.uid:
+        notes.append(f"{path}: DICOM file without a SeriesInstanceUID (a DICOMDIR?), skipped")
+    elif not header.is_image:
+        notes.append(f"{path}: DICOM {header.modality or 'object'} without an image, skipped")
+    else:
+        g = groups.setdefault(header.uid, {"dirs": set(), "n": 0, "number": header.number, "modality": header.modality})
+        g["dirs"].add(here)
+        g["n"] += 1
+
+
+def _number_key(number: str | None) -> tuple[int, float, str]:
+    """Sort key of a SeriesNumber: numbers first, in numeric order; then missing or odd ones."""
+    try:
+        return (0, float(number), "") if number is not None else (2, 0.0, "")
+    except ValueError:
+        return (1, 0.0, number)
+
+
 def _tag(reader, key: str) -> str | None:
     return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else None
 
 
 def _floats(text: str | None, n: int) -> np.ndarray | None:
+    import numpy as np
+
     if text is None:
         return None
     try:
@@ -82,6 +388,7 @@ def _floats(text: str | None, n: int) -> np.ndarray | None:
 
 def _read_headers(files: list[str]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], np.ndarray, float | None]:
     """Per-file ``(positions (n, 3) mm LPS, orientations (n, 6), sizes (columns, rows), pixel spacing (2,) mm, thickness)``."""
+    import numpy as np
     import SimpleITK as sitk
 
     positions, orientations, sizes = [], [], []
@@ -119,6 +426,8 @@ def _slice_geometry(folder: Path, files: list[str]) -> tuple[list[str], float | 
         The file names sorted along the slice normal (ascending), and the slice thickness (mm)
         from the header (used for a single-slice series only), or None.
     """
+    import numpy as np
+
     pos, orientations, sizes, pixel, thickness = _read_headers(files)
     if len(set(sizes)) > 1:
         found = ", ".join(f"{c}x{r}" for c, r in sorted(set(sizes)))
@@ -204,6 +513,8 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> nib.
     """
     import SimpleITK as sitk
 
+    from .io import sitk_to_nifti
+
     if series_uid is not None and not isinstance(series_uid, str):
         raise TypeError(f"series_uid must be a str or None, got {type(series_uid).__name__}")
     folder = Path(folder)
@@ -214,7 +525,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> nib.
         if len(series) > 1:
             found = ", ".join(f"{uid} ({len(files)} files)" for uid, files in sorted(series.items()))
             raise CaseError(folder, f"{len(series)} DICOM series in one folder; split them into sub-folders "
-                            f"or give the SeriesInstanceUID (found: {found})")
+                            f"or give the SeriesInstanceUID (a manifest's series_uid column) (found: {found})")
         series_uid = next(iter(series))
     if series_uid not in series:
         raise CaseError(folder, f"series {series_uid} not found (found: {', '.join(sorted(series))})")

@@ -2,8 +2,9 @@
 
 A case id is the image file name without its image extension (``liver_017.nii.gz`` ->
 ``liver_017``); nnU-Net's channel suffix ``_0000`` is dropped where the layout uses it.
-Case ids become file and folder names, so only safe ids are accepted
-(:func:`case_id_problems`).
+A DICOM series gets the name of its folder (see :mod:`unet_pipeline.cohort` for the rule when
+a folder holds several series: :func:`series_suffixes`, :func:`safe_name_part`). Case ids become
+file and folder names, so only safe ids are accepted (:func:`case_id_problems`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["IMAGE_SUFFIXES", "CASE_ID_PATTERN", "is_image_file", "case_id_from_path", "case_id_problems",
-           "demo_case_ids", "DEMO_LABELS"]
+           "safe_name_part", "series_suffixes", "demo_case_ids", "DEMO_LABELS"]
 
 #: File endings accepted as images or labels, longest first so ``.nii.gz`` wins over ``.gz``.
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -63,6 +64,32 @@ def case_id_problems(case_ids: Sequence[str]) -> dict[str, list[str]]:
         else:
             seen[key] = cid
     return problems
+
+
+def safe_name_part(text: str) -> str:
+    """``text`` as a piece of a case id: each run of characters other than letters, digits, ``.``,
+    ``_`` and ``-`` becomes ``_`` (``CT Abdomen 5mm`` -> ``CT_Abdomen_5mm``); ``x`` if nothing is left."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-") or "x"
+
+
+def series_suffixes(numbers: Sequence[str | None]) -> list[str]:
+    """Suffixes that tell apart the DICOM series found in one folder (``<folder>_<suffix>``).
+
+    Each series' SeriesNumber (``"3"``, ``"003"`` -> ``3``) when every series has one and no two
+    are equal; otherwise ``1``, ``2``, ... in the order given (by SeriesNumber, then UID).
+    """
+    as_int = []
+    for n in numbers:
+        try:
+            value = int(str(n).strip())
+        except ValueError:
+            break
+        if value < 0:
+            break
+        as_int.append(value)
+    if len(as_int) == len(numbers) and len(set(as_int)) == len(as_int):
+        return [str(n) for n in as_int]
+    return [str(i) for i in range(1, len(numbers) + 1)]
 
 
 def demo_case_ids(n_cases: int) -> list[str]:

@@ -53,10 +53,12 @@ def demo_cohort(out_dir: str | Path, *, n_cases: int, seed: int) -> list[str]:
 
 
 def import_case(case_id: str, image: str | Path, label: str | Path | None, out_dir: str | Path, *,
-                labels: Mapping, min_slices: int = 1, geometry_tolerance_mm: float = 1e-3) -> dict:
+                labels: Mapping, min_slices: int = 1, geometry_tolerance_mm: float = 1e-3,
+                series_uid: str | None = None) -> dict:
     """Validate a case (image and label together) and write ``out_dir/image.nii.gz`` and ``case.json``.
 
-    The label is only checked here; :func:`import_label` writes it.
+    The label is only checked here; :func:`import_label` writes it. ``series_uid`` names the one
+    DICOM series of an ``image`` folder to read (:attr:`unet_pipeline.cohort.CaseSpec.series_uid`).
 
     Raises
     ------
@@ -66,17 +68,17 @@ def import_case(case_id: str, image: str | Path, label: str | Path | None, out_d
     """
     import nibabel as nib
 
-    from .cohort import CaseSpec, check_case
-    from .io import load_image, read_voxels
+    from .cohort import CaseSpec, check_case, load_case_image
+    from .io import read_voxels
 
     out_dir = Path(out_dir)
-    spec = CaseSpec(case_id, str(image), str(label) if label else None)
+    spec = CaseSpec(case_id, str(image), str(label) if label else None, series_uid)
     check = check_case(spec, _labels(labels), min_slices=min_slices, geometry_tolerance_mm=geometry_tolerance_mm)
     for w in check.warnings:
         log.warning("%s: %s", case_id, w)
     if not check.ok:
         raise CaseError(image, check.errors)
-    img = load_image(image)
+    img = load_case_image(spec)
     out_image = out_dir / "image.nii.gz"
     if str(image).lower().endswith(".nii.gz") and isinstance(img, nib.Nifti1Image) and len(img.shape) == 3:
         with atomic_path(out_image) as tmp:

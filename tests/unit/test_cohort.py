@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from unet_pipeline.cohort import (CaseSpec, check_case, cohort_from_dataset_json, cohort_from_folders,
-                                  cohort_from_manifest, split_cases, workflow_cases)
+                                  cohort_from_manifest, rejection_message, screen_cases, split_cases, workflow_cases)
 from unet_pipeline.errors import CaseError, ConfigError
 from unet_pipeline.naming import case_id_from_path, case_id_problems
 from unet_pipeline.stages import import_case, import_label
@@ -173,12 +173,82 @@ def test_split_is_seeded_and_disjoint():
     assert split_cases(["a", "b"], 0.1, 0) == (["b"], ["a"]) or len(split_cases(["a", "b"], 0.1, 0)[1]) == 1
 
 
-def test_workflow_cases_rejects_hostile_ids(tmp_path):
+def test_workflow_cases_leaves_out_hostile_ids_and_keeps_the_others(tmp_path):
     image, label, affine = make_ct()
     save_nifti(tmp_path / "img" / "ok.nii.gz", image, affine)
     (tmp_path / "m.csv").write_text("case_id,image\n../../etc/passwd,img/ok.nii.gz\nfine,img/ok.nii.gz\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="cannot be used"):
-        workflow_cases({"cohort": {"manifest": str(tmp_path / "m.csv")}, "predict": {"model": "m"}}, tmp_path)
+    cases = workflow_cases({"cohort": {"manifest": str(tmp_path / "m.csv")}, "predict": {"model": "m"}}, tmp_path)
+    assert sorted(cases.cases) == ["fine"] and cases.to_segment == ["fine"]
+    assert list(cases.rejected) == ["../../etc/passwd"] and "not safe as a file name" in cases.rejected["../../etc/passwd"][0]
+    message = rejection_message(cases.rejected)
+    assert "1 case(s) left out" in message and "'../../etc/passwd'" in message
+    (tmp_path / "bad.csv").write_text("case_id,image\n../x,img/ok.nii.gz\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"(?s)no usable cases.*'\.\./x': case id '\.\./x' is not safe"):
+        workflow_cases({"cohort": {"manifest": str(tmp_path / "bad.csv")}, "predict": {"model": "m"}}, tmp_path)
+
+
+def test_screen_cases_rejects_every_copy_of_a_duplicate_and_both_sides_of_a_case_clash():
+    a1, a2 = CaseSpec("a", "/x/a.nii.gz", "/l/a.nii.gz"), CaseSpec("a", "/x/a.nii", "/l/a.nii.gz")
+    same = CaseSpec("s", "/x/s.nii.gz")
+    cases = [a1, CaseSpec("Case", "/x/Case.nii.gz"), CaseSpec("case", "/y/case.nii.gz"), a2, same, same,
+             CaseSpec("ok", "/x/ok.nii.gz"), CaseSpec("lab", "/x/lab.nii.gz"), CaseSpec("a b", "/x/a b.nii.gz")]
+    usable, rejected = screen_cases(cases, {"lab": ["several label files match this case: /l/lab.nii, /l/lab.nrrd"]})
+    assert [c.case_id for c in usable] == ["s", "ok"]  # the same files listed twice: kept once
+    assert set(rejected) == {"a", "Case", "case", "lab", "a b"}
+    assert rejected["a"] == ["duplicate case id: 2 different sources (/x/a.nii.gz; /x/a.nii)"]
+    assert rejected["Case"] == ["case id clashes with 'case' on case-insensitive file systems"]
+    assert rejected["case"] == ["case id clashes with 'Case' on case-insensitive file systems"]
+    assert "not safe as a file name" in rejected["a b"][0] and "several label files" in rejected["lab"][0]
+
+
+def test_several_label_files_for_one_case_reject_it_and_orphan_labels_are_noted(tmp_path):
+    image, label, affine = make_ct()
+    for cid in ("a", "b"):
+        save_nifti(tmp_path / "images" / f"{cid}.nii.gz", image, affine)
+    save_nifti(tmp_path / "labels" / "a.nii.gz", label, affine)
+    save_nifti(tmp_path / "labels" / "a.nii", label, affine)
+    save_nifti(tmp_path / "labels" / "b.nii.gz", label, affine)
+    save_nifti(tmp_path / "labels" / "zz.nii.gz", label, affine)
+    cohort = cohort_from_folders(tmp_path / "images", tmp_path / "labels")
+    assert cohort.by_id()["a"].label is None and cohort.by_id()["b"].label.endswith("b.nii.gz")
+    assert "several label files" in cohort.problems["a"][0]
+    assert any(n.startswith(str(tmp_path / "labels" / "zz.nii.gz")) and "without an image" in n for n in cohort.notes)
+    assert screen_cases(cohort.cases, cohort.problems)[1].keys() == {"a"}
+
+
+def test_an_unexpected_error_is_reported_as_the_case_problem(tmp_path, ct_case, monkeypatch):
+    import unet_pipeline.io as io
+
+    ip, lp, *_ = ct_case
+    real = io.read_voxels
+
+    def explode(img, path):
+        if str(path) == str(ip):
+            raise RuntimeError("decoder crashed")
+        return real(img, path)
+
+    monkeypatch.setattr(io, "read_voxels", explode)
+    check = check_case(CaseSpec("c", str(ip), str(lp)), LABELS)
+    assert check.errors == [f"{ip}: unexpected error while checking it (RuntimeError: decoder crashed)"]
+    assert check.info["label_values"] == [0, 1, 2]  # the label was still checked
+
+
+def test_label_is_checked_on_its_own_when_the_image_is_unreadable(tmp_path, ct_case):
+    ip, _, _, label, affine = ct_case
+    bad = tmp_path / "trunc.nii.gz"
+    bad.write_bytes(ip.read_bytes()[:200])
+    odd = label.astype(np.float32) + 0.5
+    odd[0, 0, 0] = np.nan
+    lp = save_nifti(tmp_path / "odd.nii.gz", odd, affine)
+    check = check_case(CaseSpec("c", str(bad), str(lp)), LABELS)
+    assert any(e.startswith(f"{bad}: ") for e in check.errors)
+    assert f"{lp}: label has 1 NaN/Inf voxels" in check.errors
+    assert f"{lp}: label values are not integers (dtype float32)" in check.errors
+    msg = _import_fails(tmp_path, bad, lp, "truncated or corrupt|cannot read")
+    assert str(lp) in msg  # the import stage runs the same checks
+    ok = save_nifti(tmp_path / "ok.nii.gz", label, affine)
+    check = check_case(CaseSpec("c", str(bad), str(ok)), {1: "a"})
+    assert f"{ok}: label values [2] are not declared classes [0, 1]" in check.errors
 
 
 def test_folds_assign_whole_cases_once_and_split_train_val():

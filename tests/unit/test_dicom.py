@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import csv
 import json
+import struct
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from unet_pipeline.cohort import cohort_from_manifest
-from unet_pipeline.dicom import list_series, read_dicom_series
+from unet_pipeline.cohort import CaseSpec, check_case, cohort_from_folders, cohort_from_manifest, load_case_image
+from unet_pipeline.dicom import find_series, list_series, read_dicom_header, read_dicom_series
 from unet_pipeline.errors import CaseError
 from unet_pipeline.io import load_image, read_voxels, spacing_from_affine
 from unet_pipeline.stages import import_case, import_label, preprocess, preprocess_label
@@ -33,7 +34,7 @@ SERIES_UID = "1.2.826.0.1.3680043.8.498.1.1"
 
 def write_series(folder: Path, hu: np.ndarray, positions, *, orientation=AXIAL, pixel_spacing=(0.9, 0.7),
                  uid: str = SERIES_UID, names=None, instance_numbers=None, intercept: int = -1024, slope: int = 1,
-                 thickness: float = 2.0) -> list[Path]:
+                 thickness: float = 2.0, series_number: int | None = None) -> list[Path]:
     """Write ``hu`` ``(n, rows, columns)`` (HU) as a CT series, slice ``s`` at ``positions[s]`` (LPS mm).
 
     ``pixel_spacing`` is DICOM's (row spacing, column spacing) in mm. The GDCM writer stores
@@ -42,6 +43,7 @@ def write_series(folder: Path, hu: np.ndarray, positions, *, orientation=AXIAL, 
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    writer.SetImageIO("GDCMImageIO")  # also for file names without .dcm, as many exports have
     n = hu.shape[0]
     names = names or [f"slice_{s:03d}.dcm" for s in range(n)]
     instance_numbers = instance_numbers or list(range(1, n + 1))
@@ -63,6 +65,8 @@ def write_series(folder: Path, hu: np.ndarray, positions, *, orientation=AXIAL, 
             "0028|1052": str(intercept),
             "0028|1053": str(slope),
         }
+        if series_number is not None:
+            tags["0020|0011"] = str(series_number)
         for key, value in tags.items():
             image.SetMetaData(key, value)
         path = folder / names[s]
@@ -315,3 +319,131 @@ def test_manifest_cohort_with_dicom_case_imports_and_preprocesses(tmp_path):
     assert image_pre[0, rows - 2, columns - 1] == pytest.approx(9.0)  # (900 - 0) / 100
     np.testing.assert_array_equal(label_pre, label_zyx[:, ::-1, ::-1])
     np.testing.assert_array_equal(label_pre, (image_pre > 0).astype(np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------
+# Discovery: series split by SeriesInstanceUID, nested folders, what is passed over
+
+
+def _volume(spec: CaseSpec) -> np.ndarray:
+    return read_voxels(load_case_image(spec), spec.image)
+
+
+def test_two_series_mixed_in_one_folder_become_two_cases(tmp_path):
+    folder = tmp_path / "images" / "pat01"
+    a = write_series(folder, _slices(4), _z([0, 2, 4, 6]), uid="1.2.3.7", series_number=7,
+                     names=[f"IM{i:04d}" for i in (0, 2, 4, 6)])
+    b = write_series(folder, _slices(3, 6, 5) + 50, _z([0, 1, 2]), uid="1.2.3.3", series_number=3,
+                     names=[f"IM{i:04d}" for i in (1, 3, 5)])  # interleaved file names
+    assert {p.parent for p in a + b} == {folder}
+    cohort = cohort_from_folders(tmp_path / "images")
+    assert cohort.case_ids == ["pat01_3", "pat01_7"] and cohort.notes == []
+    specs = cohort.by_id()
+    assert (specs["pat01_3"].image, specs["pat01_3"].series_uid) == (str(folder), "1.2.3.3")
+    assert (specs["pat01_7"].image, specs["pat01_7"].series_uid) == (str(folder), "1.2.3.7")
+    np.testing.assert_array_equal(_volume(specs["pat01_3"]), (_slices(3, 6, 5) + 50).transpose(2, 1, 0))
+    np.testing.assert_array_equal(_volume(specs["pat01_7"]), _slices(4).transpose(2, 1, 0))
+    check = check_case(specs["pat01_7"], {}, min_slices=4)
+    assert check.ok, check.errors
+    assert check.info["shape"] == [5, 4, 4] and check.info["series_uid"] == "1.2.3.7"
+    assert spacing_from_affine(load_case_image(specs["pat01_7"]).affine)[2] == pytest.approx(2.0, abs=1e-5)
+    # The same split as GDCM's.
+    assert {s.uid: s.n_files for s in find_series(folder)[0]} == {u: len(f) for u, f in list_series(folder).items()}
+
+
+def test_series_numbers_missing_or_repeated_give_1_2_in_order(tmp_path):
+    folder = tmp_path / "images" / "p"
+    write_series(folder, _slices(2), _z([0, 1]), uid="1.2.3.9", names=["a1", "a2"])
+    write_series(folder, _slices(2), _z([0, 1]), uid="1.2.3.10", names=["b1", "b2"], series_number=4)
+    cohort = cohort_from_folders(tmp_path / "images")
+    assert [(c.case_id, c.series_uid) for c in cohort.cases] == [("p_1", "1.2.3.10"), ("p_2", "1.2.3.9")]
+
+
+def test_nested_patient_study_series_folders_are_found(tmp_path):
+    images = tmp_path / "images"
+    write_series(images / "P001" / "ST 1" / "SE1", _slices(2), _z([0, 1]), uid="1.2.3.11", series_number=1)
+    write_series(images / "P001" / "ST 1" / "SE2", _slices(3), _z([0, 1, 2]), uid="1.2.3.12", series_number=2)
+    write_series(images / "P002" / "ST1" / "SE1", _slices(2) + 9, _z([0, 3]), uid="1.2.3.21")  # one series
+    cohort = cohort_from_folders(images)
+    specs = cohort.by_id()
+    assert cohort.case_ids == ["P001_ST_1_SE1", "P001_ST_1_SE2", "P002"]
+    assert specs["P001_ST_1_SE2"].image == str(images / "P001" / "ST 1" / "SE2")
+    assert specs["P002"].image == str(images / "P002") and specs["P002"].series_uid == "1.2.3.21"
+    assert _volume(specs["P001_ST_1_SE2"]).shape == (5, 4, 3)
+    np.testing.assert_array_equal(_volume(specs["P002"]), (_slices(2) + 9).transpose(2, 1, 0))
+
+
+def test_skipped_files_and_folders_are_named(tmp_path, caplog):
+    images = tmp_path / "images"
+    write_series(images / "ct01", _slices(2), _z([0, 1]))
+    (images / "ct01" / "notes.txt").write_text("scanner protocol", encoding="utf-8")
+    (images / "empty").mkdir()
+    (images / "docs").mkdir()
+    (images / "docs" / "README").write_text("not an image", encoding="utf-8")
+    (images / "readme.md").write_text("about this cohort", encoding="utf-8")
+    (images / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    with caplog.at_level("WARNING"):
+        cohort = cohort_from_folders(images)
+    assert cohort.case_ids == ["ct01"]
+    for path in (images / "ct01" / "notes.txt", images / "empty", images / "docs" / "README", images / "readme.md"):
+        assert any(n.startswith(f"{path}: ") for n in cohort.notes), (path, cohort.notes)
+        assert str(path) in caplog.text
+    assert ".DS_Store" not in caplog.text and len(cohort.notes) == 4
+    assert "empty folder" in caplog.text and "not an image or DICOM file" in caplog.text
+
+
+def test_loose_series_in_the_images_folder(tmp_path):
+    images = tmp_path / "export"
+    write_series(images, _slices(2), _z([0, 1]), uid="1.2.3.31", series_number=2, names=["x1", "x2"])
+    write_series(images, _slices(2), _z([5, 6]), uid="1.2.3.32", series_number=5, names=["y1", "y2"])
+    cohort = cohort_from_folders(images)
+    assert [(c.case_id, c.series_uid) for c in cohort.cases] == [("export_2", "1.2.3.31"), ("export_5", "1.2.3.32")]
+
+
+def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+    """An explicit VR little endian data element."""
+    if vr in (b"OB", b"SQ", b"UN", b"UT"):
+        return struct.pack("<HH", group, elem) + vr + b"\0\0" + struct.pack("<I", len(value)) + value
+    return struct.pack("<HH", group, elem) + vr + struct.pack("<H", len(value)) + value
+
+
+def _explicit_file(syntax: str, body: bytes) -> bytes:
+    ts = syntax.encode() + (b"\0" if len(syntax) % 2 else b"")
+    return b"\0" * 128 + b"DICM" + _element(0x0002, 0x0010, b"UI", ts) + body
+
+
+def test_header_reader_handles_explicit_vr_sequences_and_refuses_what_it_cannot_parse(tmp_path):
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + _element(0x0008, 0x1150, b"UI", b"1.2\0") \
+        + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+    sequence = struct.pack("<HH", 0x0008, 0x1140) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF) + item \
+        + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    body = (_element(0x0008, 0x0060, b"CS", b"CT") + sequence + _element(0x0009, 0x0010, b"UN", b"\1" * 300)
+            + _element(0x0020, 0x000E, b"UI", b"1.2.3.4\0") + _element(0x0020, 0x0011, b"IS", b"12")
+            + _element(0x0028, 0x0010, b"US", struct.pack("<H", 256)) + _element(0x7FE0, 0x0010, b"OB", b"\0" * 8))
+    path = tmp_path / "explicit.dcm"
+    path.write_bytes(_explicit_file("1.2.840.10008.1.2.1", body))
+    header = read_dicom_header(path)
+    assert (header.uid, header.number, header.modality, header.rows, header.is_image) == ("1.2.3.4", "12", "CT", 256, True)
+    path.write_bytes(body)  # no preamble: a bare data set
+    assert read_dicom_header(path).uid == "1.2.3.4"
+    rtstruct = _element(0x0008, 0x0060, b"CS", b"RTSTRUCT") + _element(0x0020, 0x000E, b"UI", b"1.2.3.5\0")
+    path.write_bytes(_explicit_file("1.2.840.10008.1.2.1", rtstruct))
+    assert read_dicom_header(path).is_image is False
+    path.write_bytes(_explicit_file("1.2.840.10008.1.2.1.99", b"\x78\x9c"))
+    with pytest.raises(ValueError, match="deflated"):
+        read_dicom_header(path)
+    path.write_bytes(b"plain text, not DICOM at all" * 10)
+    assert read_dicom_header(path) is None
+
+
+def test_real_3_slice_series_is_found_checked_and_imported(tmp_path, shared_data):
+    root = shared_data / "dcmqi-ct-3slice"
+    cohort = cohort_from_folders(root)
+    spec = cohort.by_id()["dicom"]
+    assert spec.image == str(root / "dicom") and spec.series_uid
+    assert len(find_series(root / "dicom")[0]) == 1
+    check = check_case(spec, {})
+    assert check.ok and check.info["shape"] == [512, 512, 3], check.errors
+    record = import_case(spec.case_id, spec.image, spec.label, tmp_path / "imp", labels={1: "liver"})
+    assert record["shape"] == [512, 512, 3]
+    np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "imp" / "image.nii.gz")).dataobj), _volume(spec))

@@ -231,10 +231,14 @@ def test_write_report_full(tmp_path):
                  "split": "train/val"}]
     provenance = {"unet_pipeline": "1.2.3", "python": "3.11",
                   "config": {"model": {"depth": 4}, "note": EVIL, "url": "http://example.org"}}
+    from unet_pipeline.volumes import VOLUME_COLUMNS
+
+    volumes = _write_csv(inputs / "volumes.csv", [{"case": EVIL, "label": "liver", "label_id": 1, "volume_ml": 1480.0,
+                                                   "empty": False, "qc_flags": ""}], VOLUME_COLUMNS)
     out = tmp_path / "out" / "report.html"
     write_report(out, metrics_csv=metrics, summary_json=summary, train_logs=[log],
                  overlays=[(f"worst: {EVIL}", overlay_png)], geometry_rows=geometry, provenance=provenance,
-                 title="Report <b>x</b>", empty_policy="Both empty: Dice = 1 & <NaN>.")
+                 title="Report <b>x</b>", empty_policy="Both empty: Dice = 1 & <NaN>.", volumes_csv=volumes)
     text = out.read_text(encoding="utf-8")
 
     assert text.startswith("<!DOCTYPE html>")
@@ -266,10 +270,10 @@ def test_write_report_predict_only(tmp_path):
     out = tmp_path / "report.html"
     write_report(out)
     text = out.read_text(encoding="utf-8")
-    for heading in ("Summary per class", "Metric distributions", "Per-case metrics", "Training curves", "Overlays",
-                    "Cohort geometry", "Provenance", "Empty-mask policy"):
+    for heading in ("Summary per class", "Metric distributions", "Per-case metrics", "Volumes and QC flags",
+                    "Training curves", "Overlays", "Cohort geometry", "Provenance", "Empty-mask policy"):
         assert heading in text
-    assert text.count("not available") == 8
+    assert text.count("not available") == 9  # every section says so
     assert "data:image/png;base64," not in text
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
 

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -100,10 +101,17 @@ def _check_outputs(work: Path, results: Path) -> list[dict]:
     return rows
 
 
-def test_tiny_end_to_end_run(tmp_path):
-    work = make_workdir(tmp_path, REPO / "tests/workflow/config_tiny.yaml")
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """The workflow run once on the tiny config (shared by the tests that look at its outputs)."""
+    work = make_workdir(tmp_path_factory.mktemp("tiny"), REPO / "tests/workflow/config_tiny.yaml")
     proc = run_snakemake(work, "--cores", "2")
     assert proc.returncode == 0
+    return work
+
+
+def test_tiny_end_to_end_run(tiny_run):
+    work = tiny_run
     results = work / "results"
     rows = _check_outputs(work, results)
     assert len({r["case"] for r in rows}) == 2  # 40 % of 5 cases are test cases
@@ -116,11 +124,20 @@ def test_tiny_end_to_end_run(tmp_path):
     assert len(infer_logs) == 2 and len(pids) == 1, infer_logs
     server_logs = list((results / "logs" / "infer").glob("model_server_*.log"))
     assert len(server_logs) == 1 and server_logs[0].read_text(encoding="utf-8").count("loaded 1 model(s)") == 1
+    deadline = time.monotonic() + 15  # the server ends with the Snakemake that started it
+    while "has ended" not in server_logs[0].read_text(encoding="utf-8") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "has ended" in server_logs[0].read_text(encoding="utf-8")
     # Snakemake's own report (needs pygments) packs the registered figures and tables.
     proc = run_snakemake(work, "--cores", "2", "--report", str(work / "report.zip"))
     assert proc.returncode == 0 and zipfile.is_zipfile(work / "report.zip")
     names = zipfile.ZipFile(work / "report.zip").namelist()
     assert any(n.endswith("report.html") for n in names) and any(n.endswith("curves.png") for n in names)
+    assert any(n.endswith("boxes.png") for n in names)
+    assert (results / "metrics" / "boxes.png").read_bytes()[:4] == b"\x89PNG"
+    # The report's provenance names the model by the SHA-256 of its weights.
+    weights_sha = json.loads(next((results / "segmentations").glob("*.json")).read_text(encoding="utf-8"))["model_sha256"]
+    assert weights_sha in (results / "report.html").read_text(encoding="utf-8")
     # A second run has nothing to do; a deleted segmentation is redone without retraining.
     proc = run_snakemake(work, "--cores", "2", "-n")
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
@@ -128,6 +145,43 @@ def test_tiny_end_to_end_run(tmp_path):
     proc = run_snakemake(work, "--cores", "2", "-n")
     planned = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "rule reassemble" in planned and "rule train" not in planned
+
+
+def test_predict_only_segments_a_new_unlabelled_cohort(tiny_run, tmp_path):
+    """predict.model + a folder of images: nothing trained, every case segmented, volumes per class."""
+    from unet_pipeline.demo import write_demo_cohort
+
+    cohort = tmp_path / "new_cohort"
+    write_demo_cohort(cohort, n_cases=2, seed=11)
+    config = yaml.safe_load((REPO / "tests/workflow/config_tiny.yaml").read_text(encoding="utf-8"))
+    config["cohort"] = {"demo": {"enabled": False}, "images": str(cohort / "images")}  # no labels, no names
+    config["predict"] = {"model": str(tiny_run / "results" / "model")}
+    config["inference"] = {**config.get("inference", {}), "save_probabilities": True}
+    work = make_workdir(tmp_path / "work", config)
+    proc = run_snakemake(work, "--cores", "2")
+    assert proc.returncode == 0
+    results = work / "results"
+    assert not (results / "model").exists() and not (results / "plan.json").exists()
+    cases = sorted(p.name[:-7] for p in (cohort / "images").glob("*.nii.gz"))
+    for case in cases:
+        source = nib.load(str(cohort / "images" / f"{case}.nii.gz"))
+        out = nib.load(str(results / "segmentations" / f"{case}.nii.gz"))
+        assert out.shape == source.shape
+        np.testing.assert_allclose(out.affine, source.affine, atol=1e-5)
+    with open(results / "volumes.csv", encoding="utf-8") as fh:
+        volumes = list(csv.DictReader(fh))
+    # The class names come from the trained model's model.json.
+    assert sorted({r["case"] for r in volumes}) == cases
+    assert {r["label"] for r in volumes} == {"liver", "spleen", "kidney_left", "kidney_right"}
+    assert not (results / "metrics").exists()
+    assert "liver" in (results / "report.html").read_text(encoding="utf-8")
+    for case in cases:  # asked for: the probabilities are kept, float16 (Z, K, Y', X')
+        probs = np.load(results / "probabilities" / f"{case}.npy", mmap_mode="r")
+        meta = json.loads((results / "preprocessed" / case / "meta.json").read_text(encoding="utf-8"))
+        assert probs.dtype == np.float16 and probs.shape == (meta["resampled_shape"][0], 5, *meta["resampled_shape"][1:])
+        np.testing.assert_allclose(np.asarray(probs[0], np.float32).sum(0), 1.0, atol=1e-2)
+    # Not asked for (the tiny run's default): deleted once the segmentations were written.
+    assert not list((tiny_run / "results").glob("probabilities/*.npy"))
 
 
 def test_bad_case_fails_alone_with_keep_going(tmp_path):
@@ -162,3 +216,32 @@ def test_full_demo_reaches_dice_090(tmp_path):
     dice = [float(r["dice"]) for r in rows]
     print(f"demo: mean test Dice {np.mean(dice):.4f} over {len(rows)} case x class rows")
     assert np.mean(dice) >= 0.90
+
+
+def test_clashing_case_ids_are_left_out_and_the_run_fails_naming_them(tmp_path):
+    """demo_001 and DEMO_001 would share files on a case-insensitive file system: both are left
+    out, every other case is segmented, and the run (and every rerun) exits non-zero naming them."""
+    from unet_pipeline.demo import write_demo_cohort
+
+    cohort = tmp_path / "cohort"
+    write_demo_cohort(cohort, n_cases=5, seed=3)
+    for sub in ("images", "labels"):
+        shutil.copy(cohort / sub / "demo_001.nii.gz", cohort / sub / "DEMO_001.nii.gz")
+    config = yaml.safe_load((REPO / "tests/workflow/config_tiny.yaml").read_text(encoding="utf-8"))
+    config["cohort"] = {"demo": {"enabled": False}, "images": str(cohort / "images"), "labels": str(cohort / "labels"),
+                        "label_names": {1: "liver", 2: "spleen", 3: "kidney_left", 4: "kidney_right"}}
+    config["training"] = {**config["training"], "epochs": 1, "iterations_per_epoch": 2}
+    work = make_workdir(tmp_path / "work", config)
+    proc = run_snakemake(work, "--cores", "2")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    for cid in ("demo_001", "DEMO_001"):
+        assert f"'{cid}': case id clashes with" in output
+        assert not (work / "results" / "imported" / cid).exists()
+    segmented = {p.name[:-7] for p in (work / "results" / "segmentations").glob("*.nii.gz")}
+    assert len(segmented) == 2 and not segmented & {"demo_001", "DEMO_001"}  # the 2 test cases of the other 4
+    assert (work / "results" / "report.html").exists() and (work / "results" / "metrics" / "metrics.csv").exists()
+    assert "DEMO_001" in (work / "results" / "logs" / "rejected_cases.log").read_text(encoding="utf-8")
+    proc = run_snakemake(work, "--cores", "2")  # nothing else to do, and still an error
+    assert proc.returncode != 0 and "'DEMO_001'" in proc.stdout + proc.stderr
+    assert "rule train" not in proc.stdout + proc.stderr

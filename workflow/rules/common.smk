@@ -8,7 +8,7 @@ sys.path.insert(0, workflow.basedir)  # unet_pipeline importable without install
 
 from snakemake.utils import validate
 
-from unet_pipeline.cohort import workflow_cases
+from unet_pipeline.cohort import rejection_message, workflow_cases
 from unet_pipeline.naming import CASE_ID_PATTERN
 
 
@@ -27,6 +27,11 @@ elif CASES.folds:
 else:
     MODEL_DIRS = [f"{RESULTS}/model"]
 MODEL_DIR = MODEL_DIRS[0]
+if PREDICT_ONLY and not CASES.labels:  # an unlabelled cohort: the class names travel with the model
+    _model_json = Path(MODEL_DIR) / "model.json"
+    if not _model_json.exists():
+        raise ValueError(f"predict.model: {_model_json} not found; name a trained model folder")
+    CASES.labels = {int(k): str(v) for k, v in json.loads(_model_json.read_text(encoding="utf-8"))["labels"].items()}
 NEEDS_WEIGHT_MAP = config["loss"]["name"] == "weighted_ce"
 MIN_SLICES = config["model"]["in_channels"]
 
@@ -45,6 +50,11 @@ def _alternation(ids):
 LABELLED_CASES = _alternation(CASES.labelled)
 
 
+def kept_if_asked(path):
+    """Probabilities are temporary unless ``inference.save_probabilities`` asks to keep them."""
+    return path if config["inference"]["save_probabilities"] else temp(path)
+
+
 def case_sources(wildcards):
     """Source image (and label, for labelled cases) of a case."""
     spec = CASES.cases[wildcards.case]
@@ -60,7 +70,7 @@ def source_label(wildcards):
 
 def case_params(wildcards):
     spec = CASES.cases[wildcards.case]
-    return {"case_id": spec.case_id, "image": spec.image, "label": spec.label}
+    return {"case_id": spec.case_id, "image": spec.image, "label": spec.label, "series_uid": spec.series_uid}
 
 
 def plan_file(wildcards):
@@ -123,12 +133,26 @@ def evaluated_cases():
     return [] if PREDICT_ONLY else CASES.test
 
 
-def final_targets():
+def final_targets(with_rejected=True):
     targets = expand(f"{RESULTS}/segmentations/{{case}}.nii.gz", case=CASES.to_segment)
     if evaluated_cases():
         targets += [f"{RESULTS}/metrics/metrics.csv", f"{RESULTS}/metrics/summary.json"]
     targets += [f"{RESULTS}/volumes.csv", f"{RESULTS}/report.html"]
+    if CASES.rejected and with_rejected:  # the job of rejected_cases runs last and fails, naming them
+        targets.append(REJECTED_CASES)
     return targets
+
+
+# Cases left out because of their ids (unet_pipeline.cohort.screen_cases): never written, so
+# every run ends with the error of rule rejected_cases until the files are renamed.
+REJECTED_CASES = f"{RESULTS}/rejected_cases.txt"
+REJECTED_MESSAGE = rejection_message(CASES.rejected)
+
+
+def print_rejected_cases(log):
+    """onstart/onerror: name the rejected cases at the start and again at the end."""
+    if REJECTED_MESSAGE:
+        print(REJECTED_MESSAGE, file=sys.stderr)
 
 
 def split_of(case):
@@ -142,6 +166,7 @@ def report_inputs(wildcards):
     inputs = {
         "segmentations": expand(f"{RESULTS}/segmentations/{{case}}.nii.gz", case=CASES.to_segment),
         "records": expand(f"{RESULTS}/imported/{{case}}/case.json", case=sorted(CASES.cases)),
+        "volumes": f"{RESULTS}/volumes.csv",
     }
     if evaluated_cases():
         inputs["metrics"] = f"{RESULTS}/metrics/metrics.csv"

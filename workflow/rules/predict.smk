@@ -7,8 +7,8 @@ rule infer:
         image=f"{RESULTS}/preprocessed/{{case}}/image.npy",
         meta=f"{RESULTS}/preprocessed/{{case}}/meta.json",
     output:
-        probs=temp(f"{RESULTS}/probabilities/{{case}}.npy"),
-        info=temp(f"{RESULTS}/probabilities/{{case}}.json"),
+        probs=kept_if_asked(f"{RESULTS}/probabilities/{{case}}.npy"),
+        info=kept_if_asked(f"{RESULTS}/probabilities/{{case}}.json"),
     params:
         model_dirs=MODEL_DIRS,
         inference=config["inference"],
