@@ -52,3 +52,30 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared test data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def prepare_cases(root: Path, shapes: dict[str, tuple[int, int, int]], labels: dict[int, str], *,
+                  plan_cases: tuple[str, ...], spacing=(1.5, 1.5, 3.0), patch_size=(32, 32)) -> Path:
+    """Tiny cases through import -> fingerprint (on ``plan_cases``) -> preprocess -> slice under ``root``.
+
+    ``shapes``: case id -> stored ``(i, j, k)`` size of its synthetic CT. Returns the plan path;
+    the stages' folders are ``root/imported``, ``root/preprocessed`` and ``root/slices``.
+    """
+    from unet_pipeline import stages
+
+    for seed, (cid, shape) in enumerate(shapes.items()):
+        image, label, affine = make_ct(shape=shape, spacing=spacing, seed=seed)
+        ip = save_nifti(root / "src" / f"{cid}_img.nii.gz", image, affine)
+        lp = save_nifti(root / "src" / f"{cid}_lab.nii.gz", label, affine)
+        imp = root / "imported" / cid
+        stages.import_case(cid, ip, lp, imp, labels=labels)
+        stages.import_label(lp, imp / "image.nii.gz", imp / "label.nii.gz", labels=labels)
+    plan = root / "plan.json"
+    stages.fingerprint([(c, root / "imported" / c) for c in plan_cases], plan, labels=labels,
+                       target_spacing_mm=list(spacing[:2]), patch_size=list(patch_size))
+    for cid in shapes:
+        pre = root / "preprocessed" / cid
+        stages.preprocess(cid, root / "imported" / cid / "image.nii.gz", plan, pre)
+        stages.preprocess_label(root / "imported" / cid / "label.nii.gz", pre / "meta.json", pre / "label.npy")
+        stages.slice_case(pre, plan, root / "slices" / cid)
+    return plan

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import make_ct, save_nifti
+from tests.conftest import prepare_cases
 from unet_pipeline import stages
 from unet_pipeline.inference_server import ServerUnavailable, _request, infer_via_server, server_socket_path, stop_server
 from unet_pipeline.predictor import Predictor
@@ -23,21 +23,7 @@ def trained(tmp_path_factory):
     """A tiny trained model and three preprocessed cases: ``(model_dir, {case: preprocessed_dir})``."""
     root = tmp_path_factory.mktemp("served")
     cases = ("a", "b", "c")
-    for i, cid in enumerate(cases):
-        image, label, affine = make_ct(shape=(32, 28, 5 + i), spacing=(1.5, 1.5, 3.0), seed=i)
-        ip = save_nifti(root / "src" / f"{cid}_img.nii.gz", image, affine)
-        lp = save_nifti(root / "src" / f"{cid}_lab.nii.gz", label, affine)
-        imp = root / "imported" / cid
-        stages.import_case(cid, ip, lp, imp, labels=LABELS)
-        stages.import_label(lp, imp / "image.nii.gz", imp / "label.nii.gz", labels=LABELS)
-    plan = root / "plan.json"
-    stages.fingerprint([(c, root / "imported" / c) for c in cases], plan, labels=LABELS, target_spacing_mm=[1.5, 1.5],
-                       patch_size=[32, 32])
-    for cid in cases:
-        pre = root / "preprocessed" / cid
-        stages.preprocess(cid, root / "imported" / cid / "image.nii.gz", plan, pre)
-        stages.preprocess_label(root / "imported" / cid / "label.nii.gz", pre / "meta.json", pre / "label.npy")
-        stages.slice_case(pre, plan, root / "slices" / cid)
+    plan = prepare_cases(root, {c: (32, 28, 5 + i) for i, c in enumerate(cases)}, LABELS, plan_cases=cases)
     model_dir = root / "model"
     stages.train(["a", "b"], ["c"], preprocessed_root=root / "preprocessed", slices_root=root / "slices",
                  plan_path=plan, out_dir=model_dir, model={"base_channels": 4, "depth": 2},

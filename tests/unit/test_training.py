@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import make_ct, save_nifti
+from tests.conftest import prepare_cases
 from unet_pipeline import stages
 from unet_pipeline.training import TrainConfig, TrainingInterrupted, load_model
 
@@ -32,21 +32,7 @@ def _restore_torch_threads():
 def prepared(tmp_path_factory):
     """Three tiny cases run through import -> fingerprint -> preprocess -> slice: ``(root, plan path)``."""
     root = tmp_path_factory.mktemp("prepared")
-    for i, cid in enumerate(("a", "b", "c")):
-        image, label, affine = make_ct(shape=(32, 28, 6), spacing=(1.5, 1.5, 3.0), seed=i)
-        ip = save_nifti(root / "src" / f"{cid}_img.nii.gz", image, affine)
-        lp = save_nifti(root / "src" / f"{cid}_lab.nii.gz", label, affine)
-        imp = root / "imported" / cid
-        stages.import_case(cid, ip, lp, imp, labels=LABELS)
-        stages.import_label(lp, imp / "image.nii.gz", imp / "label.nii.gz", labels=LABELS)
-    plan = root / "plan.json"
-    stages.fingerprint([(c, root / "imported" / c) for c in ("a", "b")], plan, labels=LABELS,
-                       target_spacing_mm=[1.5, 1.5], patch_size=[32, 32])
-    for cid in ("a", "b", "c"):
-        pre = root / "preprocessed" / cid
-        stages.preprocess(cid, root / "imported" / cid / "image.nii.gz", plan, pre)
-        stages.preprocess_label(root / "imported" / cid / "label.nii.gz", pre / "meta.json", pre / "label.npy")
-        stages.slice_case(pre, plan, root / "slices" / cid)
+    plan = prepare_cases(root, {c: (32, 28, 6) for c in ("a", "b", "c")}, LABELS, plan_cases=("a", "b"))
     return root, plan
 
 
