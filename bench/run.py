@@ -70,7 +70,8 @@ def _headline(name: str, result: dict) -> list[tuple[str, str, str]]:
     if name == "memory":
         for size in result.get("sizes", []):
             if "infer" in size:
-                rows.append((f"inference peak RSS, {size.get('slices')} slices of 512 x 512 (MB)",
+                n_infer = size["infer"].get("slices", size.get("slices"))
+                rows.append((f"inference peak RSS, {n_infer} slices of 512 x 512 (MB)",
                              f"{size['infer']['peak_mb']}", "< 2000"))
             for stage in ("preprocess", "reassemble"):
                 fig = size.get(stage, {})
