@@ -33,6 +33,16 @@ def _touches_border(mask: np.ndarray) -> bool:
     return False
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """Slices of the smallest box holding every True voxel of a non-empty ``mask``."""
+    box = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=others))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
 def case_volumes(segmentation: np.ndarray, image_hu: np.ndarray, spacing_mm: Sequence[float],
                  labels: Mapping[int, str], case_id: str = "") -> list[dict[str, Any]]:
     """One row per class (``labels`` order) with the columns of :data:`VOLUME_COLUMNS`.
@@ -53,8 +63,7 @@ def case_volumes(segmentation: np.ndarray, image_hu: np.ndarray, spacing_mm: Seq
         if n:
             hu = np.asarray(image_hu[mask], dtype=np.float32)
             p05, p50, p95 = (float(v) for v in np.percentile(hu, [5, 50, 95]))
-            idx = np.nonzero(mask)
-            box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
+            box = _bounding_box(mask)  # from axis projections: no index arrays of every voxel
             _, n_comp = ndimage.label(mask[box], structure=np.ones((3,) * mask.ndim, bool))
             border = _touches_border(mask)
             row.update(hu_mean=float(hu.mean(dtype=np.float64)), hu_std=float(hu.std(dtype=np.float64)),

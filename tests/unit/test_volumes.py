@@ -39,3 +39,11 @@ def test_diagonal_neighbours_are_one_component():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differs from image shape"):
         case_volumes(np.zeros((3, 3, 3)), np.zeros((3, 3, 4)), (1, 1, 1), {1: "a"})
+
+
+def test_bounding_box_of_a_mask():
+    from unet_pipeline.volumes import _bounding_box
+
+    mask = np.zeros((6, 7, 8), bool)
+    mask[1, 2, 3] = mask[4, 5, 6] = True
+    assert _bounding_box(mask) == (slice(1, 5), slice(2, 6), slice(3, 7))
