@@ -106,7 +106,7 @@ def _snakemake_ancestor() -> int | None:
             stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
         except OSError:
             return None
-        if any(b"snakemake" in Path(os.fsdecode(a)).name.encode() or a == b"snakemake" for a in cmdline[:3]):
+        if any(os.path.basename(arg) == b"snakemake" for arg in cmdline[:3]):  # snakemake ... / python -m snakemake
             return pid
         pid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4: the parent's pid
     return None

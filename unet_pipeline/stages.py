@@ -7,6 +7,7 @@ Snakemake. Every file is written atomically, so a failed stage leaves nothing ha
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import shutil
@@ -437,11 +438,23 @@ def _versions() -> dict[str, str]:
 
 def _model_identity(model_dir: str | Path) -> dict:
     """A model folder and the SHA-256 of its weights (None when the weights are not there)."""
+    weights = Path(model_dir) / "model.safetensors"
+    if not weights.exists():
+        return {"path": str(model_dir), "sha256": None}
+    st = weights.stat()
+    return {"path": str(model_dir), "sha256": _file_sha256(str(weights.resolve()), st.st_size, st.st_mtime_ns)}
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file, hashed once per (path, size, time): predict_cohort names it in every sidecar."""
     import hashlib
 
-    weights = Path(model_dir) / "model.safetensors"
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.exists() else None
-    return {"path": str(model_dir), "sha256": digest}
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mapping[str, Mapping], labels: Mapping,
