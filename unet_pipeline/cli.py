@@ -1,16 +1,19 @@
 """``unet-pipeline``: run the workflow's stages without Snakemake.
 
 Subcommands: ``demo-cohort``, ``check-cohort``, ``train``, ``predict``, ``evaluate``. Each calls
-the same :mod:`unet_pipeline.stages` functions as the Snakemake rules.
+the same :mod:`unet_pipeline.stages` functions as the Snakemake rules, with the same arguments:
+a config given with ``-c`` is validated against the workflow's schema and its defaults are filled
+in (:func:`unet_pipeline.config.load_config`), so an option left out means the workflow's default.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from . import __version__
@@ -41,48 +44,64 @@ def _cohort_from_args(args: argparse.Namespace, *, warn: bool = True):
     raise ConfigError("give -i IMAGES_DIR [-l LABELS_DIR], --dataset-json or --manifest")
 
 
-def _label_names(args: argparse.Namespace, cohort) -> dict[int, str]:
-    if getattr(args, "label_names", None):
-        from .cohort import read_label_names
+def _has_cohort_args(args: argparse.Namespace) -> bool:
+    return bool(args.images or args.dataset_json or args.manifest)
 
-        return read_label_names(args.label_names)
-    return cohort.labels
+
+def _config(args: argparse.Namespace) -> dict:
+    """The config of ``-c`` (or none), validated, with the schema's defaults; the cohort options
+    of check-cohort and train (-i/-l/--dataset-json/--manifest) replace its cohort, and
+    --label-names its ``cohort.label_names``."""
+    from .cohort import read_label_names
+    from .config import load_config
+
+    config = load_config(getattr(args, "config", None))
+    if hasattr(args, "images") and args.labels and not args.images:
+        raise ConfigError("-l/--labels needs -i/--images")
+    if hasattr(args, "images") and _has_cohort_args(args):
+        config["cohort"].update(demo={**config["cohort"]["demo"], "enabled": False}, images=args.images,
+                                labels=args.labels, dataset_json=args.dataset_json, manifest=args.manifest)
+    if getattr(args, "label_names", None):
+        config["cohort"]["label_names"] = read_label_names(args.label_names)
+    return config
+
+
+@contextlib.contextmanager
+def _work_dir(path: str | None, prefix: str) -> Iterator[Path]:
+    """``path`` (kept), or a temporary folder removed at the end."""
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path)
+    else:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            yield Path(tmp)
 
 
 def _check_settings(args: argparse.Namespace):
-    """``(cohort, label names, min slices, geometry tolerance)`` for check-cohort: the options,
-    else the workflow config given with ``-c`` (its cohort, ``cohort.label_names``,
-    ``model.in_channels``, ``cohort.geometry_tolerance_mm``), else the workflow's defaults."""
-    import yaml
-
+    """``(cohort, label names, options of check_case)`` for check-cohort: the options, else the
+    workflow config given with ``-c`` (its cohort, ``cohort.label_names``, ``model.in_channels``,
+    ``cohort.geometry_tolerance_mm``, ``plan.slice_axis``), else the workflow's defaults."""
     from .cohort import discover_cohort
+    from .config import import_options
 
-    cfg = {}
-    if args.config:
-        try:
-            cfg = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{args.config}: cannot read the config ({exc})") from exc
-        if not isinstance(cfg, dict):
-            raise ConfigError(f"{args.config}: not a workflow config (a YAML mapping)")
-    cohort_cfg = cfg.get("cohort") or {}
-    if args.images or args.dataset_json or args.manifest:
+    config = _config(args)
+    if _has_cohort_args(args):
         cohort = _cohort_from_args(args, warn=False)
     elif args.config:
-        if (cohort_cfg.get("demo") or {}).get("enabled"):
+        if config["cohort"]["demo"]["enabled"]:
             raise ConfigError(f"{args.config}: cohort.demo.enabled is set: the workflow would run the built-in demo "
                               "cohort, not cohort.images/dataset_json/manifest; disable the demo to check them")
-        cohort = discover_cohort(cohort_cfg, warn=False)
+        cohort = discover_cohort(config["cohort"], warn=False)
     else:
         raise ConfigError("give -c CONFIG, -i IMAGES_DIR [-l LABELS_DIR], --dataset-json or --manifest")
-    if cohort_cfg.get("label_names") and not args.label_names:
-        labels = {int(k): str(v) for k, v in cohort_cfg["label_names"].items()}
-    else:
-        labels = _label_names(args, cohort)
-    min_slices = args.min_slices if args.min_slices is not None else int((cfg.get("model") or {}).get("in_channels", 1))
-    tolerance = args.geometry_tolerance_mm if args.geometry_tolerance_mm is not None else \
-        float(cohort_cfg.get("geometry_tolerance_mm", 0.01))
-    return cohort, labels, min_slices, tolerance
+    names = config["cohort"]["label_names"]
+    labels = {int(k): str(v) for k, v in names.items()} if names else cohort.labels
+    options = import_options(config)
+    if args.min_slices is not None:
+        options["min_slices"] = args.min_slices
+    if args.geometry_tolerance_mm is not None:
+        options["geometry_tolerance_mm"] = args.geometry_tolerance_mm
+    return cohort, labels, options
 
 
 def _cmd_check_cohort(args: argparse.Namespace) -> int:
@@ -90,17 +109,17 @@ def _cmd_check_cohort(args: argparse.Namespace) -> int:
 
     from .cohort import CaseCheck, check_case, screen_cases
 
-    cohort, labels, min_slices, tolerance = _check_settings(args)
+    cohort, labels, options = _check_settings(args)
     _, rejected = screen_cases(cohort.cases, cohort.problems)
-    print(f"checking {len(cohort.cases)} case(s): label names {labels or '(none)'}, at least {min_slices} slice(s), "
-          f"geometry tolerance {tolerance:g} mm")
+    print(f"checking {len(cohort.cases)} case(s): label names {labels or '(none)'}, at least "
+          f"{options['min_slices']} slice(s), geometry tolerance {options['geometry_tolerance_mm']:g} mm")
     for note in cohort.notes:
         print(f"note: {note}")
     folders = Counter(c.image for c in cohort.cases)
     rows, n_bad, n_warn = [], 0, 0
     for spec in cohort.cases:
         try:
-            check = check_case(spec, labels, min_slices=min_slices, geometry_tolerance_mm=tolerance)
+            check = check_case(spec, labels, **options)
         except Exception as exc:  # noqa: BLE001 - one case must not end the pass
             check = CaseCheck(spec.case_id, errors=[f"{spec.image}: unexpected error while checking it "
                                                     f"({type(exc).__name__}: {exc})"])
@@ -127,94 +146,152 @@ def _cmd_check_cohort(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import yaml
+    """The workflow's chain up to the model: the same cases, splits, stages and arguments."""
+    from . import stages
+    from .cohort import rejection_message, workflow_cases
+    from .config import fingerprint_options, import_options, slice_options, train_options
 
-    from .cohort import split_cases
-    from .stages import fingerprint, import_case, import_label, preprocess, preprocess_label, slice_case, train
-
-    cfg = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
-    cohort = _cohort_from_args(args)
-    labels = _label_names(args, cohort) or {int(k): v for k, v in (cfg.get("cohort", {}).get("label_names") or {}).items()}
-    if not labels:
-        raise ConfigError("no label names: give --label-names dataset.json or use a dataset.json cohort")
-    labelled = [c for c in cohort.cases if c.label]
-    if not labelled:
-        raise ConfigError("no labelled cases to train on")
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="unet-pipeline-"))
-    seed = int(cfg.get("split", {}).get("seed", 0))
-    train_ids, val_ids = split_cases([c.case_id for c in labelled], float(cfg.get("split", {}).get("val_fraction", 0.2)), seed)
-    by_id = cohort.by_id()
-    for cid in train_ids + val_ids:
-        spec = by_id[cid]
-        imp = work / "imported" / cid
-        import_case(cid, spec.image, spec.label, imp, labels=labels)
-        import_label(spec.label, imp / "image.nii.gz", imp / "label.nii.gz", labels=labels)
-    plan_cfg = cfg.get("plan", {})
-    fingerprint([(c, work / "imported" / c) for c in train_ids], work / "plan.json", labels=labels,
-                target_spacing_mm=plan_cfg.get("target_spacing_mm"), patch_size=plan_cfg.get("patch_size"),
-                max_patch=int(plan_cfg.get("max_patch", 256)), seed=seed)
-    loss = dict(cfg.get("loss", {}))
-    for cid in train_ids + val_ids:
-        pre = work / "preprocessed" / cid
-        preprocess(cid, work / "imported" / cid / "image.nii.gz", work / "plan.json", pre)
-        preprocess_label(work / "imported" / cid / "label.nii.gz", pre / "meta.json", pre / "label.npy")
-        slice_case(pre, work / "plan.json", work / "slices" / cid, weight_map=loss.get("name") == "weighted_ce")
-    training = dict(cfg.get("training", {}))
+    config = _config(args)
+    config["predict"]["model"] = None  # train: never the predict-only mode
     if args.epochs:
-        training["epochs"] = args.epochs
-    train(train_ids, val_ids, preprocessed_root=work / "preprocessed", slices_root=work / "slices",
-          plan_path=work / "plan.json", out_dir=args.output, model=cfg.get("model", {}), training=training,
-          augment=cfg.get("augment", {}), loss=loss)
-    print(f"model written to {args.output}")
+        config["training"]["epochs"] = args.epochs
+    out = Path(args.output)
+    with _work_dir(args.work_dir, "unet-pipeline-") as work:
+        cases = workflow_cases(config, work)
+        demo = config["cohort"]["demo"]
+        if demo["enabled"] and not (work / "demo_cohort" / "dataset.json").exists():
+            stages.demo_cohort(work / "demo_cohort", n_cases=int(demo["n_cases"]), seed=int(demo["seed"]))
+        labels, imported, pre, sliced = cases.labels, work / "imported", work / "preprocessed", work / "slices"
+        ids = sorted(cases.train + cases.val)
+        log.info("training cases %s, validation cases %s, held out for testing %s", cases.train, cases.val, cases.test)
+        for cid in ids:
+            spec = cases.cases[cid]
+            stages.import_case(cid, spec.image, spec.label, imported / cid, labels=labels, series_uid=spec.series_uid,
+                               **import_options(config))
+            stages.import_label(spec.label, imported / cid / "image.nii.gz", imported / cid / "label.nii.gz",
+                                labels=labels)
+        plan = work / "plan.json"
+        stages.fingerprint([(c, imported / c) for c in cases.train], plan, labels=labels, **fingerprint_options(config))
+        for cid in ids:
+            stages.preprocess(cid, imported / cid / "image.nii.gz", plan, pre / cid)
+            stages.preprocess_label(imported / cid / "label.nii.gz", pre / cid / "meta.json", pre / cid / "label.npy")
+            stages.slice_case(pre / cid, plan, sliced / cid, **slice_options(config))
+        models = [(i, out / f"fold_{i}") for i in range(len(cases.folds))] or [(None, out)]
+        for fold, model_dir in models:
+            train_ids, val_ids = cases.fold_split(fold)
+            stages.train(train_ids, val_ids, preprocessed_root=pre, slices_root=sliced, plan_path=plan,
+                         out_dir=model_dir, **train_options(config))
+    where = ", ".join(str(d) for _, d in models)
+    print(f"model written to {where}: trained on {len(cases.train)} case(s), validated on "
+          f"{len(cases.val) if not cases.folds else 'each fold'}")
+    if cases.test:
+        print(f"held out for testing, not trained on ({len(cases.test)}): {', '.join(cases.test)}")
+    if cases.unlabelled:
+        print(f"unlabelled, not trained on ({len(cases.unlabelled)}): {', '.join(cases.unlabelled)}")
+    if cases.rejected:
+        print(rejection_message(cases.rejected), file=sys.stderr)
+        return 1
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from .cohort import cohort_from_folders
+def _predict_inputs(args: argparse.Namespace, config: Mapping):
+    """``(case specs, the cohort's label map, where the map came from, rejected ids)`` of predict's ``-i``."""
+    from .cohort import CaseSpec, cohort_from_dataset_json, cohort_from_folders, screen_cases
     from .io import is_image_file
     from .naming import case_id_from_path
-    from .stages import predict_cohort
 
     src = Path(args.input)
-    if src.is_file() or (src.is_dir() and not any(is_image_file(p) or p.is_dir() for p in src.iterdir())):
-        inputs = [(case_id_from_path(src), str(src))]
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: input not found")
+    labels, source, problems = {}, "", {}
+    if src.is_file() and src.name.lower().endswith(".json"):
+        cohort = cohort_from_dataset_json(src)
+        specs, labels, problems, source = cohort.cases, cohort.labels, cohort.problems, f"the labels of {src}"
+    elif src.is_file() or (src.is_dir() and not any(is_image_file(p) or p.is_dir() for p in src.iterdir())):
+        specs = [CaseSpec(case_id_from_path(src), str(src))]
     else:
-        inputs = [(c.case_id, c.image) for c in cohort_from_folders(src).cases]
+        cohort = cohort_from_folders(src)
+        specs, problems = cohort.cases, cohort.problems
+    if config["cohort"]["label_names"]:
+        labels = config["cohort"]["label_names"]
+        source = f"--label-names {args.label_names}" if args.label_names else f"cohort.label_names of {args.config}"
+    specs, rejected = screen_cases(specs, problems)
+    return specs, labels, source, rejected
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .cohort import rejection_message
+    from .config import model_label_names
+    from .stages import predict_cohort
+
+    config = _config(args)
+    inference = dict(config["inference"])
+    for key, value in (("device", args.device), ("overlap", args.overlap), ("batch_size", args.batch_size),
+                       ("mirror_tta", args.tta)):
+        if value is not None:
+            inference[key] = value
+    specs, cohort_labels, source, rejected = _predict_inputs(args, config)
+    model_label_names(args.model, cohort_labels, source=source)  # refuses a cohort naming other classes
     with tempfile.TemporaryDirectory(prefix="unet-predict-") as work:
-        status = predict_cohort(args.model, inputs, args.output, work_dir=work,
-                                inference={"device": args.device, "overlap": args.overlap,
-                                           "batch_size": args.batch_size, "mirror_tta": args.tta})
-    failed = {k: v for k, v in status.items() if v != "ok"}
-    print(f"{len(status) - len(failed)} of {len(status)} case(s) segmented into {args.output} "
+        status = predict_cohort(args.model, [(s.case_id, s.image) for s in specs], args.output, work_dir=work,
+                                inference=inference, postprocess=config["postprocess"], overwrite=args.overwrite)
+    failed = {k: v for k, v in status.items() if v not in ("ok", "skipped")}
+    skipped = [k for k, v in status.items() if v == "skipped"]
+    print(f"{len(status) - len(failed) - len(skipped)} of {len(status)} case(s) segmented into {args.output} "
           f"(volumes and QC flags: {Path(args.output) / 'volumes.csv'})")
+    if skipped:
+        print(f"{len(skipped)} case(s) skipped, their output was complete (--overwrite redoes them): "
+              f"{', '.join(skipped)}")
     for cid, err in failed.items():
         print(f"  FAILED {cid}: {err}", file=sys.stderr)
-    return 1 if failed else 0
+    if rejected:
+        print(rejection_message(rejected), file=sys.stderr)
+    if failed or rejected:
+        print(f"error: {len(failed) + len(rejected)} case(s) not segmented: {', '.join([*failed, *sorted(rejected)])}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _label_values(paths: Sequence[str | Path]) -> set[int]:
+    """Every label value found in the given segmentation files."""
+    import nibabel as nib
+    import numpy as np
+
+    from .io import read_voxels
+
+    values: set[int] = set()
+    for p in paths:
+        values.update(int(v) for v in np.unique(np.rint(read_voxels(nib.load(str(p)), p))))
+    return values
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .cohort import cohort_from_folders
-    from .stages import aggregate_metrics, evaluate
+    from .cohort import cohort_from_folders, read_label_names
+    from .stages import aggregate_metrics, evaluate, value_label_names
 
-    preds = {c.case_id: c.image for c in cohort_from_folders(args.pred).cases}
-    refs = {c.case_id: c.image for c in cohort_from_folders(args.ref).cases}
+    config = _config(args)
+    preds = {c.case_id: c.image for c in cohort_from_folders(args.pred, warn=False).cases}  # volumes.csv is no case
+    refs = {c.case_id: c.image for c in cohort_from_folders(args.ref, warn=False).cases}
     common = sorted(set(preds) & set(refs))
     if not common:
         raise ConfigError(f"no case names in common between {args.pred} and {args.ref}")
-    from .cohort import read_label_names
-
+    sidecar = Path(args.pred) / f"{common[0]}.json"
     if args.labels:
         labels = read_label_names(args.labels)
+    elif config["cohort"]["label_names"]:
+        labels = {int(k): str(v) for k, v in config["cohort"]["label_names"].items()}
+    elif sidecar.exists():
+        labels = read_label_names(sidecar)
     else:
-        sidecar = Path(args.pred) / f"{common[0]}.json"
-        labels = read_label_names(sidecar) if sidecar.exists() else {}
-    if not labels:
-        raise ConfigError("no label names: give --labels (a dataset.json or a segmentation sidecar .json)")
+        labels = value_label_names(sorted(_label_values([preds[c] for c in common] + [refs[c] for c in common])))
+        print(f"no label map given: classes named by their values ({', '.join(labels.values()) or 'none'})")
+    nsd = args.nsd_tolerance if args.nsd_tolerance is not None else config["evaluation"]["nsd_tolerance_mm"]
     with tempfile.TemporaryDirectory() as tmp:
         csvs = []
         for cid in common:
             out = Path(tmp) / f"{cid}.csv"
-            evaluate(cid, preds[cid], refs[cid], out, labels=labels, nsd_tolerance_mm=args.nsd_tolerance)
+            evaluate(cid, preds[cid], refs[cid], out, labels=labels, nsd_tolerance_mm=nsd)
             csvs.append(out)
         summary_path = Path(args.output).with_suffix(".summary.json")
         aggregate_metrics(csvs, args.output, summary_path)
@@ -227,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="unet-pipeline",
         description="Batch CT segmentation with a 2D U-Net. The full workflow runs with `snakemake --cores N`; "
-                    "these subcommands run single stages.",
+                    "these subcommands run its stages the same way, with the same defaults.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -249,39 +326,56 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-cohort", help="validate every case of a cohort and list every problem; exit 1 if any case is unusable")
     cohort_args(c)
     c.add_argument("-c", "--config", help="workflow config YAML: its cohort (when no -i/--dataset-json/--manifest is "
-                   "given), label names, model.in_channels and geometry tolerance, as the workflow uses them")
+                   "given), label names, model.in_channels, plan.slice_axis and geometry tolerance, as the workflow "
+                   "uses them")
     c.add_argument("--min-slices", type=int, default=None,
-                   help="fewest slices a usable volume may have (default: model.in_channels of -c, else 1)")
+                   help="fewest slices a usable volume may have (default: model.in_channels of the config, 1)")
     c.add_argument("--geometry-tolerance-mm", type=float, default=None,
                    help="largest image/label spacing and origin difference in mm "
-                        "(default: cohort.geometry_tolerance_mm of -c, else 0.01)")
+                        "(default: cohort.geometry_tolerance_mm of the config, 0.01)")
     c.set_defaults(func=_cmd_check_cohort)
 
-    t = sub.add_parser("train", help="train a U-Net on a labelled cohort")
+    t = sub.add_parser("train", help="train a U-Net on a labelled cohort, as the workflow does (same split, "
+                       "stages and defaults); the held-out test cases are named at the end")
     cohort_args(t)
-    t.add_argument("-c", "--config", help="config YAML (sections plan, model, loss, augment, training, split)")
-    t.add_argument("-o", "--output", required=True, help="output model folder (model.safetensors, model.json, ...)")
-    t.add_argument("--work-dir", help="folder for intermediate files (default: a temporary folder)")
+    t.add_argument("-c", "--config", help="workflow config YAML (keys left out take the workflow's defaults); "
+                   "-i/--dataset-json/--manifest replace its cohort")
+    t.add_argument("-o", "--output", required=True, help="output model folder (model.safetensors, model.json, ...; "
+                   "with split.folds = k, one fold_<i> folder per fold)")
+    t.add_argument("--work-dir", help="folder for intermediate files and splits.json (default: a temporary folder)")
     t.add_argument("--epochs", type=int, help="override training.epochs")
     t.set_defaults(func=_cmd_train)
 
     r = sub.add_parser("predict", help="segment NIfTI/NRRD/MHA/DICOM input with a trained model")
     r.add_argument("-m", "--model", required=True, nargs="+", help="model folder(s); several are ensembled")
-    r.add_argument("-i", "--input", required=True, help="an image file, a DICOM folder or a folder of images")
+    r.add_argument("-i", "--input", required=True,
+                   help="an image file, a DICOM folder, a folder of images or a dataset.json")
     r.add_argument("-o", "--output", required=True, help="output folder: <case>.nii.gz + <case>.json per input")
-    r.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
-    r.add_argument("--overlap", type=float, default=0.5, help="tile overlap (share of a tile, default 0.5)")
+    r.add_argument("-c", "--config", help="workflow config YAML: its inference and postprocess sections and "
+                   "cohort.label_names (keys left out take the workflow's defaults)")
+    r.add_argument("--label-names", help="dataset.json naming the cohort's label values: refused unless it names "
+                   "the model's classes")
+    r.add_argument("--device", default=None, help="auto (GPU if present), cpu or cuda (default: inference.device)")
+    r.add_argument("--overlap", type=float, default=None,
+                   help="tile overlap, a share of a tile (default: inference.overlap, 0.5)")
     r.add_argument("--batch-size", type=int, default=None,
-                   help="tiles per forward pass (default: 8 on a GPU, 1 on the CPU, the fastest there)")
-    r.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
+                   help="tiles per forward pass (default: inference.batch_size; unset: 8 on a GPU, 1 on the CPU)")
+    r.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="mirroring test-time augmentation (default: inference.mirror_tta, off)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="segment every case again (default: skip a case whose segmentation and sidecar JSON are "
+                        "both there and readable)")
     r.set_defaults(func=_cmd_predict)
 
     e = sub.add_parser("evaluate", help="metrics of predicted vs reference segmentations (matching case names)")
     e.add_argument("--pred", required=True, help="folder of predicted segmentations")
     e.add_argument("--ref", required=True, help="folder of reference segmentations")
     e.add_argument("-o", "--output", required=True, help="metrics CSV (a .summary.json is written beside it)")
-    e.add_argument("--labels", help="dataset.json or sidecar JSON with the label names")
-    e.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    e.add_argument("--labels", help="dataset.json or sidecar JSON with the label names (default: cohort.label_names "
+                   "of the config, else the predictions' sidecar JSON, else the values found, named label_<value>)")
+    e.add_argument("-c", "--config", help="workflow config YAML: evaluation.nsd_tolerance_mm and cohort.label_names")
+    e.add_argument("--nsd-tolerance", type=float, default=None,
+                   help="NSD tolerance in mm (default: evaluation.nsd_tolerance_mm, 2)")
     e.set_defaults(func=_cmd_evaluate)
     return p
 

@@ -45,6 +45,7 @@ from pathlib import Path
 
 from .errors import CaseError, ConfigError
 from .naming import case_id_from_path, case_id_problems, is_image_file
+from .splits import assign_folds, fixed_splits, patient_of_cases, split_cases
 
 __all__ = [
     "CaseSpec",
@@ -73,13 +74,17 @@ class CaseSpec:
     """One case: an image file (or DICOM folder) and optionally its label file.
 
     ``series_uid`` is the SeriesInstanceUID of a DICOM case: the one series read from the
-    ``image`` folder (None: the folder's only series).
+    ``image`` folder (None: the folder's only series). ``patient_id`` is the patient as a CSV
+    manifest names it; ``dicom_patient_id`` the PatientID of a DICOM case's headers. Both serve
+    to keep a patient's cases on one side of every split (:mod:`unet_pipeline.splits`).
     """
 
     case_id: str
     image: str
     label: str | None = None
     series_uid: str | None = None
+    patient_id: str | None = None
+    dicom_patient_id: str | None = None
 
 
 @dataclass
@@ -149,9 +154,9 @@ def read_label_names(path: str | Path) -> dict[int, str]:
         raise ConfigError(f"{path}: 'labels' must map label values to names ({exc})") from exc
 
 
-def _dicom_cases(top: Path, name: str, *, recursive: bool = True) -> tuple[list[tuple[str, Path, str]], list[str]]:
-    """``(case id, folder, SeriesInstanceUID)`` of every DICOM image series in ``top`` (the id rule
-    is in the module docstring), and notes on what was passed over."""
+def _dicom_cases(top: Path, name: str, *, recursive: bool = True) -> tuple[list[tuple], list[str]]:
+    """``(case id, folder, SeriesInstanceUID, PatientID)`` of every DICOM image series in ``top``
+    (the id rule is in the module docstring), and notes on what was passed over."""
     from .dicom import find_series
     from .naming import safe_name_part, series_suffixes
 
@@ -161,7 +166,7 @@ def _dicom_cases(top: Path, name: str, *, recursive: bool = True) -> tuple[list[
             notes.append(f"{top}: no DICOM image series found, skipped")
         return [], notes
     if len(series) == 1:
-        return [(name, top, series[0].uid)], notes
+        return [(name, top, series[0].uid, series[0].patient_id)], notes
     by_folder: dict[str, list] = {}
     for s in series:
         by_folder.setdefault(s.folder, []).append(s)
@@ -170,12 +175,12 @@ def _dicom_cases(top: Path, name: str, *, recursive: bool = True) -> tuple[list[
         base = "_".join([name, *(safe_name_part(part) for part in Path(folder).relative_to(top).parts)])
         suffixes = series_suffixes([s.number for s in group]) if len(group) > 1 else [None]
         for s, suffix in zip(group, suffixes):
-            cases.append((f"{base}_{suffix}" if suffix else base, Path(folder), s.uid))
+            cases.append((f"{base}_{suffix}" if suffix else base, Path(folder), s.uid, s.patient_id))
     return cases, notes
 
 
-def _list_images(folder: Path, *, dicom: bool = True) -> tuple[list[tuple[str, Path, str | None]], list[str]]:
-    """``(case id, path, SeriesInstanceUID or None)`` for the image files directly in ``folder``
+def _list_images(folder: Path, *, dicom: bool = True) -> tuple[list[tuple], list[str]]:
+    """``(case id, path, SeriesInstanceUID or None, PatientID or None)`` for the image files directly in ``folder``
     and, with ``dicom``, for every DICOM image series in it and below it (without ``dicom``, as
     for labels: each sub-folder holding files is one entry); and notes naming what was passed over.
 
@@ -183,14 +188,14 @@ def _list_images(folder: Path, *, dicom: bool = True) -> tuple[list[tuple[str, P
     """
     if not folder.is_dir():
         raise ConfigError(f"cohort folder not found: {folder}")
-    found: list[tuple[str, Path, str | None]] = []
+    found: list[tuple] = []
     notes: list[str] = []
     loose: list[Path] = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
         if entry.is_file() and is_image_file(entry):
-            found.append((case_id_from_path(entry), entry, None))
+            found.append((case_id_from_path(entry), entry, None, None))
         elif entry.is_file():
             loose.append(entry)
         elif entry.is_dir() and dicom:
@@ -198,10 +203,10 @@ def _list_images(folder: Path, *, dicom: bool = True) -> tuple[list[tuple[str, P
             found += cases
             notes += more
         elif entry.is_dir() and any(p.is_file() for p in entry.iterdir()):
-            found.append((entry.name, entry, None))
+            found.append((entry.name, entry, None, None))
         elif entry.is_dir():
             notes.append(f"{entry}: empty folder, skipped")
-    sidecars = {str(folder / f"{cid}.json") for cid, _, _ in found}  # <case>.json beside <case>.nii.gz
+    sidecars = {str(folder / f"{found_case[0]}.json") for found_case in found}  # <case>.json beside <case>.nii.gz
     if loose and dicom and any(str(p) not in sidecars for p in loose):
         cases, more = _dicom_cases(folder, folder.name, recursive=False)
         found += cases
@@ -221,17 +226,17 @@ def cohort_from_folders(images: str | Path, labels: str | Path | None = None,
     label_files: dict[str, list[Path]] = {}
     if labels:
         found, notes = _list_images(Path(labels), dicom=False)
-        for cid, path, _ in found:
+        for cid, path, *_ in found:
             label_files.setdefault(cid, []).append(path)
     found, more = _list_images(Path(images))
     notes += more
     cases, problems = [], {}
-    for cid, path, uid in found:
+    for cid, path, uid, patient in found:
         matches = label_files.get(cid, [])
         if len(matches) > 1:
             problems[cid] = [f"several label files match this case: {', '.join(str(m) for m in matches)}"]
         label = matches[0] if len(matches) == 1 else None
-        cases.append(CaseSpec(cid, str(path), str(label) if label else None, uid))
+        cases.append(CaseSpec(cid, str(path), str(label) if label else None, uid, dicom_patient_id=patient))
     image_ids = {c.case_id for c in cases}
     notes += [f"{p}: label without an image of the same name, not used"
               for cid, paths in label_files.items() if cid not in image_ids for p in paths]
@@ -276,9 +281,11 @@ def cohort_from_dataset_json(path: str | Path, *, include_test: bool = True) -> 
 
 
 def cohort_from_manifest(path: str | Path) -> Cohort:
-    """Cases from a CSV manifest ``case_id,image[,label][,series_uid]``; paths relative to the manifest.
+    """Cases from a CSV manifest ``case_id,image[,label][,series_uid][,patient_id]``; paths
+    relative to the manifest.
 
-    ``series_uid`` picks one DICOM series from an ``image`` folder that holds several.
+    ``series_uid`` picks one DICOM series from an ``image`` folder that holds several;
+    ``patient_id`` names the patient, so that a patient's scans share a side of every split.
     """
     path = Path(path)
     root = path.parent
@@ -293,7 +300,7 @@ def cohort_from_manifest(path: str | Path) -> Cohort:
     for row in rows:
         label = (row.get("label") or "").strip()
         cases.append(CaseSpec(row["case_id"].strip(), str(root / row["image"].strip()), str(root / label) if label else None,
-                              (row.get("series_uid") or "").strip() or None))
+                              (row.get("series_uid") or "").strip() or None, (row.get("patient_id") or "").strip() or None))
     return Cohort(cases, {})
 
 
@@ -315,24 +322,6 @@ def discover_cohort(cohort_cfg: Mapping, label_names: Mapping[int, str] | None =
     if label_names:
         cohort.labels = {int(k): str(v) for k, v in label_names.items()}
     return cohort
-
-
-def split_cases(case_ids: Sequence[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded train/test split of labelled case ids: ``(train, test)``, each sorted.
-
-    At least one case stays on each side when there are two or more cases.
-    """
-    if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    ids = sorted(case_ids)
-    order = list(range(len(ids)))
-    random.Random(seed).shuffle(order)
-    n_test = int(round(test_fraction * len(ids)))
-    if test_fraction > 0 and len(ids) >= 2:
-        n_test = min(max(n_test, 1), len(ids) - 1)
-    test = sorted(ids[i] for i in order[:n_test])
-    train = sorted(ids[i] for i in order[n_test:])
-    return train, test
 
 
 def _geometry_mismatch(image_affine, label_affine, tol_mm: float) -> list[str]:
@@ -375,7 +364,7 @@ def _unexpected(path: str, exc: Exception) -> str:
 
 
 def check_case(spec: CaseSpec, labels: Mapping[int, str], *, min_slices: int = 1,
-               geometry_tolerance_mm: float = 1e-2) -> CaseCheck:
+               geometry_tolerance_mm: float = 1e-2, slice_axis: str | None = None) -> CaseCheck:
     """Check one case and list every problem found; never raises.
 
     Errors: unreadable/truncated/non-image files, not a single 3-D volume, NaN/Inf, a constant
@@ -383,13 +372,14 @@ def check_case(spec: CaseSpec, labels: Mapping[int, str], *, min_slices: int = 1
     from the image, non-integer label values, label values outside ``labels``; an unexpected
     exception while checking a file (reported as that file's error).
     Warnings: intensities that do not look like HU, spacing above 10 mm, an empty label.
+    Slices are counted along ``slice_axis``, the dataset's slicing plane (None: axial).
     When the image cannot be read, the label is still checked on its own (everything except
     its shape and geometry against the image).
     """
     result = CaseCheck(spec.case_id)
     image = None
     try:
-        image = _check_image(spec, result, min_slices)
+        image = _check_image(spec, result, min_slices, slice_axis)
     except Exception as exc:  # one odd file must not stop a cohort check
         result.errors.append(_unexpected(spec.image, exc))
     if spec.label is not None:
@@ -400,7 +390,7 @@ def check_case(spec: CaseSpec, labels: Mapping[int, str], *, min_slices: int = 1
     return result
 
 
-def _check_image(spec: CaseSpec, result: CaseCheck, min_slices: int):
+def _check_image(spec: CaseSpec, result: CaseCheck, min_slices: int, slice_axis: str | None = None):
     """Image checks of :func:`check_case`; ``(affine, shape)`` to compare the label with, or None."""
     import nibabel as nib
     import numpy as np
@@ -445,7 +435,7 @@ def _check_image(spec: CaseSpec, result: CaseCheck, min_slices: int):
     if np.any(spacing > 10):
         result.warnings.append(f"{name}: unusually large voxel spacing {np.round(spacing, 2).tolist()} mm")
     try:
-        orient = canonical_orientation(affine, data.shape)
+        orient = canonical_orientation(affine, data.shape, slice_axis)
         n_slices = orient.canonical_shape[0]
         result.info["slices"] = int(n_slices)
         if n_slices < min_slices:
@@ -513,6 +503,8 @@ class WorkflowCases:
         Cross-validation: the case ids of each fold (empty without cross-validation). Fold ``f``
         validates on ``folds[f]`` and trains on the other folds; ``train`` then holds all of them
         and ``val`` is empty.
+    patients
+        Labelled case id -> patient, by which the splits were made (:mod:`unet_pipeline.splits`).
     """
 
     cases: dict[str, CaseSpec]
@@ -523,6 +515,7 @@ class WorkflowCases:
     unlabelled: list[str]
     folds: list[list[str]] = field(default_factory=list)
     rejected: dict[str, list[str]] = field(default_factory=dict)
+    patients: dict[str, str] = field(default_factory=dict)
 
     def fold_split(self, fold: int | None) -> tuple[list[str], list[str]]:
         """``(train ids, validation ids)`` of a cross-validation fold, or of the single model (None)."""
@@ -585,12 +578,14 @@ def _rejection_lines(rejected: Mapping[str, Sequence[str]]) -> list[str]:
     return [f"  {cid!r}: {'; '.join(problems)}" for cid, problems in sorted(rejected.items())]
 
 
-def workflow_cases(config: Mapping, results: str | Path) -> WorkflowCases:
-    """Discover the cohort named by ``config`` and split it (seeded).
+def workflow_cases(config: Mapping, results: str | Path | None) -> WorkflowCases:
+    """Discover the cohort named by ``config`` and split it by patient.
 
     With ``predict.model`` set, every case is only segmented (no training, no split). Cases
     with unsafe, duplicate or case-clashing ids are left out (:func:`screen_cases`) and listed in
-    :attr:`WorkflowCases.rejected`; the split is made from the other cases.
+    :attr:`WorkflowCases.rejected`; the split is made from the other cases, once, and kept in
+    ``<results>/splits.json`` for every later run (:func:`unet_pipeline.splits.fixed_splits`;
+    ``results=None``: made afresh and not written).
     """
     from .naming import DEMO_LABELS, demo_case_ids
 
@@ -618,26 +613,16 @@ def workflow_cases(config: Mapping, results: str | Path) -> WorkflowCases:
     if predict_model:
         return WorkflowCases(specs, cohort.labels, [], [], [], sorted(specs), rejected=rejected)
     split = config.get("split", {}) or {}
-    seed = int(split.get("seed", 0))
-    train_val, test = split_cases(labelled, float(split.get("test_fraction", 0.25)), seed)
     n_folds = int(split.get("folds", 1))
+    patients = patient_of_cases([specs[c] for c in labelled], split.get("group_pattern"))
+    splits_path = Path(results) / "splits.json" if results is not None else None
+    splits = fixed_splits(labelled, patients, split, splits_path)
     if n_folds > 1:
-        if len(train_val) < n_folds:
-            raise ConfigError(f"split.folds: {n_folds} folds need at least {n_folds} labelled training cases, "
-                              f"found {len(train_val)}")
-        return WorkflowCases(specs, cohort.labels, sorted(train_val), [], test, unlabelled,
-                             assign_folds(train_val, n_folds, seed + 2), rejected)
-    train, val = split_cases(train_val, float(split.get("val_fraction", 0.2)), seed + 1)
-    if not train:
+        return WorkflowCases(specs, cohort.labels, splits.train, [], splits.test, unlabelled, splits.folds, rejected,
+                             patients=splits.patients)
+    if not splits.train:
         raise ConfigError("cohort: no labelled cases to train on (set predict.model to segment with a trained model)"
                           + (f"\n{rejection_message(rejected)}" if rejected else ""))
-    return WorkflowCases(specs, cohort.labels, train, val, test, unlabelled, rejected=rejected)
+    return WorkflowCases(specs, cohort.labels, splits.train, splits.val, splits.test, unlabelled, rejected=rejected,
+                         patients=splits.patients)
 
-
-def assign_folds(case_ids: Sequence[str], n_folds: int, seed: int) -> list[list[str]]:
-    """Seeded assignment of whole cases (never slices) to ``n_folds`` folds of near-equal size."""
-    if n_folds < 2:
-        raise ValueError(f"n_folds must be >= 2, got {n_folds}")
-    ids = sorted(case_ids)
-    random.Random(seed).shuffle(ids)
-    return [sorted(ids[f::n_folds]) for f in range(n_folds)]

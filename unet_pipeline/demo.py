@@ -82,12 +82,19 @@ def _affine(code: str, spacing_xyz: tuple[float, float, float], shape: tuple[int
     return aff
 
 
-def make_demo_case(index: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One synthetic case: ``(image int16 HU, label uint8, affine 4 x 4 float64 voxel -> RAS mm)``."""
+def make_demo_case(index: int, seed: int = 0, slice_thickness_mm: float | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One synthetic case: ``(image int16 HU, label uint8, affine 4 x 4 float64 voxel -> RAS mm)``.
+
+    ``slice_thickness_mm`` rescans the same anatomy (same organs, field of view, orientation) with
+    another slice spacing along S, e.g. 0.5 mm for a thin-slice reconstruction of the case.
+    """
     rng = np.random.default_rng([int(seed), int(index)])
     code = ORIENTATIONS[(index + seed) % len(ORIENTATIONS)]
     inplane = float(rng.uniform(0.6, 1.0))
     thickness = float(rng.uniform(1.5, 5.0))
+    if slice_thickness_mm is not None:
+        thickness = float(slice_thickness_mm)
     spacing_xyz = (inplane, inplane, thickness)
     body_a = BODY_SCALE * rng.uniform(135, 160)  # body semi-axes x, y (mm)
     body_b = BODY_SCALE * rng.uniform(100, 118)

@@ -85,8 +85,8 @@ NON_IMAGE_MODALITIES = frozenset({"RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "S
 _IMPLICIT_LE, _EXPLICIT_BE, _DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _UNDEFINED = 0xFFFFFFFF
-_WANTED = {(0x0008, 0x0060): "modality", (0x0020, 0x000E): "uid", (0x0020, 0x0011): "number",
-           (0x0028, 0x0010): "rows"}
+_WANTED = {(0x0008, 0x0060): "modality", (0x0010, 0x0020): "patient_id", (0x0020, 0x000E): "uid",
+           (0x0020, 0x0011): "number", (0x0028, 0x0010): "rows"}
 _LAST_WANTED = (0x0028, 0x0010)
 _MAX_HEADER = 16 << 20  # a header this long is left to GDCM
 
@@ -99,6 +99,7 @@ class DicomHeader:
     number: str | None  # SeriesNumber (0020,0011)
     modality: str | None  # Modality (0008,0060)
     rows: int | None  # Rows (0028,0010): present in every image object
+    patient_id: str | None = None  # PatientID (0010,0020)
 
     @property
     def is_image(self) -> bool:
@@ -248,7 +249,8 @@ def read_dicom_header(path: str | Path) -> DicomHeader | None:
                 raise ValueError(f"{path}: cannot parse the DICOM header ({exc})") from exc
             return None
     f = reader.fields
-    return DicomHeader(f.get("uid"), f.get("number"), f.get("modality"), f.get("rows"))  # type: ignore[arg-type]
+    return DicomHeader(f.get("uid"), f.get("number"), f.get("modality"), f.get("rows"),  # type: ignore[arg-type]
+                       f.get("patient_id"))
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,7 @@ class SeriesInfo:
     n_files: int
     number: str | None = None  # SeriesNumber, as written
     modality: str | None = None
+    patient_id: str | None = None  # PatientID (0010,0020) of its first file
 
 
 def _gdcm_headers(folder: str, files: list[str]) -> tuple[dict[str, DicomHeader], list[str]]:
@@ -280,7 +283,7 @@ def _gdcm_headers(folder: str, files: list[str]) -> tuple[dict[str, DicomHeader]
                 except RuntimeError:
                     continue
                 found[f] = DicomHeader(uid, _tag(r, "0020|0011") or None, _tag(r, "0008|0060") or None,
-                                       int(r.GetSize()[1]))
+                                       int(r.GetSize()[1]), _tag(r, "0010|0020") or None)
     notes += [f"{f}: not a DICOM image that GDCM can read, skipped" for f in files if f not in found]
     return found, notes
 
@@ -344,7 +347,7 @@ def find_series(folder: str | Path, *, recursive: bool = True,
             notes += more
             for path, header in headers.items():
                 _add_file(groups, notes, path, here, header)
-    series = [SeriesInfo(uid, os.path.commonpath(sorted(g["dirs"])), g["n"], g["number"], g["modality"])
+    series = [SeriesInfo(uid, os.path.commonpath(sorted(g["dirs"])), g["n"], g["number"], g["modality"], g["patient"])
               for uid, g in groups.items()]
     return sorted(series, key=lambda s: (s.folder, *_number_key(s.number), s.uid)), notes
 
@@ -357,7 +360,8 @@ def _add_file(groups: dict, notes: list[str], path: str, here: str, header: Dico
     elif not header.is_image:
         notes.append(f"{path}: DICOM {header.modality or 'object'} without an image, skipped")
     else:
-        g = groups.setdefault(header.uid, {"dirs": set(), "n": 0, "number": header.number, "modality": header.modality})
+        g = groups.setdefault(header.uid, {"dirs": set(), "n": 0, "number": header.number, "modality": header.modality,
+                                           "patient": header.patient_id})
         g["dirs"].add(here)
         g["n"] += 1
 

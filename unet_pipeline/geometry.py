@@ -2,9 +2,11 @@
 
 The pipeline works on volumes in a *canonical* array order ``(z, y, x)``:
 
-* ``z`` (axis 0) is the slice axis: the through-plane axis, i.e. the world axis along which
-  the voxel spacing is largest (ties go to S, then A, then R, so an isotropic scan is
-  sliced axially);
+* ``z`` (axis 0) is the slice axis: the stored voxel axis nearest the world axis of the
+  dataset's slicing plane (:data:`SLICE_AXES`: ``axial`` = S, ``coronal`` = A, ``sagittal`` =
+  R). It is chosen once per dataset, in the plan, never per case from the case's own spacing:
+  a thin-slice scan (0.5 mm slices, 0.8 mm pixels) is cut axially like a 5 mm scan, so a
+  cohort that mixes slice thicknesses trains and predicts on one plane;
 * ``y`` and ``x`` (axes 1, 2) are the two in-plane world axes, in the order S, A, R.
 
 Every canonical axis increases along its RAS+ world direction: an axial scan becomes
@@ -17,17 +19,46 @@ reuses the input's affine and header.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
 
 from .io import spacing_from_affine
 
-__all__ = ["Orientation", "canonical_orientation"]
+__all__ = ["Orientation", "canonical_orientation", "SLICE_AXES", "DEFAULT_SLICE_AXIS", "check_slice_axis",
+           "model_slice_axis"]
 
-# Priority of world axes (0 = R, 1 = A, 2 = S) when choosing and ordering axes.
+# Order of world axes (0 = R, 1 = A, 2 = S) for the two in-plane axes.
 _WORLD_PRIORITY = (2, 1, 0)
+
+#: Slicing plane -> world axis (0 = R, 1 = A, 2 = S) the slices are stacked along.
+SLICE_AXES = {"axial": 2, "coronal": 1, "sagittal": 0}
+#: CT is sliced axially unless ``plan.slice_axis`` says otherwise (nnU-Net 2d does the same).
+DEFAULT_SLICE_AXIS = "axial"
+
+
+def check_slice_axis(slice_axis: str | None) -> str:
+    """The slicing plane name, checked; ``None`` (plans and models written before the plan
+    recorded it) means :data:`DEFAULT_SLICE_AXIS`."""
+    if slice_axis is None:
+        return DEFAULT_SLICE_AXIS
+    if slice_axis not in SLICE_AXES:
+        raise ValueError(f"plan.slice_axis must be one of {sorted(SLICE_AXES)}, got {slice_axis!r}")
+    return slice_axis
+
+
+def model_slice_axis(model_dir: str | Path) -> str:
+    """The slicing plane a trained model was made for (its ``model.json`` plan; axial when the
+    model predates the plan's ``slice_axis``): prediction with it slices every case the same way."""
+    path = Path(model_dir) / "model.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the model's metadata ({exc})") from exc
+    return check_slice_axis((meta.get("plan") or {}).get("slice_axis"))
 
 
 @dataclass(frozen=True)
@@ -109,15 +140,20 @@ class Orientation:
         )
 
 
-def canonical_orientation(affine: np.ndarray, shape: tuple[int, ...]) -> Orientation:
+def canonical_orientation(affine: np.ndarray, shape: tuple[int, ...],
+                          slice_axis: str | None = DEFAULT_SLICE_AXIS) -> Orientation:
     """Work out the canonical orientation of a volume from its affine.
 
     Parameters
     ----------
     affine
-        ``(4, 4)`` voxel-to-RAS+ affine (mm), possibly oblique.
+        ``(4, 4)`` voxel-to-RAS+ affine (mm), possibly oblique: each stored axis is matched to
+        its nearest world axis (:func:`nibabel.orientations.io_orientation`).
     shape
         Stored shape; only the first three entries are used.
+    slice_axis
+        The dataset's slicing plane, ``"axial"``, ``"coronal"`` or ``"sagittal"`` (the plan's
+        ``slice_axis``); the voxel spacing plays no part in the choice.
     """
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
@@ -126,10 +162,7 @@ def canonical_orientation(affine: np.ndarray, shape: tuple[int, ...]) -> Orienta
     if np.any(np.isnan(stored_ornt)):
         raise ValueError("affine is degenerate: a voxel axis has no direction in world space")
     spacing = spacing_from_affine(affine)
-    world_spacing = {int(stored_ornt[a, 0]): float(spacing[a]) for a in range(3)}
-    # Slice axis: the largest spacing, ties broken by S > A > R (relative tolerance 1e-3).
-    largest = max(world_spacing.values())
-    slice_world = next(w for w in _WORLD_PRIORITY if world_spacing[w] >= largest * (1 - 1e-3))
+    slice_world = SLICE_AXES[check_slice_axis(slice_axis)]
     in_plane = [w for w in _WORLD_PRIORITY if w != slice_world]
     canonical_ornt = np.array([[slice_world, 1], [in_plane[0], 1], [in_plane[1], 1]], dtype=np.float64)
     return Orientation(

@@ -2,8 +2,9 @@
 
 Preprocessing turns an imported NIfTI case into the arrays every later stage works on:
 
-* canonical orientation ``(z, y, x)`` by exact permutation and flipping
-  (:mod:`unet_pipeline.geometry`);
+* canonical orientation ``(z, y, x)`` by exact permutation and flipping, ``z`` along the
+  plan's ``slice_axis`` (one plane for the whole dataset, axial by default;
+  :mod:`unet_pipeline.geometry`);
 * in-plane resampling of every slice to the plan's spacing (bilinear with antialiasing for the
   image; nearest-exact for the label, which keeps label values crisp and costs nothing; the
   reverse direction, in :mod:`unet_pipeline.reassembly`, resamples softmax probabilities
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import CaseError
-from .geometry import Orientation, canonical_orientation
+from .geometry import Orientation, canonical_orientation, check_slice_axis
 from .io import NpyWriter, load_image, read_voxels, save_json
 
 __all__ = ["make_plan", "preprocess_image", "preprocess_label", "resample_slices", "normalise", "resampled_size", "CHUNK_SLICES"]
@@ -89,14 +90,15 @@ def normalise(x: np.ndarray | torch.Tensor, intensity: Mapping[str, float]) -> n
     return ((np.clip(x, lo, hi) - mean) / std).astype(np.float32, copy=False)
 
 
-def _orientation_of(path: str | Path) -> tuple[Orientation, object]:
+def _orientation_of(path: str | Path, slice_axis: str | None) -> tuple[Orientation, object]:
     img = load_image(path)
-    return canonical_orientation(np.asarray(img.affine), img.shape), img
+    return canonical_orientation(np.asarray(img.affine), img.shape, slice_axis), img
 
 
 def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mapping[int, str], *,
               target_spacing_mm: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,
-              max_patch: int = 256, divisor: int = 16, samples_per_case: int = 20000, seed: int = 0) -> dict:
+              max_patch: int = 256, divisor: int = 16, samples_per_case: int = 20000, seed: int = 0,
+              slice_axis: str | None = None) -> dict:
     """Fingerprint the training cases and derive the plan.
 
     Parameters
@@ -111,21 +113,25 @@ def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mappi
     patch_size
         Training/inference tile ``(Y, X)`` in pixels; default the median resampled slice size
         rounded up to a multiple of ``divisor``, at most ``max_patch``.
+    slice_axis
+        The dataset's slicing plane (``axial``, ``coronal``, ``sagittal``; None: axial). Every
+        case, in training and in prediction with the model, is sliced along it.
 
     Returns
     -------
     dict
-        JSON-serialisable plan: ``labels``, ``num_classes``, ``target_spacing_mm`` (y, x),
+        JSON-serialisable plan: ``slice_axis``, ``labels``, ``num_classes``, ``target_spacing_mm`` (y, x),
         ``patch_size`` (y, x), ``intensity`` (``p00_5``, ``p99_5``, ``mean``, ``std`` in HU over
         labelled foreground), ``cases`` (per-case canonical shape and spacing).
     """
     if not cases:
         raise ValueError("make_plan needs at least one training case")
     values = label_values(labels)
+    slice_axis = check_slice_axis(slice_axis)
     rng = np.random.default_rng(seed)
     samples, per_case = [], {}
     for case_id, image_path, label_path in cases:
-        orient, img = _orientation_of(image_path)
+        orient, img = _orientation_of(image_path, slice_axis)
         image = read_voxels(img, image_path)
         label = read_voxels(load_image(label_path), label_path)
         fg = np.flatnonzero(label.reshape(-1) > 0)
@@ -153,6 +159,7 @@ def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mappi
     clipped = np.clip(fg_values, lo, hi)
     return {
         "format": "unet-pipeline-plan/1",
+        "slice_axis": slice_axis,
         "labels": {str(k): str(labels[k]) for k in values},
         "label_values": values,
         "num_classes": len(values) + 1,
@@ -168,11 +175,13 @@ def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mappi
 def preprocess_image(image_path: str | Path, plan: Mapping, out_dir: str | Path, *, case_id: str) -> dict:
     """Preprocess one image into ``out_dir/image.npy`` and ``out_dir/meta.json``.
 
-    Returns the ``meta`` dict written to ``meta.json``: orientation, canonical and resampled
-    shapes and spacings, the source affine, and the intensity statistics applied.
+    The slices are cut along the plan's ``slice_axis`` whatever the case's own spacing (a plan
+    or model without one: axial). Returns the ``meta`` dict written to ``meta.json``:
+    orientation, canonical and resampled shapes and spacings, the source affine, and the
+    intensity statistics applied.
     """
     out_dir = Path(out_dir)
-    orient, img = _orientation_of(image_path)
+    orient, img = _orientation_of(image_path, plan.get("slice_axis"))
     stored = read_voxels(img, image_path)
     canonical = orient.to_canonical(stored)  # view, no copy
     n_z, n_y, n_x = canonical.shape
@@ -192,6 +201,7 @@ def preprocess_image(image_path: str | Path, plan: Mapping, out_dir: str | Path,
         "case_id": case_id,
         "image": str(image_path),
         "orientation": orient.to_dict(),
+        "slice_axis": check_slice_axis(plan.get("slice_axis")),
         "slice_world_axis": orient.slice_world_axis,
         "canonical_shape": [n_z, n_y, n_x],
         "canonical_spacing_mm": list(spacing),

@@ -37,6 +37,8 @@ __all__ = [
     "report",
     "report_from_workflow",
     "predict_cohort",
+    "segmentation_complete",
+    "value_label_names",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,11 +57,12 @@ def demo_cohort(out_dir: str | Path, *, n_cases: int, seed: int) -> list[str]:
 
 def import_case(case_id: str, image: str | Path, label: str | Path | None, out_dir: str | Path, *,
                 labels: Mapping, min_slices: int = 1, geometry_tolerance_mm: float = 1e-3,
-                series_uid: str | None = None) -> dict:
+                series_uid: str | None = None, slice_axis: str | None = None) -> dict:
     """Validate a case (image and label together) and write ``out_dir/image.nii.gz`` and ``case.json``.
 
     The label is only checked here; :func:`import_label` writes it. ``series_uid`` names the one
-    DICOM series of an ``image`` folder to read (:attr:`unet_pipeline.cohort.CaseSpec.series_uid`).
+    DICOM series of an ``image`` folder to read (:attr:`unet_pipeline.cohort.CaseSpec.series_uid`);
+    ``slice_axis`` is the dataset's slicing plane, along which ``min_slices`` are counted.
 
     Raises
     ------
@@ -74,7 +77,8 @@ def import_case(case_id: str, image: str | Path, label: str | Path | None, out_d
 
     out_dir = Path(out_dir)
     spec = CaseSpec(case_id, str(image), str(label) if label else None, series_uid)
-    check = check_case(spec, _labels(labels), min_slices=min_slices, geometry_tolerance_mm=geometry_tolerance_mm)
+    check = check_case(spec, _labels(labels), min_slices=min_slices, geometry_tolerance_mm=geometry_tolerance_mm,
+                       slice_axis=slice_axis)
     for w in check.warnings:
         log.warning("%s: %s", case_id, w)
     if not check.ok:
@@ -121,13 +125,17 @@ def import_label(label: str | Path, imported_image: str | Path, out_label: str |
 
 def fingerprint(cases: Sequence[tuple[str, str | Path]], out_plan: str | Path, *, labels: Mapping,
                 target_spacing_mm: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,
-                max_patch: int = 256, seed: int = 0) -> dict:
-    """Plan from the imported training cases ``(case_id, imported_dir)``; writes ``plan.json``."""
+                max_patch: int = 256, seed: int = 0, slice_axis: str | None = None) -> dict:
+    """Plan from the imported training cases ``(case_id, imported_dir)``; writes ``plan.json``.
+
+    ``slice_axis`` (``axial``, ``coronal``, ``sagittal``; None: axial) is the one slicing plane
+    of the dataset, recorded in the plan and in every model trained from it.
+    """
     from .preprocessing import make_plan
 
     triples = [(cid, Path(d) / "image.nii.gz", Path(d) / "label.nii.gz") for cid, d in cases]
     plan = make_plan(triples, _labels(labels), target_spacing_mm=target_spacing_mm, patch_size=patch_size,
-                     max_patch=max_patch, seed=seed)
+                     max_patch=max_patch, seed=seed, slice_axis=slice_axis)
     save_json(plan, out_plan)
     return plan
 
@@ -160,8 +168,13 @@ def slice_case(preprocessed_dir: str | Path, plan_path: str | Path, out_dir: str
 
 def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root: str | Path, slices_root: str | Path,
           plan_path: str | Path, out_dir: str | Path, model: Mapping, training: Mapping, augment: Mapping,
-          loss: Mapping | None = None) -> dict:
-    """Train on ``train_ids`` (validating on ``val_ids``); writes the model folder."""
+          loss: Mapping | None = None, postprocess: Mapping | None = None) -> dict:
+    """Train on ``train_ids`` (validating on ``val_ids``); writes the model folder.
+
+    ``postprocess`` (the config's section) is recorded in ``model.json``: segmentations made with
+    the model apply it unless told otherwise (:func:`unet_pipeline.config.effective_postprocess`).
+    None records nothing (no postprocessing).
+    """
     from .augment import AugmentConfig
     from .training import TrainConfig
     from .training import train as _train
@@ -175,9 +188,13 @@ def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root
     # Only the Dice losses take these options; w0 and sigma_px belong to the slice stage.
     dice_keys = ("include_background", "batch_dice", "smooth") if name in ("dice", "dice_ce") else ()
     loss = {k: v for k, v in loss.items() if k in dice_keys}
-    return _train(pairs(train_ids), pairs(val_ids), load_json(plan_path), out_dir, model_config=model,
+    meta = _train(pairs(train_ids), pairs(val_ids), load_json(plan_path), out_dir, model_config=model,
                   train_config=TrainConfig.from_dict(training), augment_config=AugmentConfig.from_dict(augment),
                   loss_options=loss)
+    if postprocess is not None:
+        meta = {**meta, "postprocess": dict(postprocess)}
+        save_json(meta, Path(out_dir) / "model.json")
+    return meta
 
 
 def infer(model_dirs: Sequence[str | Path], preprocessed_dir: str | Path, out_probs: str | Path, *,
@@ -219,47 +236,117 @@ def infer(model_dirs: Sequence[str | Path], preprocessed_dir: str | Path, out_pr
 
 def reassemble(probs_path: str | Path, preprocessed_dir: str | Path, imported_image: str | Path, out_nifti: str | Path,
                *, model_dir: str | Path | Sequence[str | Path], postprocess: Mapping | None = None,
-               provenance: Mapping | None = None, infer_info: str | Path | None = None) -> None:
+               provenance: Mapping | None = None, infer_info: str | Path | Mapping | None = None) -> dict:
     """Probabilities -> segmentation NIfTI with the input's exact geometry, plus a sidecar JSON.
 
-    ``model_dir`` is the model folder (or the list of ensembled folders); ``infer_info`` the JSON
-    written by :func:`infer`, copied into the sidecar with ``provenance``.
+    Parameters
+    ----------
+    model_dir
+        The model folder, or the list of ensembled folders.
+    postprocess
+        The config's ``postprocess`` section. None (the schema's default): the postprocessing
+        recorded in the model's ``model.json`` at training; a mapping replaces it (``{}``: none).
+        See :func:`unet_pipeline.config.effective_postprocess`.
+    provenance, infer_info
+        Copied into the sidecar; ``infer_info`` is the JSON written by :func:`infer` (a path) or
+        its content.
+
+    Returns
+    -------
+    dict
+        The sidecar's content; ``postprocess`` in it is the postprocessing applied.
     """
+    model_dirs = _as_list(model_dir)
+    t0 = time.perf_counter()
+    labels, applied = _segment(probs_path, preprocessed_dir, imported_image, out_nifti, model_dirs, postprocess)
+    extra = {**dict(provenance or {}), "postprocess": applied, "reassemble_seconds": round(time.perf_counter() - t0, 3)}
+    if isinstance(infer_info, Mapping):
+        extra["inference"] = dict(infer_info)
+    elif infer_info and Path(infer_info).exists():
+        extra["inference"] = load_json(infer_info)
+    return _write_sidecar(out_nifti, labels, model_dirs, extra)
+
+
+def _as_list(model_dir: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    return [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir)
+
+
+def _sidecar_path(out_nifti: str | Path) -> Path:
+    """``<case>.json`` beside ``<case>.nii.gz`` (or ``<case>.nii``)."""
+    out_nifti = Path(out_nifti)
+    name = out_nifti.name[:-7] if out_nifti.name.endswith(".nii.gz") else out_nifti.stem
+    return out_nifti.with_name(f"{name}.json")
+
+
+def _segment(probs_path: str | Path, preprocessed_dir: str | Path, imported_image: str | Path, out_nifti: str | Path,
+             model_dirs: Sequence[str | Path], postprocess: Mapping | None) -> tuple[dict[int, str], dict]:
+    """Write one case's segmentation as both :func:`reassemble` (the workflow) and
+    :func:`predict_cohort` (the CLI) do; returns ``(label names, postprocessing applied)``.
+
+    An earlier sidecar is removed first, so a run stopped before the new sidecar is written
+    leaves a segmentation without one (incomplete: :func:`segmentation_complete`).
+    """
+    from .config import effective_postprocess
     from .reassembly import reassemble_case
 
-    model_dirs = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir)
     model_meta = load_json(Path(model_dirs[0]) / "model.json")
     labels = _labels(model_meta["labels"])
-    t0 = time.perf_counter()
+    applied = effective_postprocess(postprocess, model_meta)
+    _sidecar_path(out_nifti).unlink(missing_ok=True)
     reassemble_case(probs_path, Path(preprocessed_dir) / "meta.json", imported_image, out_nifti,
-                    num_classes=len(labels) + 1, postprocess=postprocess, labels=labels)
-    extra = {**dict(provenance or {}), "reassemble_seconds": round(time.perf_counter() - t0, 3)}
-    if infer_info and Path(infer_info).exists():
-        extra["inference"] = load_json(infer_info)
-    _write_sidecar(out_nifti, labels, model_dirs, extra)
+                    num_classes=len(labels) + 1, postprocess=applied, labels=labels)
+    return labels, applied
 
 
 def _write_sidecar(out_nifti: str | Path, labels: Mapping[int, str], model_dirs: str | Path | Sequence[str | Path],
-                   extra: Mapping | None) -> None:
-    """``<case>.json`` beside a segmentation: label names, models (path + SHA-256), version, provenance."""
+                   extra: Mapping | None) -> dict:
+    """``<case>.json`` beside a segmentation: label names, models (path + SHA-256), version, provenance.
+
+    Written atomically, after the segmentation: its presence marks the case as done. Returns its content.
+    """
     from . import __version__
 
-    dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
-    models = [_model_identity(d) for d in dirs]
-    out_nifti = Path(out_nifti)
-    name = out_nifti.name[:-7] if out_nifti.name.endswith(".nii.gz") else out_nifti.stem
-    save_json({"labels": {str(k): v for k, v in labels.items()}, "model": models[0]["path"],
+    models = [_model_identity(d) for d in _as_list(model_dirs)]
+    sidecar = {"labels": {str(k): v for k, v in labels.items()}, "model": models[0]["path"],
                "model_sha256": models[0]["sha256"], "models": models, "unet_pipeline": __version__,
-               **dict(extra or {})}, out_nifti.with_name(f"{name}.json"))
+               **dict(extra or {})}
+    save_json(sidecar, _sidecar_path(out_nifti))
+    return sidecar
+
+
+def segmentation_complete(out_nifti: str | Path) -> bool:
+    """Whether a segmentation written by :func:`reassemble` or :func:`predict_cohort` is complete.
+
+    Complete: ``<case>.nii.gz`` and its sidecar ``<case>.json`` both exist, the sidecar is a JSON
+    object with ``labels``, and the NIfTI's header and every voxel can be read (a truncated or
+    corrupt file is not complete). Both files are written atomically, the sidecar last, so a run
+    that was stopped leaves either a complete case or one that this reports as incomplete.
+    """
+    import nibabel as nib
+
+    out_nifti = Path(out_nifti)
+    sidecar = _sidecar_path(out_nifti)
+    if not (out_nifti.is_file() and sidecar.is_file()):
+        return False
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        np.asanyarray(nib.load(str(out_nifti)).dataobj)
+    except Exception:  # noqa: BLE001 - whatever the reason, the output cannot be used as it is
+        return False
+    return isinstance(meta, dict) and "labels" in meta
 
 
 METRIC_COLUMNS = ["case", "label", "label_id", "dice", "iou", "precision", "recall", "hd_mm", "hd95_mm", "assd_mm",
                   "nsd", "vol_ref_ml", "vol_pred_ml", "vol_diff_ml", "ref_empty", "pred_empty", "empty_policy"]
 
 
-def evaluate(case_id: str, pred: str | Path, ref: str | Path, out_csv: str | Path, *, labels: Mapping,
+def evaluate(case_id: str, pred: str | Path, ref: str | Path, out_csv: str | Path, *, labels: Mapping | None,
              nsd_tolerance_mm: float | Mapping[str, float] = 2.0) -> list[dict]:
-    """Metrics of one case (all classes) into a one-case CSV."""
+    """Metrics of one case (all classes) into a one-case CSV.
+
+    ``labels``: label value -> class name; None: the non-zero values found in ``pred`` or ``ref``,
+    named by :func:`value_label_names`.
+    """
     import nibabel as nib
 
     from .io import read_voxels, spacing_from_affine
@@ -268,11 +355,22 @@ def evaluate(case_id: str, pred: str | Path, ref: str | Path, out_csv: str | Pat
     pimg, rimg = nib.load(str(pred)), nib.load(str(ref))
     if pimg.shape != rimg.shape or not np.allclose(pimg.affine, rimg.affine, atol=1e-4):
         raise CaseError(pred, f"prediction grid {pimg.shape} does not match reference {ref} {rimg.shape}")
-    rows = case_metrics(read_voxels(pimg, pred), read_voxels(rimg, ref), spacing_from_affine(rimg.affine),
-                        _labels(labels), nsd_tolerance_mm)
+    pdata, rdata = read_voxels(pimg, pred), read_voxels(rimg, ref)
+    if labels is None:
+        labels = value_label_names(np.union1d(np.unique(pdata), np.unique(rdata)))
+    rows = case_metrics(pdata, rdata, spacing_from_affine(rimg.affine), _labels(labels), nsd_tolerance_mm)
     rows = [{"case": case_id, **r} for r in rows]
     _write_rows(out_csv, rows)
     return rows
+
+
+def value_label_names(values: Sequence[int] | np.ndarray) -> dict[int, str]:
+    """Class names for label values without a label map: ``{1: "label_1", 4: "label_4"}``
+    (background 0 left out; the values must be whole numbers)."""
+    values = np.asarray(values).ravel()
+    if values.size and not np.array_equal(values, np.round(values)):
+        raise ValueError(f"label values must be whole numbers, got {values[values != np.round(values)][:5].tolist()}")
+    return {int(v): f"label_{int(v)}" for v in sorted({int(v) for v in values}) if v != 0}
 
 
 def volumes(case_id: str, seg: str | Path, image: str | Path, out_csv: str | Path, *, labels: Mapping) -> list[dict]:
@@ -547,54 +645,85 @@ def pick_overlay_cases(metrics_csv: str | Path, n: int = 3) -> list[dict]:
 
 def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple[str, str | Path]], out_dir: str | Path, *,
                    work_dir: str | Path, inference: Mapping | None = None, postprocess: Mapping | None = None,
-                   keep_going: bool = True) -> dict[str, str]:
+                   keep_going: bool = True, overwrite: bool = False) -> dict[str, str]:
     """Segment many cases with the models loaded once: import -> preprocess -> infer -> reassemble.
+
+    The stages and their arguments are those of the workflow's predict-only mode: the checks of
+    :func:`import_case` (at least the model's ``in_channels`` slices along its slicing plane),
+    :func:`preprocess` with the model's plan, :meth:`Predictor.predict` with ``inference``, and
+    the reassembly and postprocessing of :func:`reassemble`; so a case's segmentation is the one
+    the workflow writes with the same model and ``inference`` section.
 
     Parameters
     ----------
+    model_dirs
+        Model folder(s); several (cross-validation folds) are ensembled.
     inputs
         ``(case_id, image path)`` pairs (NIfTI, NRRD, MHA or a DICOM folder).
     out_dir
-        Receives ``<case>.nii.gz`` (input's geometry) and ``<case>.json`` per case.
+        Receives ``<case>.nii.gz`` (the input's geometry) and ``<case>.json`` per case, each written
+        atomically (the sidecar last), and ``volumes.csv`` of every case of ``inputs`` that has a
+        complete segmentation (written now or before).
+    work_dir
+        Intermediate files, one folder per case, removed when the case is done.
+    inference
+        The ``inference`` config section (``device``, ``overlap``, ``batch_size``, ``mirror_tta``).
+    postprocess
+        None: the postprocessing recorded in the model; a mapping replaces it (``{}``: none).
     keep_going
-        Record a failing case and go on with the others (its error is returned).
+        Record a failing case, whatever the exception, and go on with the others (an interrupt,
+        ``KeyboardInterrupt``, still stops the run).
+    overwrite
+        Segment every case again; otherwise a case whose output is complete
+        (:func:`segmentation_complete`) is skipped.
 
     Returns
     -------
     dict
-        case id -> ``"ok"`` or the error message.
+        case id -> ``"ok"``, ``"skipped"`` (a complete output was there) or the error message.
     """
+    from .geometry import model_slice_axis
     from .predictor import Predictor
-    from .preprocessing import preprocess_image
-    from .reassembly import reassemble_case
 
     inference = dict(inference or {})
+    model_dirs = [str(d) for d in model_dirs]
     predictor = Predictor(model_dirs, inference.get("device", "auto"))
     labels = predictor.labels
+    model_json = Path(model_dirs[0]) / "model.json"
+    import_options = {"min_slices": int(predictor.meta["architecture"].get("in_channels", 1)),
+                      "slice_axis": model_slice_axis(model_dirs[0])}
     status: dict[str, str] = {}
     volume_rows: list[dict] = []
     for case_id, image in inputs:
+        out = Path(out_dir) / f"{case_id}.nii.gz"
         case_work = Path(work_dir) / case_id
         try:
+            if not overwrite and segmentation_complete(out):
+                status[case_id] = "skipped"
+                volume_rows.extend(load_json(_sidecar_path(out)).get("volumes") or [])
+                log.info("%s: %s is complete, skipped (overwrite to redo it)", case_id, out)
+                continue
             t0 = time.perf_counter()
-            record = import_case(case_id, image, None, case_work / "imported", labels=labels)
-            preprocess_image(case_work / "imported" / "image.nii.gz", predictor.meta["plan"], case_work / "pre",
-                             case_id=case_id)
+            record = import_case(case_id, image, None, case_work / "imported", labels=labels, **import_options)
+            imported = case_work / "imported" / "image.nii.gz"
+            preprocess(case_id, imported, model_json, case_work / "pre")
             info = predictor.predict(case_work / "pre", case_work / "probs.npy", inference)
-            out = Path(out_dir) / f"{case_id}.nii.gz"
-            reassemble_case(case_work / "probs.npy", case_work / "pre" / "meta.json", case_work / "imported" / "image.nii.gz",
-                            out, num_classes=len(labels) + 1, postprocess=postprocess, labels=labels)
-            _write_sidecar(out, labels, model_dirs, {"source": str(image), "device": info["device"],
-                                                       "seconds": round(time.perf_counter() - t0, 3),
-                                                       "infer": info, "warnings": record.get("warnings", [])})
-            volume_rows.extend(_volume_rows(case_id, out, case_work / "imported" / "image.nii.gz", labels))
+            _, applied = _segment(case_work / "probs.npy", case_work / "pre", imported, out, model_dirs, postprocess)
+            rows = _volume_rows(case_id, out, imported, labels)
+            _write_sidecar(out, labels, model_dirs, {
+                "case": case_id, "source": str(image), "device": info["device"],
+                "seconds": round(time.perf_counter() - t0, 3), "postprocess": applied,
+                "inference": {**info, "settings": inference}, "warnings": record.get("warnings", []),
+                "volumes": rows})
+            volume_rows.extend(rows)
             status[case_id] = "ok"
             log.info("%s: segmented in %.1f s", case_id, time.perf_counter() - t0)
-        except (CaseError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one bad case must not end the cohort
             if not keep_going:
                 raise
-            status[case_id] = str(exc)
-            log.error("%s: %s", case_id, exc)
+            status[case_id] = str(exc) if isinstance(exc, CaseError) else f"{type(exc).__name__}: {exc}"
+            log.error("%s: %s", case_id, status[case_id])
+            log.debug("%s failed", case_id, exc_info=exc)
         finally:
             shutil.rmtree(case_work, ignore_errors=True)
     if volume_rows:

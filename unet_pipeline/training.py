@@ -12,9 +12,18 @@ Batches come from a :class:`~unet_pipeline.data.BatchStream` that draws the next
 background thread (``prefetch``, the default; no worker processes); the checkpoint holds the
 sampler's generator state after the last batch used, so a resumed run draws the same batches.
 
+A checkpoint only continues the run it was written for: it carries a fingerprint of the settings
+that shape the run (config sections model, loss, augment and training, the plan, the training
+and validation case ids; see :func:`_run_fingerprint`). When a rerun's fingerprint differs, or the
+checkpoint has none (older versions), the old run's files are renamed to
+``<name>.stale-<UTC time><ext>`` (e.g. ``checkpoint.stale-20261202T063000Z.pt``), a WARNING names
+what changed, and training starts afresh. A rerun of a finished run with the same fingerprint
+trains no further; it writes the outputs again from the checkpoint and ``best.safetensors``.
+
 Outputs in ``out_dir``: ``model.safetensors`` (weights of the best epoch by smoothed validation
 Dice, no pickle), ``model.json`` (architecture, plan, labels, training config, versions, data
-fingerprint), ``train_log.csv`` (one row per epoch), ``curves.png``, ``checkpoint.pt``.
+fingerprint), ``train_log.csv`` (one row per epoch), ``curves.png``, ``checkpoint.pt``,
+``best.safetensors`` (a copy of the best weights, kept for reruns of a finished run).
 """
 
 from __future__ import annotations
@@ -22,15 +31,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
 import platform
+import shutil
 import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -180,9 +192,92 @@ def _versions() -> dict:
             "python": platform.python_version()}
 
 
-def _fingerprint(plan: Mapping, train_ids: Sequence[str], val_ids: Sequence[str]) -> str:
+def _data_fingerprint(plan: Mapping, train_ids: Sequence[str], val_ids: Sequence[str]) -> str:
+    """``model.json``'s ``data_fingerprint``: SHA-256 of the plan and the sorted case ids."""
     blob = json.dumps({"plan": plan, "train": sorted(train_ids), "val": sorted(val_ids)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# TrainConfig keys left out of the checkpoint's fingerprint, with the reason: they change how
+# fast, where or how visibly a run goes, not what it computes, so a checkpoint stays valid when
+# only they change (the rule sets ``threads`` from its thread count, for one).
+_FINGERPRINT_EXCLUDED = {
+    "threads": "torch intra-op threads: speed only",
+    "progress": "the progress bar",
+    "prefetch": "draws the same batches, ahead of time",
+    "checkpoint_minutes": "how often the checkpoint is written",
+    "stop_after_iterations": "testing aid that simulates a kill",
+    "device": "where the run goes on: a preempted job may come back on another node ('auto' resolves per machine)",
+    "compile": "torch.compile runs the same network, faster",
+    "loss": "the loss name: fingerprinted in the loss part, with the loss options",
+}
+
+
+def _sha256(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _run_fingerprint(*, model: UNetConfig, loss: Mapping, augment: AugmentConfig, training: TrainConfig,
+                     plan: Mapping, train_ids: Sequence[str], val_ids: Sequence[str]) -> dict[str, dict]:
+    """What shapes a training run, part by part: ``{part: {"hash": SHA-256 hex, "value": JSON value}}``.
+
+    Parts: ``model``, ``loss`` (name and options), ``augment``, ``training`` (without the keys of
+    ``_FINGERPRINT_EXCLUDED``), ``plan``, ``training cases`` (in the sampler's order, which
+    decides the batches) and ``validation cases`` (sorted). The checkpoint stores it; a rerun
+    resumes only when every part's hash matches. The values let a mismatch be named key by key.
+    """
+    parts = {
+        "model": model.to_dict(),
+        "loss": {"name": training.loss, **dict(loss)},
+        "augment": augment.to_dict(),
+        "training": {k: v for k, v in training.to_dict().items() if k not in _FINGERPRINT_EXCLUDED},
+        "plan": dict(plan),
+        "training cases": list(train_ids),
+        "validation cases": sorted(val_ids),
+    }
+    parts = json.loads(json.dumps(parts, default=str))  # as stored and read back: tuples become lists
+    return {name: {"hash": _sha256(value), "value": value} for name, value in parts.items()}
+
+
+def _fingerprint_changes(old: Mapping | None, new: Mapping) -> list[str]:
+    """Why a checkpoint fingerprinted ``old`` cannot continue the run ``new`` ([] when it can).
+
+    ``old`` is None for a checkpoint without a fingerprint (written by an older version).
+    """
+    if old is None:
+        return ["it has no fingerprint (written by an older version of unet_pipeline)"]
+    changes = []
+    for name, part in new.items():
+        before = old.get(name)
+        if not isinstance(before, Mapping) or "hash" not in before:
+            changes.append(f"{name} not recorded in the checkpoint")
+        elif before["hash"] != part["hash"]:
+            changes.extend(_describe_change(name, before.get("value"), part["value"]))
+    return changes
+
+
+def _describe_change(name: str, old: Any, new: Any) -> list[str]:
+    """Readable differences of one fingerprint part, e.g. ``training.lr changed (0.003 -> 0.01)``."""
+    def short(obj: Any) -> str:
+        text = json.dumps(obj, sort_keys=True)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    def ids(items: list) -> str:
+        return ", ".join(map(str, items[:5])) + (f", ... ({len(items)} in all)" if len(items) > 5 else "")
+
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(k for k in old.keys() | new.keys()
+                      if k not in old or k not in new or _sha256(old[k]) != _sha256(new[k]))
+        return [f"{name}.{k} changed ({short(old[k]) if k in old else 'unset'} -> "
+                f"{short(new[k]) if k in new else 'unset'})" for k in keys] or [f"{name} changed"]
+    if isinstance(old, list) and isinstance(new, list):
+        old_set, new_set = set(old), set(new)
+        added = [i for i in new if i not in old_set]
+        removed = [i for i in old if i not in new_set]
+        detail = "; ".join(f"{what}: {ids(items)}" for what, items in (("added", added), ("removed", removed))
+                           if items)
+        return [f"{name} changed ({detail or 'same cases, another order'})"]
+    return [f"{name} changed"]
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -261,8 +356,9 @@ class _SignalFlag:
 
 
 def _save_checkpoint(path: Path, model, optimizer, scaler, state: _State, np_rng_state: Mapping,
-                     aug_gen: torch.Generator) -> None:
-    """``np_rng_state``: the sampler generator's state after the last batch *used* (not prefetched)."""
+                     aug_gen: torch.Generator, fingerprint: Mapping) -> None:
+    """``np_rng_state``: the sampler generator's state after the last batch *used* (not prefetched);
+    ``fingerprint``: the run's :func:`_run_fingerprint`."""
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -272,14 +368,64 @@ def _save_checkpoint(path: Path, model, optimizer, scaler, state: _State, np_rng
         "torch_rng": torch.get_rng_state(),
         "aug_rng": aug_gen.get_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "fingerprint": json.dumps(fingerprint),
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def _load_checkpoint(path: Path, model, optimizer, scaler, np_rng: np.random.Generator,
-                     aug_gen: torch.Generator, device: torch.device) -> _State:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+# The files of one training run in its output folder (moved aside together when it is stale).
+_RUN_FILES = ("checkpoint.pt", "best.safetensors", "train_log.csv", "model.safetensors", "model.json", "curves.png")
+
+
+def _move_run_aside(out_dir: Path, now: datetime | None = None) -> list[Path]:
+    """Rename the run files present in ``out_dir`` to ``<stem>.stale-<UTC time><ext>``; returns the new paths.
+
+    All get one tag, e.g. ``checkpoint.stale-20261202T063000Z.pt`` and
+    ``train_log.stale-20261202T063000Z.csv``; when a file with that tag exists already, ``-2``,
+    ``-3``, ... is appended to it, so nothing is overwritten. ``now`` (UTC) defaults to the time.
+    """
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    present = [out_dir / name for name in _RUN_FILES if (out_dir / name).exists()]
+    for n in itertools.count(1):
+        tag = f"stale-{stamp}" if n == 1 else f"stale-{stamp}-{n}"
+        if not any((out_dir / name).with_name(f"{Path(name).stem}.{tag}{Path(name).suffix}").exists()
+                   for name in _RUN_FILES):
+            break
+    moved = [p.with_name(f"{p.stem}.{tag}{p.suffix}") for p in present]
+    for src, dst in zip(present, moved):
+        os.replace(src, dst)
+    return moved
+
+
+def _resume_or_start(ckpt: Path, fingerprint: Mapping, model, optimizer, scaler, np_rng: np.random.Generator,
+                     aug_gen: torch.Generator) -> _State:
+    """The state training starts from.
+
+    Without ``ckpt``: a fresh :class:`_State`. With a checkpoint of this run (every part of
+    ``fingerprint`` matches): weights, optimizer, scaler and RNG states are restored from it and
+    its state returned (a finished run's too; training then only writes the outputs again).
+    Otherwise the old run's files are moved aside (:func:`_move_run_aside`), a WARNING says what
+    differs, and a fresh state is returned (``model`` etc. are left as they are: freshly made).
+    """
+    if not ckpt.exists():
+        return _State()
+    payload = torch.load(ckpt, map_location="cpu", weights_only=True)
+    old = json.loads(payload["fingerprint"]) if "fingerprint" in payload else None
+    changes = _fingerprint_changes(old, fingerprint)
+    if not changes:
+        state = _restore_checkpoint(payload, model, optimizer, scaler, np_rng, aug_gen)
+        log.info("resuming from %s: epoch %d, iteration %d", ckpt, state.epoch, state.iteration)
+        return state
+    moved = _move_run_aside(ckpt.parent)
+    log.warning("%s is not from this run: %s. Moved the old run's files aside (%s); training starts afresh",
+                ckpt, "; ".join(changes), ", ".join(p.name for p in moved))
+    return _State()
+
+
+def _restore_checkpoint(payload: Mapping, model, optimizer, scaler, np_rng: np.random.Generator,
+                        aug_gen: torch.Generator) -> _State:
+    """Load a checkpoint's ``payload`` (see :func:`_save_checkpoint`) into the objects; returns its state."""
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     if scaler is not None and payload["scaler"]:
@@ -293,13 +439,10 @@ def _load_checkpoint(path: Path, model, optimizer, scaler, np_rng: np.random.Gen
 
 
 def _validate(model, cases, *, num_classes: int, patch_size, in_slices: int, device, margin: int) -> dict:
-    """Per-class Dice averaged over validation cases (cases where the class is absent in both count as 1)."""
+    """Validation Dice of each foreground class over ``cases``, averaged as :func:`_summarize_dice` says."""
     model.eval()
-    per_class = np.zeros((len(cases), num_classes - 1))
+    inter, ref_n, pred_n = (np.zeros((len(cases), num_classes - 1)) for _ in range(3))
     for ci, case in enumerate(cases):
-        inter = np.zeros(num_classes - 1)
-        ref_n = np.zeros(num_classes - 1)
-        pred_n = np.zeros(num_classes - 1)
         for z0, probs in iter_volume_probabilities(model, case.image, in_slices=in_slices, num_classes=num_classes,
                                                    patch_size=patch_size, overlap=0.25, batch_size=8, device=device,
                                                    margin=margin, pad_value=case.pad_value):
@@ -307,13 +450,40 @@ def _validate(model, cases, *, num_classes: int, patch_size, in_slices: int, dev
             ref = np.asarray(case.label[z0:z0 + pred.shape[0]])
             for k in range(1, num_classes):
                 p, r = pred == k, ref == k
-                inter[k - 1] += np.count_nonzero(p & r)
-                ref_n[k - 1] += np.count_nonzero(r)
-                pred_n[k - 1] += np.count_nonzero(p)
-        denom = ref_n + pred_n
-        per_class[ci] = np.where(denom > 0, 2 * inter / np.maximum(denom, 1), 1.0)
+                inter[ci, k - 1] += np.count_nonzero(p & r)
+                ref_n[ci, k - 1] += np.count_nonzero(r)
+                pred_n[ci, k - 1] += np.count_nonzero(p)
     model.train()
-    return {"per_class": per_class.mean(0).tolist(), "mean": float(per_class.mean())}
+    return _summarize_dice(inter, ref_n, pred_n)
+
+
+def _summarize_dice(inter, ref_n, pred_n) -> dict:
+    """Per-class and mean Dice from voxel counts of the validation cases.
+
+    Parameters
+    ----------
+    inter, ref_n, pred_n
+        ``(cases, classes)`` voxel counts of each foreground class in each case: reference and
+        prediction overlapping, in the reference, in the prediction.
+
+    Returns
+    -------
+    dict
+        ``per_class``: for each class, the mean Dice over the cases where the class is in the
+        reference or the prediction (NaN when it is in neither in every case). A class absent from
+        both says nothing about the network and is left out, so predicting nothing earns nothing;
+        a class predicted where the reference has none counts (Dice 0). ``mean``: the mean of the
+        classes that are not NaN, or 1.0 when none is left (validation cases without any
+        foreground, and none predicted: nothing to find and nothing found).
+    """
+    inter, ref_n, pred_n = (np.asarray(a, dtype=float) for a in (inter, ref_n, pred_n))
+    denom = ref_n + pred_n
+    counted = denom > 0
+    dice = np.where(counted, 2 * inter / np.where(counted, denom, 1.0), 0.0)
+    n = counted.sum(0)
+    per_class = np.where(n > 0, dice.sum(0) / np.maximum(n, 1), np.nan)
+    present = per_class[~np.isnan(per_class)]
+    return {"per_class": per_class.tolist(), "mean": float(present.mean()) if present.size else 1.0}
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
@@ -328,7 +498,10 @@ def _write_log(path: Path, rows: list[dict]) -> None:
 def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Sequence[tuple[str | Path, str | Path]],
           plan: Mapping, out_dir: str | Path, *, model_config: Mapping | UNetConfig, train_config: TrainConfig,
           augment_config: AugmentConfig, loss_options: Mapping | None = None) -> dict:
-    """Train a U-Net; resume from ``out_dir/checkpoint.pt`` when present.
+    """Train a U-Net; resume from ``out_dir/checkpoint.pt`` when it was written for the same run.
+
+    A checkpoint of another run (other settings, plan or cases; see :func:`_run_fingerprint`) is
+    moved aside with the old run's files, and training starts afresh (:func:`_resume_or_start`).
 
     Parameters
     ----------
@@ -383,17 +556,16 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if cfg.compile else model
+    train_ids = [c.case_id for c in train_cases]
+    val_ids = [c.case_id for c in val_cases]
+    fingerprint = _run_fingerprint(model=mcfg, loss=loss_options, augment=augment_config, training=cfg, plan=plan,
+                                   train_ids=train_ids, val_ids=val_ids)
     ckpt = out_dir / "checkpoint.pt"
-    state = _State()
-    if ckpt.exists():
-        state = _load_checkpoint(ckpt, model, optimizer, scaler, np_rng, aug_gen, device)
-        log.info("resuming from %s: epoch %d, iteration %d", ckpt, state.epoch, state.iteration)
+    state = _resume_or_start(ckpt, fingerprint, model, optimizer, scaler, np_rng, aug_gen)
     total_steps = cfg.epochs * cfg.iterations_per_epoch
     label_values = sorted(int(v) for v in plan["labels"])  # class index k stands for label_values[k - 1]
     label_names = [plan["labels"][str(v)] for v in label_values]
     net_augment = _pairs_as_class_indices(augment_config, label_values)  # model.json keeps the user's values
-    train_ids = [c.case_id for c in train_cases]
-    val_ids = [c.case_id for c in val_cases]
     show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     last_ckpt = time.monotonic()
     done_in_run = 0
@@ -403,7 +575,7 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
                           pin_memory=device.type == "cuda")
 
     def checkpoint() -> None:
-        _save_checkpoint(ckpt, model, optimizer, scaler, state, batches.rng_state, aug_gen)
+        _save_checkpoint(ckpt, model, optimizer, scaler, state, batches.rng_state, aug_gen, fingerprint)
 
     model.train()
     with _SignalFlag() as signals, batches:
@@ -465,7 +637,7 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
                                 in_slices=mcfg.in_channels, device=device, margin=margin)
                 row["val_dice_mean"] = round(val["mean"], 6)
                 for name, d in zip(label_names, val["per_class"]):
-                    row[f"val_dice_{name}"] = round(d, 6)
+                    row[f"val_dice_{name}"] = "" if np.isnan(d) else round(d, 6)  # "": class in no case
                 score = val["mean"]
             else:
                 row["val_dice_mean"] = ""
@@ -488,11 +660,7 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
             last_ckpt = time.monotonic()
             if _should_stop(state, cfg.early_stopping_patience):
                 log.info("early stopping: no improvement of the smoothed score for %d epochs", state.stale_epochs)
-    best = out_dir / "best.safetensors"
-    if best.exists():
-        os.replace(best, out_dir / "model.safetensors")
-    else:
-        _save_weights(model, out_dir / "model.safetensors")
+    _write_outputs(out_dir, model, state.history)
     from .report import plot_training_curves
 
     plot_training_curves(out_dir / "train_log.csv", out_dir / "curves.png")
@@ -511,10 +679,26 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
         "epochs_run": state.epoch,
         "device": str(device),
         "versions": _versions(),
-        "data_fingerprint": _fingerprint(plan, train_ids, val_ids),
+        "data_fingerprint": _data_fingerprint(plan, train_ids, val_ids),
     }
     save_json(meta, out_dir / "model.json")
     return meta
+
+
+def _write_outputs(out_dir: Path, model: torch.nn.Module, history: list[dict]) -> None:
+    """Write ``train_log.csv`` (from ``history``) and ``model.safetensors`` (a copy of ``best.safetensors``).
+
+    Both again when a finished run is rerun: Snakemake deletes a rule's outputs before it runs it,
+    and the checkpoint only holds the last epoch's weights, so ``best.safetensors`` is kept.
+    """
+    _write_log(out_dir / "train_log.csv", history)
+    best = out_dir / "best.safetensors"
+    if best.exists():
+        with atomic_path(out_dir / "model.safetensors") as tmp:
+            shutil.copyfile(best, tmp)
+    else:
+        log.warning("%s is missing: model.safetensors holds the last epoch's weights", best)
+        _save_weights(model, out_dir / "model.safetensors")
 
 
 def _save_weights(model: torch.nn.Module, path: Path) -> None:

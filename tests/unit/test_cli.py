@@ -1,13 +1,21 @@
-"""The ``unet-pipeline`` command: help texts, check-cohort on bad input, demo-cohort, evaluate."""
+"""The ``unet-pipeline`` command: help texts, check-cohort on bad input, demo-cohort, evaluate, and real
+``train`` and ``predict`` runs on a tiny demo cohort."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
+import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.conftest import make_ct, save_nifti
 from unet_pipeline.cli import main
@@ -176,3 +184,185 @@ def test_check_cohort_names_rejected_ids_and_skipped_files(tmp_path, capsys):
     assert "error: case id: case id clashes with 'DEMO_001' on case-insensitive file systems" in out
     assert f"note: {tmp_path / 'images' / 'notes.txt'}: not an image or DICOM file, skipped" in out
     assert "3 case(s): 1 usable, 2 unusable" in out
+
+
+# --- train and predict on a tiny demo cohort, as the workflow would -------------------------------------------------
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "workflow" / "config_tiny.yaml"
+
+
+def _run(argv) -> tuple[int, str]:
+    """``main(argv)`` with its standard output captured (for module-scoped fixtures, which have no capsys)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cli_train(tmp_path_factory):
+    """A 4-case demo cohort trained on with ``unet-pipeline train`` and the tiny workflow config (1 epoch);
+    the keyword arguments of the stage calls are recorded."""
+    from unet_pipeline import stages
+    from unet_pipeline.demo import write_demo_cohort
+
+    root = tmp_path_factory.mktemp("cli")
+    write_demo_cohort(root / "demo", n_cases=4, seed=3)
+    config = yaml.safe_load(TINY_CONFIG.read_text(encoding="utf-8"))
+    config["training"].update(epochs=1, iterations_per_epoch=2)
+    config["cohort"]["geometry_tolerance_mm"] = 0.05  # not the defaults: they must reach the stages
+    config["loss"] = {"w0": 7.0, "sigma_px": 3.0}
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    calls: dict[str, list[dict]] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("import_case", "fingerprint", "slice_case", "train"):
+            def record(*args, _real=getattr(stages, name), _name=name, **kwargs):
+                calls.setdefault(_name, []).append(kwargs)
+                return _real(*args, **kwargs)
+
+            mp.setattr(stages, name, record)
+        code, out = _run(["train", "-i", str(root / "demo" / "images"), "-l", str(root / "demo" / "labels"),
+                          "--label-names", str(root / "demo" / "dataset.json"), "-c", str(path),
+                          "-o", str(root / "model"), "--work-dir", str(root / "work")])
+    return SimpleNamespace(root=root, config=path, config_dict=config, model=root / "model", code=code, out=out,
+                           calls=calls)
+
+
+def test_train_runs_the_workflows_chain_with_its_split_and_settings(cli_train, tmp_path):
+    from unet_pipeline.cohort import workflow_cases
+    from unet_pipeline.config import load_config
+
+    assert cli_train.code == 0, cli_train.out
+    demo = cli_train.root / "demo"
+    names = {1: "liver", 2: "spleen", 3: "kidney_left", 4: "kidney_right"}
+    config = load_config({**cli_train.config_dict, "cohort": {"images": str(demo / "images"),
+                                                               "labels": str(demo / "labels"), "label_names": names}})
+    cases = workflow_cases(config, tmp_path)  # the workflow's split of this cohort
+    meta = json.loads((cli_train.model / "model.json").read_text(encoding="utf-8"))
+    assert (meta["train_cases"], meta["val_cases"]) == (cases.train, cases.val) and len(cases.test) == 2
+    assert f"held out for testing, not trained on (2): {', '.join(cases.test)}" in cli_train.out
+    assert not any((cli_train.root / "work" / "imported" / cid).exists() for cid in cases.test)
+    # The stages get the config's values, as the rules pass them.
+    calls = cli_train.calls
+    assert {c["geometry_tolerance_mm"] for c in calls["import_case"]} == {0.05}
+    assert {c["min_slices"] for c in calls["import_case"]} == {1}
+    (plan,) = calls["fingerprint"]
+    assert plan["target_spacing_mm"] == [4.0, 4.0] and plan["patch_size"] == [32, 32] and plan["seed"] == 0
+    assert all(c == {"weight_map": False, "w0": 7.0, "sigma_px": 3.0} for c in calls["slice_case"])
+    (train,) = calls["train"]
+    assert train["training"]["epochs"] == 1 and train["model"]["base_channels"] == 4
+    # The config's postprocessing is recorded with the model.
+    assert meta["postprocess"] == cli_train.config_dict["postprocess"] == train["postprocess"]
+
+
+def _inputs(cli_train, tmp_path, ids=("demo_000", "demo_001")) -> Path:
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for cid in ids:
+        shutil.copy(cli_train.root / "demo" / "images" / f"{cid}.nii.gz", folder)
+    return folder
+
+
+def test_predict_writes_the_inputs_geometry_skips_complete_cases_and_overwrites(cli_train, tmp_path, capsys):
+    import nibabel as nib
+
+    inputs, out = _inputs(cli_train, tmp_path), tmp_path / "out"
+    argv = ["predict", "-m", str(cli_train.model), "-i", str(inputs), "-o", str(out), "-c", str(cli_train.config)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    for cid in ("demo_000", "demo_001"):
+        source, seg = nib.load(str(inputs / f"{cid}.nii.gz")), nib.load(str(out / f"{cid}.nii.gz"))
+        assert seg.shape == source.shape and seg.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(seg.affine, source.affine, atol=1e-6)
+        assert int(seg.header["qform_code"]) == int(source.header["qform_code"])
+        assert int(seg.header["sform_code"]) == int(source.header["sform_code"])
+        sidecar = json.loads((out / f"{cid}.json").read_text(encoding="utf-8"))
+        assert sidecar["postprocess"] == {"*": {"min_volume_ml": 0.1}} and sidecar["labels"]["1"] == "liver"
+        assert sidecar["inference"]["settings"]["batch_size"] == 4  # the config's inference section
+    with open(out / "volumes.csv", encoding="utf-8") as fh:
+        assert sorted({r["case"] for r in csv.DictReader(fh)}) == ["demo_000", "demo_001"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    # Rerun: both complete, skipped; volumes.csv still lists both.
+    assert main(argv) == 0
+    assert "2 case(s) skipped" in capsys.readouterr().out
+    assert all(stamps[p.name] == p.stat().st_mtime_ns for p in out.glob("demo_*"))
+    with open(out / "volumes.csv", encoding="utf-8") as fh:
+        assert sorted({r["case"] for r in csv.DictReader(fh)}) == ["demo_000", "demo_001"]
+    # Incomplete outputs are redone: a missing sidecar, an unreadable segmentation.
+    (out / "demo_000.json").unlink()
+    seg = out / "demo_001.nii.gz"
+    seg.write_bytes(seg.read_bytes()[:200])
+    assert main(argv) == 0
+    assert "2 of 2 case(s) segmented" in capsys.readouterr().out
+    assert (out / "demo_000.json").exists()
+    assert nib.load(str(seg)).get_fdata().shape == nib.load(str(inputs / "demo_001.nii.gz")).shape
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("demo_*")}
+    assert main([*argv, "--overwrite"]) == 0
+    assert "2 of 2 case(s) segmented" in capsys.readouterr().out
+    assert all(stamps[p.name] != p.stat().st_mtime_ns for p in out.glob("demo_*"))
+
+
+def test_predict_goes_on_past_failing_cases_and_names_them(cli_train, tmp_path, capsys, monkeypatch):
+    from unet_pipeline.predictor import Predictor
+
+    inputs, out = _inputs(cli_train, tmp_path, ("demo_000", "demo_001", "demo_002")), tmp_path / "out"
+    broken = inputs / "demo_002.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:3000])  # truncated gzip
+    real = Predictor.predict
+
+    def flaky(self, pre_dir, *args, **kwargs):
+        if "demo_000" in str(pre_dir):
+            raise RuntimeError("boom")
+        return real(self, pre_dir, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict", flaky)
+    assert main(["predict", "-m", str(cli_train.model), "-i", str(inputs), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED demo_000: RuntimeError: boom" in err
+    assert f"FAILED demo_002: {broken}" in err and "not segmented: demo_000, demo_002" in err
+    assert sorted(p.name for p in out.iterdir()) == ["demo_001.json", "demo_001.nii.gz", "volumes.csv"]
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Predictor, "predict", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # an interrupt stops the run, leaving nothing half-written
+        main(["predict", "-m", str(cli_train.model), "-i", str(inputs), "-o", str(out), "--overwrite"])
+    assert sorted(p.name for p in out.iterdir()) == ["demo_001.json", "demo_001.nii.gz", "volumes.csv"]
+
+
+def test_predict_refuses_a_cohort_naming_other_classes(cli_train, tmp_path, capsys):
+    dataset = tmp_path / "dataset.json"
+    dataset.write_text(json.dumps({"labels": {"background": 0, "spleen": 1, "liver": 2}}), encoding="utf-8")
+    inputs = _inputs(cli_train, tmp_path, ("demo_000",))
+    assert main(["predict", "-m", str(cli_train.model), "-i", str(inputs), "-o", str(tmp_path / "out"),
+                 "--label-names", str(dataset)]) == 1
+    err = capsys.readouterr().err
+    assert f"--label-names {dataset} {{1: 'spleen', 2: 'liver'}} differ" in err
+    assert "{1: 'liver', 2: 'spleen', 3: 'kidney_left', 4: 'kidney_right'}" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_without_label_names_names_classes_by_value(tmp_path, capsys):
+    image, label, affine = make_ct()
+    for cid in ("a", "b"):
+        save_nifti(tmp_path / "ref" / f"{cid}.nii.gz", label, affine)
+    pred = label.copy()
+    pred[pred == 2] = 0
+    pred[0, 0, 0] = 5  # a value only the prediction has
+    save_nifti(tmp_path / "pred" / "a.nii.gz", pred, affine)
+    save_nifti(tmp_path / "pred" / "b.nii.gz", label, affine)
+    out = tmp_path / "metrics.csv"
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "-o", str(out)]) == 0
+    assert "classes named by their values (label_1, label_2, label_5)" in capsys.readouterr().out
+    with open(out, encoding="utf-8") as fh:
+        rows = {(r["case"], r["label"]): r for r in csv.DictReader(fh)}
+    assert sorted(rows) == [(c, f"label_{v}") for c in "ab" for v in (1, 2, 5)]
+    assert float(rows[("b", "label_2")]["dice"]) == 1.0 and float(rows[("a", "label_2")]["dice"]) == 0.0
+    # The stage alone, without label names: the values of this case's two files.
+    from unet_pipeline.stages import evaluate
+
+    rows = evaluate("a", tmp_path / "pred" / "a.nii.gz", tmp_path / "ref" / "a.nii.gz", tmp_path / "a.csv", labels=None)
+    assert [(r["label"], r["label_id"]) for r in rows] == [("label_1", 1), ("label_2", 2), ("label_5", 5)]

@@ -34,7 +34,7 @@ SERIES_UID = "1.2.826.0.1.3680043.8.498.1.1"
 
 def write_series(folder: Path, hu: np.ndarray, positions, *, orientation=AXIAL, pixel_spacing=(0.9, 0.7),
                  uid: str = SERIES_UID, names=None, instance_numbers=None, intercept: int = -1024, slope: int = 1,
-                 thickness: float = 2.0, series_number: int | None = None) -> list[Path]:
+                 thickness: float = 2.0, series_number: int | None = None, patient_id: str | None = None) -> list[Path]:
     """Write ``hu`` ``(n, rows, columns)`` (HU) as a CT series, slice ``s`` at ``positions[s]`` (LPS mm).
 
     ``pixel_spacing`` is DICOM's (row spacing, column spacing) in mm. The GDCM writer stores
@@ -67,6 +67,8 @@ def write_series(folder: Path, hu: np.ndarray, positions, *, orientation=AXIAL, 
         }
         if series_number is not None:
             tags["0020|0011"] = str(series_number)
+        if patient_id is not None:
+            tags["0010|0020"] = patient_id
         for key, value in tags.items():
             image.SetMetaData(key, value)
         path = folder / names[s]

@@ -105,13 +105,66 @@ def test_same_scan_in_any_axis_order_gives_same_canonical_arrays(tmp_path):
         np.testing.assert_array_equal(other, results[0])
 
 
-def test_slice_axis_is_the_thickest_world_axis():
-    affine = np.diag([3.0, 0.8, 0.8, 1.0])  # sagittal-like: thick along R
+def test_slice_axis_is_the_plans_plane_not_the_thickest_axis():
+    """Sliced along the dataset's plane (axial by default), whatever the case's own spacing."""
+    affine = np.diag([3.0, 0.8, 0.8, 1.0])  # thick along R: the old largest-spacing rule sliced it sagittally
     o = canonical_orientation(affine, (10, 20, 30))
-    assert o.slice_world_axis == "R"
-    assert o.canonical_shape == (10, 30, 20)  # (R, S, A)
+    assert o.slice_world_axis == "S" and o.canonical_shape == (30, 20, 10)  # (S, A, R)
+    assert o.canonical_spacing == (0.8, 0.8, 3.0)
+    sag = canonical_orientation(affine, (10, 20, 30), "sagittal")
+    assert sag.slice_world_axis == "R" and sag.canonical_shape == (10, 30, 20)  # (R, S, A)
+    cor = canonical_orientation(affine, (10, 20, 30), "coronal")
+    assert cor.slice_world_axis == "A" and cor.canonical_shape == (20, 30, 10)  # (A, S, R)
     iso = canonical_orientation(np.eye(4), (4, 5, 6))
     assert iso.slice_world_axis == "S" and iso.canonical_shape == (6, 5, 4)
+    with pytest.raises(ValueError, match="slice_axis"):
+        canonical_orientation(affine, (10, 20, 30), "oblique")
+
+
+def test_thin_slice_scan_is_sliced_axially():
+    """0.5 mm slices, 0.8 mm pixels (modern thin-slice CT), stored in LPS order."""
+    affine = np.diag([-0.8, -0.8, 0.5, 1.0])
+    o = canonical_orientation(affine, (512, 512, 700))
+    assert o.slice_world_axis == "S" and o.canonical_shape == (700, 512, 512)
+    assert o.canonical_spacing == (0.5, 0.8, 0.8)
+
+
+def test_oblique_thin_slice_scan_is_sliced_along_its_axis_nearest_superior_inferior():
+    tilt = np.deg2rad(25)  # gantry tilt about R
+    rot = np.array([[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)], [0, np.sin(tilt), np.cos(tilt)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([0.8, 0.8, 0.6])
+    o = canonical_orientation(affine, (40, 50, 60))
+    assert o.slice_world_axis == "S" and o.canonical_shape == (60, 50, 40)
+    # Stored as (S, R, A): the slices still come from the voxel axis nearest S.
+    perm = np.eye(4)[:, [2, 0, 1, 3]]
+    o2 = canonical_orientation(affine @ perm, (60, 40, 50))
+    assert o2.slice_world_axis == "S" and o2.axis_order == (0, 2, 1)
+
+
+def test_mixed_cohort_and_a_thick_slice_model_on_a_thin_slice_scan_all_slice_axially(tmp_path):
+    """A plan made from a 3 mm and a 0.5 mm case records one plane; a thin-slice scan preprocessed
+    with that plan (as prediction with the model does) is cut axially too."""
+    from unet_pipeline.preprocessing import make_plan
+
+    from ..conftest import make_ct
+
+    cases = []
+    for name, spacing in (("thick", (0.8, 0.8, 3.0)), ("thin", (0.8, 0.8, 0.5))):
+        image, label, affine = make_ct(shape=(24, 20, 12), spacing=spacing, seed=1)
+        cases.append((name, save_nifti(tmp_path / f"{name}_i.nii.gz", image, affine),
+                      save_nifti(tmp_path / f"{name}_l.nii.gz", label, affine)))
+    plan = make_plan(cases, {1: "a", 2: "b"})
+    assert plan["slice_axis"] == "axial"
+    assert plan["cases"]["thin"]["shape"] == [12, 20, 24] and plan["cases"]["thin"]["spacing_mm"][0] == 0.5
+    thick_plan = make_plan(cases[:1], {1: "a", 2: "b"})  # a model trained on 3 mm scans only
+    for name, image_path, _ in cases:
+        meta = preprocess_image(image_path, thick_plan, tmp_path / f"pre_{name}", case_id=name)
+        assert meta["slice_axis"] == "axial" and meta["slice_world_axis"] == "S"
+        assert meta["resampled_shape"][0] == 12
+    coronal = make_plan(cases, {1: "a", 2: "b"}, slice_axis="coronal")
+    meta = preprocess_image(cases[1][1], coronal, tmp_path / "pre_cor", case_id="thin")
+    assert meta["slice_world_axis"] == "A" and meta["canonical_shape"][0] == 20
 
 
 def test_degenerate_affine_raises():

@@ -1,4 +1,5 @@
-"""Training: outputs, learning an easy task, kill-and-resume determinism, model loading, config checks."""
+"""Training: outputs, learning an easy task, kill-and-resume determinism, stale checkpoints, validation Dice,
+model loading, config checks."""
 
 from __future__ import annotations
 
@@ -335,8 +336,17 @@ def test_training_keeps_the_best_epoch_and_stops_early(prepared, tmp_path, monke
     assert not torch.equal(best["head.weight"], snapshots[5]["head.weight"])  # not simply the last weights
     with open(out / "train_log.csv", encoding="utf-8") as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4, 5, 6]
-    # A rerun after early stopping does not train on: the checkpoint says it stopped.
-    assert _train(prepared, out, epochs=8, iterations_per_epoch=1, early_stopping_patience=2)["epochs_run"] == 6
+    # A rerun after early stopping does not train on: the checkpoint says it stopped. Like Snakemake,
+    # delete the rule's outputs first: the rerun writes them again, with the best epoch's weights.
+    for name in ("model.safetensors", "model.json", "train_log.csv", "curves.png"):
+        (out / name).unlink()
+    meta = _train(prepared, out, epochs=8, iterations_per_epoch=1, early_stopping_patience=2, threads=2)
+    assert meta["epochs_run"] == 6
+    for name, t in load_file(str(out / "model.safetensors")).items():
+        assert torch.equal(t, snapshots[3][name]), name
+    with open(out / "train_log.csv", encoding="utf-8") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4, 5, 6]
+    assert not list(out.glob("*.stale-*"))
 
 
 def test_without_validation_the_best_epoch_is_by_training_loss(prepared, tmp_path):
@@ -413,3 +423,205 @@ def test_2_5d_input_trains(prepared, tmp_path):
     model, _ = load_model(out)
     with torch.no_grad():
         assert tuple(model(torch.zeros(1, 3, 32, 32)).shape) == (1, 3, 32, 32)
+
+
+# --- Stale checkpoints: a rerun resumes only the run its checkpoint was written for ---------------
+
+
+def _interrupted(prepared, out: Path, **kwargs) -> None:
+    """A run of ``_train`` killed after 5 steps (epoch 1 logged, in the middle of epoch 2)."""
+    with pytest.raises(TrainingInterrupted):
+        _train(prepared, out, stop_after_iterations=5, **kwargs)
+    assert _checkpoint_state(out)["step"] == 5 and (out / "train_log.csv").exists()
+
+
+def _stale(out: Path, stem: str) -> list[Path]:
+    return sorted(out.glob(f"{stem}.stale-*"))
+
+
+def _assert_fresh_run_replaced_the_old(out: Path, fresh: Path, caplog, *changes: str) -> None:
+    """``out`` (rerun after a kill, with other settings) ends as ``fresh`` (a run from scratch with the
+    new settings): the old checkpoint and log were moved aside and the WARNING names the changes."""
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelname == "WARNING" and "not from this run" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+    for change in changes:
+        assert change in warnings[0], warnings[0]
+    [old_ckpt], [old_log] = _stale(out, "checkpoint"), _stale(out, "train_log")
+    assert json.loads(torch.load(old_ckpt, weights_only=True)["state"])["step"] == 5  # the old run, kept
+    with open(old_log, encoding="utf-8") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1]
+    assert _checkpoint_state(out)["step"] == 8
+    _assert_same_run(fresh, out)  # weights and every log row: nothing of the old run is left
+    with open(out / "train_log.csv", encoding="utf-8") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2]
+
+
+def test_changed_learning_rate_moves_the_checkpoint_aside_and_starts_afresh(prepared, tmp_path, caplog):
+    cut, fresh = tmp_path / "cut", tmp_path / "fresh"
+    _interrupted(prepared, cut)
+    _train(prepared, fresh, lr=0.005)
+    with caplog.at_level("INFO", logger="unet_pipeline"):
+        meta = _train(prepared, cut, lr=0.005)
+    _assert_fresh_run_replaced_the_old(cut, fresh, caplog, "training.lr changed (0.003 -> 0.005)")
+    assert "resuming" not in caplog.text and meta["training"]["lr"] == 0.005 and meta["epochs_run"] == 2
+
+
+def test_changed_split_moves_the_checkpoint_aside_and_starts_afresh(prepared, tmp_path, caplog):
+    """Case b moves from training to validation: the old run must not go on with it."""
+    cut, fresh = tmp_path / "cut", tmp_path / "fresh"
+    _interrupted(prepared, cut)
+    split = {"train_ids": ["a", "c"], "val_ids": ["b"]}
+    stages.train(**{**_train_args(prepared, fresh), **split})
+    with caplog.at_level("INFO", logger="unet_pipeline"):
+        meta = stages.train(**{**_train_args(prepared, cut), **split})
+    _assert_fresh_run_replaced_the_old(cut, fresh, caplog, "training cases changed (added: c; removed: b)",
+                                       "validation cases changed (added: b; removed: c)")
+    assert (meta["train_cases"], meta["val_cases"]) == (["a", "c"], ["b"])
+
+
+def test_checkpoint_without_fingerprint_is_moved_aside(prepared, uninterrupted, tmp_path, caplog):
+    cut = tmp_path / "cut"
+    _interrupted(prepared, cut)
+    payload = torch.load(cut / "checkpoint.pt", weights_only=True)
+    del payload["fingerprint"]  # as written by older versions
+    torch.save(payload, cut / "checkpoint.pt")
+    with caplog.at_level("INFO", logger="unet_pipeline"):
+        _train(prepared, cut)
+    _assert_fresh_run_replaced_the_old(cut, uninterrupted, caplog, "no fingerprint")
+
+
+def test_same_settings_resume_across_threads_and_stop_after(prepared, uninterrupted, tmp_path, caplog):
+    """Keys outside the fingerprint (threads, stop_after_iterations, prefetch, ...) may change: it resumes."""
+    cut = tmp_path / "cut"
+    _interrupted(prepared, cut)
+    with caplog.at_level("INFO", logger="unet_pipeline"), pytest.raises(TrainingInterrupted):
+        _train(prepared, cut, threads=2, stop_after_iterations=7, prefetch=False, checkpoint_minutes=30)
+    assert "resuming from" in caplog.text and "not from this run" not in caplog.text
+    state = _checkpoint_state(cut)
+    assert state["step"] == 7 and len(state["history"]) == 1 and not list(cut.glob("*.stale-*"))
+    meta = _train(prepared, cut)
+    assert meta["epochs_run"] == 2 and not list(cut.glob("*.stale-*"))
+    with open(cut / "train_log.csv", encoding="utf-8") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2]
+
+
+def test_finished_run_rerun_with_other_settings_trains_again(prepared, tmp_path, caplog):
+    """A finished model folder (checkpoint at the last epoch) rerun with a new setting: the old model
+    is moved aside and a new one trained, also when Snakemake deleted the old outputs first."""
+    out, fresh = tmp_path / "model", tmp_path / "fresh"
+    _train(prepared, out, epochs=1)
+    old_weights = load_file(str(out / "model.safetensors"))
+    _train(prepared, fresh, epochs=1, model={"base_channels": 6})
+    for name in ("model.safetensors", "model.json", "train_log.csv", "curves.png"):  # what Snakemake deletes
+        (out / name).unlink()
+    with caplog.at_level("INFO", logger="unet_pipeline"):
+        meta = _train(prepared, out, epochs=1, model={"base_channels": 6})
+    assert "model.base_channels changed (4 -> 6)" in caplog.text
+    assert meta["architecture"]["base_channels"] == 6 and meta["epochs_run"] == 1
+    assert [p.name.split(".")[0] for p in sorted(out.glob("*.stale-*"))] == ["best", "checkpoint"]
+    _assert_same_run(fresh, out)
+    [old_best] = _stale(out, "best")
+    assert load_file(str(old_best)).keys() == old_weights.keys()  # the old run's best weights, kept aside
+
+
+def test_finished_model_folder_with_all_outputs_is_moved_aside_whole(prepared, tmp_path):
+    out = tmp_path / "model"
+    _train(prepared, out, epochs=1)
+    _train(prepared, out, epochs=1, seed=4)
+    stems = sorted(p.name.split(".stale-")[0] for p in out.glob("*.stale-*"))
+    assert stems == ["best", "checkpoint", "curves", "model", "model", "train_log"]
+    assert json.loads((out / "model.json").read_text(encoding="utf-8"))["training"]["seed"] == 4
+
+
+def test_stale_files_get_one_tag_and_are_never_overwritten(tmp_path):
+    from datetime import datetime, timezone
+
+    from unet_pipeline.training import _move_run_aside
+
+    when = datetime(2026, 12, 2, 6, 30, 0, tzinfo=timezone.utc)
+    for run in ("first", "second", "third"):
+        (tmp_path / "checkpoint.pt").write_text(run)
+        (tmp_path / "train_log.csv").write_text(run)
+        _move_run_aside(tmp_path, now=when)
+    (tmp_path / "train_log.csv").write_text("fourth")  # only a log: the tag still moves on
+    assert [p.name for p in _move_run_aside(tmp_path, now=when)] == ["train_log.stale-20261202T063000Z-4.csv"]
+    got = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    tag = "stale-20261202T063000Z"
+    assert got == {f"checkpoint.{tag}.pt": "first", f"train_log.{tag}.csv": "first",
+                   f"checkpoint.{tag}-2.pt": "second", f"train_log.{tag}-2.csv": "second",
+                   f"checkpoint.{tag}-3.pt": "third", f"train_log.{tag}-3.csv": "third",
+                   f"train_log.{tag}-4.csv": "fourth"}
+
+
+def test_fingerprint_names_what_changed_and_ignores_speed_settings():
+    from unet_pipeline.augment import AugmentConfig
+    from unet_pipeline.model import UNetConfig
+    from unet_pipeline.training import _FINGERPRINT_EXCLUDED, _fingerprint_changes, _run_fingerprint
+
+    def fp(training=None, plan=None, train=("a", "b"), val=("c",), loss=None, augment=None):
+        return _run_fingerprint(model=UNetConfig(num_classes=3), loss=loss or {},
+                                augment=AugmentConfig(**(augment or {})), training=TrainConfig(**(training or {})),
+                                plan=plan or {"patch_size": [32, 32]}, train_ids=list(train), val_ids=list(val))
+
+    base = fp()
+    assert set(base) == {"model", "loss", "augment", "training", "plan", "training cases", "validation cases"}
+    speed = {"threads": 4, "progress": True, "prefetch": False, "checkpoint_minutes": 1.0,
+             "stop_after_iterations": 9, "device": "cpu", "compile": True}
+    assert set(speed) | {"loss"} == set(_FINGERPRINT_EXCLUDED)
+    assert _fingerprint_changes(base, fp(training=speed)) == []
+    assert _fingerprint_changes(base, fp(val=("c",))) == []
+    assert _fingerprint_changes(json.loads(json.dumps(base)), base) == []  # as stored in the checkpoint
+    assert _fingerprint_changes(base, fp(training={"lr": 0.02, "epochs": 40})) == [
+        "training.epochs changed (30 -> 40)", "training.lr changed (0.01 -> 0.02)"]
+    assert _fingerprint_changes(base, fp(training={"loss": "ce"}, loss={"smooth": 1.0})) == [
+        'loss.name changed ("dice_ce" -> "ce")', "loss.smooth changed (unset -> 1.0)"]
+    assert _fingerprint_changes(base, fp(augment={"rotate_p": 0.0})) == ["augment.rotate_p changed (0.2 -> 0.0)"]
+    assert _fingerprint_changes(base, fp(plan={"patch_size": [48, 48]})) == [
+        "plan.patch_size changed ([32, 32] -> [48, 48])"]
+    assert _fingerprint_changes(base, fp(train=("b", "a"))) == ["training cases changed (same cases, another order)"]
+    assert _fingerprint_changes(base, fp(val=("c", "d"))) == ["validation cases changed (added: d)"]
+    assert _fingerprint_changes(None, base) == ["it has no fingerprint (written by an older version of unet_pipeline)"]
+    no_plan = {k: v for k, v in base.items() if k != "plan"}
+    assert _fingerprint_changes(no_plan, base) == ["plan not recorded in the checkpoint"]
+
+
+# --- Validation Dice: a class absent from both the reference and the prediction is not counted ----
+
+
+@pytest.mark.parametrize("inter,ref_n,pred_n,per_class,mean", [
+    # 3 cases x 3 classes. Class 1: 6/8 = 0.75 and 2/4 = 0.5, absent from case 3 -> 0.625.
+    # Class 2: absent from case 1; 1.0, then all missed (0) -> 0.5. Class 3: predicted in case 1 only,
+    # where the reference has none (0); absent elsewhere -> 0. Mean of the three: 0.375.
+    # (The old rule, absent = 1: 0.75, 0.667, 0.667.)
+    ([[3, 0, 0], [1, 2, 0], [0, 0, 0]], [[4, 0, 0], [2, 2, 0], [0, 4, 0]], [[4, 0, 5], [2, 2, 0], [0, 0, 0]],
+     [0.625, 0.5, 0.0], 0.375),
+    # Predicting nothing earns nothing: class 1 missed in case 1 and absent from case 2 -> 0, not 0.5.
+    ([[0], [0]], [[7], [0]], [[0], [0]], [0.0], 0.0),
+    # A class in no reference and no prediction of any case: NaN, left out of the mean.
+    ([[5, 0], [0, 0]], [[5, 0], [5, 0]], [[5, 0], [0, 0]], [0.5, None], 0.5),
+    # No foreground anywhere and none predicted: nothing to score; the mean is 1 (nothing missed).
+    ([[0, 0]], [[0, 0]], [[0, 0]], [None, None], 1.0),
+])
+def test_validation_dice_leaves_out_classes_absent_from_reference_and_prediction(inter, ref_n, pred_n, per_class,
+                                                                                  mean):
+    import math
+
+    from unet_pipeline.training import _summarize_dice
+
+    got = _summarize_dice(inter, ref_n, pred_n)
+    assert [None if math.isnan(v) else pytest.approx(v) for v in got["per_class"]] == per_class
+    assert got["mean"] == pytest.approx(mean)
+
+
+def test_class_without_validation_cases_is_an_empty_log_cell(prepared, tmp_path, monkeypatch):
+    from unet_pipeline import training
+
+    monkeypatch.setattr(training, "_validate", lambda *a, **k: {"per_class": [0.5, float("nan")], "mean": 0.5})
+    out = tmp_path / "model"
+    meta = _train(prepared, out, epochs=2, iterations_per_epoch=1)
+    with open(out / "train_log.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    cells = [(r["val_dice_mean"], r["val_dice_organ_a"], r["val_dice_organ_b"]) for r in rows]
+    assert cells == [("0.5", "0.5", "")] * 2
+    assert meta["best_smoothed_val_dice"] == 0.5 and (out / "curves.png").read_bytes()[:4] == b"\x89PNG"

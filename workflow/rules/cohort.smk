@@ -34,6 +34,7 @@ rule import_case:
         labels=CASES.labels,
         min_slices=MIN_SLICES,
         tolerance_mm=config["cohort"]["geometry_tolerance_mm"],
+        slice_axis=SLICE_AXIS,
     log:
         f"{LOGS}/import_case/{{case}}.log",
     group:

@@ -9,10 +9,12 @@ sys.path.insert(0, workflow.basedir)  # unet_pipeline importable without install
 from snakemake.utils import validate
 
 from unet_pipeline.cohort import rejection_message, workflow_cases
+from unet_pipeline.config import CONFIG_SCHEMA, model_label_names
+from unet_pipeline.geometry import model_slice_axis
 from unet_pipeline.naming import CASE_ID_PATTERN
 
 
-validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+validate(config, str(CONFIG_SCHEMA))  # the one schema, shipped in the package (defaults filled in)
 
 RESULTS = config["results"]
 CONFIG_SHA256 = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
@@ -27,11 +29,10 @@ elif CASES.folds:
 else:
     MODEL_DIRS = [f"{RESULTS}/model"]
 MODEL_DIR = MODEL_DIRS[0]
-if PREDICT_ONLY and not CASES.labels:  # an unlabelled cohort: the class names travel with the model
-    _model_json = Path(MODEL_DIR) / "model.json"
-    if not _model_json.exists():
-        raise ValueError(f"predict.model: {_model_json} not found; name a trained model folder")
-    CASES.labels = {int(k): str(v) for k, v in json.loads(_model_json.read_text(encoding="utf-8"))["labels"].items()}
+if PREDICT_ONLY:  # the class names travel with the model; a cohort naming other classes is refused
+    CASES.labels = model_label_names(MODEL_DIR, CASES.labels)
+# The one slicing plane of the dataset: the config's, or in predict-only mode the model's.
+SLICE_AXIS = model_slice_axis(MODEL_DIR) if PREDICT_ONLY else config["plan"]["slice_axis"]
 NEEDS_WEIGHT_MAP = config["loss"]["name"] == "weighted_ce"
 MIN_SLICES = config["model"]["in_channels"]
 

@@ -12,4 +12,5 @@ plan = sm.params.plan
 with rule_logging(sm.log[0]):
     stages.fingerprint([(c, Path(sm.params.imported_root) / c) for c in sm.params.cases], sm.output.plan,
                        labels=sm.params.labels, target_spacing_mm=plan["target_spacing_mm"],
-                       patch_size=plan["patch_size"], max_patch=int(plan["max_patch"]), seed=int(sm.params.seed))
+                       patch_size=plan["patch_size"], max_patch=int(plan["max_patch"]), seed=int(sm.params.seed),
+                       slice_axis=plan["slice_axis"])

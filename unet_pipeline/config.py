@@ -1,0 +1,153 @@
+"""The workflow config: one schema, its defaults, and what each stage takes from it.
+
+:func:`load_config` validates a config against ``unet_pipeline/schemas/config.schema.yaml`` (the
+schema the Snakefile validates with, too) and fills in the schema's defaults, so the
+``unet-pipeline`` command and the workflow start from the same values. The ``*_options``
+functions turn a validated config into the keyword arguments of one :mod:`unet_pipeline.stages`
+function, as the workflow's rules pass them.
+
+Postprocessing travels with the model: training records the config's ``postprocess`` section
+in ``model.json``, and :func:`effective_postprocess` applies it unless the config overrides it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "CONFIG_SCHEMA",
+    "load_config",
+    "import_options",
+    "fingerprint_options",
+    "slice_options",
+    "train_options",
+    "effective_postprocess",
+    "model_label_names",
+]
+
+#: The one schema of the workflow config (shipped inside the package).
+CONFIG_SCHEMA = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+
+
+def load_config(source: str | Path | Mapping | None = None) -> dict:
+    """A validated config with every default of the schema filled in.
+
+    Parameters
+    ----------
+    source
+        A YAML file, a mapping (copied, not changed) or None (the defaults alone, with no cohort).
+
+    Raises
+    ------
+    ConfigError
+        The file cannot be read, is not a mapping, or the config breaks the schema (the message
+        names the key).
+    """
+    import yaml
+    from snakemake.utils import validate
+
+    if source is None:
+        config: Any = {"cohort": {}}
+    elif isinstance(source, Mapping):
+        config = copy.deepcopy(dict(source))
+    else:
+        try:
+            config = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{source}: cannot read the config ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: not a workflow config (a YAML mapping)")
+    config.setdefault("cohort", {})
+    try:
+        validate(config, str(CONFIG_SCHEMA), set_default=True)
+    except Exception as exc:  # snakemake's WorkflowError wraps jsonschema's message
+        where = f"{source}: " if isinstance(source, (str, Path)) else ""
+        raise ConfigError(f"{where}the config does not match {CONFIG_SCHEMA.name}: {exc}") from exc
+    return config
+
+
+def import_options(config: Mapping) -> dict:
+    """Keyword arguments of :func:`unet_pipeline.stages.import_case` (rule ``import_case``)."""
+    return {"min_slices": int(config["model"]["in_channels"]),
+            "geometry_tolerance_mm": float(config["cohort"]["geometry_tolerance_mm"]),
+            "slice_axis": config["plan"]["slice_axis"]}
+
+
+def fingerprint_options(config: Mapping) -> dict:
+    """Keyword arguments of :func:`unet_pipeline.stages.fingerprint` (rule ``fingerprint``): every
+    key of the ``plan`` section and ``split.seed``."""
+    plan = config["plan"]
+    return {**plan, "max_patch": int(plan["max_patch"]), "seed": int(config["split"]["seed"])}
+
+
+def slice_options(config: Mapping) -> dict:
+    """Keyword arguments of :func:`unet_pipeline.stages.slice_case` (rule ``slice_case``)."""
+    loss = config["loss"]
+    return {"weight_map": loss["name"] == "weighted_ce", "w0": float(loss["w0"]), "sigma_px": float(loss["sigma_px"])}
+
+
+def train_options(config: Mapping) -> dict:
+    """Keyword arguments of :func:`unet_pipeline.stages.train` (rule ``train``) from the config's
+    sections ``model``, ``training``, ``augment``, ``loss`` and ``postprocess`` (recorded in
+    ``model.json``)."""
+    return {"model": dict(config["model"]), "training": dict(config["training"]), "augment": dict(config["augment"]),
+            "loss": dict(config["loss"]), "postprocess": config.get("postprocess")}
+
+
+def effective_postprocess(override: Mapping | None, model_meta: Mapping) -> dict:
+    """The postprocessing applied to a model's segmentations.
+
+    ``override`` (the config's ``postprocess`` section) when it is set, ``{}`` included (= none);
+    when it is None (the schema's default), the ``postprocess`` record of the model's
+    ``model.json``; none for a model trained before models recorded it.
+    """
+    if override is not None:
+        return dict(override)
+    return dict(model_meta.get("postprocess") or {})
+
+
+def _names(labels: Mapping) -> dict[int, str]:
+    return {int(k): str(v) for k, v in labels.items()}
+
+
+def model_label_names(model_dir: str | Path | Sequence[str | Path], cohort_labels: Mapping | None = None, *,
+                      source: str = "the cohort's label names (cohort.label_names or its dataset.json)"
+                      ) -> dict[int, str]:
+    """Label value -> class name of a trained model (of the first one, for an ensemble).
+
+    Parameters
+    ----------
+    model_dir
+        A model folder holding ``model.json``, or a list of them.
+    cohort_labels
+        The label map the cohort declares (``cohort.label_names`` or a dataset.json's
+        ``labels``); empty or None: nothing to compare.
+    source
+        Where ``cohort_labels`` came from, for the message.
+
+    Raises
+    ------
+    ConfigError
+        ``model.json`` is missing or unreadable, or ``cohort_labels`` differs from the model's map
+        (the message shows both maps).
+    """
+    first = Path(model_dir if isinstance(model_dir, (str, Path)) else list(model_dir)[0])
+    meta_path = first / "model.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        labels = _names(meta["labels"])
+    except FileNotFoundError as exc:
+        raise ConfigError(f"predict.model: {meta_path} not found; name a trained model folder") from exc
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"predict.model: {meta_path}: not a trained model's model.json ({exc})") from exc
+    if cohort_labels and _names(cohort_labels) != labels:
+        raise ConfigError(f"label names: {source} {_names(cohort_labels)} differ from the model's {labels} "
+                          f"({meta_path}); a model segments the classes it was trained on: give the cohort the "
+                          "model's label map, or none")
+    return labels
