@@ -155,6 +155,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config["predict"]["model"] = None  # train: never the predict-only mode
     if args.epochs:
         config["training"]["epochs"] = args.epochs
+    if args.max_minutes is not None:
+        config["training"]["max_minutes"] = args.max_minutes
     out = Path(args.output)
     with _work_dir(args.work_dir, "unet-pipeline-") as work:
         cases = workflow_cases(config, work)
@@ -344,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "with split.folds = k, one fold_<i> folder per fold)")
     t.add_argument("--work-dir", help="folder for intermediate files and splits.json (default: a temporary folder)")
     t.add_argument("--epochs", type=int, help="override training.epochs")
+    t.add_argument("--max-minutes", type=float, default=None,
+                   help="override training.max_minutes: time budget of the training run (0 = none); the model "
+                        "of the best epoch within it is written")
     t.set_defaults(func=_cmd_train)
 
     r = sub.add_parser("predict", help="segment NIfTI/NRRD/MHA/DICOM input with a trained model")

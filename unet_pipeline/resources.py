@@ -53,8 +53,12 @@ def training_runtime_min(training: Mapping, *, attempt: int = 1, seconds_per_ite
                          base_min: int = 10) -> int:
     """Wall time (minutes) for training: ``epochs x iterations_per_epoch x seconds_per_iteration``.
 
-    The default of 2 s per iteration is a CPU figure; on a GPU it is generous. A job cut off at
-    the limit resumes from its checkpoint when resubmitted.
+    The default of 2 s per iteration is a CPU figure; on a GPU it is generous. With
+    ``max_minutes`` the estimate is at most that budget plus 10 %. A job cut off at the limit
+    resumes from its checkpoint when resubmitted.
     """
     iterations = int(training.get("epochs", 30)) * int(training.get("iterations_per_epoch", 50))
-    return int((base_min + iterations * seconds_per_iteration / 60) * max(1, attempt))
+    minutes = iterations * seconds_per_iteration / 60
+    if training.get("max_minutes"):  # the run ends by itself when its budget is spent
+        minutes = min(minutes, 1.1 * float(training["max_minutes"]))
+    return int((base_min + minutes) * max(1, attempt))

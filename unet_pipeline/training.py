@@ -98,6 +98,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     progress: bool | None = None  # tqdm bar; None = only on a terminal
     prefetch: bool = True  # draw the next batches in a background thread (pinned memory on CUDA); same batches
+    max_minutes: float = 0.0  # time budget of the whole run (training + validation), 0 = none; the LR schedule follows it
     stop_after_iterations: int = 0  # testing aid: simulate a SIGTERM after this many iterations in total (0 = off)
 
     @classmethod
@@ -119,6 +120,8 @@ class TrainConfig:
             raise ValueError(f"training.grad_clip must be >= 0 (0 = off), got {cfg.grad_clip}")
         if not 0.0 <= cfg.val_smoothing < 1.0:
             raise ValueError(f"training.val_smoothing must be in [0, 1), got {cfg.val_smoothing}")
+        if cfg.max_minutes < 0:
+            raise ValueError(f"training.max_minutes must be >= 0 (0 = no budget), got {cfg.max_minutes}")
         if cfg.early_stopping_patience < 0:
             raise ValueError("training.early_stopping_patience must be >= 0 (0 = off), "
                              f"got {cfg.early_stopping_patience}")
@@ -140,6 +143,10 @@ class _State:
     smoothed: float | None = None
     stale_epochs: int = 0
     history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0  # time spent training and validating, over every resumed part of the run
+    last_val_seconds: float = 0.0  # the last validation's time (kept free at the end of a time budget)
+    last_lr: float = 0.0  # learning rate of the last step
+    budget_spent: bool = False  # training.max_minutes ended the run
 
 
 def _update_best(state: _State, score: float, smoothing: float) -> bool:
@@ -495,6 +502,45 @@ def _write_log(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+@dataclass
+class _Run:
+    """Everything one training run holds, built once by :func:`_build_run`."""
+
+    cfg: TrainConfig
+    mcfg: UNetConfig
+    plan: dict
+    out_dir: Path
+    device: torch.device
+    model: torch.nn.Module
+    step_model: torch.nn.Module  # ``model``, or its torch.compile'd form
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    use_amp: bool
+    amp_dtype: torch.dtype
+    loss_fn: Any
+    loss_options: dict
+    augment_config: AugmentConfig
+    net_augment: AugmentConfig  # lr_label_pairs as class indices
+    margin: int  # unpadded U-Net: px cropped from each side of the input tile
+    patch: tuple[int, int]
+    train_cases: list
+    val_cases: list
+    label_values: list[int]
+    label_names: list[str]
+    np_rng: np.random.Generator
+    aug_gen: torch.Generator
+    sampler: PatchSampler
+    fingerprint: dict
+
+    @property
+    def ckpt(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.epochs * self.cfg.iterations_per_epoch
+
+
 def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Sequence[tuple[str | Path, str | Path]],
           plan: Mapping, out_dir: str | Path, *, model_config: Mapping | UNetConfig, train_config: TrainConfig,
           augment_config: AugmentConfig, loss_options: Mapping | None = None) -> dict:
@@ -502,6 +548,9 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
 
     A checkpoint of another run (other settings, plan or cases; see :func:`_run_fingerprint`) is
     moved aside with the old run's files, and training starts afresh (:func:`_resume_or_start`).
+    With ``training.max_minutes`` the run ends, with a finished model, when that much time (the
+    checkpointed total over every resumed part) is spent; the learning-rate schedule follows the
+    budget (:func:`_planned_steps`).
 
     Parameters
     ----------
@@ -517,7 +566,33 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
     dict
         The ``model.json`` content.
     """
-    out_dir = Path(out_dir)
+    run = _build_run(train_pairs, val_pairs, plan, Path(out_dir), model_config=model_config, train_config=train_config,
+                     augment_config=augment_config, loss_options=loss_options)
+    cfg = run.cfg
+    state = _resume_or_start(run.ckpt, run.fingerprint, run.model, run.optimizer, run.scaler, run.np_rng, run.aug_gen)
+    # The sampler's generator is only used by the stream from here on; the checkpoint takes the
+    # generator state after the last batch used (batches drawn ahead are drawn again on resume).
+    batches = BatchStream(run.sampler, cfg.batch_size, count=max(run.total_steps - state.step, 0), prefetch=cfg.prefetch,
+                          pin_memory=run.device.type == "cuda")
+    run.model.train()
+    with _SignalFlag() as signals, batches:
+        while state.epoch < cfg.epochs and not _should_stop(state, cfg.early_stopping_patience) \
+                and not state.budget_spent:
+            seconds = _run_epoch(run, state, batches, signals)
+            _end_epoch(run, state, seconds)
+            _save_checkpoint(run.ckpt, run.model, run.optimizer, run.scaler, state, batches.rng_state, run.aug_gen,
+                             run.fingerprint)
+            if _should_stop(state, cfg.early_stopping_patience):
+                log.info("early stopping: no improvement of the smoothed score for %d epochs", state.stale_epochs)
+            elif state.budget_spent:
+                log.info("training.max_minutes: the budget of %g min is spent after %d step(s) (%.1f min)",
+                         cfg.max_minutes, state.step, state.train_seconds / 60)
+    return _export(run, state)
+
+
+def _build_run(train_pairs, val_pairs, plan: Mapping, out_dir: Path, *, model_config: Mapping | UNetConfig,
+               train_config: TrainConfig, augment_config: AugmentConfig, loss_options: Mapping | None) -> _Run:
+    """Device, network, optimizer, loss, cases, sampler and fingerprint of a run (see :func:`train`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = train_config
     if cfg.threads:
@@ -539,149 +614,198 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
                      list(patch), list(valid), [v + 2 * margin for v in valid], margin)
             patch = valid
             plan = {**dict(plan), "patch_size": list(patch)}  # model.json records the tile inference uses
-    in_patch = (patch[0] + 2 * margin, patch[1] + 2 * margin)
     loss_options = dict(loss_options or {})
-    need_weights = cfg.loss == "weighted_ce"
-    loss_fn = make_loss(cfg.loss, **loss_options)
-    train_cases = load_training_cases(train_pairs, need_weights=need_weights)
+    train_cases = load_training_cases(train_pairs, need_weights=cfg.loss == "weighted_ce")
     val_cases = load_training_cases(val_pairs) if val_pairs else []
     np_rng = np.random.default_rng(cfg.seed)
-    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    sampler = PatchSampler(train_cases, in_patch, in_slices=mcfg.in_channels,
+    sampler = PatchSampler(train_cases, (patch[0] + 2 * margin, patch[1] + 2 * margin), in_slices=mcfg.in_channels,
                            foreground_fraction=cfg.foreground_fraction, rng=np_rng)
-    optimizer = _make_optimizer(cfg, model.parameters())
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if cfg.compile else model
-    train_ids = [c.case_id for c in train_cases]
-    val_ids = [c.case_id for c in val_cases]
-    fingerprint = _run_fingerprint(model=mcfg, loss=loss_options, augment=augment_config, training=cfg, plan=plan,
-                                   train_ids=train_ids, val_ids=val_ids)
-    ckpt = out_dir / "checkpoint.pt"
-    state = _resume_or_start(ckpt, fingerprint, model, optimizer, scaler, np_rng, aug_gen)
-    total_steps = cfg.epochs * cfg.iterations_per_epoch
     label_values = sorted(int(v) for v in plan["labels"])  # class index k stands for label_values[k - 1]
-    label_names = [plan["labels"][str(v)] for v in label_values]
-    net_augment = _pairs_as_class_indices(augment_config, label_values)  # model.json keeps the user's values
+    fingerprint = _run_fingerprint(model=mcfg, loss=loss_options, augment=augment_config, training=cfg, plan=plan,
+                                   train_ids=[c.case_id for c in train_cases], val_ids=[c.case_id for c in val_cases])
+    return _Run(cfg=cfg, mcfg=mcfg, plan=dict(plan), out_dir=out_dir, device=device, model=model,
+                step_model=torch.compile(model) if cfg.compile else model,
+                optimizer=_make_optimizer(cfg, model.parameters()),
+                scaler=torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None,
+                use_amp=use_amp, amp_dtype=amp_dtype, loss_fn=make_loss(cfg.loss, **loss_options),
+                loss_options=loss_options, augment_config=augment_config,
+                net_augment=_pairs_as_class_indices(augment_config, label_values),  # model.json keeps the user's values
+                margin=margin, patch=patch, train_cases=train_cases, val_cases=val_cases, label_values=label_values,
+                label_names=[plan["labels"][str(v)] for v in label_values], np_rng=np_rng,
+                aug_gen=torch.Generator().manual_seed(cfg.seed + 1), sampler=sampler, fingerprint=fingerprint)
+
+
+def _planned_steps(run: _Run, state: _State, elapsed: float) -> int:
+    """Optimizer steps the learning-rate schedule runs to: ``epochs x iterations_per_epoch``, or
+    with ``max_minutes`` as many as the budget allows at the rate measured so far (``elapsed``
+    seconds of this run, validation included, over ``state.step`` steps), re-estimated every step."""
+    total = run.total_steps
+    if not run.cfg.max_minutes or state.step < 1 or elapsed <= 0:
+        return total
+    per_step = elapsed / state.step
+    return int(min(total, max(state.step + 1, round(60 * run.cfg.max_minutes / per_step))))
+
+
+def _budget_left(run: _Run, state: _State, elapsed: float) -> bool:
+    """Whether another step fits the budget, keeping the time of the last validation for the epoch's end."""
+    if not run.cfg.max_minutes:
+        return True
+    per_step = elapsed / state.step if state.step else 0.0
+    return elapsed + per_step + state.last_val_seconds < 60 * run.cfg.max_minutes
+
+
+def _train_step(run: _Run, batch) -> torch.Tensor:
+    """One optimizer step on a batch (augmented on the device); returns the loss."""
+    x = batch.image.to(run.device, non_blocking=True)
+    y = batch.label.to(run.device, non_blocking=True)
+    w = batch.weight.to(run.device, non_blocking=True) if batch.weight is not None else None
+    x, y, w = augment_batch(x, y, run.net_augment, weight=w, generator=run.aug_gen)
+    m = run.margin
+    if m:  # unpadded U-Net: the loss covers the output (centre) region only
+        y = y[:, m:-m, m:-m]
+        w = w[:, m:-m, m:-m] if w is not None else None
+    if run.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    run.optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+        logits = run.step_model(x)
+    loss = run.loss_fn(logits.float(), y, weight_map=w)
+    if not torch.isfinite(loss):  # before the step: the weights stay finite
+        raise FloatingPointError(f"training loss is {loss.item()}; lower training.lr")
+    _backward_and_step(loss, run.model, run.optimizer, run.scaler, run.cfg.grad_clip)
+    return loss
+
+
+def _run_epoch(run: _Run, state: _State, batches: BatchStream, signals: _SignalFlag) -> float:
+    """The iterations of one epoch (from ``state.iteration`` on); returns its training seconds.
+
+    Ends early, setting ``state.budget_spent``, when ``max_minutes`` leaves no time for another
+    step. On a signal: checkpoint, then :class:`TrainingInterrupted`.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = run.cfg
     show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+    bar = tqdm(total=cfg.iterations_per_epoch, initial=state.iteration, disable=not show_bar,
+               desc=f"epoch {state.epoch + 1}/{cfg.epochs}", unit="it", leave=False)
+    t0 = time.perf_counter()
     last_ckpt = time.monotonic()
-    done_in_run = 0
-    # The sampler's generator is only used by the stream from here on; the checkpoint takes the
-    # generator state after the last batch used (batches drawn ahead are drawn again on resume).
-    batches = BatchStream(sampler, cfg.batch_size, count=max(total_steps - state.step, 0), prefetch=cfg.prefetch,
-                          pin_memory=device.type == "cuda")
 
     def checkpoint() -> None:
-        _save_checkpoint(ckpt, model, optimizer, scaler, state, batches.rng_state, aug_gen, fingerprint)
+        nonlocal t0, last_ckpt
+        now = time.perf_counter()
+        state.epoch_seconds += now - t0
+        state.train_seconds += now - t0
+        t0, last_ckpt = now, time.monotonic()
+        _save_checkpoint(run.ckpt, run.model, run.optimizer, run.scaler, state, batches.rng_state, run.aug_gen,
+                         run.fingerprint)
 
-    model.train()
-    with _SignalFlag() as signals, batches:
-        while state.epoch < cfg.epochs and not _should_stop(state, cfg.early_stopping_patience):
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.iterations_per_epoch, initial=state.iteration, disable=not show_bar,
-                       desc=f"epoch {state.epoch + 1}/{cfg.epochs}", unit="it", leave=False)
-            t0 = time.perf_counter()
-            while state.iteration < cfg.iterations_per_epoch:
-                lr = _lr_at(cfg, state.step, total_steps)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                batch = next(batches)
-                x = batch.image.to(device, non_blocking=True)
-                y = batch.label.to(device, non_blocking=True)
-                w = batch.weight.to(device, non_blocking=True) if batch.weight is not None else None
-                x, y, w = augment_batch(x, y, net_augment, weight=w, generator=aug_gen)
-                if margin:  # unpadded U-Net: the loss covers the output (centre) region only
-                    y = y[:, margin:-margin, margin:-margin]
-                    w = w[:, margin:-margin, margin:-margin] if w is not None else None
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = step_model(x)
-                loss = loss_fn(logits.float(), y, weight_map=w)
-                if not torch.isfinite(loss):  # before the step: the weights stay finite
-                    raise FloatingPointError(f"training loss is {loss.item()} at epoch {state.epoch + 1}; lower training.lr")
-                _backward_and_step(loss, model, optimizer, scaler, cfg.grad_clip)
-                state.iteration += 1
-                state.step += 1
-                state.epoch_loss_sum += float(loss.item())
-                done_in_run += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
-                if cfg.stop_after_iterations and state.step >= cfg.stop_after_iterations and signals.received is None:
-                    signals.received = signal.SIGTERM
-                if signals.received is not None:
-                    state.epoch_seconds += time.perf_counter() - t0
-                    checkpoint()
-                    bar.close()
-                    log.warning("signal %s received: checkpoint written to %s (epoch %d, iteration %d); "
-                                "rerun to resume", signals.name, ckpt, state.epoch + 1, state.iteration)
-                    raise TrainingInterrupted(f"interrupted by signal {signals.name}; checkpoint saved to {ckpt}")
-                if cfg.checkpoint_minutes and time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes:
-                    state.epoch_seconds += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    checkpoint()
-                    last_ckpt = time.monotonic()
-            bar.close()
-            seconds = state.epoch_seconds + time.perf_counter() - t0
-            train_loss = state.epoch_loss_sum / cfg.iterations_per_epoch
-            # The learning rate of the epoch's last step (also when resumed right after it).
-            row: dict[str, Any] = {"epoch": state.epoch + 1, "train_loss": round(train_loss, 6),
-                                   "lr": _lr_at(cfg, state.step - 1, total_steps)}
-            if val_cases:
-                val = _validate(step_model, val_cases, num_classes=num_classes, patch_size=patch,
-                                in_slices=mcfg.in_channels, device=device, margin=margin)
-                row["val_dice_mean"] = round(val["mean"], 6)
-                for name, d in zip(label_names, val["per_class"]):
-                    row[f"val_dice_{name}"] = "" if np.isnan(d) else round(d, 6)  # "": class in no case
-                score = val["mean"]
-            else:
-                row["val_dice_mean"] = ""
-                for name in label_names:
-                    row[f"val_dice_{name}"] = ""
-                score = -train_loss
-            row["seconds"] = round(seconds, 3)
-            row["slices_per_s"] = round(cfg.iterations_per_epoch * cfg.batch_size / max(seconds, 1e-9), 3)
-            if _update_best(state, score, cfg.val_smoothing):
-                _save_weights(model, out_dir / "best.safetensors")
-            state.history.append(row)
-            log.info("epoch %d/%d: loss %.4f, val Dice %s, %.1f s, %.1f slices/s", state.epoch + 1, cfg.epochs, train_loss,
-                     row["val_dice_mean"] if val_cases else "n/a", seconds, row["slices_per_s"])
-            state.epoch += 1
-            state.iteration = 0
-            state.epoch_loss_sum = 0.0
-            state.epoch_seconds = 0.0
-            _write_log(out_dir / "train_log.csv", state.history)
+    while state.iteration < cfg.iterations_per_epoch:
+        elapsed = state.train_seconds + time.perf_counter() - t0
+        if not _budget_left(run, state, elapsed):
+            state.budget_spent = True
+            break
+        lr = _lr_at(cfg, state.step, _planned_steps(run, state, elapsed))
+        for g in run.optimizer.param_groups:
+            g["lr"] = lr
+        loss = float(_train_step(run, next(batches)).item())
+        state.iteration += 1
+        state.step += 1
+        state.epoch_loss_sum += loss
+        state.last_lr = lr
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+        if cfg.stop_after_iterations and state.step >= cfg.stop_after_iterations and signals.received is None:
+            signals.received = signal.SIGTERM
+        if signals.received is not None:
             checkpoint()
-            last_ckpt = time.monotonic()
-            if _should_stop(state, cfg.early_stopping_patience):
-                log.info("early stopping: no improvement of the smoothed score for %d epochs", state.stale_epochs)
-    _write_outputs(out_dir, model, state.history)
+            bar.close()
+            log.warning("signal %s received: checkpoint written to %s (epoch %d, iteration %d); "
+                        "rerun to resume", signals.name, run.ckpt, state.epoch + 1, state.iteration)
+            raise TrainingInterrupted(f"interrupted by signal {signals.name}; checkpoint saved to {run.ckpt}")
+        if cfg.checkpoint_minutes and time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes:
+            checkpoint()
+    bar.close()
+    now = time.perf_counter()
+    state.train_seconds += now - t0
+    return state.epoch_seconds + now - t0
+
+
+def _end_epoch(run: _Run, state: _State, seconds: float) -> None:
+    """Validate, pick the best epoch, log the epoch's row (``train_log.csv``) and reset the epoch counters."""
+    cfg = run.cfg
+    done = max(state.iteration, 1)  # iterations of this epoch (fewer when the budget ended it)
+    train_loss = state.epoch_loss_sum / done
+    # The learning rate of the epoch's last step (also when resumed right after it).
+    row: dict[str, Any] = {"epoch": state.epoch + 1, "train_loss": round(train_loss, 6), "lr": state.last_lr}
+    t_val = time.perf_counter()
+    if run.val_cases:
+        val = _validate(run.step_model, run.val_cases, num_classes=len(run.label_values) + 1, patch_size=run.patch,
+                        in_slices=run.mcfg.in_channels, device=run.device, margin=run.margin)
+        row["val_dice_mean"] = round(val["mean"], 6)
+        for name, d in zip(run.label_names, val["per_class"]):
+            row[f"val_dice_{name}"] = "" if np.isnan(d) else round(d, 6)  # "": class in no case
+        score = val["mean"]
+    else:
+        row["val_dice_mean"] = ""
+        row.update({f"val_dice_{name}": "" for name in run.label_names})
+        score = -train_loss
+    state.last_val_seconds = time.perf_counter() - t_val
+    state.train_seconds += state.last_val_seconds
+    row["seconds"] = round(seconds, 3)
+    row["slices_per_s"] = round(done * cfg.batch_size / max(seconds, 1e-9), 3)
+    if _update_best(state, score, cfg.val_smoothing):
+        _save_weights(run.model, run.out_dir / "best.safetensors")
+    state.history.append(row)
+    log.info("epoch %d/%d: loss %.4f, val Dice %s, %.1f s, %.1f slices/s", state.epoch + 1, cfg.epochs, train_loss,
+             row["val_dice_mean"] if run.val_cases else "n/a", seconds, row["slices_per_s"])
+    state.epoch += 1
+    state.iteration = 0
+    state.epoch_loss_sum = 0.0
+    state.epoch_seconds = 0.0
+    _write_log(run.out_dir / "train_log.csv", state.history)
+
+
+def _export(run: _Run, state: _State) -> dict:
+    """Write ``model.safetensors`` (best epoch), ``train_log.csv``, ``curves.png`` and ``model.json``."""
     from .report import plot_training_curves
 
-    plot_training_curves(out_dir / "train_log.csv", out_dir / "curves.png")
+    _write_outputs(run.out_dir, run.model, state.history)
+    plot_training_curves(run.out_dir / "train_log.csv", run.out_dir / "curves.png")
+    cfg = run.cfg
+    if state.budget_spent:
+        ended_by = "max_minutes"
+    elif _should_stop(state, cfg.early_stopping_patience):
+        ended_by = "early_stopping"
+    else:
+        ended_by = "epochs"
+    train_ids = [c.case_id for c in run.train_cases]
+    val_ids = [c.case_id for c in run.val_cases]
     meta = {
         "format": MODEL_FORMAT,
-        "architecture": mcfg.to_dict(),
-        "plan": dict(plan),
-        "labels": {str(v): name for v, name in zip(label_values, label_names)},
+        "architecture": run.mcfg.to_dict(),
+        "plan": run.plan,
+        "labels": {str(v): name for v, name in zip(run.label_values, run.label_names)},
         "training": cfg.to_dict(),
-        "augmentation": augment_config.to_dict(),
-        "loss": {"name": cfg.loss, **loss_options},
+        "augmentation": run.augment_config.to_dict(),
+        "loss": {"name": cfg.loss, **run.loss_options},
         "train_cases": train_ids,
         "val_cases": val_ids,
         "best_epoch": state.best_epoch,
-        "best_smoothed_val_dice": state.best_score if val_cases else None,
+        "best_smoothed_val_dice": state.best_score if run.val_cases else None,
         "epochs_run": state.epoch,
-        "device": str(device),
+        "steps_run": state.step,
+        "ended_by": ended_by,
+        "training_minutes": round(state.train_seconds / 60, 3),
+        "device": str(run.device),
         "versions": _versions(),
-        "data_fingerprint": _data_fingerprint(plan, train_ids, val_ids),
+        "data_fingerprint": _data_fingerprint(run.plan, train_ids, val_ids),
     }
-    save_json(meta, out_dir / "model.json")
+    save_json(meta, run.out_dir / "model.json")
     return meta
 
 

@@ -625,3 +625,38 @@ def test_class_without_validation_cases_is_an_empty_log_cell(prepared, tmp_path,
     cells = [(r["val_dice_mean"], r["val_dice_organ_a"], r["val_dice_organ_b"]) for r in rows]
     assert cells == [("0.5", "0.5", "")] * 2
     assert meta["best_smoothed_val_dice"] == 0.5 and (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_time_budget_ends_training_with_a_finished_model_and_the_schedule_follows_it(prepared, tmp_path):
+    """max_minutes far below what 5,000 epochs need: a finished model, the budget named as the
+    reason, and a learning rate that decayed over the budget (not over the 5,000 epochs)."""
+    out = tmp_path / "model"
+    meta = _train(prepared, out, epochs=5000, max_minutes=0.02)
+    assert meta["ended_by"] == "max_minutes" and 1 <= meta["epochs_run"] < 5000
+    assert meta["steps_run"] < 5000 * 4 and meta["training"]["max_minutes"] == 0.02
+    with open(out / "train_log.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == meta["epochs_run"] and (out / "model.safetensors").exists()
+    assert float(rows[-1]["lr"]) < 0.6 * 0.003  # a 5,000-epoch schedule would still be at ~0.99 x lr here
+    load_model(out)  # loadable
+    # A rerun with the same settings trains no further: the budget was spent.
+    again = _train(prepared, out, epochs=5000, max_minutes=0.02)
+    assert again["steps_run"] == meta["steps_run"] and again["ended_by"] == "max_minutes"
+
+
+def test_planned_steps_follow_the_measured_rate():
+    from types import SimpleNamespace
+
+    from unet_pipeline.training import _budget_left, _planned_steps, _State
+
+    run = SimpleNamespace(cfg=TrainConfig(epochs=10, iterations_per_epoch=100, max_minutes=1.0), total_steps=1000)
+    state = _State(step=20)
+    assert _planned_steps(run, state, elapsed=6.0) == 200  # 0.3 s a step: 60 s hold 200 steps
+    assert _planned_steps(run, state, elapsed=0.6) == 1000  # faster than the epochs need: the epochs' total
+    assert _planned_steps(run, _State(step=0), elapsed=0.0) == 1000  # no rate measured yet
+    assert _budget_left(run, state, elapsed=50.0) and not _budget_left(run, state, elapsed=59.8)
+    assert not _budget_left(run, _State(step=20, last_val_seconds=5.0), elapsed=55.0)  # the validation must fit too
+    no_budget = SimpleNamespace(cfg=TrainConfig(epochs=10, iterations_per_epoch=100), total_steps=1000)
+    assert _planned_steps(no_budget, state, elapsed=6.0) == 1000 and _budget_left(no_budget, state, elapsed=1e9)
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainConfig.from_dict({"max_minutes": -1})
