@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 # there because both are padded the same way.
 _PADDING_MODE = "reflection"
 
-_PROBABILITIES = ("elastic_p", "rotate_p", "scale_p", "mirror_p", "gamma_p", "noise_p", "contrast_p", "brightness_p")
+_PROBABILITIES = ("elastic_p", "rotate_p", "scale_p", "mirror_p", "gamma_p", "noise_p", "contrast_p", "brightness_p",
+                  "organ_shift_p")
+#: Independent organ shifts drawn per sample; class k uses draw (k - 1) mod this.
+_ORGAN_DRAWS = 16
 _MIRROR_AXES = ("x", "y")
 
 
@@ -76,6 +79,11 @@ class AugmentConfig:
         ``x -> (x - mean) * f + mean`` (per-sample mean), f uniform in ``contrast_range``.
     brightness_p, brightness_range
         ``x -> x + b``, b uniform in ``brightness_range`` (z-score units).
+    organ_shift_p, organ_shift_hu
+        Contrast-phase augmentation in HU: each labelled structure of the sample gets its own
+        shift uniform in ``organ_shift_hu`` (HU, e.g. ``[-20, 60]``: from a darker scanner to a
+        portal-venous enhancement), applied to the structure's pixels (converted to z-score units
+        with the plan's HU per unit), before the other intensity transforms.
     """
 
     elastic_p: float = 0.5
@@ -96,10 +104,13 @@ class AugmentConfig:
     contrast_range: tuple[float, float] = (0.75, 1.25)
     brightness_p: float = 0.15
     brightness_range: tuple[float, float] = (-0.1, 0.1)
+    organ_shift_p: float = 0.0
+    organ_shift_hu: tuple[float, float] = (-20.0, 60.0)
 
     def __post_init__(self) -> None:
         # Lists (from YAML/JSON) become tuples so that the config stays hashable and immutable.
-        for name in ("scale_range", "gamma_range", "contrast_range", "brightness_range", "mirror_axes"):
+        for name in ("scale_range", "gamma_range", "contrast_range", "brightness_range", "organ_shift_hu",
+                     "mirror_axes"):
             value = getattr(self, name)
             if isinstance(value, (list, tuple)):
                 object.__setattr__(self, name, tuple(value))
@@ -156,7 +167,7 @@ def _validate_config(cfg: AugmentConfig) -> None:
     if not _is_number(cfg.rotate_deg) or not 0.0 <= cfg.rotate_deg <= 180.0:
         raise ConfigError(f"rotate_deg must be a number in [0, 180] degrees, got {cfg.rotate_deg!r}")
     for key, positive in (("scale_range", True), ("gamma_range", True), ("contrast_range", True),
-                          ("brightness_range", False)):
+                          ("brightness_range", False), ("organ_shift_hu", False)):
         value = getattr(cfg, key)
         if not (isinstance(value, tuple) and len(value) == 2 and all(_is_number(v) for v in value)):
             raise ConfigError(f"{key} must be a pair [low, high] of finite numbers, got {value!r}")
@@ -289,6 +300,8 @@ class _Draws(NamedTuple):
     contrast_factor: Tensor  # float
     brightness_shift: Tensor  # float
     nodes: Tensor  # (n, 2, g, g) float, px
+    organ_shift: Tensor  # bool
+    organ_shift_hu: Tensor  # (n, _ORGAN_DRAWS) float, HU
 
 
 def _uniform(u: Tensor, bounds: tuple[float, float]) -> Tensor:
@@ -301,6 +314,7 @@ def _draw(n: int, cfg: AugmentConfig, generator: torch.Generator | None) -> _Dra
     coin = torch.rand((n, 9), generator=generator, device=dev, dtype=torch.float64).cpu()
     value = torch.rand((n, 5), generator=generator, device=dev, dtype=torch.float64).cpu()
     nodes = torch.randn((n, 2, cfg.elastic_grid, cfg.elastic_grid), generator=generator, device=dev)
+    organ = torch.rand((n, 1 + _ORGAN_DRAWS), generator=generator, device=dev, dtype=torch.float64).cpu()
     return _Draws(
         elastic=coin[:, 0] < cfg.elastic_p,
         rotate=coin[:, 1] < cfg.rotate_p,
@@ -317,6 +331,8 @@ def _draw(n: int, cfg: AugmentConfig, generator: torch.Generator | None) -> _Dra
         contrast_factor=_uniform(value[:, 3], cfg.contrast_range),
         brightness_shift=_uniform(value[:, 4], cfg.brightness_range),
         nodes=nodes.cpu() * cfg.elastic_sigma_px,
+        organ_shift=organ[:, 0] < cfg.organ_shift_p,
+        organ_shift_hu=_uniform(organ[:, 1:], cfg.organ_shift_hu),
     )
 
 
@@ -466,8 +482,21 @@ def _check_batch(image: Any, label: Any, weight: Any, config: Any) -> None:
             raise ValueError(f"weight is on {weight.device} but image on {image.device}; put both on one device")
 
 
+def _apply_organ_shift(image: Tensor, label: Tensor, d: _Draws, hu_per_unit: float) -> Tensor:
+    """Add each selected sample's per-structure HU shift to the pixels of that structure."""
+    if not bool(d.organ_shift.any()):
+        return image
+    table = torch.zeros(image.shape[0], _ORGAN_DRAWS + 1, dtype=torch.float64)
+    table[:, 1:] = d.organ_shift_hu * d.organ_shift.view(-1, 1) / hu_per_unit  # column 0: background, no shift
+    table = table.to(device=image.device, dtype=image.dtype)
+    cls = torch.where(label > 0, (label - 1) % _ORGAN_DRAWS + 1, torch.zeros_like(label)).long()
+    shift = torch.gather(table, 1, cls.view(cls.shape[0], -1)).view_as(cls)  # (N, H, W)
+    return image + shift.unsqueeze(1)
+
+
 def augment_batch(image: Tensor, label: Tensor, config: AugmentConfig, *, weight: Tensor | None = None,
-                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+                  generator: torch.Generator | None = None, hu_per_unit: float = 1.0
+                  ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Augment a batch of 2-D patches on its own device.
 
     Spatial transforms (rotation, scaling, mirroring, elastic deformation) are composed into one
@@ -475,8 +504,8 @@ def augment_batch(image: Tensor, label: Tensor, config: AugmentConfig, *, weight
     them are resampled with one ``grid_sample`` call each for image (bilinear), label (nearest)
     and weight map (bilinear), with reflection padding; samples that draw none keep their
     pixels bit for bit through this stage. Mirroring along x swaps the classes of
-    ``config.lr_label_pairs``. Intensity transforms then run in the order gamma, brightness,
-    contrast, noise, on the image only.
+    ``config.lr_label_pairs``. Intensity transforms then run in the order organ shift, gamma,
+    brightness, contrast, noise, on the image only.
 
     Parameters
     ----------
@@ -492,6 +521,9 @@ def augment_batch(image: Tensor, label: Tensor, config: AugmentConfig, *, weight
     generator
         Source of all random draws (e.g. ``torch.Generator().manual_seed(s)`` on the CPU); None
         uses torch's global CPU generator. The same generator state gives the same batch.
+    hu_per_unit
+        HU per z-score unit of ``image`` (the plan's ``intensity.std``), for the HU ranges of
+        ``organ_shift_hu``.
 
     Returns
     -------
@@ -506,5 +538,6 @@ def augment_batch(image: Tensor, label: Tensor, config: AugmentConfig, *, weight
         return image, label, weight
     draws = _draw(n, config, generator)
     image, label, weight = _apply_spatial(image, label, weight, config, draws)
+    image = _apply_organ_shift(image, label, draws, hu_per_unit)
     image = _apply_intensity(image, config, draws, generator)
     return image, label, weight

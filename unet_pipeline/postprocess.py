@@ -5,6 +5,10 @@ Configuration (``postprocess`` section), per class name or ``"*"`` for every cla
     postprocess:
       "*": {min_volume_ml: 0.5}
       liver: {largest_component: true, fill_holes: true}
+
+Left unset (null), the postprocessing is chosen by the data after training
+(:func:`choose_postprocessing`, as nnU-Net does): per class, keeping only the largest connected
+component is adopted when it does not lower that class's Dice on the validation cases.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["postprocess_labels", "POSTPROCESS_KEYS"]
+__all__ = ["postprocess_labels", "POSTPROCESS_KEYS", "choose_postprocessing"]
 
 POSTPROCESS_KEYS = ("largest_component", "min_volume_ml", "fill_holes")
 
@@ -72,3 +76,60 @@ def postprocess_labels(labels: np.ndarray, spacing_mm: Sequence[float], cfg: Map
             filled = ndimage.binary_fill_holes(mask)
             out[filled & (out == 0)] = value
     return out
+
+
+def _dice(pred: np.ndarray, ref: np.ndarray) -> float | None:
+    """Dice of two boolean masks; None when both are empty (the case says nothing about the class)."""
+    total = int(pred.sum()) + int(ref.sum())
+    return None if total == 0 else 2.0 * int(np.count_nonzero(pred & ref)) / total
+
+
+def choose_postprocessing(predictions: Sequence[np.ndarray], references: Sequence[np.ndarray],
+                          names: Mapping[int, str]) -> tuple[dict, dict]:
+    """Per class, whether keeping its largest connected component helps, judged on held-out cases.
+
+    Parameters
+    ----------
+    predictions, references
+        Per case, ``(Z, Y, X)`` integer label volumes of one grid each (the network's argmax and
+        the reference, e.g. on the preprocessed grid of the validation cases).
+    names
+        Label value -> class name.
+
+    Returns
+    -------
+    config, table
+        ``config``: the ``postprocess`` section adopted (``{name: {largest_component: true}}`` for
+        each class whose mean Dice over the cases where it occurs is not lowered by it; classes
+        absent from every case are left alone). ``table``: per class name, the mean Dice
+        ``before`` and ``after`` and whether it was ``adopted``. A class's postprocessing never
+        changes another class's voxels, so each class is decided on its own.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    structure = ndimage.generate_binary_structure(3, 1)
+    config: dict = {}
+    table: dict = {}
+    for value, name in names.items():
+        before, after = [], []
+        for pred, ref in zip(predictions, references):
+            p, r = np.asarray(pred) == value, np.asarray(ref) == value
+            d0 = _dice(p, r)
+            if d0 is None:
+                continue
+            comp, n = ndimage.label(p, structure)
+            if n > 1:
+                sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
+                p = comp == int(np.argmax(sizes)) + 1
+            before.append(d0)
+            after.append(_dice(p, r) or 0.0)
+        if not before:
+            table[name] = {"before": None, "after": None, "adopted": False, "cases": 0}
+            continue
+        mean_before, mean_after = float(np.mean(before)), float(np.mean(after))
+        adopted = mean_after >= mean_before - 1e-9
+        table[name] = {"before": round(mean_before, 6), "after": round(mean_after, 6), "adopted": adopted,
+                       "cases": len(before)}
+        if adopted:
+            config[name] = {"largest_component": True}
+    return config, table

@@ -9,8 +9,9 @@ Preprocessing turns an imported NIfTI case into the arrays every later stage wor
   image; nearest-exact for the label, which keeps label values crisp and costs nothing; the
   reverse direction, in :mod:`unet_pipeline.reassembly`, resamples softmax probabilities
   bilinearly and then takes the argmax, i.e. one-hot linear interpolation);
-* CT normalisation: clip to the 0.5/99.5 percentiles of the training foreground, then z-score
-  with the foreground mean and standard deviation.
+* CT normalisation: clip the HU (plan ``intensity`` scheme: the 0.5/99.5 percentiles of the
+  training foreground, of the whole body, or a fixed window), then z-score with the clipped
+  training foreground's mean and standard deviation.
 
 Outputs per case (``out_dir``): ``image.npy`` float32 ``(Z, Y', X')`` (z-scores),
 ``label.npy`` uint8 ``(Z, Y', X')`` (when a label is given) and ``meta.json`` with everything
@@ -39,6 +40,11 @@ log = logging.getLogger(__name__)
 
 #: Slices processed at once; bounds the working memory to a few slabs.
 CHUNK_SLICES = 16
+
+#: Clipping schemes of the plan (see :func:`make_plan`); the z-score is the training foreground's in each.
+INTENSITY_SCHEMES = ("foreground", "body", "window")
+#: Voxels above this many HU are "body" for the ``body`` scheme (air and the scanner table's air gaps are below).
+BODY_HU = -500.0
 
 
 def resampled_size(size: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, int]:
@@ -98,7 +104,8 @@ def _orientation_of(path: str | Path, slice_axis: str | None) -> tuple[Orientati
 def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mapping[int, str], *,
               target_spacing_mm: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,
               max_patch: int = 256, divisor: int = 16, samples_per_case: int = 20000, seed: int = 0,
-              slice_axis: str | None = None) -> dict:
+              slice_axis: str | None = None, intensity: str = "foreground",
+              hu_window: Sequence[float] | None = None) -> dict:
     """Fingerprint the training cases and derive the plan.
 
     Parameters
@@ -116,6 +123,14 @@ def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mappi
     slice_axis
         The dataset's slicing plane (``axial``, ``coronal``, ``sagittal``; None: axial). Every
         case, in training and in prediction with the model, is sliced along it.
+    intensity
+        How the HU are clipped before the z-score (mean and std of the clipped training
+        foreground in every scheme): ``"foreground"`` (nnU-Net's CT scheme: the 0.5 and 99.5
+        percentiles of the labelled foreground), ``"body"`` (the 0.5 and 99.5 percentiles of
+        every voxel above -500 HU, i.e. the whole body: contrast-enhanced organs, bone and fat
+        keep their contrast) or ``"window"`` (the fixed ``hu_window``).
+    hu_window
+        ``(low, high)`` HU of the ``"window"`` scheme.
 
     Returns
     -------
@@ -128,8 +143,13 @@ def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mappi
         raise ValueError("make_plan needs at least one training case")
     values = label_values(labels)
     slice_axis = check_slice_axis(slice_axis)
+    if intensity not in INTENSITY_SCHEMES:
+        raise ValueError(f"plan.intensity must be one of {list(INTENSITY_SCHEMES)}, got {intensity!r}")
+    if intensity == "window" and (hu_window is None or len(hu_window) != 2 or not hu_window[0] < hu_window[1]):
+        raise ValueError(f"plan.hu_window must be [low, high] HU with low < high for plan.intensity: window, "
+                         f"got {hu_window!r}")
     rng = np.random.default_rng(seed)
-    samples, per_case = [], {}
+    samples, body_samples, per_case = [], [], {}
     for case_id, image_path, label_path in cases:
         orient, img = _orientation_of(image_path, slice_axis)
         image = read_voxels(img, image_path)
@@ -138,6 +158,10 @@ def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mappi
         if fg.size:
             pick = fg if fg.size <= samples_per_case else rng.choice(fg, samples_per_case, replace=False)
             samples.append(image.reshape(-1)[pick].astype(np.float32))
+        if intensity == "body":
+            body = np.flatnonzero(image.reshape(-1) > BODY_HU)
+            pick = body if body.size <= samples_per_case else rng.choice(body, samples_per_case, replace=False)
+            body_samples.append(image.reshape(-1)[pick].astype(np.float32))
         per_case[case_id] = {"shape": list(orient.canonical_shape), "spacing_mm": list(orient.canonical_spacing),
                              "foreground_voxels": int(fg.size)}
     if not samples:
@@ -155,7 +179,10 @@ def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mappi
         patch = [int(min(max_patch, divisor * math.ceil(m / divisor))) for m in med]
     else:
         patch = [int(p) for p in patch_size]
-    lo, hi = np.percentile(fg_values, [0.5, 99.5])
+    if intensity == "window":
+        lo, hi = (float(v) for v in hu_window)
+    else:
+        lo, hi = np.percentile(np.concatenate(body_samples) if intensity == "body" else fg_values, [0.5, 99.5])
     clipped = np.clip(fg_values, lo, hi)
     return {
         "format": "unet-pipeline-plan/1",
@@ -165,7 +192,8 @@ def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mappi
         "num_classes": len(values) + 1,
         "target_spacing_mm": target,
         "patch_size": patch,
-        "intensity": {"p00_5": float(lo), "p99_5": float(hi), "mean": float(clipped.mean()), "std": float(clipped.std())},
+        "intensity": {"p00_5": float(lo), "p99_5": float(hi), "mean": float(clipped.mean()), "std": float(clipped.std()),
+                      "scheme": intensity},
         "median_slice_thickness_mm": float(np.median(spacings[:, 0])),
         "training_cases": [c[0] for c in cases],
         "cases": per_case,

@@ -663,7 +663,8 @@ def _train_step(run: _Run, batch) -> torch.Tensor:
     x = batch.image.to(run.device, non_blocking=True)
     y = batch.label.to(run.device, non_blocking=True)
     w = batch.weight.to(run.device, non_blocking=True) if batch.weight is not None else None
-    x, y, w = augment_batch(x, y, run.net_augment, weight=w, generator=run.aug_gen)
+    x, y, w = augment_batch(x, y, run.net_augment, weight=w, generator=run.aug_gen,
+                            hu_per_unit=float(run.plan["intensity"]["std"]))
     m = run.margin
     if m:  # unpadded U-Net: the loss covers the output (centre) region only
         y = y[:, m:-m, m:-m]
@@ -776,6 +777,7 @@ def _export(run: _Run, state: _State) -> dict:
 
     _write_outputs(run.out_dir, run.model, state.history)
     plot_training_curves(run.out_dir / "train_log.csv", run.out_dir / "curves.png")
+    postprocess_choice = _choose_postprocessing(run)
     cfg = run.cfg
     if state.budget_spent:
         ended_by = "max_minutes"
@@ -804,9 +806,39 @@ def _export(run: _Run, state: _State) -> dict:
         "device": str(run.device),
         "versions": _versions(),
         "data_fingerprint": _data_fingerprint(run.plan, train_ids, val_ids),
+        "postprocess_choice": postprocess_choice,
     }
     save_json(meta, run.out_dir / "model.json")
     return meta
+
+
+def _choose_postprocessing(run: _Run) -> dict:
+    """Postprocessing chosen by the data (:func:`unet_pipeline.postprocess.choose_postprocessing`):
+    the final model's argmax of the validation cases (the training cases when there are none)
+    against their labels, on the preprocessed grid. Returns ``{"decided_on", "config", "table"}``."""
+    from safetensors.torch import load_file
+
+    from .postprocess import choose_postprocessing
+
+    cases, decided_on = (run.val_cases, "validation cases") if run.val_cases else (run.train_cases, "training cases")
+    run.model.load_state_dict(load_file(str(run.out_dir / "model.safetensors")))
+    run.model.eval()
+    preds, refs = [], []
+    for case in cases:
+        pred = np.zeros(case.label.shape, np.uint8)
+        for z0, probs in iter_volume_probabilities(run.model, case.image, in_slices=run.mcfg.in_channels,
+                                                   num_classes=len(run.label_values) + 1, patch_size=run.patch,
+                                                   overlap=0.25, batch_size=8, device=run.device, margin=run.margin,
+                                                   pad_value=case.pad_value):
+            pred[z0:z0 + probs.shape[0]] = probs.argmax(1)
+        preds.append(pred)
+        refs.append(np.asarray(case.label))
+    names = dict(enumerate(run.label_names, start=1))  # class index -> name
+    config, table = choose_postprocessing(preds, refs, names)
+    log.info("postprocessing chosen on the %s: %s", decided_on,
+             "; ".join(f"{n}: largest component {'kept' if t['adopted'] else 'not used'} "
+                       f"(Dice {t['before']} -> {t['after']})" for n, t in table.items()))
+    return {"decided_on": decided_on, "config": config, "table": table}
 
 
 def _write_outputs(out_dir: Path, model: torch.nn.Module, history: list[dict]) -> None:

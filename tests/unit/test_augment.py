@@ -309,3 +309,25 @@ def test_config_bad_values_name_the_key(key, value):
 def test_config_unknown_key_raises():
     with pytest.raises(ValueError, match="elastic_alpha"):
         AugmentConfig.from_dict({"elastic_alpha": 3})
+
+
+def test_organ_shift_moves_each_structure_by_its_own_hu_shift_in_z_units():
+    image = torch.zeros(3, 2, 6, 7)
+    label = torch.zeros(3, 6, 7, dtype=torch.long)
+    label[:, :3, :3] = 1
+    label[:, 4:, 4:] = 2
+    out, lab, _ = augment_batch(image, label, _config(organ_shift_p=1.0, organ_shift_hu=(50.0, 50.0)),
+                                generator=_gen(0), hu_per_unit=25.0)
+    assert torch.equal(lab, label)
+    assert torch.allclose(out[label.unsqueeze(1).expand_as(out) > 0], torch.tensor(2.0))  # 50 HU / 25 HU per unit
+    assert torch.equal(out[label.unsqueeze(1).expand_as(out) == 0], torch.zeros(int((label == 0).sum()) * 2))
+    # Random shifts: one per structure and sample, within the range, the same over a structure.
+    out, _, _ = augment_batch(image, label, _config(organ_shift_p=1.0, organ_shift_hu=(-20.0, 60.0)),
+                              generator=_gen(1), hu_per_unit=10.0)
+    for i in range(3):
+        for k in (1, 2):
+            values = out[i, :, label[i] == k]
+            assert values.unique().numel() == 1 and -2.0 <= float(values[0, 0]) <= 6.0
+    assert out[0, 0, 0, 0] != out[0, 0, 5, 6] or out[0, 0, 0, 0] != out[1, 0, 0, 0]
+    off, _, _ = augment_batch(image, label, _config(organ_shift_p=0.0), generator=_gen(1), hu_per_unit=10.0)
+    assert torch.equal(off, image)

@@ -51,3 +51,25 @@ def test_nothing_configured_changes_nothing_and_input_is_not_modified():
 def test_unknown_option_names_the_class():
     with pytest.raises(ValueError, match="postprocess.liver: unknown option"):
         postprocess_labels(_two_blobs(), (1, 1, 1), {"liver": {"keep_largest": True}}, NAMES)
+
+
+def test_postprocessing_is_chosen_per_class_by_the_held_out_dice():
+    from unet_pipeline.postprocess import choose_postprocessing
+
+    ref = np.zeros((4, 10, 10), np.uint8)
+    ref[1:3, 1:5, 1:5] = 1  # organ a: one blob
+    ref[1:3, 6:9, 1:3] = 2  # organ b: two blobs, both real
+    ref[1:3, 6:9, 6:9] = 2
+    pred = ref.copy()
+    pred[3, 8, 8] = 1  # a stray island of a: removing it helps
+    names = {1: "a", 2: "b", 3: "c"}
+    config, table = choose_postprocessing([pred], [ref], names)
+    assert config == {"a": {"largest_component": True}}  # b would lose a real blob; c occurs nowhere
+    assert table["a"]["after"] == 1.0 and table["a"]["before"] < 1.0 and table["a"]["adopted"]
+    assert table["b"]["after"] < table["b"]["before"] and not table["b"]["adopted"]
+    assert table["c"] == {"before": None, "after": None, "adopted": False, "cases": 0}
+    # A class that is already one component everywhere: adopting it changes nothing, so it is kept.
+    config, _ = choose_postprocessing([ref], [ref], {1: "a"})
+    assert config == {"a": {"largest_component": True}}
+    with pytest.raises(ValueError, match="references"):
+        choose_postprocessing([pred], [], names)

@@ -122,3 +122,24 @@ def test_label_of_another_shape_names_the_file(tmp_path):
     wrong = save_nifti(tmp_path / "wrong.nii.gz", np.zeros((24, 20, 5), np.uint8), nib.load(str(cases[0][1])).affine)
     with pytest.raises(ValueError, match="wrong.nii.gz"):
         preprocess_label(wrong, meta, tmp_path / "pre" / "label.npy")
+
+
+def test_plan_intensity_schemes_clip_where_they_say(tmp_path):
+    """foreground: percentiles of the labelled voxels; body: of every voxel above -500 HU (fat and
+    bone included); window: the fixed HU window. The z-score is the clipped foreground's in each."""
+    cases = _cases(tmp_path)
+    triples = [c[:3] for c in cases]
+    fg = np.concatenate([c[3][c[4] > 0].astype(np.float32) for c in cases])
+    body = np.concatenate([c[3][c[3] > -500].astype(np.float32) for c in cases])
+    by_fg = make_plan(triples, {1: "a", 2: "b"})["intensity"]
+    by_body = make_plan(triples, {1: "a", 2: "b"}, intensity="body")["intensity"]
+    by_window = make_plan(triples, {1: "a", 2: "b"}, intensity="window", hu_window=[-150, 250])["intensity"]
+    assert by_fg["scheme"] == "foreground" and by_fg["p00_5"] == pytest.approx(np.percentile(fg, 0.5))
+    assert by_body["p00_5"] == pytest.approx(np.percentile(body, 0.5))
+    assert by_body["p99_5"] == pytest.approx(np.percentile(body, 99.5)) and by_body["p00_5"] < by_fg["p00_5"]
+    assert (by_window["p00_5"], by_window["p99_5"]) == (-150.0, 250.0)
+    assert by_window["mean"] == pytest.approx(np.clip(fg, -150, 250).mean(), rel=1e-5)
+    with pytest.raises(ValueError, match="hu_window"):
+        make_plan(triples, {1: "a", 2: "b"}, intensity="window")
+    with pytest.raises(ValueError, match="plan.intensity"):
+        make_plan(triples, {1: "a", 2: "b"}, intensity="percentile")

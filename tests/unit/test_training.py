@@ -660,3 +660,17 @@ def test_planned_steps_follow_the_measured_rate():
     assert _planned_steps(no_budget, state, elapsed=6.0) == 1000 and _budget_left(no_budget, state, elapsed=1e9)
     with pytest.raises(ValueError, match="max_minutes"):
         TrainConfig.from_dict({"max_minutes": -1})
+
+
+def test_postprocessing_is_chosen_on_the_validation_cases_unless_configured(prepared, tmp_path):
+    meta = _train(prepared, tmp_path / "auto")
+    choice = meta["postprocess_choice"]
+    assert choice["decided_on"] == "validation cases" and set(choice["table"]) == {"organ_a", "organ_b"}
+    assert meta["postprocess"] == choice["config"]
+    assert all(set(v) == {"largest_component"} for v in choice["config"].values())
+    on_disk = json.loads((tmp_path / "auto" / "model.json").read_text(encoding="utf-8"))
+    assert on_disk["postprocess"] == choice["config"]
+    # Without validation cases the training cases decide; a configured section wins over the choice.
+    configured = stages.train(**{**_train_args(prepared, tmp_path / "set", val=()), "postprocess": {"*": {"fill_holes": True}}})
+    assert configured["postprocess_choice"]["decided_on"] == "training cases"
+    assert configured["postprocess"] == {"*": {"fill_holes": True}}

@@ -1,0 +1,288 @@
+"""Benchmark: generalisation to real CT never seen in training, ours vs a plain MONAI 2D U-Net,
+both given the same wall-clock training budget in the same run.
+
+Training data: ``totalsegmentator-example/example_ct_sm`` (abdominal CT, 3 mm isotropic,
+non-contrast, TotalSegmentator labels) with four classes: liver, spleen, kidney_right,
+kidney_left (every other structure is background). Tests:
+
+* ``dcmqi_liver``: the liver of ``dcmqi-ct-3slice`` (another scanner, 0.81 mm pixels, 1 mm slices,
+  a DICOM series; reference ``liver_spine_seg.nrrd`` value 1);
+* ``ts_venous``: the training scan with the HU of each organ raised by 40-60 HU (a simulated
+  portal-venous phase), all four classes.
+
+Ours: ``unet-pipeline train`` with the shipped config's model, loss and augmentation and
+``training.max_minutes`` = the budget, then ``unet-pipeline predict`` (the DICOM folder itself for
+the dcmqi test). MONAI: ``Orientationd(RAS) -> Spacingd`` to the same in-plane spacing ->
+``ScaleIntensityRanged`` with the abdominal window of MONAI's tutorials (-175..250 HU) ->
+``RandCropByPosNegLabeld`` 2-D patches with flips, rotations and intensity shifts, a
+``monai.networks.nets.UNet`` (16..256 channels, residual units, instance norm), ``DiceCELoss``,
+AdamW, for the same wall-clock time; ``sliding_window_inference`` on each slice and ``Invertd``
+back to the input grid. Metrics: Dice and HD95 (mm) per class on the input grid, computed by
+:mod:`unet_pipeline.metrics` for both.
+
+Run ``python bench/bench_realdata.py [--quick] [--minutes M]`` (default 10 minutes a side, quick
+1.5); needs ``../shared/data`` beside the repository. Prints a JSON dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["run", "DATA"]
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+#: class value in our files -> (name, TotalSegmentator value)
+CLASSES = {1: ("liver", 5), 2: ("spleen", 1), 3: ("kidney_right", 2), 4: ("kidney_left", 3)}
+TARGET_DICE = 0.90
+FULL_MINUTES = 10.0
+QUICK_MINUTES = 1.5
+
+
+def _write_inputs(tmp: Path, seed: int = 0) -> dict:
+    """Training case, the two tests and their references as NIfTI files in ``tmp``."""
+    import nibabel as nib
+
+    from unet_pipeline.io import load_image, read_voxels
+
+    ts = DATA / "totalsegmentator-example"
+    img = nib.load(str(ts / "example_ct_sm.nii.gz"))
+    seg = np.asarray(nib.load(str(ts / "example_seg.nii.gz")).dataobj)
+    label = np.zeros(seg.shape, np.uint8)
+    for value, (_, ts_value) in CLASSES.items():
+        label[seg == ts_value] = value
+    hu = np.asarray(img.dataobj).astype(np.int16)
+    paths = {"train_image": tmp / "train" / "ts.nii.gz", "train_label": tmp / "train_labels" / "ts.nii.gz",
+             "venous_image": tmp / "venous" / "ts_venous.nii.gz", "venous_ref": tmp / "venous_ref" / "ts_venous.nii.gz",
+             "dcmqi_dicom": DATA / "dcmqi-ct-3slice" / "dicom", "dcmqi_image": tmp / "dcmqi" / "dcmqi.nii.gz",
+             "dcmqi_ref": tmp / "dcmqi_ref" / "dcmqi.nii.gz"}
+    rng = np.random.default_rng(seed)
+    venous = hu.copy()
+    shifts = {}
+    for value, (name, _) in CLASSES.items():  # organs enhance in the portal-venous phase
+        shifts[name] = float(rng.uniform(40, 60))
+        venous[label == value] += np.int16(round(shifts[name]))
+    for key, array in (("train_image", hu), ("train_label", label), ("venous_image", venous), ("venous_ref", label)):
+        paths[key].parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(array, img.affine, header=img.header), str(paths[key]))
+    dcm = load_image(paths["dcmqi_dicom"])
+    ref = read_voxels(load_image(DATA / "dcmqi-ct-3slice" / "liver_spine_seg.nrrd"), "liver_spine_seg.nrrd")
+    for key, array in (("dcmqi_image", read_voxels(dcm, "dicom").astype(np.int16)),
+                       ("dcmqi_ref", (ref == 1).astype(np.uint8))):
+        paths[key].parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(array, dcm.affine), str(paths[key]))
+    return {"paths": paths, "venous_shifts_hu": shifts}
+
+
+def _score(pred_path: Path, ref_path: Path, classes: dict[int, str]) -> dict[str, dict]:
+    """Dice and HD95 (mm) per class of a segmentation against its reference (same grid)."""
+    import nibabel as nib
+
+    from unet_pipeline.io import spacing_from_affine
+    from unet_pipeline.metrics import case_metrics
+
+    pred_img, ref_img = nib.load(str(pred_path)), nib.load(str(ref_path))
+    if pred_img.shape[:3] != ref_img.shape[:3] or not np.allclose(pred_img.affine, ref_img.affine, atol=1e-3):
+        raise AssertionError(f"{pred_path} is not on the grid of {ref_path}")
+    pred = np.asarray(pred_img.dataobj)
+    ref = np.asarray(ref_img.dataobj)
+    rows = case_metrics(pred, ref, spacing_from_affine(ref_img.affine), classes)
+    return {r["label"]: {"dice": round(float(r["dice"]), 4), "hd95_mm": _round(r["hd95_mm"])} for r in rows}
+
+
+def _round(x) -> float | None:
+    x = float(x)
+    return round(x, 2) if np.isfinite(x) else None
+
+
+def _ours(tmp: Path, paths: dict, minutes: float, overrides: dict | None = None) -> dict:
+    """Train with the CLI (the workflow's stages and the shipped config) and predict both tests."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text(encoding="utf-8"))
+    config["cohort"] = {"demo": {"enabled": False}, "label_names": {v: n for v, (n, _) in CLASSES.items()}}
+    config["split"] = {"test_fraction": 0.0, "val_fraction": 0.0, "seed": 0}
+    config["plan"] = {**config["plan"], "target_spacing_mm": None}
+    config["training"] = {**config["training"], "epochs": 10000, "max_minutes": minutes}
+    for section, values in (overrides or {}).items():
+        config[section] = {**(config.get(section) or {}), **values}
+    (tmp / "ours.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    manifest = tmp / "ours.csv"
+    manifest.write_text(f"case_id,image,label\nts,{paths['train_image']},{paths['train_label']}\n", encoding="utf-8")
+    model = tmp / "ours_model"
+    t0 = time.perf_counter()
+    _cli(["train", "--manifest", str(manifest), "-c", str(tmp / "ours.yaml"), "-o", str(model),
+          "--work-dir", str(tmp / "ours_work")])
+    train_s = time.perf_counter() - t0
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    t0 = time.perf_counter()
+    _cli(["predict", "-m", str(model), "-i", str(paths["dcmqi_dicom"]), "-o", str(tmp / "ours_dcmqi")])
+    _cli(["predict", "-m", str(model), "-i", str(paths["venous_image"]), "-o", str(tmp / "ours_venous")])
+    predict_s = time.perf_counter() - t0
+    dcmqi_seg = next((tmp / "ours_dcmqi").glob("*.nii.gz"))
+    return {"train_s": round(train_s, 1), "predict_s": round(predict_s, 1), "steps": meta.get("steps_run"),
+            "ended_by": meta.get("ended_by"),
+            "dcmqi_liver": _score(dcmqi_seg, paths["dcmqi_ref"], {1: "liver"}),
+            "ts_venous": _score(tmp / "ours_venous" / "ts_venous.nii.gz", paths["venous_ref"],
+                                {v: n for v, (n, _) in CLASSES.items()})}
+
+
+def _cli(argv: list[str]) -> None:
+    """Run the ``unet-pipeline`` CLI in a child process (its own threads and memory)."""
+    done = subprocess.run([sys.executable, "-m", "unet_pipeline.cli", *argv], capture_output=True, text=True,
+                          encoding="utf-8", errors="replace", cwd=ROOT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"unet-pipeline {argv[0]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+
+
+_MONAI_CHILD = r"""
+import json, sys, time, warnings
+warnings.filterwarnings("ignore")
+import numpy as np, torch
+from monai.data import Dataset, DataLoader
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.networks.nets import UNet
+from monai.transforms import (AsDiscreted, Compose, EnsureChannelFirstd, Invertd, LoadImaged, Orientationd,
+                              RandCropByPosNegLabeld, RandFlipd, RandRotate90d, RandShiftIntensityd,
+                              SaveImaged, ScaleIntensityRanged, Spacingd, SqueezeDimd)
+args = json.loads(sys.argv[1])
+torch.manual_seed(0)
+np.random.seed(0)
+pix = (args["spacing"], args["spacing"], -1)
+load = [LoadImaged(keys=["image", "label"]), EnsureChannelFirstd(keys=["image", "label"]),
+        Orientationd(keys=["image", "label"], axcodes="RAS"),
+        Spacingd(keys=["image", "label"], pixdim=pix, mode=("bilinear", "nearest")),
+        ScaleIntensityRanged(keys="image", a_min=-175, a_max=250, b_min=0.0, b_max=1.0, clip=True)]
+vol = Compose(load)({"image": args["train_image"], "label": args["train_label"]})
+slices = [{"image": vol["image"][..., z], "label": vol["label"][..., z]} for z in range(vol["image"].shape[-1])
+          if vol["label"][..., z].max() > 0]
+aug = Compose([RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=(64, 64), pos=2, neg=1,
+                                      num_samples=4),
+               RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=0),
+               RandRotate90d(keys=["image", "label"], prob=0.3, max_k=3),
+               RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5)])
+loader = DataLoader(Dataset(slices, transform=aug), batch_size=2, shuffle=True, num_workers=0)
+net = UNet(spatial_dims=2, in_channels=1, out_channels=args["classes"], channels=(16, 32, 64, 128, 256),
+           strides=(2, 2, 2, 2), num_res_units=2, norm="instance")
+loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-5)
+t0, steps = time.perf_counter(), 0
+budget = 60 * args["minutes"]
+net.train()
+while time.perf_counter() - t0 < budget:
+    for batch in loader:
+        opt.zero_grad()
+        loss = loss_fn(net(batch["image"]), batch["label"])
+        loss.backward()
+        opt.step()
+        steps += 1
+        if time.perf_counter() - t0 >= budget:
+            break
+train_s = time.perf_counter() - t0
+net.eval()
+t0 = time.perf_counter()
+pre = Compose([LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"), Orientationd(keys="image", axcodes="RAS"),
+               Spacingd(keys="image", pixdim=pix, mode="bilinear"),
+               ScaleIntensityRanged(keys="image", a_min=-175, a_max=250, b_min=0.0, b_max=1.0, clip=True)])
+for name, image in args["tests"].items():
+    data = pre({"image": image})
+    x = data["image"]
+    with torch.inference_mode():
+        probs = torch.stack([torch.softmax(sliding_window_inference(x[None, ..., z], (64, 64), 8, net, overlap=0.5,
+                                                                    mode="gaussian"), 1)[0]
+                             for z in range(x.shape[-1])], dim=-1)
+    data["pred"] = probs
+    post = Compose([Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False),
+                    AsDiscreted(keys="pred", argmax=True),
+                    SaveImaged(keys="pred", output_dir=args["out"] + "/" + name, output_postfix="seg",
+                               separate_folder=False, output_dtype=np.uint8, resample=False, print_log=False)])
+    post(data)
+print(json.dumps({"train_s": train_s, "predict_s": time.perf_counter() - t0, "steps": steps}))
+"""
+
+
+def _monai(tmp: Path, paths: dict, minutes: float, spacing: float) -> dict:
+    args = {"train_image": str(paths["train_image"]), "train_label": str(paths["train_label"]), "minutes": minutes,
+            "spacing": spacing, "classes": len(CLASSES) + 1, "out": str(tmp / "monai"),
+            "tests": {"dcmqi": str(paths["dcmqi_image"]), "venous": str(paths["venous_image"])}}
+    done = subprocess.run([sys.executable, "-c", _MONAI_CHILD, json.dumps(args)], capture_output=True, text=True,
+                          encoding="utf-8", errors="replace", cwd=ROOT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"MONAI recipe failed:\n{done.stderr[-4000:]}")
+    timing = json.loads(done.stdout.strip().splitlines()[-1])
+    dcmqi = next((tmp / "monai" / "dcmqi").glob("*.nii.gz"))
+    venous = next((tmp / "monai" / "venous").glob("*.nii.gz"))
+    return {"train_s": round(timing["train_s"], 1), "predict_s": round(timing["predict_s"], 1), "steps": timing["steps"],
+            "dcmqi_liver": _score(dcmqi, paths["dcmqi_ref"], {1: "liver"}),
+            "ts_venous": _score(venous, paths["venous_ref"], {v: n for v, (n, _) in CLASSES.items()})}
+
+
+def _headline(result: dict) -> dict:
+    """The figures the summary table shows: liver Dice of both tests, and the classes where ours trails."""
+    ours, theirs = result["ours"], result["monai"]
+    behind = [f"{test}:{name}" for test in ("dcmqi_liver", "ts_venous") for name, fig in ours[test].items()
+              if fig["dice"] < theirs[test][name]["dice"]]
+    return {"liver_dice_dcmqi": ours["dcmqi_liver"]["liver"]["dice"],
+            "liver_dice_dcmqi_monai": theirs["dcmqi_liver"]["liver"]["dice"],
+            "liver_dice_venous": ours["ts_venous"]["liver"]["dice"],
+            "liver_dice_venous_monai": theirs["ts_venous"]["liver"]["dice"],
+            "mean_dice_venous": round(float(np.mean([f["dice"] for f in ours["ts_venous"].values()])), 4),
+            "mean_dice_venous_monai": round(float(np.mean([f["dice"] for f in theirs["ts_venous"].values()])), 4),
+            "classes_behind_monai": behind}
+
+
+def run(quick: bool = False, minutes: float | None = None, overrides: dict | None = None,
+        with_monai: bool = True) -> dict:
+    """Train both recipes for ``minutes`` each (default 10, quick 1.5) and score both tests."""
+    if not (DATA / "totalsegmentator-example").is_dir():
+        return {"skipped": f"no real data at {DATA}"}
+    minutes = float(minutes if minutes is not None else (QUICK_MINUTES if quick else FULL_MINUTES))
+    with tempfile.TemporaryDirectory(prefix="bench_realdata_") as tmp:
+        tmp = Path(tmp)
+        inputs = _write_inputs(tmp)
+        paths = inputs["paths"]
+        ours = _ours(tmp, paths, minutes, overrides)
+        plan = json.loads((tmp / "ours_model" / "model.json").read_text(encoding="utf-8"))["plan"]
+        result = {"minutes_per_side": minutes, "venous_shifts_hu": inputs["venous_shifts_hu"], "ours": ours,
+                  "overrides": overrides or {}}
+        if with_monai:
+            result["monai"] = _monai(tmp, paths, minutes, float(plan["target_spacing_mm"][0]))
+            result.update(_headline(result))
+        result["target_liver_dice"] = TARGET_DICE
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_MINUTES} minutes of training a side")
+    parser.add_argument("--minutes", type=float, help="training minutes a side (default 10)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=YAML",
+                        help="override our config, e.g. --set plan.intensity=body (repeatable)")
+    parser.add_argument("--no-monai", action="store_true", help="our side only (to compare settings)")
+    args = parser.parse_args()
+    import yaml
+
+    overrides: dict = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        overrides.setdefault(section, {})[name] = yaml.safe_load(value)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    print(json.dumps(run(quick=args.quick, minutes=args.minutes, overrides=overrides, with_monai=not args.no_monai),
+                     indent=2))
+
+
+if __name__ == "__main__":
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    main()
