@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run", "DATA"]
+__all__ = ["run", "check", "DATA"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -260,6 +260,13 @@ def run(quick: bool = False, minutes: float | None = None, overrides: dict | Non
             result.update(_headline(result))
         result["target_liver_dice"] = TARGET_DICE
     return result
+
+
+def check(steps: int = 4, monai_minutes: float = 0.05) -> dict:
+    """The benchmark's plumbing without its budget: ours for ``steps`` optimizer steps, MONAI for
+    ``monai_minutes``; every segmentation checked to lie on its input's grid (:func:`_score`)."""
+    return run(minutes=monai_minutes,
+               overrides={"training": {"epochs": 1, "iterations_per_epoch": steps, "max_minutes": 0}})
 
 
 def main() -> None:

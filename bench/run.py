@@ -58,6 +58,18 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, str | float | None]]]] = {
                                        ("forward pass: paper-size U-Net (base 64), estimated s per 512 x 512 slice",
                                         "paper_s_per_slice_estimate", None)]),
     "memory": ("bench.bench_memory", []),
+    "realdata": ("bench.bench_realdata", [("real CT: liver Dice on dcmqi-ct-3slice (other scanner), ours", "liver_dice_dcmqi",
+                                           "target_liver_dice"),
+                                          ("real CT: liver Dice on dcmqi-ct-3slice, MONAI recipe", "liver_dice_dcmqi_monai",
+                                           None),
+                                          ("real CT: liver Dice, simulated portal-venous phase, ours", "liver_dice_venous",
+                                           "target_liver_dice"),
+                                          ("real CT: liver Dice, simulated portal-venous phase, MONAI recipe",
+                                           "liver_dice_venous_monai", None),
+                                          ("real CT: mean Dice of 4 organs, portal-venous phase, ours / MONAI",
+                                           "mean_dice_venous", "mean_dice_venous_monai"),
+                                          ("real CT: classes where ours trails MONAI", "classes_behind_monai", None)]),
+    "cohort": ("bench.bench_cohort", []),  # rows from bench_cohort.table: snakemake -n per cohort size and profile
 }
 
 
@@ -67,6 +79,10 @@ def _headline(name: str, result: dict) -> list[tuple[str, str, str]]:
         value = result.get(key)
         goal = result.get(target) if isinstance(target, str) else target
         rows.append((label, f"{value}", "" if goal is None else f"{goal}"))
+    if name == "cohort":
+        from bench.bench_cohort import table
+
+        rows.extend(table(result))
     if name == "memory":
         for size in result.get("sizes", []):
             if "infer" in size:

@@ -83,6 +83,7 @@ def _check_settings(args: argparse.Namespace):
     ``cohort.geometry_tolerance_mm``, ``plan.slice_axis``), else the workflow's defaults."""
     from .cohort import discover_cohort
     from .config import import_options
+    from .roi_names import label_names
 
     config = _config(args)
     if _has_cohort_args(args):
@@ -95,7 +96,7 @@ def _check_settings(args: argparse.Namespace):
     else:
         raise ConfigError("give -c CONFIG, -i IMAGES_DIR [-l LABELS_DIR], --dataset-json or --manifest")
     names = config["cohort"]["label_names"]
-    labels = {int(k): str(v) for k, v in names.items()} if names else cohort.labels
+    labels = label_names(names) if names else cohort.labels
     options = import_options(config)
     if args.min_slices is not None:
         options["min_slices"] = args.min_slices
@@ -171,7 +172,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             stages.import_case(cid, spec.image, spec.label, imported / cid, labels=labels, series_uid=spec.series_uid,
                                **import_options(config))
             stages.import_label(spec.label, imported / cid / "image.nii.gz", imported / cid / "label.nii.gz",
-                                labels=labels)
+                                labels=labels, roi_names=cases.roi_names, record=imported / cid / "case.json")
         plan = work / "plan.json"
         stages.fingerprint([(c, imported / c) for c in cases.train], plan, labels=labels, **fingerprint_options(config))
         for cid in ids:
@@ -199,8 +200,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _predict_inputs(args: argparse.Namespace, config: Mapping):
     """``(case specs, the cohort's label map, where the map came from, rejected ids)`` of predict's ``-i``."""
     from .cohort import CaseSpec, cohort_from_dataset_json, cohort_from_folders, screen_cases
+    from .dicom import find_series
     from .io import is_image_file
     from .naming import case_id_from_path
+    from .roi_names import label_names
 
     src = Path(args.input)
     if not src.exists():
@@ -210,12 +213,13 @@ def _predict_inputs(args: argparse.Namespace, config: Mapping):
         cohort = cohort_from_dataset_json(src)
         specs, labels, problems, source = cohort.cases, cohort.labels, cohort.problems, f"the labels of {src}"
     elif src.is_file() or (src.is_dir() and not any(is_image_file(p) or p.is_dir() for p in src.iterdir())):
-        specs = [CaseSpec(case_id_from_path(src), str(src))]
+        series = find_series(src)[0] if src.is_dir() else []  # its one image series, beside an RTSTRUCT/SEG say
+        specs = [CaseSpec(case_id_from_path(src), str(src), series_uid=series[0].uid if len(series) == 1 else None)]
     else:
         cohort = cohort_from_folders(src)
         specs, problems = cohort.cases, cohort.problems
     if config["cohort"]["label_names"]:
-        labels = config["cohort"]["label_names"]
+        labels = label_names(config["cohort"]["label_names"])
         source = f"--label-names {args.label_names}" if args.label_names else f"cohort.label_names of {args.config}"
     specs, rejected = screen_cases(specs, problems)
     return specs, labels, source, rejected
@@ -234,9 +238,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             inference[key] = value
     specs, cohort_labels, source, rejected = _predict_inputs(args, config)
     model_label_names(args.model, cohort_labels, source=source)  # refuses a cohort naming other classes
+    dicom = {key: getattr(args, key) if getattr(args, key) is not None else bool(config["output"][key])
+             for key in ("dicom_seg", "rtstruct")}
     with tempfile.TemporaryDirectory(prefix="unet-predict-") as work:
-        status = predict_cohort(args.model, [(s.case_id, s.image) for s in specs], args.output, work_dir=work,
-                                inference=inference, postprocess=config["postprocess"], overwrite=args.overwrite)
+        status = predict_cohort(args.model, [(s.case_id, s.image, s.series_uid) for s in specs], args.output,
+                                work_dir=work, inference=inference, postprocess=config["postprocess"],
+                                overwrite=args.overwrite, **dicom)
     failed = {k: v for k, v in status.items() if v not in ("ok", "skipped")}
     skipped = [k for k, v in status.items() if v == "skipped"]
     print(f"{len(status) - len(failed) - len(skipped)} of {len(status)} case(s) segmented into {args.output} "
@@ -270,6 +277,7 @@ def _label_values(paths: Sequence[str | Path]) -> set[int]:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .cohort import cohort_from_folders, read_label_names
+    from .roi_names import label_names
     from .stages import aggregate_metrics, evaluate, value_label_names
 
     config = _config(args)
@@ -282,7 +290,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.labels:
         labels = read_label_names(args.labels)
     elif config["cohort"]["label_names"]:
-        labels = {int(k): str(v) for k, v in config["cohort"]["label_names"].items()}
+        labels = label_names(config["cohort"]["label_names"])
     elif sidecar.exists():
         labels = read_label_names(sidecar)
     else:
@@ -370,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true",
                    help="segment every case again (default: skip a case whose segmentation and sidecar JSON are "
                         "both there and readable)")
+    r.add_argument("--dicom-seg", action=argparse.BooleanOptionalAction, default=None,
+                   help="for a DICOM series input, also write <case>.dcm, a DICOM-SEG referencing the series "
+                        "(default: output.dicom_seg, off)")
+    r.add_argument("--rtstruct", action=argparse.BooleanOptionalAction, default=None,
+                   help="for a DICOM series input, also write <case>_rtstruct.dcm, an RTSTRUCT of the same masks "
+                        "(default: output.rtstruct, off)")
     r.set_defaults(func=_cmd_predict)
 
     e = sub.add_parser("evaluate", help="metrics of predicted vs reference segmentations (matching case names)")

@@ -23,9 +23,13 @@ never by folder alone. Case ids:
   the name of ``images/`` itself.
 
 The case's :attr:`CaseSpec.series_uid` names its series, so reading it never picks up another
-series of the same folder. Whatever discovery passes over (files that are neither images nor
-DICOM, DICOM objects without pixels, empty folders, labels without an image) is listed in
-:attr:`Cohort.notes` and logged as a warning.
+series of the same folder. An RTSTRUCT or DICOM-SEG file found with a series (in the same case
+folder) that shares its FrameOfReferenceUID is that case's label, unless a label folder has one
+too (then the case is refused, naming both); a manifest's ``label`` may name one as well. Their
+ROI (segment) names map to classes through ``cohort.label_names`` (:mod:`unet_pipeline.roi_names`).
+Whatever discovery passes over (files that are neither images nor DICOM, DICOM objects without
+pixels, empty folders, labels without an image) is listed in :attr:`Cohort.notes` and logged as
+a warning.
 
 :func:`check_case` lists *every* problem of a case (errors make it unusable, warnings do not),
 so ``unet-pipeline check-cohort`` can report a whole cohort in one pass. :func:`screen_cases`
@@ -45,6 +49,7 @@ from pathlib import Path
 
 from .errors import CaseError, ConfigError
 from .naming import case_id_from_path, case_id_problems, is_image_file
+from .roi_names import RoiPattern, parse_label_names
 from .splits import assign_folds, fixed_splits, patient_of_cases, split_cases
 
 __all__ = [
@@ -56,6 +61,7 @@ __all__ = [
     "cohort_from_dataset_json",
     "cohort_from_manifest",
     "check_case",
+    "case_frame_of_reference",
     "load_case_image",
     "case_id_problems",
     "screen_cases",
@@ -92,13 +98,16 @@ class Cohort:
     """Cases plus the label names (value -> name, background excluded).
 
     ``problems``: case id -> problems found by discovery that make the case unusable (several
-    label files match it); ``notes``: what discovery passed over, one line each, naming it.
+    label files match it); ``notes``: what discovery passed over, one line each, naming it;
+    ``roi_names``: label value -> the RTSTRUCT ROI (DICOM-SEG segment) names or regex of that
+    class (:func:`unet_pipeline.roi_names.parse_label_names`; a class left out matches its name).
     """
 
     cases: list[CaseSpec]
     labels: dict[int, str] = field(default_factory=dict)
     problems: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    roi_names: dict[int, RoiPattern] = field(default_factory=dict)
 
     @property
     def case_ids(self) -> list[str]:
@@ -155,8 +164,8 @@ def read_label_names(path: str | Path) -> dict[int, str]:
 
 
 def _dicom_cases(top: Path, name: str, *, recursive: bool = True) -> tuple[list[tuple], list[str]]:
-    """``(case id, folder, SeriesInstanceUID, PatientID)`` of every DICOM image series in ``top``
-    (the id rule is in the module docstring), and notes on what was passed over."""
+    """``(case id, folder, SeriesInstanceUID, PatientID, RTSTRUCT/SEG files)`` of every DICOM image
+    series in ``top`` (the id rule is in the module docstring), and notes on what was passed over."""
     from .dicom import find_series
     from .naming import safe_name_part, series_suffixes
 
@@ -166,7 +175,7 @@ def _dicom_cases(top: Path, name: str, *, recursive: bool = True) -> tuple[list[
             notes.append(f"{top}: no DICOM image series found, skipped")
         return [], notes
     if len(series) == 1:
-        return [(name, top, series[0].uid, series[0].patient_id)], notes
+        return [(name, top, series[0].uid, series[0].patient_id, series[0].labels)], notes
     by_folder: dict[str, list] = {}
     for s in series:
         by_folder.setdefault(s.folder, []).append(s)
@@ -175,12 +184,13 @@ def _dicom_cases(top: Path, name: str, *, recursive: bool = True) -> tuple[list[
         base = "_".join([name, *(safe_name_part(part) for part in Path(folder).relative_to(top).parts)])
         suffixes = series_suffixes([s.number for s in group]) if len(group) > 1 else [None]
         for s, suffix in zip(group, suffixes):
-            cases.append((f"{base}_{suffix}" if suffix else base, Path(folder), s.uid, s.patient_id))
+            cases.append((f"{base}_{suffix}" if suffix else base, Path(folder), s.uid, s.patient_id, s.labels))
     return cases, notes
 
 
 def _list_images(folder: Path, *, dicom: bool = True) -> tuple[list[tuple], list[str]]:
-    """``(case id, path, SeriesInstanceUID or None, PatientID or None)`` for the image files directly in ``folder``
+    """``(case id, path, SeriesInstanceUID, PatientID, RTSTRUCT/SEG files)`` (None, None, () for image files)
+    for the image files directly in ``folder``
     and, with ``dicom``, for every DICOM image series in it and below it (without ``dicom``, as
     for labels: each sub-folder holding files is one entry); and notes naming what was passed over.
 
@@ -195,7 +205,7 @@ def _list_images(folder: Path, *, dicom: bool = True) -> tuple[list[tuple], list
         if entry.name.startswith("."):
             continue
         if entry.is_file() and is_image_file(entry):
-            found.append((case_id_from_path(entry), entry, None, None))
+            found.append((case_id_from_path(entry), entry, None, None, ()))
         elif entry.is_file():
             loose.append(entry)
         elif entry.is_dir() and dicom:
@@ -203,7 +213,7 @@ def _list_images(folder: Path, *, dicom: bool = True) -> tuple[list[tuple], list
             found += cases
             notes += more
         elif entry.is_dir() and any(p.is_file() for p in entry.iterdir()):
-            found.append((entry.name, entry, None, None))
+            found.append((entry.name, entry, None, None, ()))
         elif entry.is_dir():
             notes.append(f"{entry}: empty folder, skipped")
     sidecars = {str(folder / f"{found_case[0]}.json") for found_case in found}  # <case>.json beside <case>.nii.gz
@@ -220,6 +230,7 @@ def cohort_from_folders(images: str | Path, labels: str | Path | None = None,
                         label_names: Mapping[int, str] | None = None, *, warn: bool = True) -> Cohort:
     """Cases from a folder of images and an optional folder of labels (matched by case id).
 
+    A DICOM series' label may also be an RTSTRUCT/SEG file found with it (module docstring).
     With ``warn``, each of :attr:`Cohort.notes` is also logged as a warning.
     """
     notes: list[str] = []
@@ -231,8 +242,8 @@ def cohort_from_folders(images: str | Path, labels: str | Path | None = None,
     found, more = _list_images(Path(images))
     notes += more
     cases, problems = [], {}
-    for cid, path, uid, patient in found:
-        matches = label_files.get(cid, [])
+    for cid, path, uid, patient, dicom_labels in found:
+        matches = [*label_files.get(cid, []), *dicom_labels]
         if len(matches) > 1:
             problems[cid] = [f"several label files match this case: {', '.join(str(m) for m in matches)}"]
         label = matches[0] if len(matches) == 1 else None
@@ -308,7 +319,8 @@ def discover_cohort(cohort_cfg: Mapping, label_names: Mapping[int, str] | None =
     """Build the cohort from the config's ``cohort`` section (see ``config/README.md``).
 
     Exactly one of ``images``, ``dataset_json`` or ``manifest`` is used (the demo is expanded by
-    the workflow before this is called, as a ``dataset_json``). ``label_names`` from the config
+    the workflow before this is called, as a ``dataset_json``). ``label_names`` (or else the
+    config's ``cohort.label_names``, any form of :func:`unet_pipeline.roi_names.parse_label_names`)
     override names from the dataset.
     """
     if cohort_cfg.get("dataset_json"):
@@ -319,8 +331,8 @@ def discover_cohort(cohort_cfg: Mapping, label_names: Mapping[int, str] | None =
         cohort = cohort_from_folders(cohort_cfg["images"], cohort_cfg.get("labels"), warn=warn)
     else:
         raise ConfigError("cohort: set one of cohort.demo, cohort.images, cohort.dataset_json or cohort.manifest")
-    if label_names:
-        cohort.labels = {int(k): str(v) for k, v in label_names.items()}
+    if label_names or cohort_cfg.get("label_names"):
+        cohort.labels, cohort.roi_names = parse_label_names(label_names or cohort_cfg["label_names"])
     return cohort
 
 
@@ -364,18 +376,24 @@ def _unexpected(path: str, exc: Exception) -> str:
 
 
 def check_case(spec: CaseSpec, labels: Mapping[int, str], *, min_slices: int = 1,
-               geometry_tolerance_mm: float = 1e-2, slice_axis: str | None = None) -> CaseCheck:
+               geometry_tolerance_mm: float = 1e-2, slice_axis: str | None = None,
+               roi_names: Mapping[int, RoiPattern] | None = None) -> CaseCheck:
     """Check one case and list every problem found; never raises.
 
     Errors: unreadable/truncated/non-image files, not a single 3-D volume, NaN/Inf, a constant
     image, non-positive spacing, fewer slices than ``min_slices``, label shape/geometry differing
     from the image, non-integer label values, label values outside ``labels``; an unexpected
-    exception while checking a file (reported as that file's error).
-    Warnings: intensities that do not look like HU, spacing above 10 mm, an empty label.
+    exception while checking a file (reported as that file's error). An RTSTRUCT/SEG label:
+    another FrameOfReferenceUID than the image series', ROIs matching no class, a class matched
+    by several ROIs (``roi_names``: :func:`unet_pipeline.roi_names.parse_label_names`).
+    Warnings: intensities that do not look like HU, spacing above 10 mm, an empty label; for an
+    RTSTRUCT/SEG, contours off the slice planes, classes without an ROI, overlapping classes.
     Slices are counted along ``slice_axis``, the dataset's slicing plane (None: axial).
     When the image cannot be read, the label is still checked on its own (everything except
     its shape and geometry against the image).
     """
+    from .dicom_labels import is_dicom_label
+
     result = CaseCheck(spec.case_id)
     image = None
     try:
@@ -384,10 +402,64 @@ def check_case(spec: CaseSpec, labels: Mapping[int, str], *, min_slices: int = 1
         result.errors.append(_unexpected(spec.image, exc))
     if spec.label is not None:
         try:
-            _check_label(spec.label, labels, result, image, geometry_tolerance_mm)
+            if is_dicom_label(spec.label):
+                _check_dicom_label(spec, labels, roi_names, result, image)
+            else:
+                _check_label(spec.label, labels, result, image, geometry_tolerance_mm)
         except Exception as exc:
             result.errors.append(_unexpected(spec.label, exc))
     return result
+
+
+def case_frame_of_reference(spec: CaseSpec) -> str | None:
+    """FrameOfReferenceUID of a case's image series (None: not a DICOM series, or none in its headers)."""
+    from .dicom import series_frame_of_reference
+
+    if not Path(spec.image).is_dir():
+        return None
+    return series_frame_of_reference(spec.image, spec.series_uid)
+
+
+def _check_dicom_label(spec: CaseSpec, labels: Mapping[int, str], roi_names: Mapping[int, RoiPattern] | None,
+                       result: CaseCheck, image) -> None:
+    """RTSTRUCT/SEG label checks of :func:`check_case`: frame of reference, ROI names, and (with the
+    image's ``(affine, shape)``) the label made on the image grid."""
+    import numpy as np
+
+    from .dicom_labels import read_dicom_label, read_dicom_label_info
+
+    lname = str(spec.label)
+    try:
+        info = read_dicom_label_info(lname)
+    except CaseError as exc:
+        result.errors.extend(f"{exc.path}: {p}" for p in exc.problems)
+        return
+    result.info.update(label_modality=info.modality, label_rois=list(info.rois))
+    frame = case_frame_of_reference(spec)
+    if frame:
+        result.info["frame_of_reference_uid"] = frame
+    else:
+        result.warnings.append(f"{lname}: the image is not a DICOM series with a FrameOfReferenceUID: the "
+                               f"{info.modality} is placed by patient coordinates without checking that it belongs "
+                               "to this scan")
+    if image is None:
+        from .roi_names import match_rois
+
+        what = "ROI" if info.modality == "RTSTRUCT" else "segment"
+        result.errors.extend(f"{lname}: {p}" for p in match_rois(info.rois, labels, roi_names, what=what).problems)
+        return
+    affine, shape = image
+    try:
+        label = read_dicom_label(lname, affine, shape, labels, roi_names, frame_of_reference_uid=frame)
+    except CaseError as exc:
+        result.errors.extend(f"{exc.path}: {p}" for p in exc.problems)
+        return
+    result.warnings.extend(f"{lname}: {w}" for w in label.warnings)
+    result.info["label_rois_used"] = {str(k): v for k, v in sorted(label.rois.items())}
+    values = np.unique(label.data)
+    result.info["label_values"] = [int(v) for v in values]
+    if values.size == 1 and values[0] == 0:
+        result.warnings.append(f"{lname}: label volume is empty (background only)")
 
 
 def _check_image(spec: CaseSpec, result: CaseCheck, min_slices: int, slice_axis: str | None = None):
@@ -505,6 +577,8 @@ class WorkflowCases:
         and ``val`` is empty.
     patients
         Labelled case id -> patient, by which the splits were made (:mod:`unet_pipeline.splits`).
+    roi_names
+        Label value -> RTSTRUCT ROI (DICOM-SEG segment) names or regex (:attr:`Cohort.roi_names`).
     """
 
     cases: dict[str, CaseSpec]
@@ -516,6 +590,7 @@ class WorkflowCases:
     folds: list[list[str]] = field(default_factory=list)
     rejected: dict[str, list[str]] = field(default_factory=dict)
     patients: dict[str, str] = field(default_factory=dict)
+    roi_names: dict[int, RoiPattern] = field(default_factory=dict)
 
     def fold_split(self, fold: int | None) -> tuple[list[str], list[str]]:
         """``(train ids, validation ids)`` of a cross-validation fold, or of the single model (None)."""
@@ -599,7 +674,7 @@ def workflow_cases(config: Mapping, results: str | Path | None) -> WorkflowCases
     else:
         cohort = discover_cohort(cohort_cfg)
     if cohort_cfg.get("label_names"):
-        cohort.labels = {int(k): str(v) for k, v in cohort_cfg["label_names"].items()}
+        cohort.labels, cohort.roi_names = parse_label_names(cohort_cfg["label_names"])
     cohort.cases, rejected = screen_cases(cohort.cases, cohort.problems)
     if not cohort.cases:
         raise ConfigError("cohort: no cases found" if not rejected else "cohort: no usable cases: every case id "
@@ -611,7 +686,8 @@ def workflow_cases(config: Mapping, results: str | Path | None) -> WorkflowCases
     unlabelled = sorted(c.case_id for c in cohort.cases if not c.label)
     predict_model = (config.get("predict", {}) or {}).get("model")
     if predict_model:
-        return WorkflowCases(specs, cohort.labels, [], [], [], sorted(specs), rejected=rejected)
+        return WorkflowCases(specs, cohort.labels, [], [], [], sorted(specs), rejected=rejected,
+                             roi_names=cohort.roi_names)
     split = config.get("split", {}) or {}
     n_folds = int(split.get("folds", 1))
     patients = patient_of_cases([specs[c] for c in labelled], split.get("group_pattern"))
@@ -619,10 +695,10 @@ def workflow_cases(config: Mapping, results: str | Path | None) -> WorkflowCases
     splits = fixed_splits(labelled, patients, split, splits_path)
     if n_folds > 1:
         return WorkflowCases(specs, cohort.labels, splits.train, [], splits.test, unlabelled, splits.folds, rejected,
-                             patients=splits.patients)
+                             patients=splits.patients, roi_names=cohort.roi_names)
     if not splits.train:
         raise ConfigError("cohort: no labelled cases to train on (set predict.model to segment with a trained model)"
                           + (f"\n{rejection_message(rejected)}" if rejected else ""))
     return WorkflowCases(specs, cohort.labels, splits.train, splits.val, splits.test, unlabelled, rejected=rejected,
-                         patients=splits.patients)
+                         patients=splits.patients, roi_names=cohort.roi_names)
 

@@ -16,7 +16,8 @@ Tolerances (position rounding in real headers, e.g. to 0.01 mm, must not trip th
   :data:`TILT_TOLERANCE` x the smallest pixel spacing.
 
 Discovery (:func:`find_series`) groups the files of a folder tree into series by the
-SeriesInstanceUID of their headers, read by :func:`read_dicom_header` without SimpleITK (a few KB
+SeriesInstanceUID of their headers (and gives each series the RTSTRUCT/SEG files that share its
+FrameOfReferenceUID), read by :func:`read_dicom_header` without SimpleITK (a few KB
 per file, so a cohort of many thousand files is listed in seconds; files it cannot parse are left
 to GDCM). This part imports only the standard library, so the Snakefile can use it.
 """
@@ -37,8 +38,9 @@ if TYPE_CHECKING:  # numpy, nibabel and SimpleITK are imported where used: disco
     import nibabel as nib
     import numpy as np
 
-__all__ = ["list_series", "read_dicom_series", "read_dicom_header", "find_series", "DicomHeader", "SeriesInfo",
-           "NON_IMAGE_MODALITIES", "SPACING_TOLERANCE", "TILT_TOLERANCE"]
+__all__ = ["list_series", "read_dicom_series", "read_dicom_header", "find_series", "series_frame_of_reference",
+           "DicomHeader", "SeriesInfo", "NON_IMAGE_MODALITIES", "LABEL_OBJECT_MODALITIES", "SPACING_TOLERANCE",
+           "TILT_TOLERANCE"]
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,11 @@ _IMPLICIT_LE, _EXPLICIT_BE, _DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _UNDEFINED = 0xFFFFFFFF
 _WANTED = {(0x0008, 0x0060): "modality", (0x0010, 0x0020): "patient_id", (0x0020, 0x000E): "uid",
-           (0x0020, 0x0011): "number", (0x0028, 0x0010): "rows"}
+           (0x0020, 0x0011): "number", (0x0020, 0x0052): "frame_of_reference", (0x0028, 0x0010): "rows"}
 _LAST_WANTED = (0x0028, 0x0010)
+_RT_FRAMES = (0x3006, 0x0010)  # ReferencedFrameOfReferenceSequence: where an RTSTRUCT names its frame of reference
+#: Modalities of the label objects (structure sets, segmentations) that discovery matches to a series.
+LABEL_OBJECT_MODALITIES = frozenset({"RTSTRUCT", "SEG"})
 _MAX_HEADER = 16 << 20  # a header this long is left to GDCM
 
 
@@ -100,10 +105,16 @@ class DicomHeader:
     modality: str | None  # Modality (0008,0060)
     rows: int | None  # Rows (0028,0010): present in every image object
     patient_id: str | None = None  # PatientID (0010,0020)
+    frame_of_reference_uid: str | None = None  # FrameOfReferenceUID (0020,0052); an RTSTRUCT's from (3006,0010)
 
     @property
     def is_image(self) -> bool:
         return bool(self.uid) and self.rows is not None and (self.modality or "").upper() not in NON_IMAGE_MODALITIES
+
+    @property
+    def is_label_object(self) -> bool:
+        """An RTSTRUCT or DICOM-SEG: a label that discovery matches to an image series."""
+        return (self.modality or "").upper() in LABEL_OBJECT_MODALITIES
 
 
 class _Unparsed(Exception):
@@ -164,8 +175,29 @@ class _Header:
                 else:
                     self.pos += length
 
+    def _first_item_value(self, explicit: bool, length: int, wanted: tuple[int, int]) -> str | None:
+        """The value of element ``wanted`` in the first item of the sequence starting here (None if absent)."""
+        end = None if length == _UNDEFINED else self.pos + length
+        tag, item_length = self._tag(), struct.unpack(self.endian + "I", self._read(4))[0]
+        if tag != (0xFFFE, 0xE000):
+            return None
+        item_end = None if item_length == _UNDEFINED else self.pos + item_length
+        while (item_end is None or self.pos < item_end) and (end is None or self.pos < end):
+            tag = self._tag()
+            if tag == (0xFFFE, 0xE00D):
+                return None
+            vr, n = self._element(explicit)
+            if tag == wanted and n != _UNDEFINED:
+                return self._read(n).decode("ascii", "replace").strip("\x00 ") or None
+            if n == _UNDEFINED:
+                self._skip_sequence(explicit and vr != b"UN")
+            else:
+                self.pos += n
+        return None
+
     def read(self) -> None:
-        """Read the top-level elements up to Rows (0028,0010), keeping :data:`_WANTED`."""
+        """Read the top-level elements up to Rows (0028,0010), keeping :data:`_WANTED`; for an
+        RTSTRUCT, on to the frame of reference in its ReferencedFrameOfReferenceSequence."""
         previous = (0, 0)
         while True:
             try:
@@ -177,9 +209,16 @@ class _Header:
             if tag < previous:
                 raise _Unparsed("element tags out of order")
             previous = tag
-            if tag > _LAST_WANTED or tag[0] == 0x0004:  # past what is needed, or a DICOMDIR
-                return
+            if tag[0] == 0x0004 or tag > _LAST_WANTED and not self._wants_rt_frame(tag):
+                return  # past what is needed, or a DICOMDIR
             vr, length = self._element(self.explicit)
+            if tag == _RT_FRAMES:
+                try:
+                    uid = self._first_item_value(self.explicit and vr != b"UN", length, (0x0020, 0x0052))
+                except (_Unparsed, struct.error):
+                    uid = None  # the header fields read so far still tell what the file is
+                self.fields["frame_of_reference"] = uid or self.fields.get("frame_of_reference")
+                return
             if length == _UNDEFINED:
                 self._skip_sequence(self.explicit and vr != b"UN")
                 continue
@@ -192,6 +231,10 @@ class _Header:
                 self.fields[name] = struct.unpack(self.endian + "H", value[:2])[0] if length >= 2 else None
             else:
                 self.fields[name] = value.decode("ascii", "replace").strip("\x00 ") or None
+
+    def _wants_rt_frame(self, tag: tuple[int, int]) -> bool:
+        """Whether to read on past Rows: an RTSTRUCT, before its ReferencedFrameOfReferenceSequence."""
+        return tag <= _RT_FRAMES and str(self.fields.get("modality", "")).upper() == "RTSTRUCT"
 
 
 def read_dicom_header(path: str | Path) -> DicomHeader | None:
@@ -250,7 +293,7 @@ def read_dicom_header(path: str | Path) -> DicomHeader | None:
             return None
     f = reader.fields
     return DicomHeader(f.get("uid"), f.get("number"), f.get("modality"), f.get("rows"),  # type: ignore[arg-type]
-                       f.get("patient_id"))
+                       f.get("patient_id"), f.get("frame_of_reference"))
 
 
 @dataclass(frozen=True)
@@ -263,6 +306,8 @@ class SeriesInfo:
     number: str | None = None  # SeriesNumber, as written
     modality: str | None = None
     patient_id: str | None = None  # PatientID (0010,0020) of its first file
+    frame_of_reference_uid: str | None = None  # FrameOfReferenceUID of its first file
+    labels: tuple[str, ...] = ()  # RTSTRUCT/SEG files found with it that share its frame of reference
 
 
 def _gdcm_headers(folder: str, files: list[str]) -> tuple[dict[str, DicomHeader], list[str]]:
@@ -283,7 +328,7 @@ def _gdcm_headers(folder: str, files: list[str]) -> tuple[dict[str, DicomHeader]
                 except RuntimeError:
                     continue
                 found[f] = DicomHeader(uid, _tag(r, "0020|0011") or None, _tag(r, "0008|0060") or None,
-                                       int(r.GetSize()[1]), _tag(r, "0010|0020") or None)
+                                       int(r.GetSize()[1]), _tag(r, "0010|0020") or None, _tag(r, "0020|0052") or None)
     notes += [f"{f}: not a DICOM image that GDCM can read, skipped" for f in files if f not in found]
     return found, notes
 
@@ -292,10 +337,12 @@ def find_series(folder: str | Path, *, recursive: bool = True,
                 skip_image_files: bool = False) -> tuple[list[SeriesInfo], list[str]]:
     """Every DICOM image series in ``folder`` (and its sub-folders), from the file headers.
 
-    Files are grouped by SeriesInstanceUID, whichever folders they lie in. Hidden files and
-    folders (``.*``) are ignored; everything else that is not used gets a note naming it:
-    files that are not DICOM, DICOM objects without an image (structure sets, reports,
-    DICOMDIR, ...), image files (``.nii.gz`` ...) inside a DICOM folder, empty folders.
+    Files are grouped by SeriesInstanceUID, whichever folders they lie in. An RTSTRUCT or
+    DICOM-SEG found among them becomes a label of the one series sharing its
+    FrameOfReferenceUID (:attr:`SeriesInfo.labels`). Hidden files and folders (``.*``) are
+    ignored; everything else that is not used gets a note naming it: files that are not DICOM,
+    DICOM objects without an image (reports, plans, DICOMDIR, ...), RTSTRUCT/SEG files that
+    match no series or several, image files (``.nii.gz`` ...) inside a DICOM folder, empty folders.
 
     Parameters
     ----------
@@ -316,6 +363,7 @@ def find_series(folder: str | Path, *, recursive: bool = True,
         raise CaseError(folder, "DICOM folder not found")
     groups: dict[str, dict] = {}
     notes: list[str] = []
+    label_objects: list[tuple[str, DicomHeader]] = []
     seen = {os.path.realpath(folder)}
     for here, subdirs, files in os.walk(folder, followlinks=True):  # linked folders too, each once
         subdirs[:] = [d for d in sorted(subdirs) if not d.startswith(".") and recursive
@@ -341,29 +389,63 @@ def find_series(folder: str | Path, *, recursive: bool = True,
             except OSError as exc:
                 notes.append(f"{path}: unreadable ({exc.strerror or exc}), skipped")
                 continue
-            _add_file(groups, notes, path, here, header)
+            _add_file(groups, notes, path, here, header, label_objects)
         if unparsed:
             headers, more = _gdcm_headers(here, unparsed)
             notes += more
             for path, header in headers.items():
-                _add_file(groups, notes, path, here, header)
-    series = [SeriesInfo(uid, os.path.commonpath(sorted(g["dirs"])), g["n"], g["number"], g["modality"], g["patient"])
-              for uid, g in groups.items()]
+                _add_file(groups, notes, path, here, header, label_objects)
+    labels = _match_label_objects(groups, label_objects, notes)
+    series = [SeriesInfo(uid, os.path.commonpath(sorted(g["dirs"])), g["n"], g["number"], g["modality"], g["patient"],
+                         g["frame"], tuple(labels.get(uid, ()))) for uid, g in groups.items()]
     return sorted(series, key=lambda s: (s.folder, *_number_key(s.number), s.uid)), notes
 
 
-def _add_file(groups: dict, notes: list[str], path: str, here: str, header: DicomHeader | None) -> None:
+def _match_label_objects(groups: dict, label_objects: list[tuple[str, DicomHeader]], notes: list[str]
+                         ) -> dict[str, list[str]]:
+    """SeriesInstanceUID -> the RTSTRUCT/SEG files sharing its FrameOfReferenceUID (each file to one series)."""
+    matched: dict[str, list[str]] = {}
+    for path, header in label_objects:
+        what = f"{path}: DICOM {header.modality}"
+        uids = sorted(uid for uid, g in groups.items()
+                      if header.frame_of_reference_uid and g["frame"] == header.frame_of_reference_uid)
+        if not header.frame_of_reference_uid:
+            notes.append(f"{what} without a FrameOfReferenceUID, not used as a label")
+        elif not uids:
+            notes.append(f"{what} shares its FrameOfReferenceUID with no image series here, not used as a label")
+        elif len(uids) > 1:
+            notes.append(f"{what} shares its FrameOfReferenceUID with {len(uids)} series ({', '.join(uids)}), "
+                         "not used as a label: name it in a manifest's label column")
+        else:
+            matched.setdefault(uids[0], []).append(path)
+    return matched
+
+
+def _add_file(groups: dict, notes: list[str], path: str, here: str, header: DicomHeader | None,
+              label_objects: list[tuple[str, DicomHeader]] | None = None) -> None:
     if header is None:
         notes.append(f"{path}: not an image or DICOM file, skipped")
     elif not header.uid:
         notes.append(f"{path}: DICOM file without a SeriesInstanceUID (a DICOMDIR?), skipped")
+    elif header.is_label_object and label_objects is not None:
+        label_objects.append((path, header))
     elif not header.is_image:
         notes.append(f"{path}: DICOM {header.modality or 'object'} without an image, skipped")
     else:
         g = groups.setdefault(header.uid, {"dirs": set(), "n": 0, "number": header.number, "modality": header.modality,
-                                           "patient": header.patient_id})
+                                           "patient": header.patient_id, "frame": header.frame_of_reference_uid})
         g["dirs"].add(here)
         g["n"] += 1
+
+
+def series_frame_of_reference(folder: str | Path, series_uid: str | None = None) -> str | None:
+    """FrameOfReferenceUID of a series of ``folder`` (``series_uid`` None: its only or first series), from
+    the headers (:func:`find_series`); None when the series or the tag is not found."""
+    series, _ = find_series(folder)
+    for s in series:
+        if series_uid is None or s.uid == series_uid:
+            return s.frame_of_reference_uid
+    return None
 
 
 def _number_key(number: str | None) -> tuple[int, float, str]:

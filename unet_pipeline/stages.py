@@ -32,6 +32,8 @@ __all__ = [
     "train",
     "infer",
     "reassemble",
+    "export_dicom",
+    "dicom_output_paths",
     "evaluate",
     "aggregate_metrics",
     "report",
@@ -57,12 +59,16 @@ def demo_cohort(out_dir: str | Path, *, n_cases: int, seed: int) -> list[str]:
 
 def import_case(case_id: str, image: str | Path, label: str | Path | None, out_dir: str | Path, *,
                 labels: Mapping, min_slices: int = 1, geometry_tolerance_mm: float = 1e-3,
-                series_uid: str | None = None, slice_axis: str | None = None) -> dict:
+                series_uid: str | None = None, slice_axis: str | None = None,
+                roi_names: Mapping | None = None) -> dict:
     """Validate a case (image and label together) and write ``out_dir/image.nii.gz`` and ``case.json``.
 
     The label is only checked here; :func:`import_label` writes it. ``series_uid`` names the one
     DICOM series of an ``image`` folder to read (:attr:`unet_pipeline.cohort.CaseSpec.series_uid`);
-    ``slice_axis`` is the dataset's slicing plane, along which ``min_slices`` are counted.
+    ``slice_axis`` is the dataset's slicing plane, along which ``min_slices`` are counted;
+    ``roi_names`` maps the ROIs of an RTSTRUCT/SEG label to the classes
+    (:attr:`unet_pipeline.cohort.Cohort.roi_names`). ``case.json`` records the series'
+    ``frame_of_reference_uid`` (DICOM) and the label's ROIs.
 
     Raises
     ------
@@ -78,7 +84,7 @@ def import_case(case_id: str, image: str | Path, label: str | Path | None, out_d
     out_dir = Path(out_dir)
     spec = CaseSpec(case_id, str(image), str(label) if label else None, series_uid)
     check = check_case(spec, _labels(labels), min_slices=min_slices, geometry_tolerance_mm=geometry_tolerance_mm,
-                       slice_axis=slice_axis)
+                       slice_axis=slice_axis, roi_names=_roi_names(roi_names))
     for w in check.warnings:
         log.warning("%s: %s", case_id, w)
     if not check.ok:
@@ -108,13 +114,38 @@ def import_case(case_id: str, image: str | Path, label: str | Path | None, out_d
     return record
 
 
-def import_label(label: str | Path, imported_image: str | Path, out_label: str | Path, *, labels: Mapping) -> None:
-    """Write a checked label as uint8 (uint16 beyond 255) NIfTI on the imported image's header."""
+def _roi_names(roi_names: Mapping | None) -> dict:
+    """ROI patterns with int label values (JSON and Snakemake params turn the keys into strings)."""
+    return {int(k): v for k, v in (roi_names or {}).items()}
+
+
+def import_label(label: str | Path, imported_image: str | Path, out_label: str | Path, *, labels: Mapping,
+                 roi_names: Mapping | None = None, record: str | Path | Mapping | None = None) -> None:
+    """Write a checked label as uint8 (uint16 beyond 255) NIfTI on the imported image's header.
+
+    An RTSTRUCT or DICOM-SEG label is made on the imported image's grid
+    (:func:`unet_pipeline.dicom_labels.read_dicom_label`), its ROIs mapped to ``labels`` with
+    ``roi_names``; ``record`` (the ``case.json`` of :func:`import_case`, or its content) gives the
+    image series' FrameOfReferenceUID, which the label must share.
+    """
     import nibabel as nib
 
+    from .dicom_labels import is_dicom_label
     from .io import load_image, read_voxels
     from .reassembly import label_dtype, write_segmentation
 
+    if is_dicom_label(label):
+        from .dicom_labels import read_dicom_label
+
+        ref = nib.load(str(imported_image))
+        record = load_json(record) if isinstance(record, (str, Path)) else dict(record or {})
+        made = read_dicom_label(label, np.asarray(ref.affine), ref.shape[:3], _labels(labels), _roi_names(roi_names),
+                                frame_of_reference_uid=record.get("frame_of_reference_uid"))
+        for w in made.warnings:
+            log.warning("%s: %s", label, w)
+        log.info("%s: classes from %s %s", label, made.info.modality, made.rois)
+        write_segmentation(made.data, imported_image, out_label)
+        return
     data = read_voxels(load_image(label), label)
     ref = nib.load(str(imported_image))
     if data.shape != ref.shape[:3]:
@@ -125,7 +156,8 @@ def import_label(label: str | Path, imported_image: str | Path, out_label: str |
 
 def fingerprint(cases: Sequence[tuple[str, str | Path]], out_plan: str | Path, *, labels: Mapping,
                 target_spacing_mm: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,
-                max_patch: int = 256, seed: int = 0, slice_axis: str | None = None) -> dict:
+                max_patch: int = 256, seed: int = 0, slice_axis: str | None = None, intensity: str = "foreground",
+                hu_window: Sequence[float] | None = None) -> dict:
     """Plan from the imported training cases ``(case_id, imported_dir)``; writes ``plan.json``.
 
     ``slice_axis`` (``axial``, ``coronal``, ``sagittal``; None: axial) is the one slicing plane
@@ -135,7 +167,7 @@ def fingerprint(cases: Sequence[tuple[str, str | Path]], out_plan: str | Path, *
 
     triples = [(cid, Path(d) / "image.nii.gz", Path(d) / "label.nii.gz") for cid, d in cases]
     plan = make_plan(triples, _labels(labels), target_spacing_mm=target_spacing_mm, patch_size=patch_size,
-                     max_patch=max_patch, seed=seed, slice_axis=slice_axis)
+                     max_patch=max_patch, seed=seed, slice_axis=slice_axis, intensity=intensity, hu_window=hu_window)
     save_json(plan, out_plan)
     return plan
 
@@ -173,7 +205,9 @@ def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root
 
     ``postprocess`` (the config's section) is recorded in ``model.json``: segmentations made with
     the model apply it unless told otherwise (:func:`unet_pipeline.config.effective_postprocess`).
-    None records nothing (no postprocessing).
+    None (the schema's default) records the postprocessing chosen by the data after training
+    (``postprocess_choice`` in ``model.json``: per class, the largest component kept when that
+    does not lower the class's validation Dice).
     """
     from .augment import AugmentConfig
     from .training import TrainConfig
@@ -191,9 +225,9 @@ def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root
     meta = _train(pairs(train_ids), pairs(val_ids), load_json(plan_path), out_dir, model_config=model,
                   train_config=TrainConfig.from_dict(training), augment_config=AugmentConfig.from_dict(augment),
                   loss_options=loss)
-    if postprocess is not None:
-        meta = {**meta, "postprocess": dict(postprocess)}
-        save_json(meta, Path(out_dir) / "model.json")
+    chosen = (meta.get("postprocess_choice") or {}).get("config", {})
+    meta = {**meta, "postprocess": dict(postprocess) if postprocess is not None else dict(chosen)}
+    save_json(meta, Path(out_dir) / "model.json")
     return meta
 
 
@@ -265,6 +299,57 @@ def reassemble(probs_path: str | Path, preprocessed_dir: str | Path, imported_im
     elif infer_info and Path(infer_info).exists():
         extra["inference"] = load_json(infer_info)
     return _write_sidecar(out_nifti, labels, model_dirs, extra)
+
+
+def dicom_output_paths(out_nifti: str | Path, *, dicom_seg: bool = False, rtstruct: bool = False) -> dict[str, Path]:
+    """Where the DICOM results of ``<case>.nii.gz`` go: ``seg`` = ``<case>.dcm`` (DICOM-SEG) and
+    ``rtstruct`` = ``<case>_rtstruct.dcm``, for those asked for."""
+    out_nifti = Path(out_nifti)
+    name = out_nifti.name[:-7] if out_nifti.name.endswith(".nii.gz") else out_nifti.stem
+    paths = {"seg": out_nifti.with_name(f"{name}.dcm"), "rtstruct": out_nifti.with_name(f"{name}_rtstruct.dcm")}
+    return {k: v for k, v in paths.items() if {"seg": dicom_seg, "rtstruct": rtstruct}[k]}
+
+
+def export_dicom(segmentation: str | Path, dicom_folder: str | Path, *, labels: Mapping, series_uid: str | None = None,
+                 out_seg: str | Path | None = None, out_rtstruct: str | Path | None = None) -> dict:
+    """A segmentation of a case read from a DICOM series, written back as DICOM-SEG and/or RTSTRUCT.
+
+    Parameters
+    ----------
+    segmentation
+        The case's segmentation NIfTI (on the imported series' grid: :func:`reassemble`).
+    dicom_folder, series_uid
+        The source series (:attr:`unet_pipeline.cohort.CaseSpec`; ``series_uid`` None: the
+        folder's only image series), which both outputs reference.
+    labels
+        Label value -> class name: one segment (ROI) per class.
+    out_seg, out_rtstruct
+        Where to write the DICOM-SEG (:func:`unet_pipeline.dicom_export.write_dicom_seg`) and the
+        RTSTRUCT (:func:`unet_pipeline.dicom_export.write_rtstruct`); None: not written.
+
+    Returns
+    -------
+    dict
+        ``seg`` and/or ``rtstruct``: the UIDs and classes of what was written.
+    """
+    import nibabel as nib
+
+    from .dicom_export import read_source_series, write_dicom_seg, write_rtstruct
+    from .io import read_voxels
+
+    img = nib.load(str(segmentation))
+    data = read_voxels(img, segmentation)  # uint8/uint16 label values, (I, J, K)
+    if not np.issubdtype(data.dtype, np.integer):
+        data = np.rint(data).astype(np.uint16)
+    sources = read_source_series(dicom_folder, series_uid)
+    names, written = _labels(labels), {}
+    if out_seg:
+        written["seg"] = write_dicom_seg(data, np.asarray(img.affine), sources, names, out_seg)
+        log.info("%s: DICOM-SEG written to %s", segmentation, out_seg)
+    if out_rtstruct:
+        written["rtstruct"] = write_rtstruct(data, np.asarray(img.affine), sources, names, out_rtstruct)
+        log.info("%s: RTSTRUCT written to %s", segmentation, out_rtstruct)
+    return written
 
 
 def _as_list(model_dir: str | Path | Sequence[str | Path]) -> list[str | Path]:
@@ -643,9 +728,10 @@ def pick_overlay_cases(metrics_csv: str | Path, n: int = 3) -> list[dict]:
     return out
 
 
-def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple[str, str | Path]], out_dir: str | Path, *,
+def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], out_dir: str | Path, *,
                    work_dir: str | Path, inference: Mapping | None = None, postprocess: Mapping | None = None,
-                   keep_going: bool = True, overwrite: bool = False) -> dict[str, str]:
+                   keep_going: bool = True, overwrite: bool = False, dicom_seg: bool = False,
+                   rtstruct: bool = False) -> dict[str, str]:
     """Segment many cases with the models loaded once: import -> preprocess -> infer -> reassemble.
 
     The stages and their arguments are those of the workflow's predict-only mode: the checks of
@@ -659,11 +745,16 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple[str,
     model_dirs
         Model folder(s); several (cross-validation folds) are ensembled.
     inputs
-        ``(case_id, image path)`` pairs (NIfTI, NRRD, MHA or a DICOM folder).
+        ``(case_id, image path)`` pairs (NIfTI, NRRD, MHA or a DICOM folder), or
+        ``(case_id, DICOM folder, SeriesInstanceUID)`` for one series of a folder holding several.
     out_dir
         Receives ``<case>.nii.gz`` (the input's geometry) and ``<case>.json`` per case, each written
         atomically (the sidecar last), and ``volumes.csv`` of every case of ``inputs`` that has a
         complete segmentation (written now or before).
+    dicom_seg, rtstruct
+        For a case read from a DICOM series, also write ``<case>.dcm`` (DICOM-SEG) and/or
+        ``<case>_rtstruct.dcm`` (RTSTRUCT) referencing it (:func:`export_dicom`); a case
+        lacking one of them is not complete.
     work_dir
         Intermediate files, one folder per case, removed when the case is done.
     inference
@@ -694,27 +785,36 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple[str,
                       "slice_axis": model_slice_axis(model_dirs[0])}
     status: dict[str, str] = {}
     volume_rows: list[dict] = []
-    for case_id, image in inputs:
+    for case_id, image, *series in inputs:
+        series_uid = series[0] if series else None
         out = Path(out_dir) / f"{case_id}.nii.gz"
         case_work = Path(work_dir) / case_id
+        dicom_out = dicom_output_paths(out, dicom_seg=dicom_seg, rtstruct=rtstruct) if Path(image).is_dir() else {}
         try:
-            if not overwrite and segmentation_complete(out):
+            if not overwrite and segmentation_complete(out) and all(p.is_file() for p in dicom_out.values()):
                 status[case_id] = "skipped"
                 volume_rows.extend(load_json(_sidecar_path(out)).get("volumes") or [])
                 log.info("%s: %s is complete, skipped (overwrite to redo it)", case_id, out)
                 continue
             t0 = time.perf_counter()
-            record = import_case(case_id, image, None, case_work / "imported", labels=labels, **import_options)
+            record = import_case(case_id, image, None, case_work / "imported", labels=labels, series_uid=series_uid,
+                                 **import_options)
             imported = case_work / "imported" / "image.nii.gz"
             preprocess(case_id, imported, model_json, case_work / "pre")
             info = predictor.predict(case_work / "pre", case_work / "probs.npy", inference)
             _, applied = _segment(case_work / "probs.npy", case_work / "pre", imported, out, model_dirs, postprocess)
             rows = _volume_rows(case_id, out, imported, labels)
+            extra = {}
+            if dicom_out:
+                extra["dicom"] = export_dicom(out, image, labels=labels, series_uid=series_uid,
+                                              out_seg=dicom_out.get("seg"), out_rtstruct=dicom_out.get("rtstruct"))
+            elif dicom_seg or rtstruct:
+                log.info("%s: not read from a DICOM series, so no DICOM-SEG/RTSTRUCT is written", case_id)
             _write_sidecar(out, labels, model_dirs, {
                 "case": case_id, "source": str(image), "device": info["device"],
                 "seconds": round(time.perf_counter() - t0, 3), "postprocess": applied,
                 "inference": {**info, "settings": inference}, "warnings": record.get("warnings", []),
-                "volumes": rows})
+                "volumes": rows, **extra})
             volume_rows.extend(rows)
             status[case_id] = "ok"
             log.info("%s: segmented in %.1f s", case_id, time.perf_counter() - t0)

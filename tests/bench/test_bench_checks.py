@@ -212,3 +212,24 @@ def test_forward_rates_are_consistent_with_the_flop_count():
         assert r["gflops_fastest"] >= r["gflops"]
         # A 512 x 512 slice in one pass costs 4 tiles of 256 (padded network), tiled at overlap 0.5: 9.
         assert r["slices_per_s"] == pytest.approx(r["slices_per_s_tiled"] * 9 / 4, rel=1e-2, abs=2e-3)
+
+
+# -- real data -----------------------------------------------------------------------------------
+
+
+def test_realdata_benchmark_segments_both_tests_on_their_grids_with_both_recipes():
+    """Plumbing of bench_realdata on the real scans: a few steps of ours and seconds of MONAI; every
+    segmentation lies on its input's grid (checked inside) and is scored per class."""
+    from bench import bench_realdata
+
+    if not (bench_realdata.DATA / "totalsegmentator-example").is_dir():
+        pytest.skip(f"real CT data not found at {bench_realdata.DATA} (../shared/data)")
+    result = bench_realdata.check(steps=4, monai_minutes=0.05)
+    assert result["ours"]["steps"] == 4 and result["monai"]["steps"] >= 1
+    assert all(40 <= shift <= 60 for shift in result["venous_shifts_hu"].values())
+    for side in ("ours", "monai"):
+        assert set(result[side]["dcmqi_liver"]) == {"liver"}
+        assert set(result[side]["ts_venous"]) == {"liver", "spleen", "kidney_right", "kidney_left"}
+        for test in ("dcmqi_liver", "ts_venous"):
+            assert all(0.0 <= fig["dice"] <= 1.0 for fig in result[side][test].values())
+    assert isinstance(result["classes_behind_monai"], list)

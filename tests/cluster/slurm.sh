@@ -11,9 +11,9 @@
 #    localhost with accounting (sacct) and one fake GPU (GRES on /dev/null);
 # 2. runs the demo workflow on tests/cluster/config_cluster.yaml in a fresh work directory with
 #    `snakemake --executor slurm --workflow-profile workflow/profiles/slurm`, so every job goes
-#    through sbatch;
+#    through sbatch (but the local rules: `all` and the two that write the list of training cases);
 # 3. checks the outputs (segmentations on the input's grid, metrics.csv, report.html), that each
-#    Slurm job of the run is COMPLETED in sacct, that no rule ran outside Slurm, that train and
+#    Slurm job of the run is COMPLETED in sacct, that no other rule ran outside Slurm, that train and
 #    infer were given the GPU, and that the code falls back to the CPU under the fake GPU;
 # 4. only if this run started the cluster: stops it with the shared stop-slurm.sh (in the exit
 #    trap, so also on failure or a signal) and checks that none of its daemons is left. The shared
@@ -163,9 +163,12 @@ submitted=$(grep -oE "submitted with SLURM jobid [0-9]+" "$SMK_LOG" | awk '{prin
 n_submitted=$(grep -c . <<<"$submitted" || true)
 rule_jobs=$(awk '/^total /{print $2; exit}' "$SMK_LOG")   # Job stats total, includes the target rule
 [[ -n $rule_jobs ]] || die "no job stats in the Snakemake log"
-# No rule may run on the submitting host: the only local job allowed is the target rule `all`.
-local_rules=$(grep -oE "^localrule [a-z_]+" "$SMK_LOG" | awk '{print $2}' | sort -u | grep -vx all || true)
+# No rule may run on the submitting host but the target rule `all` and the two local rules that
+# only write the list of training cases (training_cases_imported, training_cases_prepared).
+local_rules=$(grep -oE "^localrule [a-z_]+" "$SMK_LOG" | awk '{print $2}' | sort -u \
+  | grep -vxF -e all -e training_cases_imported -e training_cases_prepared || true)
 [[ -z $local_rules ]] || die "rules run outside Slurm: $local_rules"
+n_local=$(grep -cE "^localrule [a-z_]+:" "$SMK_LOG" || true)   # jobs run on the submitting host
 
 # sacct: every job of this run (job name = the plugin's run id) is COMPLETED; one per submission.
 sacct_rows=$(sacct -X -n -P --name "$RUN_ID" -S now-1days -o JobID,State,AllocTRES)
@@ -182,7 +185,7 @@ printf '%s\n' "sacct for run $RUN_ID:" "$sacct_rows" | sed 's/^/    /'
 # logs (inside a Slurm job each rule runs as "localrule NAME:"; "rule NAME:" lines only list them).
 in_slurm=$(cat "$WORK"/.snakemake/slurm_logs/*/*/*.log "$WORK"/.snakemake/slurm_logs/*/*.log 2>/dev/null \
   | grep -cE "^localrule [a-z_]+:" || true)
-(( in_slurm == rule_jobs - 1 )) || die "$in_slurm rule jobs in the Slurm logs, expected $((rule_jobs - 1))"
+(( in_slurm == rule_jobs - n_local )) || die "$in_slurm rule jobs in the Slurm logs, expected $((rule_jobs - n_local))"
 # GPU: train and the group holding infer were allocated the (fake) GPU, and under such an
 # allocation the code picks the CPU, since CUDA_VISIBLE_DEVICES names no real device.
 (( n_gpu >= 2 )) || die "expected the train and infer jobs to hold gres/gpu=1, got $n_gpu job(s)"
@@ -222,5 +225,5 @@ print(f"    outputs ok: {len(segs)} segmentations on the input grid, {len(rows)}
       f"report.html {len(html) // 1024} KiB")
 EOF
 
-log "rule jobs: $rule_jobs (incl. the target rule 'all', run locally); slurm jobs: $n_jobs; with gres/gpu: $n_gpu"
-log "SLURM-TEST OK: $n_jobs slurm jobs COMPLETED ($((rule_jobs - 1)) rule jobs) in $(( $(date +%s) - T0 )) s"
+log "rule jobs: $rule_jobs (incl. $n_local run locally: 'all' and the training-case lists); slurm jobs: $n_jobs; with gres/gpu: $n_gpu"
+log "SLURM-TEST OK: $n_jobs slurm jobs COMPLETED ($((rule_jobs - n_local)) rule jobs) in $(( $(date +%s) - T0 )) s"

@@ -366,3 +366,88 @@ def test_evaluate_without_label_names_names_classes_by_value(tmp_path, capsys):
 
     rows = evaluate("a", tmp_path / "pred" / "a.nii.gz", tmp_path / "ref" / "a.nii.gz", tmp_path / "a.csv", labels=None)
     assert [(r["label"], r["label_id"]) for r in rows] == [("label_1", 1), ("label_2", 2), ("label_5", 5)]
+
+
+# ---------------------------------------------------------------------------------------------
+# A DICOM cohort with RTSTRUCT labels, as planning systems export it
+
+
+def _dicom_cohort(root: Path, rois_of_case: dict[str, list[str]]) -> dict[str, dict]:
+    """Per case a 6-slice CT series (48 x 48 px, 2 mm) with a bright box and an RTSTRUCT beside it
+    whose ROIs (names as given) all outline that box."""
+    from tests.dicom_helpers import square, write_ct_series, write_rtstruct
+
+    origin, spacing = (-48.0, -48.0, 0.0), (2.0, 2.0, 4.0)
+    cases = {}
+    for n, (cid, names) in enumerate(rois_of_case.items()):
+        hu = np.full((6, 48, 48), -900, np.int16)
+        hu[:, 6:42, 6:42] = 30
+        r0, c0 = 12 + 2 * n, 14 + n
+        hu[1:5, r0:r0 + 12, c0:c0 + 14] = 160  # (slice, row, column)
+        ct = write_ct_series(root / cid, hu, spacing=spacing, origin=origin, patient_id=f"P{n}")
+        box = [square(origin[0] + (c0 - 0.5) * 2, origin[1] + (r0 - 0.5) * 2, origin[0] + (c0 + 13.5) * 2,
+                      origin[1] + (r0 + 11.5) * 2, origin[2] + k * 4) for k in range(1, 5)]
+        write_rtstruct(root / cid / "RS.dcm", ct, {name: box for name in names})
+        cases[cid] = ct
+    return cases
+
+
+def test_check_cohort_names_cases_whose_rois_match_no_class_or_one_twice(tmp_path, capsys):
+    pytest.importorskip("pydicom")
+    _dicom_cohort(tmp_path / "images", {"none": ["BODY", "GTV"], "twice": ["Liver", "LEBER"], "good": ["Leber"]})
+    cfg = _workflow_config(tmp_path, {"images": str(tmp_path / "images"), "label_names": {"liver": ["Liver", "Leber"]}})
+    assert main(["check-cohort", "-c", cfg]) == 1
+    out = capsys.readouterr().out
+    assert "no ROI matches a class (classes: liver; ROIs: 'BODY', 'GTV')" in out
+    assert "class 'liver' is matched by 2 ROIs ('Liver', 'LEBER'" in out
+    assert "3 case(s): 1 usable, 2 unusable" in out
+
+
+def test_train_on_rtstruct_labels_and_predict_dicom_seg_and_rtstruct(tmp_path, capsys):
+    """A folder of CT series with RTSTRUCTs trains (labels made from the contours) and predict
+    writes a DICOM-SEG and an RTSTRUCT referencing the input series."""
+    hd = pytest.importorskip("highdicom")
+    import nibabel as nib
+    import pydicom
+
+    names = {f"case_{i}": [["Liver", "BODY"], ["LEBER"], ["liver"], ["Leber", "Couch"]][i] for i in range(4)}
+    cases = _dicom_cohort(tmp_path / "images", names)
+    config = yaml.safe_load(TINY_CONFIG.read_text(encoding="utf-8"))
+    config["cohort"] = {"images": str(tmp_path / "images"), "label_names": {"liver": ["Liver", "Leber"]}}
+    config["split"] = {"test_fraction": 0.25, "val_fraction": 0.34, "seed": 0}
+    config["training"].update(epochs=1, iterations_per_epoch=2)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config), encoding="utf-8")
+    work, model = tmp_path / "work", tmp_path / "model"
+    assert main(["train", "-c", str(cfg), "-o", str(model), "--work-dir", str(work)]) == 0, capsys.readouterr()
+    imported = sorted(p.parent.name for p in work.glob("imported/*/label.nii.gz"))
+    assert len(imported) == 3
+    for cid in imported:  # the box of 14 x 12 pixels on 4 slices, from the contours
+        label = nib.load(str(work / "imported" / cid / "label.nii.gz"))
+        assert label.get_data_dtype() == np.uint8 and int(np.asanyarray(label.dataobj).sum()) == 14 * 12 * 4
+    assert json.loads((model / "model.json").read_text(encoding="utf-8"))["labels"] == {"1": "liver"}
+
+    out = tmp_path / "out"
+    code = main(["predict", "-m", str(model), "-i", str(tmp_path / "images" / "case_3"), "-o", str(out),
+                 "--dicom-seg", "--rtstruct", "-c", str(cfg)])
+    assert code == 0, capsys.readouterr()
+    assert (out / "case_3.nii.gz").exists() and (out / "case_3.json").exists()
+    ct = cases["case_3"]
+    seg = hd.seg.segread(str(out / "case_3.dcm"))
+    assert str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID) == ct["series"]
+    assert str(seg.FrameOfReferenceUID) == ct["frame"] and seg.get_segment_description(1).segment_label == "liver"
+    pixels = seg.get_pixels_by_source_instance(ct["instances"], assert_missing_frames_are_empty=True)[..., 0]
+    predicted = np.asanyarray(nib.load(str(out / "case_3.nii.gz")).dataobj)  # (column, row, slice)
+    np.testing.assert_array_equal(pixels, (predicted == 1).transpose(2, 1, 0))
+    rt = pydicom.dcmread(str(out / "case_3_rtstruct.dcm"))
+    assert rt.Modality == "RTSTRUCT" and rt.StructureSetROISequence[0].ROIName == "liver"
+    sidecar = json.loads((out / "case_3.json").read_text(encoding="utf-8"))
+    assert set(sidecar["dicom"]) == {"seg", "rtstruct"}
+    # Complete, DICOM outputs included: a rerun skips the case; without the SEG it is redone.
+    assert main(["predict", "-m", str(model), "-i", str(tmp_path / "images" / "case_3"), "-o", str(out),
+                 "--dicom-seg", "--rtstruct", "-c", str(cfg)]) == 0
+    assert "1 case(s) skipped" in capsys.readouterr().out
+    (out / "case_3.dcm").unlink()
+    assert main(["predict", "-m", str(model), "-i", str(tmp_path / "images" / "case_3"), "-o", str(out),
+                 "--dicom-seg", "-c", str(cfg)]) == 0
+    assert (out / "case_3.dcm").exists()

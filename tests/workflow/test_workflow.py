@@ -232,6 +232,29 @@ def test_predict_only_refuses_a_cohort_naming_other_classes(tmp_path):
     assert "{1: 'spleen', 2: 'liver'}" in output and "{1: 'liver', 2: 'spleen'}" in output
 
 
+def test_dicom_cohort_with_rtstruct_labels_plans_dicom_outputs_for_dicom_cases(tmp_path):
+    """Series with RTSTRUCTs beside them are labelled cases; output.dicom_seg/rtstruct add
+    export_dicom jobs for the segmented DICOM cases only (not for a NIfTI image)."""
+    pytest.importorskip("pydicom")
+    from tests.conftest import make_ct, save_nifti
+    from tests.unit.test_cli import _dicom_cohort
+
+    _dicom_cohort(tmp_path / "images", {f"case_{i}": ["Liver"] for i in range(5)})
+    image, _, affine = make_ct()
+    save_nifti(tmp_path / "images" / "plain.nii.gz", image, affine)  # unlabelled: segmented, never DICOM
+    config = yaml.safe_load((REPO / "tests/workflow/config_tiny.yaml").read_text(encoding="utf-8"))
+    config["cohort"] = {"images": str(tmp_path / "images"), "label_names": {"liver": ["Liver"]}}
+    config["split"] = {"test_fraction": 0.4, "val_fraction": 0.34, "seed": 0}
+    config["output"] = {"dicom_seg": True, "rtstruct": True}
+    proc = run_snakemake(make_workdir(tmp_path / "work", config), "-n", "--cores", "1")
+    assert proc.returncode == 0
+    planned = proc.stdout
+    assert planned.count("rule import_label:") == 5
+    dicom = set(re.findall(r"results/segmentations/(\w+?)(?:_rtstruct)?\.dcm", planned))
+    assert len(dicom) == 2 and "plain" not in dicom and planned.count("rule export_dicom:") == 2
+    assert "results/segmentations/plain.nii.gz" in planned
+
+
 def test_bad_case_fails_alone_with_keep_going(tmp_path):
     """A corrupt case fails its own import with a message naming the file; the others finish."""
     from unet_pipeline.demo import write_demo_cohort

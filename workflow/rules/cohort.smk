@@ -35,10 +35,9 @@ rule import_case:
         min_slices=MIN_SLICES,
         tolerance_mm=config["cohort"]["geometry_tolerance_mm"],
         slice_axis=SLICE_AXIS,
+        roi_names=CASES.roi_names,
     log:
         f"{LOGS}/import_case/{{case}}.log",
-    group:
-        "import_cases"
     conda:
         "../envs/unet.yaml"
     script:
@@ -54,12 +53,9 @@ rule import_label:
         label=f"{RESULTS}/imported/{{case}}/label.nii.gz",
     params:
         labels=CASES.labels,
-    wildcard_constraints:
-        case=LABELLED_CASES,
+        roi_names=CASES.roi_names,
     log:
         f"{LOGS}/import_label/{{case}}.log",
-    group:
-        "import_cases"
     conda:
         "../envs/unet.yaml"
     script:

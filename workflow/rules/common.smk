@@ -10,11 +10,14 @@ from snakemake.utils import validate
 
 from unet_pipeline.cohort import rejection_message, workflow_cases
 from unet_pipeline.config import CONFIG_SCHEMA, model_label_names
+from unet_pipeline.dag_groups import install_linear_group_check
 from unet_pipeline.geometry import model_slice_axis
 from unet_pipeline.naming import CASE_ID_PATTERN
 
 
 validate(config, str(CONFIG_SCHEMA))  # the one schema, shipped in the package (defaults filled in)
+
+install_linear_group_check()  # group jobs (Slurm profile): Snakemake's own check is quadratic in the cohort
 
 RESULTS = config["results"]
 CONFIG_SHA256 = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
@@ -41,16 +44,6 @@ wildcard_constraints:
     case=CASE_ID_PATTERN,
 
 
-def _alternation(ids):
-    """Regex matching exactly these case ids (or nothing)."""
-    import re
-
-    return "|".join(re.escape(i) for i in ids) if ids else "(?!x)x"
-
-
-LABELLED_CASES = _alternation(CASES.labelled)
-
-
 def kept_if_asked(path):
     """Probabilities are temporary unless ``inference.save_probabilities`` asks to keep them."""
     return path if config["inference"]["save_probabilities"] else temp(path)
@@ -66,7 +59,13 @@ def case_sources(wildcards):
 
 
 def source_label(wildcards):
-    return CASES.cases[wildcards.case].label
+    """Source label of a labelled case. Raising for an unlabelled one keeps rule import_label from
+    matching it at a constant cost per lookup (a wildcard constraint listing every labelled id
+    grows with the cohort)."""
+    label = CASES.cases[wildcards.case].label
+    if not label:
+        raise ValueError(f"case {wildcards.case!r} has no label: rule import_label does not apply")
+    return label
 
 
 def case_params(wildcards):
@@ -82,11 +81,6 @@ def plan_file(wildcards):
 def folder_of_output_dataset(wildcards, output):
     """The demo cohort folder: where its dataset.json goes."""
     return str(Path(output.dataset).parent)
-
-
-def parent_of_input_folders(wildcards, input):
-    """The folder holding the per-case folders of the inputs (``imported/``)."""
-    return str(Path(input.images[0]).parent.parent) if input.images else f"{RESULTS}/imported"
 
 
 def model_folders_of_inputs(wildcards, input):
@@ -121,13 +115,14 @@ def slice_outputs():
 
 
 def training_inputs(wildcards):
-    ids = CASES.train + CASES.val
-    return {
-        "plan": f"{RESULTS}/plan.json",
-        "images": expand(f"{RESULTS}/preprocessed/{{case}}/image.npy", case=ids),
-        "labels": expand(f"{RESULTS}/preprocessed/{{case}}/label.npy", case=ids),
-        "slices": expand(f"{RESULTS}/slices/{{case}}/index.json", case=ids),
-    }
+    """The plan and the barrier file written once every training and validation case is sliced."""
+    return {"plan": f"{RESULTS}/plan.json", "cases": f"{RESULTS}/training_cases/prepared.json"}
+
+
+def write_case_list(path, cases, log):
+    """Barrier rules: write the case ids the next step is made from (JSON list), and a log line."""
+    Path(path).write_text(json.dumps(list(cases), indent=1) + "\n", encoding="utf-8")
+    Path(log).write_text(f"{len(cases)} case(s) ready\n", encoding="utf-8")
 
 
 def evaluated_cases():
@@ -136,12 +131,38 @@ def evaluated_cases():
 
 def final_targets(with_rejected=True):
     targets = expand(f"{RESULTS}/segmentations/{{case}}.nii.gz", case=CASES.to_segment)
+    for pattern in dicom_outputs().values():  # output.dicom_seg / output.rtstruct: cases read from DICOM
+        targets += expand(pattern, case=DICOM_CASES)
     if evaluated_cases():
         targets += [f"{RESULTS}/metrics/metrics.csv", f"{RESULTS}/metrics/summary.json"]
     targets += [f"{RESULTS}/volumes.csv", f"{RESULTS}/report.html"]
     if CASES.rejected and with_rejected:  # the job of rejected_cases runs last and fails, naming them
         targets.append(REJECTED_CASES)
     return targets
+
+
+# DICOM results (export_dicom, predict.smk) for the segmented cases whose image is a DICOM series.
+DICOM_CASES = sorted(
+    c for c in CASES.to_segment if CASES.cases[c].series_uid or Path(CASES.cases[c].image).is_dir()
+)
+
+
+def dicom_outputs(rule=False):
+    """The files of export_dicom that the config's output section asks for; with ``rule``, those
+    the rule declares (the DICOM-SEG when none is asked for, and then no target needs the rule)."""
+    paths = {
+        "seg": f"{RESULTS}/segmentations/{{case}}.dcm",
+        "rtstruct": f"{RESULTS}/segmentations/{{case}}_rtstruct.dcm",
+    }
+    wanted = {"seg": config["output"]["dicom_seg"], "rtstruct": config["output"]["rtstruct"]}
+    asked = {key: path for key, path in paths.items() if wanted[key]}
+    return asked or ({"seg": paths["seg"]} if rule else {})
+
+
+def dicom_source(wildcards):
+    """The DICOM series a case was read from: its folder and SeriesInstanceUID."""
+    spec = CASES.cases[wildcards.case]
+    return {"folder": spec.image, "series_uid": spec.series_uid}
 
 
 # Cases left out because of their ids (unet_pipeline.cohort.screen_cases): never written, so

@@ -12,8 +12,6 @@ rule evaluate:
         nsd_tolerance_mm=config["evaluation"]["nsd_tolerance_mm"],
     log:
         f"{LOGS}/evaluate/{{case}}.log",
-    group:
-        "segment_cases"
     conda:
         "../envs/unet.yaml"
     script:
@@ -30,8 +28,6 @@ rule volumes:
         labels=CASES.labels,
     log:
         f"{LOGS}/volumes/{{case}}.log",
-    group:
-        "segment_cases"
     conda:
         "../envs/unet.yaml"
     script:

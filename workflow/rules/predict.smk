@@ -14,8 +14,6 @@ rule infer:
         inference=config["inference"],
     log:
         f"{LOGS}/infer/{{case}}.log",
-    group:
-        "segment_cases"
     resources:
         gpu=1,
         mem_mb=volume_mem_mb,
@@ -41,11 +39,27 @@ rule reassemble:
         postprocess=config["postprocess"],
     log:
         f"{LOGS}/reassemble/{{case}}.log",
-    group:
-        "segment_cases"
     resources:
         mem_mb=volume_mem_mb,
     conda:
         "../envs/unet.yaml"
     script:
         "../scripts/reassemble.py"
+
+
+# Only for cases read from a DICOM series (DICOM_CASES), when output.dicom_seg / output.rtstruct ask.
+rule export_dicom:
+    input:
+        seg=f"{RESULTS}/segmentations/{{case}}.nii.gz",
+        sidecar=f"{RESULTS}/segmentations/{{case}}.json",
+    output:
+        **dicom_outputs(rule=True),
+    params:
+        source=dicom_source,
+        labels=CASES.labels,
+    log:
+        f"{LOGS}/export_dicom/{{case}}.log",
+    conda:
+        "../envs/unet.yaml"
+    script:
+        "../scripts/export_dicom.py"

@@ -1,15 +1,50 @@
 # Fingerprint -> plan (training cases only), then per case: preprocessing and slicing.
+#
+# The two rules training_cases_* are barriers: one job waits for every training case and writes
+# their ids, and fingerprint (train) takes that one file instead of thousands. Snakemake scans a
+# producing job's inputs each time another job asks for one of its outputs, so plan.json and the
+# model, asked for by every case, would otherwise cost cases x training cases to build the DAG.
 
 
-rule fingerprint:
+rule training_cases_imported:
     input:
         images=expand(f"{RESULTS}/imported/{{case}}/image.nii.gz", case=CASES.train),
         labels=expand(f"{RESULTS}/imported/{{case}}/label.nii.gz", case=CASES.train),
     output:
+        f"{RESULTS}/training_cases/imported.json",
+    params:
+        cases=CASES.train,
+    log:
+        f"{LOGS}/training_cases_imported.log",
+    localrule: True
+    run:
+        write_case_list(output[0], params.cases, log[0])
+
+
+rule training_cases_prepared:
+    input:
+        images=expand(f"{RESULTS}/preprocessed/{{case}}/image.npy", case=CASES.train + CASES.val),
+        labels=expand(f"{RESULTS}/preprocessed/{{case}}/label.npy", case=CASES.train + CASES.val),
+        slices=expand(f"{RESULTS}/slices/{{case}}/index.json", case=CASES.train + CASES.val),
+    output:
+        f"{RESULTS}/training_cases/prepared.json",
+    params:
+        cases=CASES.train + CASES.val,
+    log:
+        f"{LOGS}/training_cases_prepared.log",
+    localrule: True
+    run:
+        write_case_list(output[0], params.cases, log[0])
+
+
+rule fingerprint:
+    input:
+        cases=f"{RESULTS}/training_cases/imported.json",
+    output:
         plan=f"{RESULTS}/plan.json",
     params:
         cases=CASES.train,
-        imported_root=parent_of_input_folders,
+        imported_root=f"{RESULTS}/imported",
         labels=CASES.labels,
         plan=config["plan"],
         seed=config["split"]["seed"],
@@ -32,8 +67,6 @@ rule preprocess:
         case="{case}",
     log:
         f"{LOGS}/preprocess/{{case}}.log",
-    group:
-        "prepare_cases"
     resources:
         mem_mb=volume_mem_mb,
     conda:
@@ -50,8 +83,6 @@ rule preprocess_label:
         label=f"{RESULTS}/preprocessed/{{case}}/label.npy",
     log:
         f"{LOGS}/preprocess_label/{{case}}.log",
-    group:
-        "prepare_cases"
     resources:
         mem_mb=volume_mem_mb,
     conda:
@@ -73,8 +104,6 @@ rule slice_case:
         sigma_px=config["loss"]["sigma_px"],
     log:
         f"{LOGS}/slice_case/{{case}}.log",
-    group:
-        "prepare_cases"
     conda:
         "../envs/unet.yaml"
     script:

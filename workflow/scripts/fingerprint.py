@@ -11,6 +11,4 @@ sm = snakemake  # noqa: F821
 plan = sm.params.plan
 with rule_logging(sm.log[0]):
     stages.fingerprint([(c, Path(sm.params.imported_root) / c) for c in sm.params.cases], sm.output.plan,
-                       labels=sm.params.labels, target_spacing_mm=plan["target_spacing_mm"],
-                       patch_size=plan["patch_size"], max_patch=int(plan["max_patch"]), seed=int(sm.params.seed),
-                       slice_axis=plan["slice_axis"])
+                       labels=sm.params.labels, **plan, seed=int(sm.params.seed))  # every key of the plan section

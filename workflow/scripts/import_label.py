@@ -9,4 +9,5 @@ from unet_pipeline.runlog import rule_logging  # noqa: E402
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]):
-    stages.import_label(sm.input.label, sm.input.image, sm.output.label, labels=sm.params.labels)
+    stages.import_label(sm.input.label, sm.input.image, sm.output.label, labels=sm.params.labels,
+                        roi_names=sm.params.roi_names, record=sm.input.record)
