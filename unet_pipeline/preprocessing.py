@@ -104,7 +104,7 @@ def _orientation_of(path: str | Path, slice_axis: str | None) -> tuple[Orientati
 def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mapping[int, str], *,
               target_spacing_mm: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,
               max_patch: int = 256, divisor: int = 16, samples_per_case: int = 20000, seed: int = 0,
-              slice_axis: str | None = None, intensity: str = "foreground",
+              slice_axis: str | None = None, intensity: str = "body",
               hu_window: Sequence[float] | None = None) -> dict:
     """Fingerprint the training cases and derive the plan.
 
@@ -125,7 +125,8 @@ def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mappi
         case, in training and in prediction with the model, is sliced along it.
     intensity
         How the HU are clipped before the z-score (mean and std of the clipped training
-        foreground in every scheme): ``"foreground"`` (nnU-Net's CT scheme: the 0.5 and 99.5
+        foreground in every scheme): ``"body"`` (the default, measured best on real CT by
+        ``bench/bench_realdata.py``), ``"foreground"`` (nnU-Net's CT scheme: the 0.5 and 99.5
         percentiles of the labelled foreground), ``"body"`` (the 0.5 and 99.5 percentiles of
         every voxel above -500 HU, i.e. the whole body: contrast-enhanced organs, bone and fat
         keep their contrast) or ``"window"`` (the fixed ``hu_window``).

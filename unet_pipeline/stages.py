@@ -156,7 +156,7 @@ def import_label(label: str | Path, imported_image: str | Path, out_label: str |
 
 def fingerprint(cases: Sequence[tuple[str, str | Path]], out_plan: str | Path, *, labels: Mapping,
                 target_spacing_mm: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,
-                max_patch: int = 256, seed: int = 0, slice_axis: str | None = None, intensity: str = "foreground",
+                max_patch: int = 256, seed: int = 0, slice_axis: str | None = None, intensity: str = "body",
                 hu_window: Sequence[float] | None = None) -> dict:
     """Plan from the imported training cases ``(case_id, imported_dir)``; writes ``plan.json``.
 

@@ -58,7 +58,7 @@ def _cases(tmp_path, n=2):
 
 def test_plan_from_training_cases(tmp_path):
     cases = _cases(tmp_path)
-    plan = make_plan([c[:3] for c in cases], {1: "a", 2: "b"})
+    plan = make_plan([c[:3] for c in cases], {1: "a", 2: "b"}, intensity="foreground")
     assert plan["num_classes"] == 3 and plan["labels"] == {"1": "a", "2": "b"}
     assert plan["target_spacing_mm"] == pytest.approx([0.9, 0.9])  # median of 0.8 and 1.0
     fg = np.concatenate([c[3][c[4] > 0].astype(np.float32) for c in cases])
@@ -131,7 +131,8 @@ def test_plan_intensity_schemes_clip_where_they_say(tmp_path):
     triples = [c[:3] for c in cases]
     fg = np.concatenate([c[3][c[4] > 0].astype(np.float32) for c in cases])
     body = np.concatenate([c[3][c[3] > -500].astype(np.float32) for c in cases])
-    by_fg = make_plan(triples, {1: "a", 2: "b"})["intensity"]
+    by_fg = make_plan(triples, {1: "a", 2: "b"}, intensity="foreground")["intensity"]
+    assert make_plan(triples, {1: "a", 2: "b"})["intensity"]["scheme"] == "body"  # the default
     by_body = make_plan(triples, {1: "a", 2: "b"}, intensity="body")["intensity"]
     by_window = make_plan(triples, {1: "a", 2: "b"}, intensity="window", hu_window=[-150, 250])["intensity"]
     assert by_fg["scheme"] == "foreground" and by_fg["p00_5"] == pytest.approx(np.percentile(fg, 0.5))
