@@ -33,7 +33,7 @@ def _cmd_demo_cohort(args: argparse.Namespace) -> int:
 
 
 def _cohort_from_args(args: argparse.Namespace, *, warn: bool = True):
-    from .cohort import cohort_from_dataset_json, cohort_from_folders, cohort_from_manifest
+    from .cohort.discovery import cohort_from_dataset_json, cohort_from_folders, cohort_from_manifest
 
     if args.dataset_json:
         return cohort_from_dataset_json(args.dataset_json)
@@ -52,7 +52,7 @@ def _config(args: argparse.Namespace) -> dict:
     """The config of ``-c`` (or none), validated, with the schema's defaults; the cohort options
     of check-cohort and train (-i/-l/--dataset-json/--manifest) replace its cohort, and
     --label-names its ``cohort.label_names``."""
-    from .cohort import read_label_names
+    from .cohort.discovery import read_label_names
     from .config import load_config
 
     config = load_config(getattr(args, "config", None))
@@ -81,9 +81,9 @@ def _check_settings(args: argparse.Namespace):
     """``(cohort, label names, options of check_case)`` for check-cohort: the options, else the
     workflow config given with ``-c`` (its cohort, ``cohort.label_names``, ``model.in_channels``,
     ``cohort.geometry_tolerance_mm``, ``plan.slice_axis``), else the workflow's defaults."""
-    from .cohort import discover_cohort
+    from .cohort.discovery import discover_cohort
     from .config import import_options
-    from .roi_names import label_names
+    from .io.roi_names import label_names
 
     config = _config(args)
     if _has_cohort_args(args):
@@ -108,7 +108,7 @@ def _check_settings(args: argparse.Namespace):
 def _cmd_check_cohort(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from .cohort import CaseCheck, check_case, screen_cases
+    from .cohort.validation import CaseCheck, check_case, screen_cases
 
     cohort, labels, options = _check_settings(args)
     _, rejected = screen_cases(cohort.cases, cohort.problems)
@@ -149,7 +149,8 @@ def _cmd_check_cohort(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     """The workflow's chain up to the model: the same cases, splits, stages and arguments."""
     from . import stages
-    from .cohort import rejection_message, workflow_cases
+    from .cohort.validation import rejection_message
+    from .cohort.workflow_cases import workflow_cases
     from .config import fingerprint_options, import_options, slice_options, train_options
 
     config = _config(args)
@@ -199,11 +200,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _predict_inputs(args: argparse.Namespace, config: Mapping):
     """``(case specs, the cohort's label map, where the map came from, rejected ids)`` of predict's ``-i``."""
-    from .cohort import CaseSpec, cohort_from_dataset_json, cohort_from_folders, screen_cases
-    from .dicom import find_series
-    from .io import is_image_file
-    from .naming import case_id_from_path
-    from .roi_names import label_names
+    from .cohort.discovery import CaseSpec, cohort_from_dataset_json, cohort_from_folders
+    from .cohort.validation import screen_cases
+    from .io.dicom import find_series
+    from .io.formats import is_image_file
+    from .cohort.naming import case_id_from_path
+    from .io.roi_names import label_names
 
     src = Path(args.input)
     if not src.exists():
@@ -226,7 +228,7 @@ def _predict_inputs(args: argparse.Namespace, config: Mapping):
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .cohort import rejection_message
+    from .cohort.validation import rejection_message
     from .config import model_label_names
     from .stages import predict_cohort
 
@@ -267,7 +269,7 @@ def _label_values(paths: Sequence[str | Path]) -> set[int]:
     import nibabel as nib
     import numpy as np
 
-    from .io import read_voxels
+    from .io.images import read_voxels
 
     values: set[int] = set()
     for p in paths:
@@ -276,8 +278,8 @@ def _label_values(paths: Sequence[str | Path]) -> set[int]:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .cohort import cohort_from_folders, read_label_names
-    from .roi_names import label_names
+    from .cohort.discovery import cohort_from_folders, read_label_names
+    from .io.roi_names import label_names
     from .stages import aggregate_metrics, evaluate, value_label_names
 
     config = _config(args)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CaseError
-from .io import atomic_path, load_json, save_json
+from .io.files import atomic_path, load_json, save_json
 
 __all__ = [
     "demo_cohort",
@@ -64,22 +64,23 @@ def import_case(case_id: str, image: str | Path, label: str | Path | None, out_d
     """Validate a case (image and label together) and write ``out_dir/image.nii.gz`` and ``case.json``.
 
     The label is only checked here; :func:`import_label` writes it. ``series_uid`` names the one
-    DICOM series of an ``image`` folder to read (:attr:`unet_pipeline.cohort.CaseSpec.series_uid`);
+    DICOM series of an ``image`` folder to read (:attr:`unet_pipeline.cohort.discovery.CaseSpec.series_uid`);
     ``slice_axis`` is the dataset's slicing plane, along which ``min_slices`` are counted;
     ``roi_names`` maps the ROIs of an RTSTRUCT/SEG label to the classes
-    (:attr:`unet_pipeline.cohort.Cohort.roi_names`). ``case.json`` records the series'
+    (:attr:`unet_pipeline.cohort.discovery.Cohort.roi_names`). ``case.json`` records the series'
     ``frame_of_reference_uid`` (DICOM) and the label's ROIs.
 
     Raises
     ------
     CaseError
-        Any error found by :func:`unet_pipeline.cohort.check_case`, all listed in one message;
+        Any error found by :func:`unet_pipeline.cohort.validation.check_case`, all listed in one message;
         nothing is written then.
     """
     import nibabel as nib
 
-    from .cohort import CaseSpec, check_case, load_case_image
-    from .io import read_voxels
+    from .cohort.discovery import CaseSpec
+    from .cohort.validation import check_case, load_case_image
+    from .io.images import read_voxels
 
     out_dir = Path(out_dir)
     spec = CaseSpec(case_id, str(image), str(label) if label else None, series_uid)
@@ -124,18 +125,19 @@ def import_label(label: str | Path, imported_image: str | Path, out_label: str |
     """Write a checked label as uint8 (uint16 beyond 255) NIfTI on the imported image's header.
 
     An RTSTRUCT or DICOM-SEG label is made on the imported image's grid
-    (:func:`unet_pipeline.dicom_labels.read_dicom_label`), its ROIs mapped to ``labels`` with
+    (:func:`unet_pipeline.io.dicom_labels.read_dicom_label`), its ROIs mapped to ``labels`` with
     ``roi_names``; ``record`` (the ``case.json`` of :func:`import_case`, or its content) gives the
     image series' FrameOfReferenceUID, which the label must share.
     """
     import nibabel as nib
 
-    from .dicom_labels import is_dicom_label
-    from .io import load_image, read_voxels
-    from .reassembly import label_dtype, write_segmentation
+    from .io.dicom_labels import is_dicom_label
+    from .io.images import load_image, read_voxels
+    from .io.formats import label_dtype
+    from .infer.reassembly import write_segmentation
 
     if is_dicom_label(label):
-        from .dicom_labels import read_dicom_label
+        from .io.dicom_labels import read_dicom_label
 
         ref = nib.load(str(imported_image))
         record = load_json(record) if isinstance(record, (str, Path)) else dict(record or {})
@@ -163,7 +165,7 @@ def fingerprint(cases: Sequence[tuple[str, str | Path]], out_plan: str | Path, *
     ``slice_axis`` (``axial``, ``coronal``, ``sagittal``; None: axial) is the one slicing plane
     of the dataset, recorded in the plan and in every model trained from it.
     """
-    from .preprocessing import make_plan
+    from .plan.fingerprint import make_plan
 
     triples = [(cid, Path(d) / "image.nii.gz", Path(d) / "label.nii.gz") for cid, d in cases]
     plan = make_plan(triples, _labels(labels), target_spacing_mm=target_spacing_mm, patch_size=patch_size,
@@ -174,7 +176,7 @@ def fingerprint(cases: Sequence[tuple[str, str | Path]], out_plan: str | Path, *
 
 def preprocess(case_id: str, imported_image: str | Path, plan_path: str | Path, out_dir: str | Path) -> dict:
     """Preprocess one imported image; ``plan_path`` is a ``plan.json`` or a trained ``model.json``."""
-    from .preprocessing import preprocess_image
+    from .preprocess.transform import preprocess_image
 
     plan = load_json(plan_path)
     plan = plan.get("plan", plan)  # model.json carries the plan it was trained with
@@ -183,7 +185,7 @@ def preprocess(case_id: str, imported_image: str | Path, plan_path: str | Path, 
 
 def preprocess_label(imported_label: str | Path, meta_path: str | Path, out_npy: str | Path) -> None:
     """The label of one case on its preprocessed grid (``meta.json`` from :func:`preprocess`)."""
-    from .preprocessing import preprocess_label as _label
+    from .preprocess.transform import preprocess_label as _label
 
     _label(imported_label, load_json(meta_path), out_npy)
 
@@ -191,7 +193,7 @@ def preprocess_label(imported_label: str | Path, meta_path: str | Path, out_npy:
 def slice_case(preprocessed_dir: str | Path, plan_path: str | Path, out_dir: str | Path, *, weight_map: bool = False,
                w0: float = 10.0, sigma_px: float = 5.0) -> dict:
     """Slice index (+ weight maps) of one preprocessed case."""
-    from .slicing import slice_case as _slice
+    from .preprocess.slice_index import slice_case as _slice
 
     plan = load_json(plan_path)
     return _slice(preprocessed_dir, out_dir, num_classes=int(plan["num_classes"]), weight_map=weight_map, w0=w0,
@@ -209,9 +211,9 @@ def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root
     (``postprocess_choice`` in ``model.json``: per class, the largest component kept when that
     does not lower the class's validation Dice).
     """
-    from .augment import AugmentConfig
-    from .training import TrainConfig
-    from .training import train as _train
+    from .train.augment import AugmentConfig
+    from .train.loop import TrainConfig
+    from .train.loop import train as _train
 
     pre, sl = Path(preprocessed_root), Path(slices_root)
     pairs = lambda ids: [(pre / i, sl / i) for i in ids]  # noqa: E731
@@ -238,13 +240,13 @@ def infer(model_dirs: Sequence[str | Path], preprocessed_dir: str | Path, out_pr
 
     Several model folders (cross-validation folds) are ensembled by averaging probabilities.
     With ``inference["model_server"]`` true (the workflow's default) the case is sent to the model
-    server of :mod:`unet_pipeline.inference_server`, which loads the models once for all cases
+    server of :mod:`unet_pipeline.infer.server`, which loads the models once for all cases
     (started here when none runs; its log goes to ``server_log_dir``); if no server can be had,
     the models are loaded in this process. ``out_info`` (optional) receives the device,
     settings and timings as JSON, for provenance.
     """
-    from .inference_server import ServerUnavailable, infer_via_server
-    from .predictor import Predictor
+    from .infer.server import ServerUnavailable, infer_via_server
+    from .infer.predictor import Predictor
 
     inference = dict(inference or {})
     t0 = time.perf_counter()
@@ -319,13 +321,13 @@ def export_dicom(segmentation: str | Path, dicom_folder: str | Path, *, labels: 
     segmentation
         The case's segmentation NIfTI (on the imported series' grid: :func:`reassemble`).
     dicom_folder, series_uid
-        The source series (:attr:`unet_pipeline.cohort.CaseSpec`; ``series_uid`` None: the
+        The source series (:attr:`unet_pipeline.cohort.discovery.CaseSpec`; ``series_uid`` None: the
         folder's only image series), which both outputs reference.
     labels
         Label value -> class name: one segment (ROI) per class.
     out_seg, out_rtstruct
-        Where to write the DICOM-SEG (:func:`unet_pipeline.dicom_export.write_dicom_seg`) and the
-        RTSTRUCT (:func:`unet_pipeline.dicom_export.write_rtstruct`); None: not written.
+        Where to write the DICOM-SEG (:func:`unet_pipeline.io.dicom_export.write_dicom_seg`) and the
+        RTSTRUCT (:func:`unet_pipeline.io.dicom_export.write_rtstruct`); None: not written.
 
     Returns
     -------
@@ -334,8 +336,8 @@ def export_dicom(segmentation: str | Path, dicom_folder: str | Path, *, labels: 
     """
     import nibabel as nib
 
-    from .dicom_export import read_source_series, write_dicom_seg, write_rtstruct
-    from .io import read_voxels
+    from .io.dicom_export import read_source_series, write_dicom_seg, write_rtstruct
+    from .io.images import read_voxels
 
     img = nib.load(str(segmentation))
     data = read_voxels(img, segmentation)  # uint8/uint16 label values, (I, J, K)
@@ -372,7 +374,7 @@ def _segment(probs_path: str | Path, preprocessed_dir: str | Path, imported_imag
     leaves a segmentation without one (incomplete: :func:`segmentation_complete`).
     """
     from .config import effective_postprocess
-    from .reassembly import reassemble_case
+    from .infer.reassembly import reassemble_case
 
     model_meta = load_json(Path(model_dirs[0]) / "model.json")
     labels = _labels(model_meta["labels"])
@@ -434,8 +436,9 @@ def evaluate(case_id: str, pred: str | Path, ref: str | Path, out_csv: str | Pat
     """
     import nibabel as nib
 
-    from .io import read_voxels, spacing_from_affine
-    from .metrics import case_metrics
+    from .io.images import read_voxels
+    from .io.formats import spacing_from_affine
+    from .evaluate.metrics import case_metrics
 
     pimg, rimg = nib.load(str(pred)), nib.load(str(ref))
     if pimg.shape != rimg.shape or not np.allclose(pimg.affine, rimg.affine, atol=1e-4):
@@ -466,7 +469,7 @@ def volumes(case_id: str, seg: str | Path, image: str | Path, out_csv: str | Pat
 
 
 def _volume_columns() -> list[str]:
-    from .volumes import VOLUME_COLUMNS
+    from .evaluate.volumes import VOLUME_COLUMNS
 
     return VOLUME_COLUMNS
 
@@ -474,8 +477,9 @@ def _volume_columns() -> list[str]:
 def _volume_rows(case_id: str, seg: str | Path, image: str | Path, labels: Mapping) -> list[dict]:
     import nibabel as nib
 
-    from .io import read_voxels, spacing_from_affine
-    from .volumes import case_volumes
+    from .io.images import read_voxels
+    from .io.formats import spacing_from_affine
+    from .evaluate.volumes import case_volumes
 
     simg, iimg = nib.load(str(seg)), nib.load(str(image))
     if simg.shape[:3] != iimg.shape[:3]:
@@ -523,12 +527,12 @@ def aggregate_metrics(case_csvs: Sequence[str | Path], out_csv: str | Path, out_
                       out_boxes: str | Path | None = None) -> dict:
     """Concatenate per-case metric CSVs into ``metrics.csv``, write ``summary.json`` and (with
     ``out_boxes``) the per-class box plots of every metric as PNG."""
-    from .metrics import EMPTY_POLICY, summarize
+    from .evaluate.metrics import EMPTY_POLICY, summarize
 
     rows = [r for p in case_csvs for r in _read_rows(p)]
     _write_rows(out_csv, rows)
     if out_boxes:
-        from .report import plot_metric_boxes
+        from .report.html import plot_metric_boxes
 
         plot_metric_boxes(out_csv, out_boxes)
     summary = {"n_cases": len({r["case"] for r in rows}), "empty_policy": EMPTY_POLICY, "per_class": summarize(rows)}
@@ -553,10 +557,10 @@ def report(out_html: str | Path, *, metrics_csv: str | Path | None, summary_json
     """
     import nibabel as nib
 
-    from .geometry import canonical_orientation
-    from .io import read_voxels
-    from .metrics import EMPTY_POLICY
-    from .report import overlay_figure, write_report
+    from .io.geometry import canonical_orientation
+    from .io.images import read_voxels
+    from .evaluate.metrics import EMPTY_POLICY
+    from .report.html import overlay_figure, write_report
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -773,8 +777,8 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], ou
     dict
         case id -> ``"ok"``, ``"skipped"`` (a complete output was there) or the error message.
     """
-    from .geometry import model_slice_axis
-    from .predictor import Predictor
+    from .io.geometry import model_slice_axis
+    from .infer.predictor import Predictor
 
     inference = dict(inference or {})
     model_dirs = [str(d) for d in model_dirs]

@@ -1,4 +1,4 @@
-"""Tests for unet_pipeline.augment: elastic field, alignment, mirroring, identity, reproducibility."""
+"""Tests for unet_pipeline.train.augment: elastic field, alignment, mirroring, identity, reproducibility."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unet_pipeline.augment import AugmentConfig, _interpolate_nodes, augment_batch, elastic_displacement
+from unet_pipeline.train.augment import AugmentConfig, _interpolate_nodes, augment_batch, elastic_displacement
 
 OFF = {"elastic_p": 0.0, "rotate_p": 0.0, "scale_p": 0.0, "mirror_p": 0.0, "gamma_p": 0.0, "noise_p": 0.0,
        "contrast_p": 0.0, "brightness_p": 0.0}

@@ -9,10 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from unet_pipeline.cohort import (CaseSpec, check_case, cohort_from_dataset_json, cohort_from_folders,
-                                  cohort_from_manifest, rejection_message, screen_cases, split_cases, workflow_cases)
+from unet_pipeline.cohort.discovery import CaseSpec, cohort_from_dataset_json, cohort_from_folders, cohort_from_manifest
+from unet_pipeline.cohort.validation import check_case, rejection_message, screen_cases
+from unet_pipeline.cohort.splits import split_cases
+from unet_pipeline.cohort.workflow_cases import workflow_cases
 from unet_pipeline.errors import CaseError, ConfigError
-from unet_pipeline.naming import case_id_from_path, case_id_problems
+from unet_pipeline.cohort.naming import case_id_from_path, case_id_problems
 from unet_pipeline.stages import import_case, import_label
 
 from ..conftest import make_ct, save_nifti
@@ -217,7 +219,7 @@ def test_several_label_files_for_one_case_reject_it_and_orphan_labels_are_noted(
 
 
 def test_an_unexpected_error_is_reported_as_the_case_problem(tmp_path, ct_case, monkeypatch):
-    import unet_pipeline.io as io
+    import unet_pipeline.io.images as io
 
     ip, lp, *_ = ct_case
     real = io.read_voxels
@@ -252,7 +254,8 @@ def test_label_is_checked_on_its_own_when_the_image_is_unreadable(tmp_path, ct_c
 
 
 def test_folds_assign_whole_cases_once_and_split_train_val():
-    from unet_pipeline.cohort import WorkflowCases, assign_folds
+    from unet_pipeline.cohort.workflow_cases import WorkflowCases
+    from unet_pipeline.cohort.splits import assign_folds
 
     ids = [f"c{i:02d}" for i in range(11)]
     folds = assign_folds(ids, 3, seed=4)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unet_pipeline.data import PatchSampler, TrainingCase, stack_neighbours
+from unet_pipeline.train.sampler import PatchSampler, TrainingCase
+from unet_pipeline.preprocess.slice_index import stack_neighbours
 
 
 def _case(n_z=5, shape=(20, 24), pad=-2.0):
@@ -72,7 +73,7 @@ def _weighted_case(seed=0):
 
 def _sequence(seed, n, batch_size=3, **stream):
     """``n`` batches (as numpy) and the RNG state after each, from a BatchStream."""
-    from unet_pipeline.data import BatchStream
+    from unet_pipeline.train.sampler import BatchStream
 
     sampler = PatchSampler([_weighted_case()], (12, 12), foreground_fraction=0.5, rng=np.random.default_rng(seed))
     with BatchStream(sampler, batch_size, **stream) as batches:
@@ -101,7 +102,7 @@ def test_prefetch_rng_state_is_that_of_the_batches_handed_out():
     gives the next batch, not one after the prefetched ones."""
     import time
 
-    from unet_pipeline.data import BatchStream
+    from unet_pipeline.train.sampler import BatchStream
 
     rng = np.random.default_rng(11)
     start = rng.bit_generator.state
@@ -122,7 +123,7 @@ def test_prefetch_rng_state_is_that_of_the_batches_handed_out():
 
 @pytest.mark.parametrize("prefetch", [False, True])
 def test_stream_ends_after_count_and_without_weights_gives_none(prefetch):
-    from unet_pipeline.data import BatchStream
+    from unet_pipeline.train.sampler import BatchStream
 
     sampler = PatchSampler([_case()], (8, 8), rng=np.random.default_rng(0))
     with BatchStream(sampler, 2, count=3, prefetch=prefetch) as batches:
@@ -132,7 +133,7 @@ def test_stream_ends_after_count_and_without_weights_gives_none(prefetch):
 
 
 def test_prefetch_errors_reach_the_consumer_and_close_stops_the_thread():
-    from unet_pipeline.data import BatchStream
+    from unet_pipeline.train.sampler import BatchStream
 
     class Broken(PatchSampler):
         calls = 0

@@ -18,10 +18,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from unet_pipeline.cohort import CaseSpec, check_case, cohort_from_folders, cohort_from_manifest, load_case_image
-from unet_pipeline.dicom import find_series, list_series, read_dicom_header, read_dicom_series
+from unet_pipeline.cohort.discovery import CaseSpec, cohort_from_folders, cohort_from_manifest
+from unet_pipeline.cohort.validation import check_case, load_case_image
+from unet_pipeline.io.dicom import find_series, list_series, read_dicom_header, read_dicom_series
 from unet_pipeline.errors import CaseError
-from unet_pipeline.io import load_image, read_voxels, spacing_from_affine
+from unet_pipeline.io.images import load_image, read_voxels
+from unet_pipeline.io.formats import spacing_from_affine
 from unet_pipeline.stages import import_case, import_label, preprocess, preprocess_label
 
 sitk = pytest.importorskip("SimpleITK")

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from tests.dicom_helpers import write_ct_series
-from unet_pipeline.dicom import find_series, read_dicom_series
-from unet_pipeline.dicom_export import mask_contours, read_source_series, segment_codes, write_dicom_seg
-from unet_pipeline.dicom_labels import fill_polygons, read_dicom_label
+from unet_pipeline.io.dicom import find_series, read_dicom_series
+from unet_pipeline.io.dicom_export import mask_contours, read_source_series, segment_codes, write_dicom_seg
+from unet_pipeline.io.dicom_labels import fill_polygons, read_dicom_label
 from unet_pipeline.errors import CaseError
-from unet_pipeline.io import load_image, read_voxels
-from unet_pipeline.reassembly import write_segmentation
+from unet_pipeline.io.images import load_image, read_voxels
+from unet_pipeline.infer.reassembly import write_segmentation
 from unet_pipeline.stages import dicom_output_paths, export_dicom, import_case
 
 hd = pytest.importorskip("highdicom")

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from tests.dicom_helpers import square, write_ct_series, write_rtstruct, write_seg
-from unet_pipeline.cohort import CaseSpec, check_case, cohort_from_folders, cohort_from_manifest
-from unet_pipeline.dicom import find_series, read_dicom_header, read_dicom_series
-from unet_pipeline.dicom_labels import fill_polygons, is_dicom_label, read_dicom_label, read_dicom_label_info
+from unet_pipeline.cohort.discovery import CaseSpec, cohort_from_folders, cohort_from_manifest
+from unet_pipeline.cohort.validation import check_case
+from unet_pipeline.io.dicom import find_series, read_dicom_header, read_dicom_series
+from unet_pipeline.io.dicom_labels import fill_polygons, is_dicom_label, read_dicom_label, read_dicom_label_info
 from unet_pipeline.errors import CaseError
-from unet_pipeline.io import load_image, read_voxels
+from unet_pipeline.io.images import load_image, read_voxels
 from unet_pipeline.stages import import_case, import_label
 
 pytest.importorskip("pydicom")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from unet_pipeline.inference import gaussian_importance, iter_volume_probabilities, predict_slices, tile_starts
+from unet_pipeline.model.tiling import gaussian_importance, iter_volume_probabilities, predict_slices, tile_starts
 
 
 class PixelwiseModel(torch.nn.Module):
@@ -78,7 +78,7 @@ def test_gaussian_importance_and_tile_starts():
 
 def test_cpu_graph_gives_the_same_probabilities_as_eager_batches():
     """The default on the CPU (one tile per pass through a frozen graph) equals eager batches of 8."""
-    from unet_pipeline.model import UNetConfig, build_unet
+    from unet_pipeline.model.unet import UNetConfig, build_unet
 
     torch.manual_seed(0)
     model = build_unet(UNetConfig(num_classes=3, base_channels=4, depth=2)).eval()
@@ -97,7 +97,7 @@ class LastChannelModel(PixelwiseModel):
 
 
 def test_volume_read_from_npy_slabs_gives_the_same_neighbours(tmp_path):
-    from unet_pipeline.io import NpyReader
+    from unet_pipeline.io.npy import NpyReader
 
     vol = np.random.default_rng(4).uniform(0, 2, (8, 12, 10)).astype(np.float32)
     np.save(tmp_path / "image.npy", vol)
@@ -112,11 +112,11 @@ def test_volume_read_from_npy_slabs_gives_the_same_neighbours(tmp_path):
 def test_auto_device_falls_back_to_the_cpu_with_one_warning(monkeypatch, caplog):
     import logging
 
-    import unet_pipeline.inference as inference
+    import unet_pipeline.model.tiling as inference
 
     monkeypatch.setattr(inference, "_cuda_usable", lambda: False)
     monkeypatch.setattr(inference, "_warned_no_gpu", False)
-    with caplog.at_level(logging.WARNING, logger="unet_pipeline.inference"):
+    with caplog.at_level(logging.WARNING, logger="unet_pipeline.model.tiling"):
         assert inference.select_device("auto").type == "cpu"
         assert inference.select_device("auto").type == "cpu"
     assert caplog.text.count("no usable GPU found: running on the CPU") == 1
@@ -129,7 +129,7 @@ def test_auto_device_falls_back_to_the_cpu_with_one_warning(monkeypatch, caplog)
 
 def test_out_of_memory_on_the_gpu_moves_the_case_to_the_cpu(monkeypatch, tmp_path, caplog):
     """Predictor: a CUDA OOM during a case is retried on a CPU copy of the models."""
-    import unet_pipeline.predictor as predictor_module
+    import unet_pipeline.infer.predictor as predictor_module
 
     calls = []
 

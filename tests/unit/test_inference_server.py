@@ -12,8 +12,8 @@ import pytest
 
 from tests.conftest import prepare_cases
 from unet_pipeline import stages
-from unet_pipeline.inference_server import ServerUnavailable, _request, infer_via_server, server_socket_path, stop_server
-from unet_pipeline.predictor import Predictor
+from unet_pipeline.infer.server import ServerUnavailable, _request, infer_via_server, server_socket_path, stop_server
+from unet_pipeline.infer.predictor import Predictor
 
 LABELS = {1: "organ_a", 2: "organ_b"}
 
@@ -87,7 +87,7 @@ def test_stale_socket_is_replaced_and_idle_server_exits(trained, tmp_path, monke
 
 def test_stage_falls_back_to_in_process_when_no_server_can_start(trained, tmp_path, monkeypatch, caplog):
     model_dir, pre = trained
-    import unet_pipeline.inference_server as server
+    import unet_pipeline.infer.server as server
 
     def refuse(*args, **kwargs):
         raise ServerUnavailable("no server for this test")
@@ -113,12 +113,12 @@ def test_server_exits_when_its_owner_process_ends(trained, tmp_path):
     import subprocess
     import sys
 
-    from unet_pipeline.inference_server import _alive
+    from unet_pipeline.infer.server import _alive
 
     model_dir, _ = trained
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     sock = tmp_path / "owned.sock"
-    server = subprocess.Popen([sys.executable, "-m", "unet_pipeline.inference_server", "--socket", str(sock),
+    server = subprocess.Popen([sys.executable, "-m", "unet_pipeline.infer.server", "--socket", str(sock),
                                "--device", "cpu", "--idle-seconds", "300", "--owner-pid", str(owner.pid),
                                str(model_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

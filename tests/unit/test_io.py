@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from unet_pipeline.errors import CaseError
-from unet_pipeline.io import (NpyWriter, atomic_path, load_image, load_json, read_voxels, save_json, sitk_to_nifti,
-                              spacing_from_affine)
+from unet_pipeline.io.npy import NpyWriter
+from unet_pipeline.io.files import atomic_path, load_json, save_json
+from unet_pipeline.io.images import load_image, read_voxels
+from unet_pipeline.io.formats import sitk_to_nifti, spacing_from_affine
 from unet_pipeline.stages import import_case
 
 from ..conftest import make_ct, save_nifti

@@ -1,4 +1,4 @@
-"""Tests for unet_pipeline.losses: hand-computed values on tiny tensors, MONAI agreement, weight maps."""
+"""Tests for unet_pipeline.train.losses: hand-computed values on tiny tensors, MONAI agreement, weight maps."""
 
 from __future__ import annotations
 
@@ -8,17 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from unet_pipeline.losses import (
-    LOSS_NAMES,
-    DiceCELoss,
-    DiceLoss,
-    WeightedCrossEntropyLoss,
-    cross_entropy_loss,
-    dice_ce_loss,
-    make_loss,
-    soft_dice_loss,
-    unet_weight_map,
-)
+from unet_pipeline.train.losses import LOSS_NAMES, DiceCELoss, DiceLoss, WeightedCrossEntropyLoss, cross_entropy_loss, dice_ce_loss, make_loss, soft_dice_loss
+from unet_pipeline.preprocess.weight_map import unet_weight_map
 
 LN3 = math.log(3.0)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from unet_pipeline.metrics import EMPTY_POLICY, case_metrics, summarize
+from unet_pipeline.evaluate.metrics import EMPTY_POLICY, case_metrics, summarize
 
 LABELS = {1: "a"}
 

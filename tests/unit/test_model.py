@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unet_pipeline.model import UNet2d, UNetConfig, build_unet, count_parameters
+from unet_pipeline.model.unet import UNet2d, UNetConfig, build_unet, count_parameters
 
 
 @pytest.mark.parametrize("size", [(37, 53), (16, 16), (1, 7), (64, 33)])

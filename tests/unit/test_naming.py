@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from unet_pipeline.naming import case_id_problems, safe_name_part, series_suffixes
+from unet_pipeline.cohort.naming import case_id_problems, safe_name_part, series_suffixes
 
 
 @pytest.mark.parametrize("numbers, expected", [

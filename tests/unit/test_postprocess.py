@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unet_pipeline.postprocess import postprocess_labels
+from unet_pipeline.train.postprocess import postprocess_labels
 
 NAMES = {1: "liver", 2: "spleen"}
 
@@ -54,7 +54,7 @@ def test_unknown_option_names_the_class():
 
 
 def test_postprocessing_is_chosen_per_class_by_the_held_out_dice():
-    from unet_pipeline.postprocess import choose_postprocessing
+    from unet_pipeline.train.postprocess import choose_postprocessing
 
     ref = np.zeros((4, 10, 10), np.uint8)
     ref[1:3, 1:5, 1:5] = 1  # organ a: one blob

@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import save_file
 
 from tests.conftest import make_ct, save_nifti
-from unet_pipeline.io import save_json
-from unet_pipeline.model import UNetConfig, build_unet
-from unet_pipeline.predictor import Predictor
-from unet_pipeline.preprocessing import preprocess_image
-from unet_pipeline.training import MODEL_FORMAT
+from unet_pipeline.io.files import save_json
+from unet_pipeline.model.unet import UNetConfig, build_unet
+from unet_pipeline.infer.predictor import Predictor
+from unet_pipeline.preprocess.transform import preprocess_image
+from unet_pipeline.model.folder import MODEL_FORMAT
 
 PLAN = {"target_spacing_mm": [1.0, 1.0], "num_classes": 3, "patch_size": [16, 16], "labels": {"1": "a", "2": "b"},
         "intensity": {"p00_5": -1000.0, "p99_5": 500.0, "mean": 0.0, "std": 200.0}}

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from tests.conftest import make_ct, save_nifti
-from unet_pipeline.geometry import Orientation
-from unet_pipeline.preprocessing import (make_plan, normalise, preprocess_image, preprocess_label, resample_slices,
-                                         resampled_size)
+from unet_pipeline.io.geometry import Orientation
+from unet_pipeline.plan.fingerprint import make_plan, resampled_size
+from unet_pipeline.preprocess.transform import normalise, preprocess_image, preprocess_label, resample_slices
 
 
 def test_constant_image_stays_constant_and_labels_keep_their_values():
@@ -76,7 +76,7 @@ def test_plan_from_training_cases(tmp_path):
 def test_label_values_with_gaps_become_class_indices_and_come_back(tmp_path):
     """{2: a, 7: b}: the network sees classes 1, 2; the segmentation holds 2 and 7 again."""
     from unet_pipeline.errors import CaseError
-    from unet_pipeline.reassembly import probabilities_to_labels
+    from unet_pipeline.infer.reassembly import probabilities_to_labels
 
     image, label, affine = make_ct(shape=(24, 20, 6), spacing=(1.0, 1.0, 3.0))
     gapped = np.where(label == 1, 2, np.where(label == 2, 7, 0)).astype(np.uint8)

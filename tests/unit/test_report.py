@@ -1,4 +1,4 @@
-"""Tests for unet_pipeline.report: figures and the self-contained HTML report."""
+"""Tests for unet_pipeline.report.html: figures and the self-contained HTML report."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unet_pipeline.report import overlay_figure, plot_metric_boxes, plot_training_curves, write_report
+from unet_pipeline.report.html import overlay_figure, plot_metric_boxes, write_report
+from unet_pipeline.train.curves import plot_training_curves
 
 EVIL = "<script>alert(1)</script>"
 METRIC_COLUMNS = ["case", "label", "label_id", "dice", "iou", "precision", "recall", "hd_mm", "hd95_mm", "assd_mm",
@@ -126,7 +127,7 @@ def test_metric_boxes(tmp_path):
 
 
 def test_metric_boxes_show_every_metric(tmp_path, monkeypatch):
-    import unet_pipeline.report as report
+    import unet_pipeline.report.html as report
 
     shown = {}
 
@@ -231,7 +232,7 @@ def test_write_report_full(tmp_path):
                  "split": "train/val"}]
     provenance = {"unet_pipeline": "1.2.3", "python": "3.11",
                   "config": {"model": {"depth": 4}, "note": EVIL, "url": "http://example.org"}}
-    from unet_pipeline.volumes import VOLUME_COLUMNS
+    from unet_pipeline.evaluate.volumes import VOLUME_COLUMNS
 
     volumes = _write_csv(inputs / "volumes.csv", [{"case": EVIL, "label": "liver", "label_id": 1, "volume_ml": 1480.0,
                                                    "empty": False, "qc_flags": ""}], VOLUME_COLUMNS)
@@ -302,7 +303,7 @@ def test_import_is_light():
     import subprocess
     import sys
 
-    code = "import sys, unet_pipeline.report; print('matplotlib.pyplot' in sys.modules)"
+    code = "import sys, unet_pipeline.report.html; print('matplotlib.pyplot' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", check=True)
     assert result.stdout.strip() == "False"
 
@@ -353,7 +354,7 @@ def test_report_renders_in_a_headless_browser(tmp_path):
 
 # ------------------------------------------------------------------ per-class overlays
 
-from unet_pipeline.report import sections_through  # noqa: E402
+from unet_pipeline.report.html import sections_through  # noqa: E402
 
 # Dice per (case, class): the best, median and worst differ between the classes.
 #   liver:  d 0.70 < b 0.80 < c 0.90 < a 0.95        -> best a, median c (sorted[4 // 2]), worst d
@@ -432,7 +433,7 @@ def test_sections_through_box_and_non_convex_structure():
 
 
 def test_overlay_figure_focus_cuts_through_the_class(tmp_path, monkeypatch):
-    import unet_pipeline.report as rep
+    import unet_pipeline.report.html as rep
 
     centres = []
     views = rep._views
@@ -477,8 +478,8 @@ def _write_case(root: Path, case: str, boxes: dict[int, tuple[slice, slice, slic
 def test_report_from_workflow_per_class_sections(tmp_path, monkeypatch):
     import html as html_lib
 
-    import unet_pipeline.io as uio
-    import unet_pipeline.report as rep
+    import unet_pipeline.io.images as uio
+    import unet_pipeline.report.html as rep
     from unet_pipeline import stages
 
     # liver and tumour sit in different places in every case, so a section through one need not cut the other
@@ -599,7 +600,7 @@ def test_report_per_class_renders_in_a_headless_browser(tmp_path):
 
 def test_volumes_section_summarises_each_class(tmp_path):
     """Predict-only runs have no metrics: the report still shows volumes and QC flags per class."""
-    from unet_pipeline.volumes import VOLUME_COLUMNS
+    from unet_pipeline.evaluate.volumes import VOLUME_COLUMNS
 
     rows = []
     for i, (vol, flags) in enumerate([(100.0, ""), (200.0, "fragmented"), (300.0, "touches_border;fragmented")]):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from unet_pipeline.errors import ConfigError
-from unet_pipeline.roi_names import label_names, match_rois, parse_label_names, roi_matches
+from unet_pipeline.io.roi_names import label_names, match_rois, parse_label_names, roi_matches
 
 
 def test_value_to_name_form_matches_rois_by_the_class_name():

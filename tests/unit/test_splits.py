@@ -8,9 +8,10 @@ import random
 import numpy as np
 import pytest
 
-from unet_pipeline.cohort import CaseSpec, cohort_from_folders, workflow_cases
+from unet_pipeline.cohort.discovery import CaseSpec, cohort_from_folders
+from unet_pipeline.cohort.workflow_cases import workflow_cases
 from unet_pipeline.errors import ConfigError
-from unet_pipeline.splits import assign_folds, fixed_splits, patient_of_cases, split_cases
+from unet_pipeline.cohort.splits import assign_folds, fixed_splits, patient_of_cases, split_cases
 
 from ..conftest import make_ct, save_nifti
 

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import prepare_cases
 from unet_pipeline import stages
-from unet_pipeline.training import TrainConfig, TrainingInterrupted, load_model
+from unet_pipeline.train.loop import TrainConfig, TrainingInterrupted
+from unet_pipeline.model.folder import load_model
 
 LABELS = {1: "organ_a", 2: "organ_b"}
 MODEL = {"base_channels": 4, "depth": 2}
@@ -132,9 +133,9 @@ def test_train_config_errors_name_the_key(bad, match):
 
 
 def test_left_right_pairs_are_label_values_mapped_to_class_indices():
-    from unet_pipeline.augment import AugmentConfig
+    from unet_pipeline.train.augment import AugmentConfig
     from unet_pipeline.errors import ConfigError
-    from unet_pipeline.training import _pairs_as_class_indices
+    from unet_pipeline.train.loop import _pairs_as_class_indices
 
     cfg = AugmentConfig(mirror_p=0.5, lr_label_pairs=[[9, 3]])
     assert _pairs_as_class_indices(cfg, [1, 3, 9]).lr_label_pairs == ((3, 2),)
@@ -152,7 +153,8 @@ def _checkpoint_state(out_dir: Path) -> dict:
 # only: the batches and every random stream stay as they are) so a signal finds it mid-run.
 _SIGNAL_SCRIPT = r"""
 import json, sys, time
-from unet_pipeline import stages, training
+from unet_pipeline import stages
+from unet_pipeline.train import loop as training
 from unet_pipeline.runlog import rule_logging
 
 args = json.loads(sys.argv[1])
@@ -213,7 +215,7 @@ def test_real_signal_checkpoints_exits_and_resumes_to_the_same_weights(prepared,
 
 
 def test_timed_checkpoint_is_written_mid_epoch(prepared, tmp_path, monkeypatch):
-    from unet_pipeline import training
+    from unet_pipeline.train import loop as training
 
     positions = []
     real = training._save_checkpoint
@@ -234,7 +236,7 @@ def test_timed_checkpoint_is_written_mid_epoch(prepared, tmp_path, monkeypatch):
 
 
 def test_defaults_are_nesterov_sgd_with_momentum_0_99():
-    from unet_pipeline.training import _make_optimizer
+    from unet_pipeline.train.loop import _make_optimizer
 
     cfg = TrainConfig()
     assert (cfg.optimizer, cfg.momentum, cfg.lr, cfg.poly_power, cfg.grad_clip, cfg.prefetch) == \
@@ -250,7 +252,7 @@ def test_defaults_are_nesterov_sgd_with_momentum_0_99():
 
 @pytest.mark.parametrize("power", [0.9, 2.0])
 def test_polynomial_learning_rate_decay(power):
-    from unet_pipeline.training import _lr_at
+    from unet_pipeline.train.loop import _lr_at
 
     cfg = TrainConfig(lr=0.01, poly_power=power)
     total = 200
@@ -271,7 +273,7 @@ def test_training_log_follows_the_schedule(prepared, tmp_path):
 
 
 def test_gradient_clipping_clips_a_huge_gradient():
-    from unet_pipeline.training import _backward_and_step
+    from unet_pipeline.train.loop import _backward_and_step
 
     def step(grad_clip):
         torch.manual_seed(0)
@@ -292,7 +294,7 @@ def test_gradient_clipping_clips_a_huge_gradient():
 
 
 def test_best_epoch_by_smoothed_score_and_early_stopping():
-    from unet_pipeline.training import select_best_epoch
+    from unet_pipeline.train.loop import select_best_epoch
 
     # smoothing 0.5: 0.1, 0.5, 0.3, 0.55, 0.675, 0.7375: the spike of epoch 2 loses to the plateau.
     r = select_best_epoch([0.1, 0.9, 0.1, 0.8, 0.8, 0.8], smoothing=0.5)
@@ -315,7 +317,7 @@ def test_best_epoch_by_smoothed_score_and_early_stopping():
 def test_training_keeps_the_best_epoch_and_stops_early(prepared, tmp_path, monkeypatch):
     """Scripted validation scores (the hand-computed sequence above): model.safetensors holds the
     weights of epoch 4, and patience 2 stops training after epoch 6."""
-    from unet_pipeline import training
+    from unet_pipeline.train import loop as training
 
     scores = iter([0.2, 0.6, 0.5, 0.9, 0.1, 0.1, 0.1, 0.1])
     snapshots = []
@@ -375,7 +377,7 @@ def _losses(out: Path) -> list[float]:
 
 
 def test_weighted_ce_trains_with_the_weight_maps(prepared, weight_slices, tmp_path, monkeypatch):
-    from unet_pipeline import training
+    from unet_pipeline.train import loop as training
 
     seen = []
     real = training.make_loss
@@ -537,7 +539,7 @@ def test_finished_model_folder_with_all_outputs_is_moved_aside_whole(prepared, t
 def test_stale_files_get_one_tag_and_are_never_overwritten(tmp_path):
     from datetime import datetime, timezone
 
-    from unet_pipeline.training import _move_run_aside
+    from unet_pipeline.train.loop import _move_run_aside
 
     when = datetime(2026, 12, 2, 6, 30, 0, tzinfo=timezone.utc)
     for run in ("first", "second", "third"):
@@ -555,9 +557,9 @@ def test_stale_files_get_one_tag_and_are_never_overwritten(tmp_path):
 
 
 def test_fingerprint_names_what_changed_and_ignores_speed_settings():
-    from unet_pipeline.augment import AugmentConfig
-    from unet_pipeline.model import UNetConfig
-    from unet_pipeline.training import _FINGERPRINT_EXCLUDED, _fingerprint_changes, _run_fingerprint
+    from unet_pipeline.train.augment import AugmentConfig
+    from unet_pipeline.model.unet import UNetConfig
+    from unet_pipeline.train.loop import _FINGERPRINT_EXCLUDED, _fingerprint_changes, _run_fingerprint
 
     def fp(training=None, plan=None, train=("a", "b"), val=("c",), loss=None, augment=None):
         return _run_fingerprint(model=UNetConfig(num_classes=3), loss=loss or {},
@@ -607,7 +609,7 @@ def test_validation_dice_leaves_out_classes_absent_from_reference_and_prediction
                                                                                   mean):
     import math
 
-    from unet_pipeline.training import _summarize_dice
+    from unet_pipeline.train.loop import _summarize_dice
 
     got = _summarize_dice(inter, ref_n, pred_n)
     assert [None if math.isnan(v) else pytest.approx(v) for v in got["per_class"]] == per_class
@@ -615,7 +617,7 @@ def test_validation_dice_leaves_out_classes_absent_from_reference_and_prediction
 
 
 def test_class_without_validation_cases_is_an_empty_log_cell(prepared, tmp_path, monkeypatch):
-    from unet_pipeline import training
+    from unet_pipeline.train import loop as training
 
     monkeypatch.setattr(training, "_validate", lambda *a, **k: {"per_class": [0.5, float("nan")], "mean": 0.5})
     out = tmp_path / "model"
@@ -647,7 +649,7 @@ def test_time_budget_ends_training_with_a_finished_model_and_the_schedule_follow
 def test_planned_steps_follow_the_measured_rate():
     from types import SimpleNamespace
 
-    from unet_pipeline.training import _budget_left, _planned_steps, _State
+    from unet_pipeline.train.loop import _budget_left, _planned_steps, _State
 
     run = SimpleNamespace(cfg=TrainConfig(epochs=10, iterations_per_epoch=100, max_minutes=1.0), total_steps=1000)
     state = _State(step=20)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from unet_pipeline.volumes import VOLUME_COLUMNS, case_volumes
+from unet_pipeline.evaluate.volumes import VOLUME_COLUMNS, case_volumes
 
 
 def test_volumes_hu_and_flags():
@@ -42,7 +42,7 @@ def test_shape_mismatch_is_an_error():
 
 
 def test_bounding_box_of_a_mask():
-    from unet_pipeline.volumes import _bounding_box
+    from unet_pipeline.evaluate.volumes import _bounding_box
 
     mask = np.zeros((6, 7, 8), bool)
     mask[1, 2, 3] = mask[4, 5, 6] = True
