@@ -322,21 +322,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_demo_cohort(sub)
+    _add_check_cohort(sub)
+    _add_train(sub)
+    _add_predict(sub)
+    _add_evaluate(sub)
+    return p
+
+
+def _cohort_args(q: argparse.ArgumentParser) -> None:
+    """The options that name a cohort: a folder of images (and labels), a dataset.json or a manifest."""
+    q.add_argument("-i", "--images", help="folder of images (NIfTI, NRRD, MHA or DICOM series folders)")
+    q.add_argument("-l", "--labels", help="folder of labels, matched to images by file name")
+    q.add_argument("--dataset-json", help="nnU-Net v2 / MSD dataset.json")
+    q.add_argument("--manifest", help="CSV manifest with case_id,image[,label]")
+    q.add_argument("--label-names", help="dataset.json whose 'labels' names the label values")
+
+
+def _add_demo_cohort(sub) -> None:
+    """The ``demo-cohort`` subcommand."""
     d = sub.add_parser("demo-cohort", help="write the synthetic demo CT cohort (NIfTI images, labels, dataset.json)")
     d.add_argument("out_dir", help="output folder (images/, labels/, dataset.json)")
     d.add_argument("--n-cases", type=int, default=16, help="number of cases (default 16)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     d.set_defaults(func=_cmd_demo_cohort)
 
-    def cohort_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("-i", "--images", help="folder of images (NIfTI, NRRD, MHA or DICOM series folders)")
-        q.add_argument("-l", "--labels", help="folder of labels, matched to images by file name")
-        q.add_argument("--dataset-json", help="nnU-Net v2 / MSD dataset.json")
-        q.add_argument("--manifest", help="CSV manifest with case_id,image[,label]")
-        q.add_argument("--label-names", help="dataset.json whose 'labels' names the label values")
 
+def _add_check_cohort(sub) -> None:
+    """The ``check-cohort`` subcommand."""
     c = sub.add_parser("check-cohort", help="validate every case of a cohort and list every problem; exit 1 if any case is unusable")
-    cohort_args(c)
+    _cohort_args(c)
     c.add_argument("-c", "--config", help="workflow config YAML: its cohort (when no -i/--dataset-json/--manifest is "
                    "given), label names, model.in_channels, plan.slice_axis and geometry tolerance, as the workflow "
                    "uses them")
@@ -347,9 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: cohort.geometry_tolerance_mm of the config, 0.01)")
     c.set_defaults(func=_cmd_check_cohort)
 
+
+def _add_train(sub) -> None:
+    """The ``train`` subcommand."""
     t = sub.add_parser("train", help="train a U-Net on a labelled cohort, as the workflow does (same split, "
                        "stages and defaults); the held-out test cases are named at the end")
-    cohort_args(t)
+    _cohort_args(t)
     t.add_argument("-c", "--config", help="workflow config YAML (keys left out take the workflow's defaults); "
                    "-i/--dataset-json/--manifest replace its cohort")
     t.add_argument("-o", "--output", required=True, help="output model folder (model.safetensors, model.json, ...; "
@@ -361,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "of the best epoch within it is written")
     t.set_defaults(func=_cmd_train)
 
+
+def _add_predict(sub) -> None:
+    """The ``predict`` subcommand."""
     r = sub.add_parser("predict", help="segment NIfTI/NRRD/MHA/DICOM input with a trained model")
     r.add_argument("-m", "--model", required=True, nargs="+", help="model folder(s); several are ensembled")
     r.add_argument("-i", "--input", required=True,
@@ -388,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: output.rtstruct, off)")
     r.set_defaults(func=_cmd_predict)
 
+
+def _add_evaluate(sub) -> None:
+    """The ``evaluate`` subcommand."""
     e = sub.add_parser("evaluate", help="metrics of predicted vs reference segmentations (matching case names)")
     e.add_argument("--pred", required=True, help="folder of predicted segmentations")
     e.add_argument("--ref", required=True, help="folder of reference segmentations")
@@ -398,7 +422,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--nsd-tolerance", type=float, default=None,
                    help="NSD tolerance in mm (default: evaluation.nsd_tolerance_mm, 2)")
     e.set_defaults(func=_cmd_evaluate)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -783,56 +783,79 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], ou
     inference = dict(inference or {})
     model_dirs = [str(d) for d in model_dirs]
     predictor = Predictor(model_dirs, inference.get("device", "auto"))
-    labels = predictor.labels
-    model_json = Path(model_dirs[0]) / "model.json"
     import_options = {"min_slices": int(predictor.meta["architecture"].get("in_channels", 1)),
                       "slice_axis": model_slice_axis(model_dirs[0])}
-    status: dict[str, str] = {}
-    volume_rows: list[dict] = []
+    status, volume_rows = {}, []  # case id -> "ok"/"skipped"/error; volumes.csv rows
     for case_id, image, *series in inputs:
         series_uid = series[0] if series else None
         out = Path(out_dir) / f"{case_id}.nii.gz"
         case_work = Path(work_dir) / case_id
         dicom_out = dicom_output_paths(out, dicom_seg=dicom_seg, rtstruct=rtstruct) if Path(image).is_dir() else {}
         try:
-            if not overwrite and segmentation_complete(out) and all(p.is_file() for p in dicom_out.values()):
+            if not overwrite and _output_complete(case_id, out, dicom_out):
                 status[case_id] = "skipped"
                 volume_rows.extend(load_json(_sidecar_path(out)).get("volumes") or [])
-                log.info("%s: %s is complete, skipped (overwrite to redo it)", case_id, out)
                 continue
             t0 = time.perf_counter()
-            record = import_case(case_id, image, None, case_work / "imported", labels=labels, series_uid=series_uid,
-                                 **import_options)
-            imported = case_work / "imported" / "image.nii.gz"
-            preprocess(case_id, imported, model_json, case_work / "pre")
-            info = predictor.predict(case_work / "pre", case_work / "probs.npy", inference)
-            _, applied = _segment(case_work / "probs.npy", case_work / "pre", imported, out, model_dirs, postprocess)
-            rows = _volume_rows(case_id, out, imported, labels)
-            extra = {}
-            if dicom_out:
-                extra["dicom"] = export_dicom(out, image, labels=labels, series_uid=series_uid,
-                                              out_seg=dicom_out.get("seg"), out_rtstruct=dicom_out.get("rtstruct"))
-            elif dicom_seg or rtstruct:
-                log.info("%s: not read from a DICOM series, so no DICOM-SEG/RTSTRUCT is written", case_id)
-            _write_sidecar(out, labels, model_dirs, {
-                "case": case_id, "source": str(image), "device": info["device"],
-                "seconds": round(time.perf_counter() - t0, 3), "postprocess": applied,
-                "inference": {**info, "settings": inference}, "warnings": record.get("warnings", []),
-                "volumes": rows, **extra})
+            rows = _predict_case(predictor, case_id, image, series_uid, out, case_work, dicom_out,
+                                 model_dirs=model_dirs, import_options=import_options, inference=inference,
+                                 postprocess=postprocess, dicom_requested=dicom_seg or rtstruct)
             volume_rows.extend(rows)
             status[case_id] = "ok"
             log.info("%s: segmented in %.1f s", case_id, time.perf_counter() - t0)
         except Exception as exc:  # noqa: BLE001 - one bad case must not end the cohort
             if not keep_going:
                 raise
-            status[case_id] = str(exc) if isinstance(exc, CaseError) else f"{type(exc).__name__}: {exc}"
-            log.error("%s: %s", case_id, status[case_id])
-            log.debug("%s failed", case_id, exc_info=exc)
+            status[case_id] = _failure(case_id, exc)
         finally:
             shutil.rmtree(case_work, ignore_errors=True)
     if volume_rows:
         _write_rows(Path(out_dir) / "volumes.csv", volume_rows, columns=_volume_columns())
     return status
+
+
+def _output_complete(case_id: str, out: Path, dicom_out: Mapping[str, Path]) -> bool:
+    """Whether ``out`` (and each DICOM output asked for) is complete, so :func:`predict_cohort` skips the case."""
+    if segmentation_complete(out) and all(p.is_file() for p in dicom_out.values()):
+        log.info("%s: %s is complete, skipped (overwrite to redo it)", case_id, out)
+        return True
+    return False
+
+
+def _failure(case_id: str, exc: Exception) -> str:
+    """The status of a case that failed with ``exc`` (the message of a ``CaseError``), logged."""
+    message = str(exc) if isinstance(exc, CaseError) else f"{type(exc).__name__}: {exc}"
+    log.error("%s: %s", case_id, message)
+    log.debug("%s failed", case_id, exc_info=exc)
+    return message
+
+
+def _predict_case(predictor, case_id: str, image: str | Path, series_uid: str | None, out: Path, case_work: Path,
+                  dicom_out: Mapping[str, Path], *, model_dirs: Sequence[str], import_options: Mapping,
+                  inference: Mapping, postprocess: Mapping | None, dicom_requested: bool) -> list[dict]:
+    """One case of :func:`predict_cohort`: import, preprocess, predict, reassemble, export, sidecar; its volume rows."""
+    t0 = time.perf_counter()
+    labels = predictor.labels
+    model_json = Path(model_dirs[0]) / "model.json"
+    record = import_case(case_id, image, None, case_work / "imported", labels=labels, series_uid=series_uid,
+                         **import_options)
+    imported = case_work / "imported" / "image.nii.gz"
+    preprocess(case_id, imported, model_json, case_work / "pre")
+    info = predictor.predict(case_work / "pre", case_work / "probs.npy", inference)
+    _, applied = _segment(case_work / "probs.npy", case_work / "pre", imported, out, model_dirs, postprocess)
+    rows = _volume_rows(case_id, out, imported, labels)
+    extra = {}
+    if dicom_out:
+        extra["dicom"] = export_dicom(out, image, labels=labels, series_uid=series_uid,
+                                      out_seg=dicom_out.get("seg"), out_rtstruct=dicom_out.get("rtstruct"))
+    elif dicom_requested:
+        log.info("%s: not read from a DICOM series, so no DICOM-SEG/RTSTRUCT is written", case_id)
+    _write_sidecar(out, labels, model_dirs, {
+        "case": case_id, "source": str(image), "device": info["device"],
+        "seconds": round(time.perf_counter() - t0, 3), "postprocess": applied,
+        "inference": {**info, "settings": inference}, "warnings": record.get("warnings", []),
+        "volumes": rows, **extra})
+    return rows
 
 
 def read_json(path: str | Path) -> Any:

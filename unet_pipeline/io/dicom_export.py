@@ -182,6 +182,14 @@ def _conform(ds, level: int = logging.WARNING) -> None:
             elem.value = cut if len(cut) > 1 else cut[0]
 
 
+def _class_values(labels: Mapping[int, str]) -> list[int]:
+    """The foreground label values of ``labels``, ascending; ``ValueError`` when there is none."""
+    values = sorted(int(v) for v in labels if int(v) != 0)
+    if not values:
+        raise ValueError("labels: no class to write")
+    return values
+
+
 def _write_dataset(ds, out_path: str | Path) -> None:
     _conform(ds)
     with atomic_path(out_path) as tmp:
@@ -207,9 +215,7 @@ def write_dicom_seg(volume: np.ndarray, affine: np.ndarray, sources: Sequence, l
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    values = sorted(int(v) for v in labels if int(v) != 0)
-    if not values:
-        raise ValueError("labels: no class to write")
+    values = _class_values(labels)
     frames = frames_from_volume(np.asarray(volume), affine, sources)
     lut = np.zeros(int(max(values, default=0)) + 1, dtype=np.uint16)
     lut[values] = np.arange(1, len(values) + 1)
@@ -297,33 +303,53 @@ def _copy(target, source, keywords: Sequence[str]) -> None:
 
 def write_rtstruct(volume: np.ndarray, affine: np.ndarray, sources: Sequence, labels: Mapping[int, str],
                    out_path: str | Path, *, series_description: str = "U-Net segmentation") -> dict:
-    """Write ``volume`` as an RTSTRUCT over the ``sources`` (headers of the series, :func:`read_source_series`).
+    """Write ``volume`` as an RTSTRUCT over the ``sources``, as :func:`write_dicom_seg` writes a DICOM-SEG.
 
-    Parameters
-    ----------
-    volume
-        ``(I, J, K)`` label values on the grid of ``affine`` (RAS+).
-    labels
-        Label value -> class name: one ROI each (ROINumber = the label value), also when empty.
+    ``volume`` holds ``(I, J, K)`` label values on the grid of ``affine`` (RAS+); ``labels`` maps
+    each label value to a class name, one ROI each (ROINumber = the label value), also when empty.
 
     Returns
     -------
     dict
         ``series_instance_uid``, ``sop_instance_uid`` and ``contours`` (class name -> number of contours).
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
-    values = sorted(int(v) for v in labels if int(v) != 0)
-    if not values:
-        raise ValueError("labels: no class to write")
+    values = _class_values(labels)
     frames = frames_from_volume(np.asarray(volume), affine, sources)
     first = sources[0]
     frame_uid = str(first.FrameOfReferenceUID)
-    now = datetime.datetime.now()
     series_uid, sop_uid = generate_uid(), generate_uid()
+    ds = _rtstruct_header(first, series_uid, sop_uid, series_description)
+    ds.ReferencedFrameOfReferenceSequence = DicomSequence([_referenced_frame(sources, frame_uid)])
+    rois, roi_contours, observations, counts = [], [], [], {}
+    for n, value in enumerate(values):
+        name = str(labels[value])
+        rois.append(_structure_set_roi(value, name, frame_uid))
+        contours = _roi_contours(value, sources, frames)
+        counts[name] = len(contours)
+        roi_contour = Dataset()
+        roi_contour.ROIDisplayColor = list(_COLOURS[n % len(_COLOURS)])
+        roi_contour.ReferencedROINumber = value
+        if contours:
+            roi_contour.ContourSequence = DicomSequence(contours)
+        roi_contours.append(roi_contour)
+        observations.append(_roi_observation(value, name))
+    ds.StructureSetROISequence = DicomSequence(rois)
+    ds.ROIContourSequence = DicomSequence(roi_contours)
+    ds.RTROIObservationsSequence = DicomSequence(observations)
+    _write_dataset(ds, out_path)
+    return {"series_instance_uid": str(series_uid), "sop_instance_uid": str(sop_uid), "contours": counts}
 
+
+def _rtstruct_header(first, series_uid: str, sop_uid: str, series_description: str):
+    """The RTSTRUCT dataset: file meta, patient and study (copied from ``first``), series, structure set."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    now = datetime.datetime.now()
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = _RT_STRUCTURE_SET_STORAGE
@@ -350,7 +376,15 @@ def write_rtstruct(volume: np.ndarray, affine: np.ndarray, sources: Sequence, la
     ds.StructureSetLabel = "unet-pipeline"
     ds.StructureSetName = "U-Net segmentation"
     ds.StructureSetDate, ds.StructureSetTime = ds.InstanceCreationDate, ds.InstanceCreationTime
+    return ds
 
+
+def _referenced_frame(sources: Sequence, frame_uid: str):
+    """The ReferencedFrameOfReferenceSequence item: frame of reference -> study -> series -> every source image."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    first = sources[0]
     images = []
     for src in sources:
         item = Dataset()
@@ -367,50 +401,54 @@ def write_rtstruct(volume: np.ndarray, affine: np.ndarray, sources: Sequence, la
     frame_ref = Dataset()
     frame_ref.FrameOfReferenceUID = frame_uid
     frame_ref.RTReferencedStudySequence = DicomSequence([study_ref])
-    ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame_ref])
+    return frame_ref
 
-    rois, roi_contours, observations, counts = [], [], [], {}
-    for n, value in enumerate(values):
-        name = str(labels[value])
-        roi = Dataset()
-        roi.ROINumber = value
-        roi.ReferencedFrameOfReferenceUID = frame_uid
-        roi.ROIName = name[:64]
-        roi.ROIGenerationAlgorithm = "AUTOMATIC"
-        roi.ROIGenerationDescription = f"unet-pipeline {_version()} 2D U-Net"
-        rois.append(roi)
-        contours = []
-        for src, frame in zip(sources, frames):
-            ipp = np.asarray(src.ImagePositionPatient, dtype=np.float64)
-            iop = np.asarray(src.ImageOrientationPatient, dtype=np.float64)
-            dr, dc = (float(v) for v in src.PixelSpacing)
-            for rc in mask_contours(frame == value):
-                points = ipp + rc[:, 1:2] * dc * iop[:3] + rc[:, 0:1] * dr * iop[3:]  # (n, 3) LPS mm
-                ref = Dataset()
-                ref.ReferencedSOPClassUID = src.SOPClassUID
-                ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
-                item = Dataset()
-                item.ContourImageSequence = DicomSequence([ref])
-                item.ContourGeometricType = "CLOSED_PLANAR"
-                item.NumberOfContourPoints = len(points)
-                item.ContourData = _ds_text(points)
-                contours.append(item)
-        counts[name] = len(contours)
-        roi_contour = Dataset()
-        roi_contour.ROIDisplayColor = list(_COLOURS[n % len(_COLOURS)])
-        roi_contour.ReferencedROINumber = value
-        if contours:
-            roi_contour.ContourSequence = DicomSequence(contours)
-        roi_contours.append(roi_contour)
-        observation = Dataset()
-        observation.ObservationNumber = value
-        observation.ReferencedROINumber = value
-        category, _code = segment_codes(name)
-        observation.RTROIInterpretedType = "ORGAN" if category.meaning == "Anatomical Structure" else ""
-        observation.ROIInterpreter = ""
-        observations.append(observation)
-    ds.StructureSetROISequence = DicomSequence(rois)
-    ds.ROIContourSequence = DicomSequence(roi_contours)
-    ds.RTROIObservationsSequence = DicomSequence(observations)
-    _write_dataset(ds, out_path)
-    return {"series_instance_uid": str(series_uid), "sop_instance_uid": str(sop_uid), "contours": counts}
+
+def _structure_set_roi(value: int, name: str, frame_uid: str):
+    """The StructureSetROISequence item of one class (ROINumber = the label value)."""
+    from pydicom.dataset import Dataset
+
+    roi = Dataset()
+    roi.ROINumber = value
+    roi.ReferencedFrameOfReferenceUID = frame_uid
+    roi.ROIName = name[:64]
+    roi.ROIGenerationAlgorithm = "AUTOMATIC"
+    roi.ROIGenerationDescription = f"unet-pipeline {_version()} 2D U-Net"
+    return roi
+
+
+def _roi_contours(value: int, sources: Sequence, frames: Sequence[np.ndarray]) -> list:
+    """ContourSequence items of one class: closed planar contours (LPS mm) of ``frame == value`` per source image."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    contours = []
+    for src, frame in zip(sources, frames):
+        ipp = np.asarray(src.ImagePositionPatient, dtype=np.float64)
+        iop = np.asarray(src.ImageOrientationPatient, dtype=np.float64)
+        dr, dc = (float(v) for v in src.PixelSpacing)
+        for rc in mask_contours(frame == value):
+            points = ipp + rc[:, 1:2] * dc * iop[:3] + rc[:, 0:1] * dr * iop[3:]  # (n, 3) LPS mm
+            ref = Dataset()
+            ref.ReferencedSOPClassUID = src.SOPClassUID
+            ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+            item = Dataset()
+            item.ContourImageSequence = DicomSequence([ref])
+            item.ContourGeometricType = "CLOSED_PLANAR"
+            item.NumberOfContourPoints = len(points)
+            item.ContourData = _ds_text(points)
+            contours.append(item)
+    return contours
+
+
+def _roi_observation(value: int, name: str):
+    """The RTROIObservationsSequence item of one class (ORGAN when its code is an anatomical structure)."""
+    from pydicom.dataset import Dataset
+
+    observation = Dataset()
+    observation.ObservationNumber = value
+    observation.ReferencedROINumber = value
+    category, _code = segment_codes(name)
+    observation.RTROIInterpretedType = "ORGAN" if category.meaning == "Anatomical Structure" else ""
+    observation.ROIInterpreter = ""
+    return observation

@@ -72,30 +72,9 @@ def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mappi
         raise ValueError("make_plan needs at least one training case")
     values = label_values(labels)
     slice_axis = check_slice_axis(slice_axis)
-    if intensity not in INTENSITY_SCHEMES:
-        raise ValueError(f"plan.intensity must be one of {list(INTENSITY_SCHEMES)}, got {intensity!r}")
-    if intensity == "window" and (hu_window is None or len(hu_window) != 2 or not hu_window[0] < hu_window[1]):
-        raise ValueError(f"plan.hu_window must be [low, high] HU with low < high for plan.intensity: window, "
-                         f"got {hu_window!r}")
-    rng = np.random.default_rng(seed)
-    samples, body_samples, per_case = [], [], {}
-    for case_id, image_path, label_path in cases:
-        orient, img = _orientation_of(image_path, slice_axis)
-        image = read_voxels(img, image_path)
-        label = read_voxels(load_image(label_path), label_path)
-        fg = np.flatnonzero(label.reshape(-1) > 0)
-        if fg.size:
-            pick = fg if fg.size <= samples_per_case else rng.choice(fg, samples_per_case, replace=False)
-            samples.append(image.reshape(-1)[pick].astype(np.float32))
-        if intensity == "body":
-            body = np.flatnonzero(image.reshape(-1) > BODY_HU)
-            pick = body if body.size <= samples_per_case else rng.choice(body, samples_per_case, replace=False)
-            body_samples.append(image.reshape(-1)[pick].astype(np.float32))
-        per_case[case_id] = {"shape": list(orient.canonical_shape), "spacing_mm": list(orient.canonical_spacing),
-                             "foreground_voxels": int(fg.size)}
-    if not samples:
-        raise ValueError("no labelled foreground voxels in any training case: cannot derive CT statistics")
-    fg_values = np.concatenate(samples)
+    _check_intensity(intensity, hu_window)
+    fg_values, body_values, per_case = _sample_cases(cases, slice_axis, intensity=intensity,
+                                                     samples_per_case=samples_per_case, seed=seed)
     spacings = np.array([c["spacing_mm"] for c in per_case.values()])
     shapes = np.array([c["shape"] for c in per_case.values()])
     if target_spacing_mm is None:
@@ -103,15 +82,13 @@ def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mappi
     else:
         target = [float(s) for s in target_spacing_mm]
     if patch_size is None:
-        sizes = np.array([resampled_size(sh[1:], sp[1:], target) for sh, sp in zip(shapes, spacings)])
-        med = np.median(sizes, axis=0)
-        patch = [int(min(max_patch, divisor * math.ceil(m / divisor))) for m in med]
+        patch = _median_patch(shapes, spacings, target, max_patch=max_patch, divisor=divisor)
     else:
         patch = [int(p) for p in patch_size]
     if intensity == "window":
         lo, hi = (float(v) for v in hu_window)
     else:
-        lo, hi = np.percentile(np.concatenate(body_samples) if intensity == "body" else fg_values, [0.5, 99.5])
+        lo, hi = np.percentile(body_values if intensity == "body" else fg_values, [0.5, 99.5])
     clipped = np.clip(fg_values, lo, hi)
     return {
         "format": "unet-pipeline-plan/1",
@@ -135,3 +112,47 @@ def label_values(labels: Mapping) -> list[int]:
     if not values or values[0] < 1 or len(values) > 255:
         raise ValueError(f"label values must be 1..65535, at most 255 classes besides background; got {values}")
     return values
+
+
+def _check_intensity(intensity: str, hu_window: Sequence[float] | None) -> None:
+    """Raise ``ValueError`` naming ``plan.intensity`` / ``plan.hu_window`` when they are unusable."""
+    if intensity not in INTENSITY_SCHEMES:
+        raise ValueError(f"plan.intensity must be one of {list(INTENSITY_SCHEMES)}, got {intensity!r}")
+    if intensity == "window" and (hu_window is None or len(hu_window) != 2 or not hu_window[0] < hu_window[1]):
+        raise ValueError(f"plan.hu_window must be [low, high] HU with low < high for plan.intensity: window, "
+                         f"got {hu_window!r}")
+
+
+def _sample_cases(cases: Sequence[tuple[str, str | Path, str | Path]], slice_axis: str, *, intensity: str,
+                  samples_per_case: int, seed: int) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """HU samples of the cases' labelled foreground (and body, for the ``body`` scheme), and per-case geometry.
+
+    Returns ``(foreground float32 HU, body float32 HU or None, {case_id: shape, spacing_mm, foreground_voxels})``.
+    """
+    rng = np.random.default_rng(seed)
+    samples, body_samples, per_case = [], [], {}
+    for case_id, image_path, label_path in cases:
+        orient, img = _orientation_of(image_path, slice_axis)
+        image = read_voxels(img, image_path)
+        label = read_voxels(load_image(label_path), label_path)
+        fg = np.flatnonzero(label.reshape(-1) > 0)
+        if fg.size:
+            pick = fg if fg.size <= samples_per_case else rng.choice(fg, samples_per_case, replace=False)
+            samples.append(image.reshape(-1)[pick].astype(np.float32))
+        if intensity == "body":
+            body = np.flatnonzero(image.reshape(-1) > BODY_HU)
+            pick = body if body.size <= samples_per_case else rng.choice(body, samples_per_case, replace=False)
+            body_samples.append(image.reshape(-1)[pick].astype(np.float32))
+        per_case[case_id] = {"shape": list(orient.canonical_shape), "spacing_mm": list(orient.canonical_spacing),
+                             "foreground_voxels": int(fg.size)}
+    if not samples:
+        raise ValueError("no labelled foreground voxels in any training case: cannot derive CT statistics")
+    return np.concatenate(samples), np.concatenate(body_samples) if body_samples else None, per_case
+
+
+def _median_patch(shapes: np.ndarray, spacings: np.ndarray, target: Sequence[float], *, max_patch: int,
+                  divisor: int) -> list[int]:
+    """The median resampled slice size ``(Y, X)``, rounded up to a multiple of ``divisor``, at most ``max_patch``."""
+    sizes = np.array([resampled_size(sh[1:], sp[1:], target) for sh, sp in zip(shapes, spacings)])
+    med = np.median(sizes, axis=0)
+    return [int(min(max_patch, divisor * math.ceil(m / divisor))) for m in med]

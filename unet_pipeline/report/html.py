@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..io.files import atomic_path
-from ..train.curves import _float, _placeholder, _pyplot, _read_csv, _save, plot_training_curves
+from ..train.curves import csv_float, placeholder_figure, pyplot, read_csv_rows, save_figure, plot_training_curves
 
 __all__ = ['plot_metric_boxes', 'sections_through', 'overlay_figure', 'write_report']
 
@@ -46,24 +46,19 @@ _NA = "not available"
 
 
 def plot_metric_boxes(metrics_csv: str | Path, out_png: str | Path) -> None:
-    """Per-class box plots of every metric of :data:`BOX_METRICS`, each case a jittered point.
+    """Per-class box plots of every metric of :data:`BOX_METRICS`, each case a jittered point, to ``out_png``.
 
-    Parameters
-    ----------
-    metrics_csv
-        ``metrics.csv``: one row per (case, class) with columns ``case``, ``label``, ``label_id``,
-        ``dice``, ``hd95_mm``, ``nsd``, ... ; empty cells are NaN and left out of the plot.
-    out_png
-        The PNG written (atomically).
+    ``metrics_csv`` is a ``metrics.csv``: one row per (case, class) with columns ``case``,
+    ``label``, ``label_id``, ``dice``, ``hd95_mm``, ``nsd``, ... ; empty cells are NaN and left
+    out of the plot. The PNG is written atomically; without rows it says "no metrics".
     """
-    rows = _read_csv(metrics_csv)
+    rows = read_csv_rows(metrics_csv)
     if not rows:
-        _placeholder(out_png, "no metrics")
-        return
-    plt = _pyplot()
+        return placeholder_figure(out_png, "no metrics")
+    plt = pyplot()
     order: dict[str, float] = {}
     for r in rows:
-        order.setdefault(r.get("label", ""), _float(r.get("label_id")))
+        order.setdefault(r.get("label", ""), csv_float(r.get("label_id")))
     classes = sorted(order, key=lambda k: (math.isnan(order[k]), order[k], k))
     rng = np.random.default_rng(0)
     n_cols = 5  # two compact rows: the page stays short
@@ -75,7 +70,7 @@ def plot_metric_boxes(metrics_csv: str | Path, out_png: str | Path) -> None:
     for ax, (col, name) in zip(axes.flat, BOX_METRICS):
         values = []
         for cls in classes:
-            v = np.array([_float(r.get(col)) for r in rows if r.get("label", "") == cls])
+            v = np.array([csv_float(r.get(col)) for r in rows if r.get("label", "") == cls])
             values.append(v[np.isfinite(v)])
         positions = [i + 1 for i, v in enumerate(values) if v.size]
         if positions:
@@ -96,7 +91,7 @@ def plot_metric_boxes(metrics_csv: str | Path, out_png: str | Path) -> None:
         elif col == "vol_diff_ml":
             ax.axhline(0.0, color="gray", lw=0.8)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def _centre(mask: np.ndarray | None, shape: Sequence[int]) -> tuple[int, int, int]:
@@ -192,6 +187,26 @@ def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: 
     the top of the coronal and sagittal views. Each view is titled with its slice index and
     position (index × spacing, mm).
     """
+    image, reference, prediction = _check_overlay_inputs(image, reference, prediction, spacing_mm)
+    plt = pyplot()
+    classes = sorted((int(k), str(v)) for k, v in labels.items() if int(k) != 0)
+    cmap = plt.get_cmap("tab10")
+    colours = {k: cmap(i % 10) for i, (k, _) in enumerate(classes)}
+    focus = None if focus is None else int(focus)
+    centre, title = _overlay_centre(image.shape, reference, prediction, focus, dict(classes), title)
+    views = _views(image.shape, centre, spacing_mm)
+    fig, axes = plt.subplots(1, len(views), figsize=(4.2 * len(views), 4.6), squeeze=False)
+    for ax, view in zip(axes[0], views):
+        _draw_view(ax, view, image, reference, prediction, classes, colours, focus)
+    _overlay_legend(fig, classes, colours, focus, has_reference=reference is not None)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.08, 1, (0.95 - 0.04 * title.count("\n")) if title else 1))
+    save_figure(fig, out_png)
+
+
+def _check_overlay_inputs(image, reference, prediction, spacing_mm):
+    """``(image, reference, prediction)`` as arrays; ``ValueError`` on a shape or spacing :func:`overlay_figure` cannot draw."""
     image = np.asarray(image)  # sections are converted to float when cut, not the whole volume
     if image.ndim != 3:
         raise ValueError(f"image: expected a 3-D (Z, Y, X) array, got shape {image.shape}")
@@ -204,54 +219,63 @@ def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: 
             raise ValueError(f"reference: shape {reference.shape} differs from image shape {image.shape}")
     if len(spacing_mm) != 3 or not all(float(s) > 0 for s in spacing_mm):
         raise ValueError(f"spacing_mm: expected three positive values (sz, sy, sx), got {spacing_mm!r}")
-    plt = _pyplot()
-    from matplotlib.colors import to_rgba
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
+    return image, reference, prediction
 
-    classes = sorted((int(k), str(v)) for k, v in labels.items() if int(k) != 0)
-    cmap = plt.get_cmap("tab10")
-    colours = {k: cmap(i % 10) for i, (k, _) in enumerate(classes)}
+
+def _overlay_centre(shape, reference, prediction, focus: int | None, names: Mapping[int, str],
+                    title: str) -> tuple[tuple[int, int, int], str]:
+    """The ``(z, y, x)`` the sections pass through, and the title (saying so when ``focus`` is absent)."""
     centre = None
     if focus is not None:
-        focus = int(focus)
         for source in (reference, prediction):
             if source is not None and centre is None:
                 centre = sections_through(source == focus)
         if centre is None:
-            name = dict(classes).get(focus, str(focus))
+            name = names.get(focus, str(focus))
             title = f"{title}\n({name} in neither reference nor prediction)" if title else \
                 f"{name} in neither reference nor prediction"
     if centre is None:
         guide = reference if reference is not None and reference.any() else prediction
-        centre = _centre(guide > 0, image.shape)
-    views = _views(image.shape, centre, spacing_mm)
-    width, level = WINDOW_HU
-    vmin, vmax = level - width / 2, level + width / 2
+        centre = _centre(guide > 0, shape)
+    return centre, title
 
-    fig, axes = plt.subplots(1, len(views), figsize=(4.2 * len(views), 4.6), squeeze=False)
-    for ax, (name, where, cut, aspect, (left, right, top, bottom)) in zip(axes[0], views):
-        img, pred = np.asarray(cut(image), dtype=float), cut(prediction)
-        ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
-        fill = np.zeros((*pred.shape, 4))
+
+def _draw_view(ax, view, image, reference, prediction, classes, colours, focus: int | None) -> None:
+    """One section: CT in the abdomen window, the prediction filled, the reference as contours, orientation marks."""
+    from matplotlib.colors import to_rgba
+
+    name, where, cut, aspect, (left, right, top, bottom) = view
+    width, level = WINDOW_HU
+    img, pred = np.asarray(cut(image), dtype=float), cut(prediction)
+    ax.imshow(img, cmap="gray", vmin=level - width / 2, vmax=level + width / 2, aspect=aspect,
+              interpolation="nearest")
+    fill = np.zeros((*pred.shape, 4))
+    for k, _ in classes:
+        fill[pred == k] = to_rgba(colours[k], 0.4)
+    ax.imshow(fill, aspect=aspect, interpolation="nearest")
+    if reference is not None:
+        ref = cut(reference)
         for k, _ in classes:
-            fill[pred == k] = to_rgba(colours[k], 0.4)
-        ax.imshow(fill, aspect=aspect, interpolation="nearest")
-        if reference is not None:
-            ref = cut(reference)
-            for k, _ in classes:
-                m = (ref == k).astype(float)
-                if m.any() and not m.all() and min(m.shape) > 1:
-                    ax.contour(m, levels=[0.5], colors=[colours[k]], linewidths=2.0 if k == focus else 1.2)
-        ax.set_title(f"{name}, {where}", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for x, y, s, ha, va in ((0.02, 0.5, left, "left", "center"), (0.98, 0.5, right, "right", "center"),
-                                (0.5, 0.98, top, "center", "top"), (0.5, 0.02, bottom, "center", "bottom")):
-            ax.text(x, y, s, transform=ax.transAxes, ha=ha, va=va, color="yellow", fontsize=8)
+            m = (ref == k).astype(float)
+            if m.any() and not m.all() and min(m.shape) > 1:
+                ax.contour(m, levels=[0.5], colors=[colours[k]], linewidths=2.0 if k == focus else 1.2)
+    ax.set_title(f"{name}, {where}", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for x, y, s, ha, va in ((0.02, 0.5, left, "left", "center"), (0.98, 0.5, right, "right", "center"),
+                            (0.5, 0.98, top, "center", "top"), (0.5, 0.02, bottom, "center", "bottom")):
+        ax.text(x, y, s, transform=ax.transAxes, ha=ha, va=va, color="yellow", fontsize=8)
+
+
+def _overlay_legend(fig, classes, colours, focus: int | None, *, has_reference: bool) -> None:
+    """Classes (the focus in bold), then what the fill and the contours mean."""
+    from matplotlib.colors import to_rgba
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     handles = [Patch(facecolor=to_rgba(colours[k], 0.6), edgecolor=colours[k], label=name) for k, name in classes]
     handles.append(Patch(facecolor=to_rgba("gray", 0.4), label="prediction (fill)"))
-    if reference is not None:
+    if has_reference:
         handles.append(Line2D([], [], color="gray", label="reference (contour)"))
     else:
         handles.append(Line2D([], [], color="none", label="no reference"))
@@ -260,10 +284,6 @@ def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: 
         for text, (k, _) in zip(legend.get_texts(), classes):
             if k == focus:
                 text.set_fontweight("bold")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.08, 1, (0.95 - 0.04 * title.count("\n")) if title else 1))
-    _save(fig, out_png)
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,7 +384,7 @@ def _summary_section(summary_json: str | Path | None) -> str:
 
 
 def _boxes_section(metrics_csv: str | Path | None, tmp: Path) -> str:
-    if metrics_csv is None or not _read_csv(metrics_csv):
+    if metrics_csv is None or not read_csv_rows(metrics_csv):
         return _na("metrics")
     png = tmp / "boxes.png"
     plot_metric_boxes(metrics_csv, png)
@@ -372,7 +392,7 @@ def _boxes_section(metrics_csv: str | Path | None, tmp: Path) -> str:
 
 
 def _cases_section(metrics_csv: str | Path | None) -> str:
-    rows = _read_csv(metrics_csv)
+    rows = read_csv_rows(metrics_csv)
     if not rows:
         return _na("per-case metrics")
     header = list(rows[0].keys())
@@ -382,7 +402,7 @@ def _cases_section(metrics_csv: str | Path | None) -> str:
 
 def _volumes_section(volumes_csv: str | Path | None) -> str:
     """Per class over the segmented cases: volume median and quartiles (mL) and the QC flag counts."""
-    rows = _read_csv(volumes_csv)
+    rows = read_csv_rows(volumes_csv)
     if not rows:
         return _na("volumes")
     by_class: dict[str, list[dict[str, str]]] = {}
@@ -390,7 +410,7 @@ def _volumes_section(volumes_csv: str | Path | None) -> str:
         by_class.setdefault(r.get("label", ""), []).append(r)
     body = []
     for name, items in by_class.items():
-        vols = np.array([_float(r.get("volume_ml")) for r in items if r.get("empty") != "True"])
+        vols = np.array([csv_float(r.get("volume_ml")) for r in items if r.get("empty") != "True"])
         vols = vols[np.isfinite(vols)]
         q = np.percentile(vols, [25, 50, 75]) if vols.size else [float("nan")] * 3
         flags = [r.get("qc_flags", "") for r in items]

@@ -11,14 +11,14 @@ import numpy as np
 
 from ..io.files import atomic_path
 
-__all__ = ['plot_training_curves']
+__all__ = ['plot_training_curves', 'pyplot', 'save_figure', 'read_csv_rows', 'csv_float', 'placeholder_figure']
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
 
-def _pyplot():
+def pyplot():
     """Import matplotlib with the Agg backend and return ``matplotlib.pyplot``."""
     import matplotlib
 
@@ -28,9 +28,9 @@ def _pyplot():
     return plt
 
 
-def _save(fig, out_png: str | Path, dpi: int = 100) -> None:
+def save_figure(fig, out_png: str | Path, dpi: int = 100) -> None:
     """Save ``fig`` as PNG atomically and close it."""
-    plt = _pyplot()
+    plt = pyplot()
     try:
         with atomic_path(out_png) as tmp:
             fig.savefig(tmp, format="png", dpi=dpi)
@@ -38,7 +38,7 @@ def _save(fig, out_png: str | Path, dpi: int = 100) -> None:
         plt.close(fig)
 
 
-def _read_csv(path: str | Path | None) -> list[dict[str, str]]:
+def read_csv_rows(path: str | Path | None) -> list[dict[str, str]]:
     """Rows of a CSV file as dicts; ``[]`` for a missing or empty file."""
     if path is None or not Path(path).is_file():
         return []
@@ -46,7 +46,7 @@ def _read_csv(path: str | Path | None) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _float(value: Any) -> float:
+def csv_float(value: Any) -> float:
     """A float, or NaN for empty/unparsable cells and ``None``."""
     if value is None:
         return math.nan
@@ -56,13 +56,13 @@ def _float(value: Any) -> float:
         return math.nan
 
 
-def _placeholder(out_png: str | Path, message: str) -> None:
+def placeholder_figure(out_png: str | Path, message: str) -> None:
     """A small figure that only says ``message`` (used when there is nothing to plot)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 2))
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center")
-    _save(fig, out_png)
+    save_figure(fig, out_png)
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,13 +82,13 @@ def plot_training_curves(log_csv: str | Path, out_png: str | Path) -> None:
     out_png
         The PNG written (atomically).
     """
-    rows = _read_csv(log_csv)
+    rows = read_csv_rows(log_csv)
     if not rows:
-        _placeholder(out_png, "no training epochs logged")
+        placeholder_figure(out_png, "no training epochs logged")
         return
-    plt = _pyplot()
+    plt = pyplot()
     cols = list(rows[0].keys())
-    data = {c: np.array([_float(r.get(c)) for r in rows]) for c in cols}
+    data = {c: np.array([csv_float(r.get(c)) for r in rows]) for c in cols}
     epoch = data.get("epoch")
     if epoch is None or np.isnan(epoch).all():
         epoch = np.arange(1, len(rows) + 1, dtype=float)
@@ -136,4 +136,4 @@ def plot_training_curves(log_csv: str | Path, out_png: str | Path) -> None:
         for ax in (ax_loss, ax_dice):
             ax.set_xlim(epoch[0] - 1, epoch[0] + 1)
     fig.tight_layout()
-    _save(fig, out_png)
+    save_figure(fig, out_png)
