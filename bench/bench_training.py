@@ -30,7 +30,7 @@ from unet_pipeline.train.augment import AugmentConfig
 from unet_pipeline.io.files import save_json
 from unet_pipeline.train.losses import make_loss
 from unet_pipeline.model.unet import UNetConfig, build_unet
-from unet_pipeline.preprocess.slice_index import slice_case
+from unet_pipeline.preprocess.slice_index import build_slice_index
 from unet_pipeline.train.loop import TrainConfig, train
 
 __all__ = ["run"]
@@ -61,7 +61,7 @@ def _cases(root: Path, n: int = 3, seed: int = 0) -> list[tuple[Path, Path]]:
         np.save(pre / "label.npy", label)
         save_json({"case_id": f"c{i}", "intensity": {"p00_5": -1.5, "p99_5": 3.0, "mean": 0.0, "std": 1.0}},
                   pre / "meta.json")
-        slice_case(pre, sl, num_classes=NUM_CLASSES)
+        build_slice_index(pre, sl, num_classes=NUM_CLASSES)
         pairs.append((pre, sl))
     return pairs
 

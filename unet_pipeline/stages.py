@@ -36,7 +36,7 @@ __all__ = [
     "dicom_output_paths",
     "evaluate",
     "aggregate_metrics",
-    "report",
+    "report_from_files",
     "report_from_workflow",
     "predict_cohort",
     "segmentation_complete",
@@ -185,18 +185,18 @@ def preprocess(case_id: str, imported_image: str | Path, plan_path: str | Path, 
 
 def preprocess_label(imported_label: str | Path, meta_path: str | Path, out_npy: str | Path) -> None:
     """The label of one case on its preprocessed grid (``meta.json`` from :func:`preprocess`)."""
-    from .preprocess.transform import preprocess_label as _label
+    from .preprocess import transform
 
-    _label(imported_label, load_json(meta_path), out_npy)
+    transform.preprocess_label(imported_label, load_json(meta_path), out_npy)
 
 
 def slice_case(preprocessed_dir: str | Path, plan_path: str | Path, out_dir: str | Path, *, weight_map: bool = False,
                w0: float = 10.0, sigma_px: float = 5.0) -> dict:
     """Slice index (+ weight maps) of one preprocessed case."""
-    from .preprocess.slice_index import slice_case as _slice
+    from .preprocess.slice_index import build_slice_index
 
     plan = load_json(plan_path)
-    return _slice(preprocessed_dir, out_dir, num_classes=int(plan["num_classes"]), weight_map=weight_map, w0=w0,
+    return build_slice_index(preprocessed_dir, out_dir, num_classes=int(plan["num_classes"]), weight_map=weight_map, w0=w0,
                   sigma_px=sigma_px)
 
 
@@ -212,8 +212,7 @@ def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root
     does not lower the class's validation Dice).
     """
     from .train.augment import AugmentConfig
-    from .train.loop import TrainConfig
-    from .train.loop import train as _train
+    from .train import loop
 
     pre, sl = Path(preprocessed_root), Path(slices_root)
     pairs = lambda ids: [(pre / i, sl / i) for i in ids]  # noqa: E731
@@ -224,8 +223,8 @@ def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root
     # Only the Dice losses take these options; w0 and sigma_px belong to the slice stage.
     dice_keys = ("include_background", "batch_dice", "smooth") if name in ("dice", "dice_ce") else ()
     loss = {k: v for k, v in loss.items() if k in dice_keys}
-    meta = _train(pairs(train_ids), pairs(val_ids), load_json(plan_path), out_dir, model_config=model,
-                  train_config=TrainConfig.from_dict(training), augment_config=AugmentConfig.from_dict(augment),
+    meta = loop.train(pairs(train_ids), pairs(val_ids), load_json(plan_path), out_dir, model_config=model,
+                  train_config=loop.TrainConfig.from_dict(training), augment_config=AugmentConfig.from_dict(augment),
                   loss_options=loss)
     chosen = (meta.get("postprocess_choice") or {}).get("config", {})
     meta = {**meta, "postprocess": dict(postprocess) if postprocess is not None else dict(chosen)}
@@ -540,11 +539,15 @@ def aggregate_metrics(case_csvs: Sequence[str | Path], out_csv: str | Path, out_
     return summary
 
 
-def report(out_html: str | Path, *, metrics_csv: str | Path | None, summary_json: str | Path | None,
-           train_logs: Sequence[str | Path], overlay_cases: Sequence[Mapping], case_records: Sequence[str | Path],
-           provenance: Mapping, labels: Mapping, work_dir: str | Path, splits: Mapping[str, str] | None = None,
-           volumes_csv: str | Path | None = None) -> None:
-    """The HTML report: summary, plots, curves, volumes, overlays, cohort geometry and provenance.
+def report_from_files(out_html: str | Path, *, metrics_csv: str | Path | None, summary_json: str | Path | None,
+                      train_logs: Sequence[str | Path], overlay_cases: Sequence[Mapping],
+                      case_records: Sequence[str | Path], provenance: Mapping, labels: Mapping,
+                      work_dir: str | Path, splits: Mapping[str, str] | None = None,
+                      volumes_csv: str | Path | None = None) -> None:
+    """The HTML report from files named one by one: draws the overlays, reads the cases' geometry,
+    then :func:`unet_pipeline.report.html.write_report` writes the page (summary, plots, curves,
+    volumes, overlays, cohort geometry and provenance). :func:`report_from_workflow` calls it
+    with the report rule's inputs.
 
     ``overlay_cases``: dicts with ``case``, ``image`` (imported NIfTI), ``pred``, optional ``ref``
     and ``caption``, and, for per-class picks (:func:`pick_overlay_cases`), ``group`` (the class
@@ -647,7 +650,7 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mapping[str, Mapping], labels: Mapping,
                          config: Mapping, work_dir: str | Path, n_overlays: int = 3,
                          model_dirs: Sequence[str | Path] = ()) -> None:
-    """The report rule: pick the overlays and render the report.
+    """The report rule: pick the overlays from the rule's inputs, then :func:`report_from_files`.
 
     With metrics: per class, the best, median and worst case by that class's Dice
     (:func:`pick_overlay_cases`, at most ``n_overlays`` per class), each cut through that class.
@@ -674,7 +677,7 @@ def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mappin
     records = inputs.get("records", [])
     if isinstance(records, str):
         records = [records]
-    report(out_html, metrics_csv=metrics, summary_json=inputs.get("summary"), train_logs=list(train_logs),
+    report_from_files(out_html, metrics_csv=metrics, summary_json=inputs.get("summary"), train_logs=list(train_logs),
            overlay_cases=overlay_cases, case_records=records, provenance=provenance, labels=labels, work_dir=work_dir,
            splits={cid: c.get("split") for cid, c in cases.items()}, volumes_csv=inputs.get("volumes"))
 

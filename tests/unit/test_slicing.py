@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from unet_pipeline.io.files import save_json
-from unet_pipeline.preprocess.slice_index import load_slice_index, slice_case
+from unet_pipeline.preprocess.slice_index import build_slice_index as slice_case
+from unet_pipeline.preprocess.slice_index import load_slice_index
 
 
 def _preprocessed(tmp_path, label):

@@ -24,7 +24,7 @@ from ..io.files import load_json, save_json
 from ..io.files import load_json
 
 
-__all__ = ['slice_case', 'load_slice_index', 'stack_neighbours']
+__all__ = ['build_slice_index', 'load_slice_index', 'stack_neighbours']
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-def slice_case(preprocessed_dir: str | Path, out_dir: str | Path, *, num_classes: int,
+def build_slice_index(preprocessed_dir: str | Path, out_dir: str | Path, *, num_classes: int,
                weight_map: bool = False, w0: float = 10.0, sigma_px: float = 5.0) -> dict:
     """Build the slice index (and optionally the weight maps) of one preprocessed case.
 
