@@ -153,3 +153,40 @@ def test_out_of_memory_on_the_gpu_moves_the_case_to_the_cpu(monkeypatch, tmp_pat
     info = p.predict(tmp_path, tmp_path / "probs.npy")
     assert calls == ["cuda", "cpu"] and info["device"] == "cpu"
     assert "GPU out of memory" in caplog.text
+
+
+class PositionModel(torch.nn.Module):
+    """Logits that depend only on the position inside the tile: class 1 rises along y, class 2 along x.
+
+    Unlike a per-pixel model, its tiled result depends on how the overlapping tiles are weighted.
+    """
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        ys = torch.linspace(-3.0, 3.0, h).view(1, 1, h, 1).expand(n, 1, h, w)
+        xs = torch.linspace(-2.0, 2.0, w).view(1, 1, 1, w).expand(n, 1, h, w)
+        return torch.cat([torch.zeros_like(ys), ys, xs], dim=1) + 0 * x[:, :1]
+
+
+def _blend_by_hand(shape, patch, overlap, weight):
+    """The Gaussian-weighted average of the tiles, written out tile by tile."""
+    n, _, ny, nx = shape
+    th, tw = patch
+    tile = torch.softmax(PositionModel()(torch.zeros(1, 1, th, tw)), 1)[0].numpy()
+    acc, norm = np.zeros((n, 3, ny, nx)), np.zeros((n, 1, ny, nx))
+    for i in tile_starts(ny, th, overlap):
+        for j in tile_starts(nx, tw, overlap):
+            acc[:, :, i:i + th, j:j + tw] += weight * tile
+            norm[:, :, i:i + th, j:j + tw] += weight
+    return acc / norm
+
+
+@pytest.mark.parametrize("shape,patch,overlap,batch_size", [((2, 1, 40, 28), (16, 12), 0.5, 3),
+                                                            ((1, 1, 25, 25), (10, 10), 0.25, 1)])
+def test_tiles_are_blended_with_the_gaussian_weights(shape, patch, overlap, batch_size):
+    x = np.zeros(shape, np.float32)
+    out = predict_slices(PositionModel(), x, num_classes=3, patch_size=patch, overlap=overlap, batch_size=batch_size)
+    expected = _blend_by_hand(shape, patch, overlap, gaussian_importance(patch))
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    # The check can tell weightings apart: a plain average of the same tiles differs.
+    assert not np.allclose(out, _blend_by_hand(shape, patch, overlap, np.ones(patch)), atol=1e-3)
