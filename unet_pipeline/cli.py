@@ -201,10 +201,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _predict_inputs(args: argparse.Namespace, config: Mapping):
     """``(case specs, the cohort's label map, where the map came from, rejected ids)`` of predict's ``-i``."""
     from .cohort.discovery import CaseSpec, cohort_from_dataset_json, cohort_from_folders
+    from .cohort.naming import case_id_from_path
     from .cohort.validation import screen_cases
     from .io.dicom import find_series
     from .io.formats import is_image_file
-    from .cohort.naming import case_id_from_path
     from .io.roi_names import label_names
 
     src = Path(args.input)

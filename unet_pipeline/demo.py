@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io.files import atomic_path, save_json
 from .cohort.naming import DEMO_LABELS, demo_case_ids
+from .io.files import atomic_path, save_json
 
 __all__ = ["ORIENTATIONS", "ORGAN_HU", "make_demo_case", "write_demo_cohort"]
 

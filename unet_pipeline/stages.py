@@ -131,10 +131,10 @@ def import_label(label: str | Path, imported_image: str | Path, out_label: str |
     """
     import nibabel as nib
 
-    from .io.dicom_labels import is_dicom_label
-    from .io.images import load_image, read_voxels
-    from .io.formats import label_dtype
     from .infer.reassembly import write_segmentation
+    from .io.dicom_labels import is_dicom_label
+    from .io.formats import label_dtype
+    from .io.images import load_image, read_voxels
 
     if is_dicom_label(label):
         from .io.dicom_labels import read_dicom_label
@@ -211,8 +211,8 @@ def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root
     (``postprocess_choice`` in ``model.json``: per class, the largest component kept when that
     does not lower the class's validation Dice).
     """
-    from .train.augment import AugmentConfig
     from .train import loop
+    from .train.augment import AugmentConfig
 
     pre, sl = Path(preprocessed_root), Path(slices_root)
     pairs = lambda ids: [(pre / i, sl / i) for i in ids]  # noqa: E731
@@ -244,8 +244,8 @@ def infer(model_dirs: Sequence[str | Path], preprocessed_dir: str | Path, out_pr
     the models are loaded in this process. ``out_info`` (optional) receives the device,
     settings and timings as JSON, for provenance.
     """
-    from .infer.server import ServerUnavailable, infer_via_server
     from .infer.predictor import Predictor
+    from .infer.server import ServerUnavailable, infer_via_server
 
     inference = dict(inference or {})
     t0 = time.perf_counter()
@@ -435,9 +435,9 @@ def evaluate(case_id: str, pred: str | Path, ref: str | Path, out_csv: str | Pat
     """
     import nibabel as nib
 
-    from .io.images import read_voxels
-    from .io.formats import spacing_from_affine
     from .evaluate.metrics import case_metrics
+    from .io.formats import spacing_from_affine
+    from .io.images import read_voxels
 
     pimg, rimg = nib.load(str(pred)), nib.load(str(ref))
     if pimg.shape != rimg.shape or not np.allclose(pimg.affine, rimg.affine, atol=1e-4):
@@ -476,9 +476,9 @@ def _volume_columns() -> list[str]:
 def _volume_rows(case_id: str, seg: str | Path, image: str | Path, labels: Mapping) -> list[dict]:
     import nibabel as nib
 
-    from .io.images import read_voxels
-    from .io.formats import spacing_from_affine
     from .evaluate.volumes import case_volumes
+    from .io.formats import spacing_from_affine
+    from .io.images import read_voxels
 
     simg, iimg = nib.load(str(seg)), nib.load(str(image))
     if simg.shape[:3] != iimg.shape[:3]:
@@ -560,9 +560,9 @@ def report_from_files(out_html: str | Path, *, metrics_csv: str | Path | None, s
     """
     import nibabel as nib
 
+    from .evaluate.metrics import EMPTY_POLICY
     from .io.geometry import canonical_orientation
     from .io.images import read_voxels
-    from .evaluate.metrics import EMPTY_POLICY
     from .report.html import overlay_figure, write_report
 
     work = Path(work_dir)
@@ -780,8 +780,8 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], ou
     dict
         case id -> ``"ok"``, ``"skipped"`` (a complete output was there) or the error message.
     """
-    from .io.geometry import model_slice_axis
     from .infer.predictor import Predictor
+    from .io.geometry import model_slice_axis
 
     inference = dict(inference or {})
     model_dirs = [str(d) for d in model_dirs]

@@ -47,11 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from .naming import case_id_from_path
 from ..io.formats import is_image_file
 from ..io.roi_names import RoiPattern, parse_label_names
+from .naming import case_id_from_path
 
-__all__ = ['CaseSpec', 'Cohort', 'discover_cohort', 'cohort_from_folders', 'cohort_from_dataset_json', 'cohort_from_manifest', 'read_label_names']
+__all__ = ["CaseSpec", "Cohort", "discover_cohort", "cohort_from_folders", "cohort_from_dataset_json", "cohort_from_manifest", "read_label_names"]
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..io.formats import IMAGE_SUFFIXES
 
-__all__ = ['CASE_ID_PATTERN', 'case_id_from_path', 'case_id_problems', 'safe_name_part', 'series_suffixes', 'demo_case_ids', 'DEMO_LABELS']
+__all__ = ["CASE_ID_PATTERN", "case_id_from_path", "case_id_problems", "safe_name_part", "series_suffixes", "demo_case_ids", "DEMO_LABELS"]
 
 
 #: A safe case id: letters, digits, ``.``, ``_`` and ``-``; starts with a letter or digit.

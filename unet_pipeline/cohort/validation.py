@@ -8,11 +8,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import CaseError
-from .naming import case_id_problems
 from ..io.roi_names import RoiPattern
 from .discovery import CaseSpec
+from .naming import case_id_problems
 
-__all__ = ['CaseCheck', 'check_case', 'case_frame_of_reference', 'load_case_image', 'screen_cases', 'rejection_message']
+__all__ = ["CaseCheck", "check_case", "case_frame_of_reference", "load_case_image", "screen_cases", "rejection_message"]
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +165,9 @@ def _check_image(spec: CaseSpec, result: CaseCheck, min_slices: int, slice_axis:
     import nibabel as nib
     import numpy as np
 
+    from ..io.formats import spacing_from_affine
     from ..io.geometry import canonical_orientation
     from ..io.images import read_voxels
-    from ..io.formats import spacing_from_affine
 
     try:
         img = load_case_image(spec)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..io.roi_names import RoiPattern, parse_label_names
-from .splits import fixed_splits, patient_of_cases
 from .discovery import CaseSpec, Cohort, discover_cohort
+from .splits import fixed_splits, patient_of_cases
 from .validation import _rejection_lines, rejection_message, screen_cases
 
-__all__ = ['WorkflowCases', 'workflow_cases']
+__all__ = ["WorkflowCases", "workflow_cases"]
 
 
 @dataclass

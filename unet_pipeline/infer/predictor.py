@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io.npy import NpyReader, NpyWriter
 from ..io.files import load_json
+from ..io.npy import NpyReader, NpyWriter
 
 __all__ = ["Predictor", "Ensemble", "load_models"]
 

@@ -16,14 +16,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..io.geometry import Orientation
-from ..model.tiling import resize_probabilities
-from ..io.npy import NpyReader
 from ..io.files import atomic_path, load_json
-from ..preprocess.transform import CHUNK_SLICES
 from ..io.formats import label_dtype
+from ..io.geometry import Orientation
+from ..io.npy import NpyReader
+from ..model.tiling import resize_probabilities
+from ..preprocess.transform import CHUNK_SLICES
 
-__all__ = ['probabilities_to_labels', 'write_segmentation', 'reassemble_case']
+__all__ = ["probabilities_to_labels", "write_segmentation", "reassemble_case"]
 
 
 def probabilities_to_labels(probs: np.ndarray, canonical_shape: tuple[int, int, int], num_classes: int,

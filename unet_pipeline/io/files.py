@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 
-__all__ = ['atomic_path', 'save_json', 'load_json']
+__all__ = ["atomic_path", "save_json", "load_json"]
 
 
 @contextlib.contextmanager

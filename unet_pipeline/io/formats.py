@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 
 
-__all__ = ['sitk_to_nifti', 'spacing_from_affine', 'IMAGE_SUFFIXES', 'is_image_file', 'label_dtype']
+__all__ = ["sitk_to_nifti", "spacing_from_affine", "IMAGE_SUFFIXES", "is_image_file", "label_dtype"]
 
 
 def spacing_from_affine(affine: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import CaseError
 from .formats import sitk_to_nifti
 
-__all__ = ['load_image', 'read_voxels']
+__all__ = ["load_image", "read_voxels"]
 
 
 def load_image(path: str | Path) -> nib.Nifti1Image:

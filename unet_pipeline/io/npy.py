@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import CaseError
-from .images import _short
 from .files import atomic_path
+from .images import _short
 
-__all__ = ['NpyWriter', 'NpyReader']
+__all__ = ["NpyWriter", "NpyReader"]
 
 
 class NpyWriter:

@@ -8,7 +8,7 @@ import torch
 
 from .unet import UNetConfig, build_unet
 
-__all__ = ['load_model']
+__all__ = ["load_model"]
 
 
 MODEL_FORMAT = "unet-pipeline-model/1"

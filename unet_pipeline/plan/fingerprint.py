@@ -11,7 +11,7 @@ import numpy as np
 from ..io.geometry import Orientation, canonical_orientation, check_slice_axis
 from ..io.images import load_image, read_voxels
 
-__all__ = ['make_plan', 'resampled_size']
+__all__ = ["make_plan", "resampled_size"]
 
 
 #: Clipping schemes of the plan (see :func:`make_plan`); the z-score is the training foreground's in each.

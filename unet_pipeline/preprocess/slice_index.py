@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.npy import NpyWriter
 from ..io.files import load_json, save_json
 from ..io.files import load_json
+from ..io.npy import NpyWriter
 
 
-__all__ = ['build_slice_index', 'load_slice_index', 'stack_neighbours']
+__all__ = ["build_slice_index", "load_slice_index", "stack_neighbours"]
 
 log = logging.getLogger(__name__)
 

@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CaseError
-from ..io.geometry import Orientation, check_slice_axis
-from ..io.npy import NpyWriter
-from ..io.images import load_image, read_voxels
 from ..io.files import save_json
+from ..io.geometry import Orientation, check_slice_axis
+from ..io.images import load_image, read_voxels
+from ..io.npy import NpyWriter
 from ..plan.fingerprint import _orientation_of, label_values, resampled_size
 
-__all__ = ['preprocess_image', 'preprocess_label', 'resample_slices', 'normalise', 'CHUNK_SLICES']
+__all__ = ["preprocess_image", "preprocess_label", "resample_slices", "normalise", "CHUNK_SLICES"]
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-__all__ = ['unet_weight_map']
+__all__ = ["unet_weight_map"]
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import numpy as np
 from ..io.files import atomic_path
 from ..train.curves import csv_float, placeholder_figure, pyplot, read_csv_rows, save_figure, plot_training_curves
 
-__all__ = ['plot_metric_boxes', 'sections_through', 'overlay_figure', 'write_report']
+__all__ = ["plot_metric_boxes", "sections_through", "overlay_figure", "write_report"]
 
 
 #: Abdomen window: width and level in HU.

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..io.files import atomic_path
 
-__all__ = ['plot_training_curves', 'pyplot', 'save_figure', 'read_csv_rows', 'csv_float', 'placeholder_figure']
+__all__ = ["plot_training_curves", "pyplot", "save_figure", "read_csv_rows", "csv_float", "placeholder_figure"]
 
 
 # --------------------------------------------------------------------------------------------

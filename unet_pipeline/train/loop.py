@@ -49,16 +49,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .augment import AugmentConfig, augment_batch
-from .sampler import BatchStream, PatchSampler, load_training_cases
 from ..errors import ConfigError
-from ..model.tiling import iter_volume_probabilities, select_device
 from ..io.files import atomic_path, save_json
-from .losses import make_loss
-from ..model.unet import UNetConfig, build_unet
 from ..model.folder import MODEL_FORMAT
+from ..model.tiling import iter_volume_probabilities, select_device
+from ..model.unet import UNetConfig, build_unet
+from .augment import AugmentConfig, augment_batch
+from .losses import make_loss
+from .sampler import BatchStream, PatchSampler, load_training_cases
 
-__all__ = ['TrainConfig', 'train', 'TrainingInterrupted']
+__all__ = ["TrainConfig", "train", "TrainingInterrupted"]
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..preprocess.weight_map import _check_nonneg_float
 
-__all__ = ['LOSS_NAMES', 'soft_dice_loss', 'cross_entropy_loss', 'dice_ce_loss', 'DiceLoss', 'DiceCELoss', 'WeightedCrossEntropyLoss', 'make_loss']
+__all__ = ["LOSS_NAMES", "soft_dice_loss", "cross_entropy_loss", "dice_ce_loss", "DiceLoss", "DiceCELoss", "WeightedCrossEntropyLoss", "make_loss"]
 
 
 #: Names accepted by :func:`make_loss`.

@@ -20,7 +20,7 @@ from ..io.files import load_json
 from ..preprocess.slice_index import load_slice_index
 from ..preprocess.slice_index import stack_neighbours
 
-__all__ = ['TrainingCase', 'PatchSampler', 'BatchStream', 'Batch', 'load_training_cases']
+__all__ = ["TrainingCase", "PatchSampler", "BatchStream", "Batch", "load_training_cases"]
 
 
 @dataclass
