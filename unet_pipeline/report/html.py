@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from ..io.files import atomic_path
-from ..train.curves import csv_float, placeholder_figure, pyplot, read_csv_rows, save_figure, plot_training_curves
+from ..train.curves import csv_float, placeholder_figure, plot_training_curves, pyplot, read_csv_rows
+from ..train.curves import save_figure as _save  # a module attribute: the one place every figure is written
 
 __all__ = ["plot_metric_boxes", "sections_through", "overlay_figure", "write_report"]
 
@@ -91,7 +92,7 @@ def plot_metric_boxes(metrics_csv: str | Path, out_png: str | Path) -> None:
         elif col == "vol_diff_ml":
             ax.axhline(0.0, color="gray", lw=0.8)
     fig.tight_layout()
-    save_figure(fig, out_png)
+    _save(fig, out_png)
 
 
 def _centre(mask: np.ndarray | None, shape: Sequence[int]) -> tuple[int, int, int]:
@@ -202,7 +203,7 @@ def overlay_figure(image: np.ndarray, reference: np.ndarray | None, prediction: 
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.08, 1, (0.95 - 0.04 * title.count("\n")) if title else 1))
-    save_figure(fig, out_png)
+    _save(fig, out_png)
 
 
 def _check_overlay_inputs(image, reference, prediction, spacing_mm):
