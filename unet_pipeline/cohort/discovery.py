@@ -1,4 +1,4 @@
-"""Discover the cases of a cohort and validate them.
+"""Discover the cases of a cohort (checks: :mod:`unet_pipeline.cohort.validation`).
 
 A cohort is given as one of
 

@@ -1,4 +1,4 @@
-"""Reading and writing images with their geometry, and atomic writes.
+"""Reading images with their geometry (atomic writes: :mod:`unet_pipeline.io.files`).
 
 Conventions
 -----------
@@ -9,7 +9,7 @@ Conventions
   in-memory NIfTI image (ITK's LPS direction cosines turned into a RAS+ affine) so the rest of
   the pipeline sees one kind of geometry.
 * Every file is written to a temporary name in its destination folder and renamed into place
-  (:func:`atomic_path`), so an interrupted job never leaves a half-written output.
+  (:func:`unet_pipeline.io.files.atomic_path`), so an interrupted job never leaves a half-written output.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fingerprint -> plan, and per-case preprocessing.
+"""Per-case preprocessing with the plan (:mod:`unet_pipeline.plan.fingerprint` makes the plan).
 
 Preprocessing turns an imported NIfTI case into the arrays every later stage works on:
 

@@ -1,7 +1,7 @@
 """Figures and the self-contained HTML report.
 
-* :func:`plot_training_curves` -- losses, validation Dice and learning rate per epoch, from the
-  ``train_log.csv`` written by :mod:`unet_pipeline.train.loop`.
+* training curves come from :func:`unet_pipeline.train.curves.plot_training_curves` (drawn by
+  training itself; redrawn here when a log is newer than its ``curves.png``).
 * :func:`plot_metric_boxes` -- per-class box plots of Dice, HD95 (mm) and NSD from ``metrics.csv``.
 * :func:`overlay_figure` -- axial, coronal and sagittal CT sections with the reference (contours)
   and the prediction (semi-transparent fill), optionally cut through one class

@@ -1,4 +1,4 @@
-"""Training losses: soft Dice, (pixel-weighted) cross-entropy, their sum, and the paper's weight map.
+"""Training losses: soft Dice, (pixel-weighted) cross-entropy and their sum.
 
 Every loss is a function first (:func:`soft_dice_loss`, :func:`cross_entropy_loss`,
 :func:`dice_ce_loss`) with a thin :class:`torch.nn.Module` around it (:class:`DiceLoss`,
@@ -7,9 +7,9 @@ name from the config. All modules share one call signature,
 ``loss(logits, target, weight_map=None, valid_mask=None)``, so the training loop does not need to
 know which loss it holds; ``loss.requires_weight_map`` tells it whether weight maps must be loaded.
 
-:func:`unet_weight_map` computes the pixel weights of the U-Net paper (Ronneberger et al. 2015,
-eq. 2) from a 2-D label map; it runs once per slice when the slice store is built, not in the
-training step.
+The pixel weights of the U-Net paper (Ronneberger et al. 2015, eq. 2) are computed once per
+slice when the slice index is built (:func:`unet_pipeline.preprocess.weight_map.unet_weight_map`),
+not in the training step.
 
 Shapes used throughout: ``logits`` ``(N, K, H, W)`` float (N samples, K classes including the
 background, H rows, W columns, in px); ``target`` ``(N, H, W)`` integer class indices in
