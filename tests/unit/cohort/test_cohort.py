@@ -17,7 +17,7 @@ from unet_pipeline.errors import CaseError, ConfigError
 from unet_pipeline.cohort.naming import case_id_from_path, case_id_problems
 from unet_pipeline.stages import import_case, import_label
 
-from ..conftest import make_ct, save_nifti
+from ...conftest import make_ct, save_nifti
 
 LABELS = {1: "organ_a", 2: "organ_b"}
 

@@ -13,7 +13,7 @@ from unet_pipeline.io.geometry import canonical_orientation
 from unet_pipeline.preprocess.transform import preprocess_image, preprocess_label
 from unet_pipeline.infer.reassembly import reassemble_case
 
-from ..conftest import save_nifti
+from ...conftest import save_nifti
 
 ALL_ORNTS = [np.array([[axis, flip] for axis, flip in zip(perm, flips)], dtype=float)
              for perm in itertools.permutations(range(3)) for flips in itertools.product((1, -1), repeat=3)]
@@ -147,7 +147,7 @@ def test_mixed_cohort_and_a_thick_slice_model_on_a_thin_slice_scan_all_slice_axi
     with that plan (as prediction with the model does) is cut axially too."""
     from unet_pipeline.plan.fingerprint import make_plan
 
-    from ..conftest import make_ct
+    from ...conftest import make_ct
 
     cases = []
     for name, spacing in (("thick", (0.8, 0.8, 3.0)), ("thin", (0.8, 0.8, 0.5))):

@@ -17,7 +17,7 @@ from unet_pipeline.io.images import load_image, read_voxels
 from unet_pipeline.io.formats import sitk_to_nifti, spacing_from_affine
 from unet_pipeline.stages import import_case
 
-from ..conftest import make_ct, save_nifti
+from ...conftest import make_ct, save_nifti
 
 sitk = pytest.importorskip("SimpleITK")
 

@@ -13,7 +13,7 @@ from unet_pipeline.cohort.workflow_cases import workflow_cases
 from unet_pipeline.errors import ConfigError
 from unet_pipeline.cohort.splits import assign_folds, fixed_splits, patient_of_cases, split_cases
 
-from ..conftest import make_ct, save_nifti
+from ...conftest import make_ct, save_nifti
 
 SPLIT = {"seed": 0, "test_fraction": 0.25, "val_fraction": 0.2, "folds": 1}
 
@@ -149,7 +149,7 @@ def test_workflow_cases_group_by_pattern_and_manifest_column_and_keep_splits_jso
 
 
 def test_dicom_patient_id_groups_series_of_one_patient(tmp_path):
-    from .test_dicom import write_series
+    from ..io.test_dicom import write_series
 
     hu = np.full((3, 4, 5), 40, np.int16)
     positions = [(0.0, 0.0, 2.0 * s) for s in range(3)]

@@ -184,7 +184,7 @@ def test_real_signal_checkpoints_exits_and_resumes_to_the_same_weights(prepared,
         pytest.skip(f"no {signame} on this platform")
     cut, log_path = tmp_path / "cut", tmp_path / "train.log"
     args = {"sleep": 0.3, "log": str(log_path), "train": _train_args(prepared, cut)}  # prefetch on (default)
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-c", _SIGNAL_SCRIPT, json.dumps(args)], cwd=repo, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
