@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from unet_pipeline.model.unet import tiling as _inference
+from unet_pipeline.model import tiling as _inference
 from unet_pipeline.model.tiling import tile_starts
 from unet_pipeline.model.unet import UNetConfig, build_unet
 from unet_pipeline.cohort.naming import DEMO_LABELS
