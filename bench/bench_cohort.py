@@ -181,7 +181,7 @@ def job_startup(workdir: str | Path, case_id: str) -> dict:
     """Start-up of one cluster-style job: discovery in-process, the job step's command dry and real."""
     import yaml
 
-    from unet_pipeline.cohort import workflow_cases
+    from unet_pipeline.cohort.workflow_cases import workflow_cases
 
     workdir = Path(workdir)
     config = yaml.safe_load((workdir / "config" / "config.yaml").read_text(encoding="utf-8"))

@@ -1,8 +1,8 @@
-"""Benchmark: batched elastic deformation (unet_pipeline.augment) vs MONAI's Rand2DElasticd.
+"""Benchmark: batched elastic deformation (unet_pipeline.train.augment) vs MONAI's Rand2DElasticd.
 
 Both deform an image and its label, 256 x 256 px, elastic deformation only, probability 1:
 
-* ours: :func:`unet_pipeline.augment.augment_batch` on a batch of 16 (one ``grid_sample`` per
+* ours: :func:`unet_pipeline.train.augment.augment_batch` on a batch of 16 (one ``grid_sample`` per
   tensor for the whole batch), time divided by 16;
 * MONAI: ``Rand2DElasticd`` called once per sample (its dictionary transforms work on one sample),
   with the closest parameters to the paper's 3 x 3 lattice with sigma = 10 px: control-point
@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from unet_pipeline.augment import AugmentConfig, augment_batch
+from unet_pipeline.train.augment import AugmentConfig, augment_batch
 
 __all__ = ["run", "check"]
 

@@ -20,7 +20,7 @@ for the paper's exact unpadded network (572 x 572 in, 388 x 388 out, no normalis
 Timed variants, alternated in one process after a warm-up pass of each (the order rotates every
 repeat; each sample runs the same number of tiles): batch 1 and batch 8, ``contiguous`` and
 ``channels_last`` (model and input); on the CPU also the frozen oneDNN graph that
-:func:`unet_pipeline.inference.predict_slices` runs at batch 1 (``frozen``); on CUDA, when present,
+:func:`unet_pipeline.model.tiling.predict_slices` runs at batch 1 (``frozen``); on CUDA, when present,
 the same batch/format variants under fp16 autocast. Medians over the repeats give tiles/s and
 GFLOP/s; slices/s is that GFLOP/s over the FLOPs of a slice (one 512 x 512 pass; ``_tiled``: the
 plan's 256 x 256 tiles at overlap 0.5, 9 a slice), so quick mode's smaller tiles extrapolate to the
@@ -44,10 +44,10 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from unet_pipeline import inference as _inference
-from unet_pipeline.inference import tile_starts
-from unet_pipeline.model import UNetConfig, build_unet
-from unet_pipeline.naming import DEMO_LABELS
+from unet_pipeline.model import tiling as _inference
+from unet_pipeline.model.tiling import tile_starts
+from unet_pipeline.model.unet import UNetConfig, build_unet
+from unet_pipeline.cohort.naming import DEMO_LABELS
 
 __all__ = ["run", "count_flops", "check", "demo_config", "paper_config", "PAPER_UNPADDED"]
 

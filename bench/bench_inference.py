@@ -1,11 +1,11 @@
-"""Benchmark: tiled slice-wise inference (unet_pipeline.inference) vs MONAI's sliding_window_inference.
+"""Benchmark: tiled slice-wise inference (unet_pipeline.model.tiling) vs MONAI's sliding_window_inference.
 
 The same network (the demo model's architecture: padded U-Net, base 16, depth 4, instance norm,
 5 classes; seeded random weights) on the same stack of 512 x 512 slices (full: 300 slices, as a
 512 x 512 x 300 CT; quick: 16), tiles of 256 x 256 with overlap 0.5 and Gaussian weighting
 (sigma = 1/8 of the tile), on the CPU:
 
-* ours: :func:`unet_pipeline.inference.predict_slices` with its default batching (on the CPU one
+* ours: :func:`unet_pipeline.model.tiling.predict_slices` with its default batching (on the CPU one
   tile per pass through the network traced, frozen and optimised for oneDNN), softmax blended;
 * MONAI: ``sliding_window_inference(slices, roi_size=(256, 256), sw_batch_size=8, overlap=0.5,
   mode="gaussian", sigma_scale=0.125)`` with the softmax of the network as the predictor, so both
@@ -25,8 +25,8 @@ import time
 import numpy as np
 import torch
 
-from unet_pipeline.inference import predict_slices
-from unet_pipeline.model import UNetConfig, build_unet
+from unet_pipeline.model.tiling import predict_slices
+from unet_pipeline.model.unet import UNetConfig, build_unet
 
 __all__ = ["run", "check"]
 

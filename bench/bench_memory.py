@@ -4,12 +4,12 @@ For each volume size an int16 CT ``512 x 512 x N`` (0.8 x 0.8 x 1.0 mm, stored R
 an imported case) is written, then two stages each run in a *fresh* Python process, so the
 figures are independent:
 
-* preprocessing: :func:`unet_pipeline.preprocessing.preprocess_image` (canonical reorientation,
+* preprocessing: :func:`unet_pipeline.preprocess.transform.preprocess_image` (canonical reorientation,
   in-plane resampling to the target spacing, normalisation, ``image.npy`` written in chunks);
 * inference (first size only): :func:`unet_pipeline.stages.infer` with the demo model's
   architecture, tiles of 256 x 256, probabilities written as float16 ``(Z, K, Y', X')``; target:
   peak under 2 GB for 512 x 512 x 300;
-* reassembly: :func:`unet_pipeline.reassembly.reassemble_case` from a ``(Z, K, Y', X')`` float16
+* reassembly: :func:`unet_pipeline.infer.reassembly.reassemble_case` from a ``(Z, K, Y', X')`` float16
   probabilities ``.npy`` (K = 5: background + 4 classes) back to a uint8 NIfTI on the input grid.
 
 The child reports its peak resident set size (``VmHWM`` from ``/proc/self/status``, which
@@ -52,9 +52,9 @@ def status(key):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
 import numpy as np
-from unet_pipeline.io import load_json
-from unet_pipeline.preprocessing import preprocess_image
-from unet_pipeline.reassembly import reassemble_case
+from unet_pipeline.io.images import load_json
+from unet_pipeline.preprocess.transform import preprocess_image
+from unet_pipeline.infer.reassembly import reassemble_case
 args = json.loads(sys.argv[1])
 baseline = status("VmRSS")
 if args["stage"] == "preprocess":
@@ -87,7 +87,7 @@ def _write_ct(path: Path, n_slices: int, seed: int = 0) -> None:
 
 def _write_probs(path: Path, shape_zyx: tuple[int, int, int], seed: int = 0) -> None:
     """Random softmax-like float16 probabilities ``(Z, K, Y', X')``, written slab by slab."""
-    from unet_pipeline.io import NpyWriter
+    from unet_pipeline.io.npy import NpyWriter
 
     rng = np.random.default_rng(seed)
     n_z, n_y, n_x = shape_zyx
@@ -125,9 +125,9 @@ def _demo_model(folder: Path, plan: dict) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from unet_pipeline.io import save_json
-    from unet_pipeline.model import UNetConfig, build_unet
-    from unet_pipeline.training import MODEL_FORMAT
+    from unet_pipeline.io.files import save_json
+    from unet_pipeline.model.unet import UNetConfig, build_unet
+    from unet_pipeline.model.folder import MODEL_FORMAT
 
     torch.manual_seed(0)
     config = UNetConfig(num_classes=NUM_CLASSES, base_channels=16, depth=4)

@@ -1,11 +1,11 @@
-"""Benchmark: per-class surface metrics (unet_pipeline.metrics) vs MONAI's, same masks, one process.
+"""Benchmark: per-class surface metrics (unet_pipeline.evaluate.metrics) vs MONAI's, same masks, one process.
 
 A 512 x 512 x 300 pair of label volumes (quick: 256 x 256 x 100) with 3 organ-like classes
 (smoothly deformed ellipsoids; the prediction is the reference shifted and eroded/dilated a
 little), spacing 0.8 x 0.8 x 2.5 mm. Both compute, per class, Dice, HD95, ASSD (symmetric) and
 NSD at 2 mm:
 
-* ours: :func:`unet_pipeline.metrics.case_metrics` (all of them, plus IoU, HD, volumes, ...);
+* ours: :func:`unet_pipeline.evaluate.metrics.case_metrics` (all of them, plus IoU, HD, volumes, ...);
 * MONAI: ``compute_dice``, ``compute_hausdorff_distance(percentile=95)``,
   ``compute_average_surface_distance(symmetric=True)`` and ``compute_surface_dice`` on one-hot
   tensors, with the same spacing.
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from unet_pipeline.metrics import case_metrics
+from unet_pipeline.evaluate.metrics import case_metrics
 
 __all__ = ["run", "check"]
 

@@ -57,7 +57,7 @@ else:
     from monai.inferers import SliceInferer
     from monai.transforms import (AsDiscreted, Compose, EnsureChannelFirstd, Invertd, LoadImaged, NormalizeIntensityd,
                                   Orientationd, SaveImaged, ScaleIntensityRanged, Spacingd)
-    from unet_pipeline.training import load_model
+    from unet_pipeline.train.loop import load_model
     model, _ = load_model(args["model"])
     it = args["intensity"]
     pre = Compose([LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"), Orientationd(keys="image", axcodes="RAS"),

@@ -4,7 +4,7 @@ A 512 x 512 x 300 int16 CT in HU (quick: 512 x 512 x 60) with 3 labelled organs,
 ``.nii.gz`` in LPS order (as DICOM converters write it) at 0.8 x 0.8 x 2.5 mm, is brought to the
 plan's in-plane spacing of 1.2 mm (slice thickness kept), clipped and z-scored:
 
-* ours: :func:`unet_pipeline.preprocessing.preprocess_image` + ``preprocess_label`` (exact axis
+* ours: :func:`unet_pipeline.preprocess.transform.preprocess_image` + ``preprocess_label`` (exact axis
   permutation/flip to canonical order, in-plane resampling slab by slab, ``.npy`` written);
 * MONAI: ``LoadImaged -> EnsureChannelFirstd -> Orientationd("RAS") -> Spacingd(pixdim=(1.2, 1.2,
   2.5), bilinear / nearest) -> ScaleIntensityRanged(clip) -> NormalizeIntensityd`` on the same
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unet_pipeline.preprocessing import preprocess_image, preprocess_label
+from unet_pipeline.preprocess.transform import preprocess_image, preprocess_label
 
 __all__ = ["run", "check"]
 

@@ -18,7 +18,7 @@ the dcmqi test). MONAI: ``Orientationd(RAS) -> Spacingd`` to the same in-plane s
 ``monai.networks.nets.UNet`` (16..256 channels, residual units, instance norm), ``DiceCELoss``,
 AdamW, for the same wall-clock time; ``sliding_window_inference`` on each slice and ``Invertd``
 back to the input grid. Metrics: Dice and HD95 (mm) per class on the input grid, computed by
-:mod:`unet_pipeline.metrics` for both.
+:mod:`unet_pipeline.evaluate.metrics` for both.
 
 Run ``python bench/bench_realdata.py [--quick] [--minutes M]`` (default 10 minutes a side, quick
 1.5); needs ``../shared/data`` beside the repository. Prints a JSON dict.
@@ -52,7 +52,7 @@ def _write_inputs(tmp: Path, seed: int = 0) -> dict:
     """Training case, the two tests and their references as NIfTI files in ``tmp``."""
     import nibabel as nib
 
-    from unet_pipeline.io import load_image, read_voxels
+    from unet_pipeline.io.images import load_image, read_voxels
 
     ts = DATA / "totalsegmentator-example"
     img = nib.load(str(ts / "example_ct_sm.nii.gz"))
@@ -87,8 +87,8 @@ def _score(pred_path: Path, ref_path: Path, classes: dict[int, str]) -> dict[str
     """Dice and HD95 (mm) per class of a segmentation against its reference (same grid)."""
     import nibabel as nib
 
-    from unet_pipeline.io import spacing_from_affine
-    from unet_pipeline.metrics import case_metrics
+    from unet_pipeline.io.formats import spacing_from_affine
+    from unet_pipeline.evaluate.metrics import case_metrics
 
     pred_img, ref_img = nib.load(str(pred_path)), nib.load(str(ref_path))
     if pred_img.shape[:3] != ref_img.shape[:3] or not np.allclose(pred_img.affine, ref_img.affine, atol=1e-3):

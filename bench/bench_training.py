@@ -3,7 +3,7 @@
 Same network (the demo's padded U-Net: base 16, depth 4, instance norm, 5 classes), same batch
 (8 patches of 128 x 160), same loss (Dice + CE), same optimiser (AdamW), on the CPU:
 
-* ours: :func:`unet_pipeline.training.train` for one epoch without validation: patches sampled
+* ours: :func:`unet_pipeline.train.loop.train` for one epoch without validation: patches sampled
   from memory-mapped preprocessed cases with foreground oversampling, batched augmentation (the
   paper's elastic deformation and the shipped config's other transforms), gradient clipping, the
   per-epoch log and checkpoint;
@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unet_pipeline.augment import AugmentConfig
-from unet_pipeline.io import save_json
-from unet_pipeline.losses import make_loss
-from unet_pipeline.model import UNetConfig, build_unet
-from unet_pipeline.slicing import slice_case
-from unet_pipeline.training import TrainConfig, train
+from unet_pipeline.train.augment import AugmentConfig
+from unet_pipeline.io.files import save_json
+from unet_pipeline.train.losses import make_loss
+from unet_pipeline.model.unet import UNetConfig, build_unet
+from unet_pipeline.preprocess.slice_index import build_slice_index
+from unet_pipeline.train.loop import TrainConfig, train
 
 __all__ = ["run"]
 
@@ -61,7 +61,7 @@ def _cases(root: Path, n: int = 3, seed: int = 0) -> list[tuple[Path, Path]]:
         np.save(pre / "label.npy", label)
         save_json({"case_id": f"c{i}", "intensity": {"p00_5": -1.5, "p99_5": 3.0, "mean": 0.0, "std": 1.0}},
                   pre / "meta.json")
-        slice_case(pre, sl, num_classes=NUM_CLASSES)
+        build_slice_index(pre, sl, num_classes=NUM_CLASSES)
         pairs.append((pre, sl))
     return pairs
 

@@ -3,7 +3,7 @@
 Everything is written with pydicom (and highdicom for the SEG) from values the tests choose, so
 the expected labels are known exactly. Coordinates are DICOM's LPS in mm. For an axial series
 from :func:`write_ct_series`, voxel ``(i, j, k)`` of the image read by
-:func:`unet_pipeline.dicom.read_dicom_series` (column, row, slice) lies at
+:func:`unet_pipeline.io.dicom.read_dicom_series` (column, row, slice) lies at
 ``origin + (i * column spacing, j * row spacing, k * slice spacing)`` (LPS).
 """
 

@@ -33,7 +33,7 @@ def _cmd_demo_cohort(args: argparse.Namespace) -> int:
 
 
 def _cohort_from_args(args: argparse.Namespace, *, warn: bool = True):
-    from .cohort import cohort_from_dataset_json, cohort_from_folders, cohort_from_manifest
+    from .cohort.discovery import cohort_from_dataset_json, cohort_from_folders, cohort_from_manifest
 
     if args.dataset_json:
         return cohort_from_dataset_json(args.dataset_json)
@@ -52,7 +52,7 @@ def _config(args: argparse.Namespace) -> dict:
     """The config of ``-c`` (or none), validated, with the schema's defaults; the cohort options
     of check-cohort and train (-i/-l/--dataset-json/--manifest) replace its cohort, and
     --label-names its ``cohort.label_names``."""
-    from .cohort import read_label_names
+    from .cohort.discovery import read_label_names
     from .config import load_config
 
     config = load_config(getattr(args, "config", None))
@@ -81,9 +81,9 @@ def _check_settings(args: argparse.Namespace):
     """``(cohort, label names, options of check_case)`` for check-cohort: the options, else the
     workflow config given with ``-c`` (its cohort, ``cohort.label_names``, ``model.in_channels``,
     ``cohort.geometry_tolerance_mm``, ``plan.slice_axis``), else the workflow's defaults."""
-    from .cohort import discover_cohort
+    from .cohort.discovery import discover_cohort
     from .config import import_options
-    from .roi_names import label_names
+    from .io.roi_names import label_names
 
     config = _config(args)
     if _has_cohort_args(args):
@@ -108,7 +108,7 @@ def _check_settings(args: argparse.Namespace):
 def _cmd_check_cohort(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from .cohort import CaseCheck, check_case, screen_cases
+    from .cohort.validation import CaseCheck, check_case, screen_cases
 
     cohort, labels, options = _check_settings(args)
     _, rejected = screen_cases(cohort.cases, cohort.problems)
@@ -149,7 +149,8 @@ def _cmd_check_cohort(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     """The workflow's chain up to the model: the same cases, splits, stages and arguments."""
     from . import stages
-    from .cohort import rejection_message, workflow_cases
+    from .cohort.validation import rejection_message
+    from .cohort.workflow_cases import workflow_cases
     from .config import fingerprint_options, import_options, slice_options, train_options
 
     config = _config(args)
@@ -199,11 +200,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _predict_inputs(args: argparse.Namespace, config: Mapping):
     """``(case specs, the cohort's label map, where the map came from, rejected ids)`` of predict's ``-i``."""
-    from .cohort import CaseSpec, cohort_from_dataset_json, cohort_from_folders, screen_cases
-    from .dicom import find_series
-    from .io import is_image_file
-    from .naming import case_id_from_path
-    from .roi_names import label_names
+    from .cohort.discovery import CaseSpec, cohort_from_dataset_json, cohort_from_folders
+    from .cohort.naming import case_id_from_path
+    from .cohort.validation import screen_cases
+    from .io.dicom import find_series
+    from .io.formats import is_image_file
+    from .io.roi_names import label_names
 
     src = Path(args.input)
     if not src.exists():
@@ -226,7 +228,7 @@ def _predict_inputs(args: argparse.Namespace, config: Mapping):
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .cohort import rejection_message
+    from .cohort.validation import rejection_message
     from .config import model_label_names
     from .stages import predict_cohort
 
@@ -267,7 +269,7 @@ def _label_values(paths: Sequence[str | Path]) -> set[int]:
     import nibabel as nib
     import numpy as np
 
-    from .io import read_voxels
+    from .io.images import read_voxels
 
     values: set[int] = set()
     for p in paths:
@@ -276,8 +278,8 @@ def _label_values(paths: Sequence[str | Path]) -> set[int]:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .cohort import cohort_from_folders, read_label_names
-    from .roi_names import label_names
+    from .cohort.discovery import cohort_from_folders, read_label_names
+    from .io.roi_names import label_names
     from .stages import aggregate_metrics, evaluate, value_label_names
 
     config = _config(args)
@@ -320,21 +322,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_demo_cohort(sub)
+    _add_check_cohort(sub)
+    _add_train(sub)
+    _add_predict(sub)
+    _add_evaluate(sub)
+    return p
+
+
+def _cohort_args(q: argparse.ArgumentParser) -> None:
+    """The options that name a cohort: a folder of images (and labels), a dataset.json or a manifest."""
+    q.add_argument("-i", "--images", help="folder of images (NIfTI, NRRD, MHA or DICOM series folders)")
+    q.add_argument("-l", "--labels", help="folder of labels, matched to images by file name")
+    q.add_argument("--dataset-json", help="nnU-Net v2 / MSD dataset.json")
+    q.add_argument("--manifest", help="CSV manifest with case_id,image[,label]")
+    q.add_argument("--label-names", help="dataset.json whose 'labels' names the label values")
+
+
+def _add_demo_cohort(sub) -> None:
+    """The ``demo-cohort`` subcommand."""
     d = sub.add_parser("demo-cohort", help="write the synthetic demo CT cohort (NIfTI images, labels, dataset.json)")
     d.add_argument("out_dir", help="output folder (images/, labels/, dataset.json)")
     d.add_argument("--n-cases", type=int, default=16, help="number of cases (default 16)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     d.set_defaults(func=_cmd_demo_cohort)
 
-    def cohort_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("-i", "--images", help="folder of images (NIfTI, NRRD, MHA or DICOM series folders)")
-        q.add_argument("-l", "--labels", help="folder of labels, matched to images by file name")
-        q.add_argument("--dataset-json", help="nnU-Net v2 / MSD dataset.json")
-        q.add_argument("--manifest", help="CSV manifest with case_id,image[,label]")
-        q.add_argument("--label-names", help="dataset.json whose 'labels' names the label values")
 
+def _add_check_cohort(sub) -> None:
+    """The ``check-cohort`` subcommand."""
     c = sub.add_parser("check-cohort", help="validate every case of a cohort and list every problem; exit 1 if any case is unusable")
-    cohort_args(c)
+    _cohort_args(c)
     c.add_argument("-c", "--config", help="workflow config YAML: its cohort (when no -i/--dataset-json/--manifest is "
                    "given), label names, model.in_channels, plan.slice_axis and geometry tolerance, as the workflow "
                    "uses them")
@@ -345,9 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: cohort.geometry_tolerance_mm of the config, 0.01)")
     c.set_defaults(func=_cmd_check_cohort)
 
+
+def _add_train(sub) -> None:
+    """The ``train`` subcommand."""
     t = sub.add_parser("train", help="train a U-Net on a labelled cohort, as the workflow does (same split, "
                        "stages and defaults); the held-out test cases are named at the end")
-    cohort_args(t)
+    _cohort_args(t)
     t.add_argument("-c", "--config", help="workflow config YAML (keys left out take the workflow's defaults); "
                    "-i/--dataset-json/--manifest replace its cohort")
     t.add_argument("-o", "--output", required=True, help="output model folder (model.safetensors, model.json, ...; "
@@ -359,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "of the best epoch within it is written")
     t.set_defaults(func=_cmd_train)
 
+
+def _add_predict(sub) -> None:
+    """The ``predict`` subcommand."""
     r = sub.add_parser("predict", help="segment NIfTI/NRRD/MHA/DICOM input with a trained model")
     r.add_argument("-m", "--model", required=True, nargs="+", help="model folder(s); several are ensembled")
     r.add_argument("-i", "--input", required=True,
@@ -386,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: output.rtstruct, off)")
     r.set_defaults(func=_cmd_predict)
 
+
+def _add_evaluate(sub) -> None:
+    """The ``evaluate`` subcommand."""
     e = sub.add_parser("evaluate", help="metrics of predicted vs reference segmentations (matching case names)")
     e.add_argument("--pred", required=True, help="folder of predicted segmentations")
     e.add_argument("--ref", required=True, help="folder of reference segmentations")
@@ -396,7 +422,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--nsd-tolerance", type=float, default=None,
                    help="NSD tolerance in mm (default: evaluation.nsd_tolerance_mm, 2)")
     e.set_defaults(func=_cmd_evaluate)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -74,8 +74,8 @@ def load_config(source: str | Path | Mapping | None = None) -> dict:
 
 def import_options(config: Mapping) -> dict:
     """Keyword arguments of :func:`unet_pipeline.stages.import_case` (rule ``import_case``); ``roi_names``
-    maps the ROIs of RTSTRUCT/DICOM-SEG labels to classes (:func:`unet_pipeline.roi_names.parse_label_names`)."""
-    from .roi_names import parse_label_names
+    maps the ROIs of RTSTRUCT/DICOM-SEG labels to classes (:func:`unet_pipeline.io.roi_names.parse_label_names`)."""
+    from .io.roi_names import parse_label_names
 
     return {"min_slices": int(config["model"]["in_channels"]),
             "geometry_tolerance_mm": float(config["cohort"]["geometry_tolerance_mm"]),

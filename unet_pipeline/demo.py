@@ -14,7 +14,7 @@ Per case (seeded by ``(seed, index)``, reproducible):
   outside; liver (right), spleen (left), and both kidneys (posterior) as ellipsoids with random
   size, position and rotation, whose surfaces are smoothly deformed by random low-frequency fields;
 * image: HU plus Gaussian noise and a smooth additive bias field, stored as int16 (HU);
-* label: uint8, values :data:`~unet_pipeline.naming.DEMO_LABELS` (0 background).
+* label: uint8, values :data:`~unet_pipeline.cohort.naming.DEMO_LABELS` (0 background).
 
 Arrays: the image is ``(I, J, K)`` int16 HU in the case's own voxel order (given by the affine),
 the label the same shape in uint8.
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_path, save_json
-from .naming import DEMO_LABELS, demo_case_ids
+from .cohort.naming import DEMO_LABELS, demo_case_ids
+from .io.files import atomic_path, save_json
 
 __all__ = ["ORIENTATIONS", "ORGAN_HU", "make_demo_case", "write_demo_cohort"]
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CaseError
-from .io import atomic_path, load_json, save_json
+from .io.files import atomic_path, load_json, save_json
 
 __all__ = [
     "demo_cohort",
@@ -36,7 +36,7 @@ __all__ = [
     "dicom_output_paths",
     "evaluate",
     "aggregate_metrics",
-    "report",
+    "report_from_files",
     "report_from_workflow",
     "predict_cohort",
     "segmentation_complete",
@@ -64,22 +64,23 @@ def import_case(case_id: str, image: str | Path, label: str | Path | None, out_d
     """Validate a case (image and label together) and write ``out_dir/image.nii.gz`` and ``case.json``.
 
     The label is only checked here; :func:`import_label` writes it. ``series_uid`` names the one
-    DICOM series of an ``image`` folder to read (:attr:`unet_pipeline.cohort.CaseSpec.series_uid`);
+    DICOM series of an ``image`` folder to read (:attr:`unet_pipeline.cohort.discovery.CaseSpec.series_uid`);
     ``slice_axis`` is the dataset's slicing plane, along which ``min_slices`` are counted;
     ``roi_names`` maps the ROIs of an RTSTRUCT/SEG label to the classes
-    (:attr:`unet_pipeline.cohort.Cohort.roi_names`). ``case.json`` records the series'
+    (:attr:`unet_pipeline.cohort.discovery.Cohort.roi_names`). ``case.json`` records the series'
     ``frame_of_reference_uid`` (DICOM) and the label's ROIs.
 
     Raises
     ------
     CaseError
-        Any error found by :func:`unet_pipeline.cohort.check_case`, all listed in one message;
+        Any error found by :func:`unet_pipeline.cohort.validation.check_case`, all listed in one message;
         nothing is written then.
     """
     import nibabel as nib
 
-    from .cohort import CaseSpec, check_case, load_case_image
-    from .io import read_voxels
+    from .cohort.discovery import CaseSpec
+    from .cohort.validation import check_case, load_case_image
+    from .io.images import read_voxels
 
     out_dir = Path(out_dir)
     spec = CaseSpec(case_id, str(image), str(label) if label else None, series_uid)
@@ -124,18 +125,19 @@ def import_label(label: str | Path, imported_image: str | Path, out_label: str |
     """Write a checked label as uint8 (uint16 beyond 255) NIfTI on the imported image's header.
 
     An RTSTRUCT or DICOM-SEG label is made on the imported image's grid
-    (:func:`unet_pipeline.dicom_labels.read_dicom_label`), its ROIs mapped to ``labels`` with
+    (:func:`unet_pipeline.io.dicom_labels.read_dicom_label`), its ROIs mapped to ``labels`` with
     ``roi_names``; ``record`` (the ``case.json`` of :func:`import_case`, or its content) gives the
     image series' FrameOfReferenceUID, which the label must share.
     """
     import nibabel as nib
 
-    from .dicom_labels import is_dicom_label
-    from .io import load_image, read_voxels
-    from .reassembly import label_dtype, write_segmentation
+    from .infer.reassembly import write_segmentation
+    from .io.dicom_labels import is_dicom_label
+    from .io.formats import label_dtype
+    from .io.images import load_image, read_voxels
 
     if is_dicom_label(label):
-        from .dicom_labels import read_dicom_label
+        from .io.dicom_labels import read_dicom_label
 
         ref = nib.load(str(imported_image))
         record = load_json(record) if isinstance(record, (str, Path)) else dict(record or {})
@@ -163,7 +165,7 @@ def fingerprint(cases: Sequence[tuple[str, str | Path]], out_plan: str | Path, *
     ``slice_axis`` (``axial``, ``coronal``, ``sagittal``; None: axial) is the one slicing plane
     of the dataset, recorded in the plan and in every model trained from it.
     """
-    from .preprocessing import make_plan
+    from .plan.fingerprint import make_plan
 
     triples = [(cid, Path(d) / "image.nii.gz", Path(d) / "label.nii.gz") for cid, d in cases]
     plan = make_plan(triples, _labels(labels), target_spacing_mm=target_spacing_mm, patch_size=patch_size,
@@ -174,7 +176,7 @@ def fingerprint(cases: Sequence[tuple[str, str | Path]], out_plan: str | Path, *
 
 def preprocess(case_id: str, imported_image: str | Path, plan_path: str | Path, out_dir: str | Path) -> dict:
     """Preprocess one imported image; ``plan_path`` is a ``plan.json`` or a trained ``model.json``."""
-    from .preprocessing import preprocess_image
+    from .preprocess.transform import preprocess_image
 
     plan = load_json(plan_path)
     plan = plan.get("plan", plan)  # model.json carries the plan it was trained with
@@ -183,18 +185,18 @@ def preprocess(case_id: str, imported_image: str | Path, plan_path: str | Path, 
 
 def preprocess_label(imported_label: str | Path, meta_path: str | Path, out_npy: str | Path) -> None:
     """The label of one case on its preprocessed grid (``meta.json`` from :func:`preprocess`)."""
-    from .preprocessing import preprocess_label as _label
+    from .preprocess import transform
 
-    _label(imported_label, load_json(meta_path), out_npy)
+    transform.preprocess_label(imported_label, load_json(meta_path), out_npy)
 
 
 def slice_case(preprocessed_dir: str | Path, plan_path: str | Path, out_dir: str | Path, *, weight_map: bool = False,
                w0: float = 10.0, sigma_px: float = 5.0) -> dict:
     """Slice index (+ weight maps) of one preprocessed case."""
-    from .slicing import slice_case as _slice
+    from .preprocess.slice_index import build_slice_index
 
     plan = load_json(plan_path)
-    return _slice(preprocessed_dir, out_dir, num_classes=int(plan["num_classes"]), weight_map=weight_map, w0=w0,
+    return build_slice_index(preprocessed_dir, out_dir, num_classes=int(plan["num_classes"]), weight_map=weight_map, w0=w0,
                   sigma_px=sigma_px)
 
 
@@ -209,9 +211,8 @@ def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root
     (``postprocess_choice`` in ``model.json``: per class, the largest component kept when that
     does not lower the class's validation Dice).
     """
-    from .augment import AugmentConfig
-    from .training import TrainConfig
-    from .training import train as _train
+    from .train import loop
+    from .train.augment import AugmentConfig
 
     pre, sl = Path(preprocessed_root), Path(slices_root)
     pairs = lambda ids: [(pre / i, sl / i) for i in ids]  # noqa: E731
@@ -222,8 +223,8 @@ def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root
     # Only the Dice losses take these options; w0 and sigma_px belong to the slice stage.
     dice_keys = ("include_background", "batch_dice", "smooth") if name in ("dice", "dice_ce") else ()
     loss = {k: v for k, v in loss.items() if k in dice_keys}
-    meta = _train(pairs(train_ids), pairs(val_ids), load_json(plan_path), out_dir, model_config=model,
-                  train_config=TrainConfig.from_dict(training), augment_config=AugmentConfig.from_dict(augment),
+    meta = loop.train(pairs(train_ids), pairs(val_ids), load_json(plan_path), out_dir, model_config=model,
+                  train_config=loop.TrainConfig.from_dict(training), augment_config=AugmentConfig.from_dict(augment),
                   loss_options=loss)
     chosen = (meta.get("postprocess_choice") or {}).get("config", {})
     meta = {**meta, "postprocess": dict(postprocess) if postprocess is not None else dict(chosen)}
@@ -238,13 +239,13 @@ def infer(model_dirs: Sequence[str | Path], preprocessed_dir: str | Path, out_pr
 
     Several model folders (cross-validation folds) are ensembled by averaging probabilities.
     With ``inference["model_server"]`` true (the workflow's default) the case is sent to the model
-    server of :mod:`unet_pipeline.inference_server`, which loads the models once for all cases
+    server of :mod:`unet_pipeline.infer.server`, which loads the models once for all cases
     (started here when none runs; its log goes to ``server_log_dir``); if no server can be had,
     the models are loaded in this process. ``out_info`` (optional) receives the device,
     settings and timings as JSON, for provenance.
     """
-    from .inference_server import ServerUnavailable, infer_via_server
-    from .predictor import Predictor
+    from .infer.predictor import Predictor
+    from .infer.server import ServerUnavailable, infer_via_server
 
     inference = dict(inference or {})
     t0 = time.perf_counter()
@@ -319,13 +320,13 @@ def export_dicom(segmentation: str | Path, dicom_folder: str | Path, *, labels: 
     segmentation
         The case's segmentation NIfTI (on the imported series' grid: :func:`reassemble`).
     dicom_folder, series_uid
-        The source series (:attr:`unet_pipeline.cohort.CaseSpec`; ``series_uid`` None: the
+        The source series (:attr:`unet_pipeline.cohort.discovery.CaseSpec`; ``series_uid`` None: the
         folder's only image series), which both outputs reference.
     labels
         Label value -> class name: one segment (ROI) per class.
     out_seg, out_rtstruct
-        Where to write the DICOM-SEG (:func:`unet_pipeline.dicom_export.write_dicom_seg`) and the
-        RTSTRUCT (:func:`unet_pipeline.dicom_export.write_rtstruct`); None: not written.
+        Where to write the DICOM-SEG (:func:`unet_pipeline.io.dicom_export.write_dicom_seg`) and the
+        RTSTRUCT (:func:`unet_pipeline.io.dicom_export.write_rtstruct`); None: not written.
 
     Returns
     -------
@@ -334,8 +335,8 @@ def export_dicom(segmentation: str | Path, dicom_folder: str | Path, *, labels: 
     """
     import nibabel as nib
 
-    from .dicom_export import read_source_series, write_dicom_seg, write_rtstruct
-    from .io import read_voxels
+    from .io.dicom_export import read_source_series, write_dicom_seg, write_rtstruct
+    from .io.images import read_voxels
 
     img = nib.load(str(segmentation))
     data = read_voxels(img, segmentation)  # uint8/uint16 label values, (I, J, K)
@@ -372,7 +373,7 @@ def _segment(probs_path: str | Path, preprocessed_dir: str | Path, imported_imag
     leaves a segmentation without one (incomplete: :func:`segmentation_complete`).
     """
     from .config import effective_postprocess
-    from .reassembly import reassemble_case
+    from .infer.reassembly import reassemble_case
 
     model_meta = load_json(Path(model_dirs[0]) / "model.json")
     labels = _labels(model_meta["labels"])
@@ -434,8 +435,9 @@ def evaluate(case_id: str, pred: str | Path, ref: str | Path, out_csv: str | Pat
     """
     import nibabel as nib
 
-    from .io import read_voxels, spacing_from_affine
-    from .metrics import case_metrics
+    from .evaluate.metrics import case_metrics
+    from .io.formats import spacing_from_affine
+    from .io.images import read_voxels
 
     pimg, rimg = nib.load(str(pred)), nib.load(str(ref))
     if pimg.shape != rimg.shape or not np.allclose(pimg.affine, rimg.affine, atol=1e-4):
@@ -466,7 +468,7 @@ def volumes(case_id: str, seg: str | Path, image: str | Path, out_csv: str | Pat
 
 
 def _volume_columns() -> list[str]:
-    from .volumes import VOLUME_COLUMNS
+    from .evaluate.volumes import VOLUME_COLUMNS
 
     return VOLUME_COLUMNS
 
@@ -474,8 +476,9 @@ def _volume_columns() -> list[str]:
 def _volume_rows(case_id: str, seg: str | Path, image: str | Path, labels: Mapping) -> list[dict]:
     import nibabel as nib
 
-    from .io import read_voxels, spacing_from_affine
-    from .volumes import case_volumes
+    from .evaluate.volumes import case_volumes
+    from .io.formats import spacing_from_affine
+    from .io.images import read_voxels
 
     simg, iimg = nib.load(str(seg)), nib.load(str(image))
     if simg.shape[:3] != iimg.shape[:3]:
@@ -523,12 +526,12 @@ def aggregate_metrics(case_csvs: Sequence[str | Path], out_csv: str | Path, out_
                       out_boxes: str | Path | None = None) -> dict:
     """Concatenate per-case metric CSVs into ``metrics.csv``, write ``summary.json`` and (with
     ``out_boxes``) the per-class box plots of every metric as PNG."""
-    from .metrics import EMPTY_POLICY, summarize
+    from .evaluate.metrics import EMPTY_POLICY, summarize
 
     rows = [r for p in case_csvs for r in _read_rows(p)]
     _write_rows(out_csv, rows)
     if out_boxes:
-        from .report import plot_metric_boxes
+        from .report.html import plot_metric_boxes
 
         plot_metric_boxes(out_csv, out_boxes)
     summary = {"n_cases": len({r["case"] for r in rows}), "empty_policy": EMPTY_POLICY, "per_class": summarize(rows)}
@@ -536,11 +539,15 @@ def aggregate_metrics(case_csvs: Sequence[str | Path], out_csv: str | Path, out_
     return summary
 
 
-def report(out_html: str | Path, *, metrics_csv: str | Path | None, summary_json: str | Path | None,
-           train_logs: Sequence[str | Path], overlay_cases: Sequence[Mapping], case_records: Sequence[str | Path],
-           provenance: Mapping, labels: Mapping, work_dir: str | Path, splits: Mapping[str, str] | None = None,
-           volumes_csv: str | Path | None = None) -> None:
-    """The HTML report: summary, plots, curves, volumes, overlays, cohort geometry and provenance.
+def report_from_files(out_html: str | Path, *, metrics_csv: str | Path | None, summary_json: str | Path | None,
+                      train_logs: Sequence[str | Path], overlay_cases: Sequence[Mapping],
+                      case_records: Sequence[str | Path], provenance: Mapping, labels: Mapping,
+                      work_dir: str | Path, splits: Mapping[str, str] | None = None,
+                      volumes_csv: str | Path | None = None) -> None:
+    """The HTML report from files named one by one: draws the overlays, reads the cases' geometry,
+    then :func:`unet_pipeline.report.html.write_report` writes the page (summary, plots, curves,
+    volumes, overlays, cohort geometry and provenance). :func:`report_from_workflow` calls it
+    with the report rule's inputs.
 
     ``overlay_cases``: dicts with ``case``, ``image`` (imported NIfTI), ``pred``, optional ``ref``
     and ``caption``, and, for per-class picks (:func:`pick_overlay_cases`), ``group`` (the class
@@ -553,10 +560,10 @@ def report(out_html: str | Path, *, metrics_csv: str | Path | None, summary_json
     """
     import nibabel as nib
 
-    from .geometry import canonical_orientation
-    from .io import read_voxels
-    from .metrics import EMPTY_POLICY
-    from .report import overlay_figure, write_report
+    from .evaluate.metrics import EMPTY_POLICY
+    from .io.geometry import canonical_orientation
+    from .io.images import read_voxels
+    from .report.html import overlay_figure, write_report
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -643,7 +650,7 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mapping[str, Mapping], labels: Mapping,
                          config: Mapping, work_dir: str | Path, n_overlays: int = 3,
                          model_dirs: Sequence[str | Path] = ()) -> None:
-    """The report rule: pick the overlays and render the report.
+    """The report rule: pick the overlays from the rule's inputs, then :func:`report_from_files`.
 
     With metrics: per class, the best, median and worst case by that class's Dice
     (:func:`pick_overlay_cases`, at most ``n_overlays`` per class), each cut through that class.
@@ -670,7 +677,7 @@ def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mappin
     records = inputs.get("records", [])
     if isinstance(records, str):
         records = [records]
-    report(out_html, metrics_csv=metrics, summary_json=inputs.get("summary"), train_logs=list(train_logs),
+    report_from_files(out_html, metrics_csv=metrics, summary_json=inputs.get("summary"), train_logs=list(train_logs),
            overlay_cases=overlay_cases, case_records=records, provenance=provenance, labels=labels, work_dir=work_dir,
            splits={cid: c.get("split") for cid, c in cases.items()}, volumes_csv=inputs.get("volumes"))
 
@@ -773,62 +780,85 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], ou
     dict
         case id -> ``"ok"``, ``"skipped"`` (a complete output was there) or the error message.
     """
-    from .geometry import model_slice_axis
-    from .predictor import Predictor
+    from .infer.predictor import Predictor
+    from .io.geometry import model_slice_axis
 
     inference = dict(inference or {})
     model_dirs = [str(d) for d in model_dirs]
     predictor = Predictor(model_dirs, inference.get("device", "auto"))
-    labels = predictor.labels
-    model_json = Path(model_dirs[0]) / "model.json"
     import_options = {"min_slices": int(predictor.meta["architecture"].get("in_channels", 1)),
                       "slice_axis": model_slice_axis(model_dirs[0])}
-    status: dict[str, str] = {}
-    volume_rows: list[dict] = []
+    status, volume_rows = {}, []  # case id -> "ok"/"skipped"/error; volumes.csv rows
     for case_id, image, *series in inputs:
         series_uid = series[0] if series else None
         out = Path(out_dir) / f"{case_id}.nii.gz"
         case_work = Path(work_dir) / case_id
         dicom_out = dicom_output_paths(out, dicom_seg=dicom_seg, rtstruct=rtstruct) if Path(image).is_dir() else {}
         try:
-            if not overwrite and segmentation_complete(out) and all(p.is_file() for p in dicom_out.values()):
+            if not overwrite and _output_complete(case_id, out, dicom_out):
                 status[case_id] = "skipped"
                 volume_rows.extend(load_json(_sidecar_path(out)).get("volumes") or [])
-                log.info("%s: %s is complete, skipped (overwrite to redo it)", case_id, out)
                 continue
             t0 = time.perf_counter()
-            record = import_case(case_id, image, None, case_work / "imported", labels=labels, series_uid=series_uid,
-                                 **import_options)
-            imported = case_work / "imported" / "image.nii.gz"
-            preprocess(case_id, imported, model_json, case_work / "pre")
-            info = predictor.predict(case_work / "pre", case_work / "probs.npy", inference)
-            _, applied = _segment(case_work / "probs.npy", case_work / "pre", imported, out, model_dirs, postprocess)
-            rows = _volume_rows(case_id, out, imported, labels)
-            extra = {}
-            if dicom_out:
-                extra["dicom"] = export_dicom(out, image, labels=labels, series_uid=series_uid,
-                                              out_seg=dicom_out.get("seg"), out_rtstruct=dicom_out.get("rtstruct"))
-            elif dicom_seg or rtstruct:
-                log.info("%s: not read from a DICOM series, so no DICOM-SEG/RTSTRUCT is written", case_id)
-            _write_sidecar(out, labels, model_dirs, {
-                "case": case_id, "source": str(image), "device": info["device"],
-                "seconds": round(time.perf_counter() - t0, 3), "postprocess": applied,
-                "inference": {**info, "settings": inference}, "warnings": record.get("warnings", []),
-                "volumes": rows, **extra})
+            rows = _predict_case(predictor, case_id, image, series_uid, out, case_work, dicom_out,
+                                 model_dirs=model_dirs, import_options=import_options, inference=inference,
+                                 postprocess=postprocess, dicom_requested=dicom_seg or rtstruct)
             volume_rows.extend(rows)
             status[case_id] = "ok"
             log.info("%s: segmented in %.1f s", case_id, time.perf_counter() - t0)
         except Exception as exc:  # noqa: BLE001 - one bad case must not end the cohort
             if not keep_going:
                 raise
-            status[case_id] = str(exc) if isinstance(exc, CaseError) else f"{type(exc).__name__}: {exc}"
-            log.error("%s: %s", case_id, status[case_id])
-            log.debug("%s failed", case_id, exc_info=exc)
+            status[case_id] = _failure(case_id, exc)
         finally:
             shutil.rmtree(case_work, ignore_errors=True)
     if volume_rows:
         _write_rows(Path(out_dir) / "volumes.csv", volume_rows, columns=_volume_columns())
     return status
+
+
+def _output_complete(case_id: str, out: Path, dicom_out: Mapping[str, Path]) -> bool:
+    """Whether ``out`` (and each DICOM output asked for) is complete, so :func:`predict_cohort` skips the case."""
+    if segmentation_complete(out) and all(p.is_file() for p in dicom_out.values()):
+        log.info("%s: %s is complete, skipped (overwrite to redo it)", case_id, out)
+        return True
+    return False
+
+
+def _failure(case_id: str, exc: Exception) -> str:
+    """The status of a case that failed with ``exc`` (the message of a ``CaseError``), logged."""
+    message = str(exc) if isinstance(exc, CaseError) else f"{type(exc).__name__}: {exc}"
+    log.error("%s: %s", case_id, message)
+    log.debug("%s failed", case_id, exc_info=exc)
+    return message
+
+
+def _predict_case(predictor, case_id: str, image: str | Path, series_uid: str | None, out: Path, case_work: Path,
+                  dicom_out: Mapping[str, Path], *, model_dirs: Sequence[str], import_options: Mapping,
+                  inference: Mapping, postprocess: Mapping | None, dicom_requested: bool) -> list[dict]:
+    """One case of :func:`predict_cohort`: import, preprocess, predict, reassemble, export, sidecar; its volume rows."""
+    t0 = time.perf_counter()
+    labels = predictor.labels
+    model_json = Path(model_dirs[0]) / "model.json"
+    record = import_case(case_id, image, None, case_work / "imported", labels=labels, series_uid=series_uid,
+                         **import_options)
+    imported = case_work / "imported" / "image.nii.gz"
+    preprocess(case_id, imported, model_json, case_work / "pre")
+    info = predictor.predict(case_work / "pre", case_work / "probs.npy", inference)
+    _, applied = _segment(case_work / "probs.npy", case_work / "pre", imported, out, model_dirs, postprocess)
+    rows = _volume_rows(case_id, out, imported, labels)
+    extra = {}
+    if dicom_out:
+        extra["dicom"] = export_dicom(out, image, labels=labels, series_uid=series_uid,
+                                      out_seg=dicom_out.get("seg"), out_rtstruct=dicom_out.get("rtstruct"))
+    elif dicom_requested:
+        log.info("%s: not read from a DICOM series, so no DICOM-SEG/RTSTRUCT is written", case_id)
+    _write_sidecar(out, labels, model_dirs, {
+        "case": case_id, "source": str(image), "device": info["device"],
+        "seconds": round(time.perf_counter() - t0, 3), "postprocess": applied,
+        "inference": {**info, "settings": inference}, "warnings": record.get("warnings", []),
+        "volumes": rows, **extra})
+    return rows
 
 
 def read_json(path: str | Path) -> Any:

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from bench import bench_elastic, bench_forward, bench_inference, bench_metrics, bench_preprocess
-from unet_pipeline.model import UNetConfig
+from unet_pipeline.model.unet import UNetConfig
 
 
 # -- metrics -------------------------------------------------------------------------------------

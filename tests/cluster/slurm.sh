@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The cluster path on a real Slurm, not a mock (Debian/Ubuntu, as root; about 3-6 minutes).
 #
-# The cluster comes from the shared scripts in $REPO/../shared/slurm, run by path (bash SCRIPT),
-# never copied and never written to (in CI that folder is a read-only copy beside the clone).
+# The cluster comes from the project's own start-slurm.sh and stop-slurm.sh beside this script
+# (copied from the shared cluster scripts, provenance at their top), so a clone runs it alone.
 #
 # 1. if a Slurm controller is already up (`scontrol ping` says UP, or /run/slurm-local/slurmctld.pid
 #    names a live slurmctld), uses that cluster and leaves it running; it must have node
-#    "localhost" with gres gpu and accounting. Otherwise runs the shared start-slurm.sh, which
+#    "localhost" with gres gpu and accounting. Otherwise runs start-slurm.sh, which
 #    installs munge, Slurm, slurmdbd and MariaDB when missing and brings up a one-node cluster on
 #    localhost with accounting (sacct) and one fake GPU (GRES on /dev/null);
 # 2. runs the demo workflow on tests/cluster/config_cluster.yaml in a fresh work directory with
@@ -15,9 +15,9 @@
 # 3. checks the outputs (segmentations on the input's grid, metrics.csv, report.html), that each
 #    Slurm job of the run is COMPLETED in sacct, that no other rule ran outside Slurm, that train and
 #    infer were given the GPU, and that the code falls back to the CPU under the fake GPU;
-# 4. only if this run started the cluster: stops it with the shared stop-slurm.sh (in the exit
-#    trap, so also on failure or a signal) and checks that none of its daemons is left. The shared
-#    stop script stops every daemon named by the cluster's pid files (munged and mariadbd too);
+# 4. only if this run started the cluster: stops it with stop-slurm.sh (in the exit
+#    trap, so also on failure or a signal) and checks that none of its daemons is left. The stop
+#    script stops every daemon named by the cluster's pid files (munged and mariadbd too);
 #    it leaves the installed packages, the configs in /etc/slurm and the state under
 #    /var/lib/slurm-local, /var/log/slurm-local and /var/lib/mysql, which the next start reuses.
 #
@@ -25,8 +25,8 @@
 # Environment: UNET_CLUSTER_TIMEOUT  seconds for the Snakemake run (default 900)
 #              UNET_CLUSTER_KEEP=1   keep the work directory (with Snakemake's and Slurm's logs)
 #              UNET_CLUSTER_ARGS     more Snakemake arguments (word-split), e.g. "--groups a=b"
-#              SLURM_LOCAL_CPUS, SLURM_LOCAL_MEM_MB (default here 12000; the shared script caps it
-#                                    at 80 % of RAM): passed to the shared start-slurm.sh, which
+#              SLURM_LOCAL_CPUS, SLURM_LOCAL_MEM_MB (default here 12000; start-slurm.sh caps it
+#                                    at 80 % of RAM): passed to start-slurm.sh, which
 #                                    this test always runs with SLURM_LOCAL_ACCOUNTING=1 and
 #                                    SLURM_LOCAL_FAKE_GPU=1
 set -euo pipefail
@@ -41,12 +41,10 @@ die() { log "FAILED: $*"; exit 1; }
 [[ $(id -u) == 0 ]] || die "run as root (it installs and starts the Slurm daemons)"
 command -v apt-get >/dev/null || die "needs a Debian/Ubuntu machine (apt-get)"
 [[ -x $REPO/.venv/bin/python ]] || die "no virtual environment at $REPO/.venv (see README: set up)"
-# The shared cluster scripts, by path (never copied into the project, never written to).
-[[ -d $REPO/../shared/slurm ]] \
-  || die "no shared Slurm scripts: $REPO/../shared/slurm is absent (the shared/ folder must sit beside the repository)"
-SHARED=$(cd "$REPO/../shared/slurm" && pwd)
+# The project's cluster scripts, beside this one.
+SCRIPTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 for f in start-slurm.sh stop-slurm.sh; do
-  [[ -f $SHARED/$f && -r $SHARED/$f ]] || die "no readable $SHARED/$f"
+  [[ -f $SCRIPTS/$f && -r $SCRIPTS/$f ]] || die "no readable $SCRIPTS/$f"
 done
 # sbatch jobs inherit this shell's environment: the venv's python must come first on PATH.
 # shellcheck disable=SC1091
@@ -59,7 +57,7 @@ WORK=$SCRATCH/work
 OURS=0        # 1: this run started the cluster, so it stops it at the end
 STARTED=()    # "PIDFILE COMM PID" of the cluster's daemons once up (checked after the stop)
 SMK_PID=""
-# The pid files of the daemons the shared scripts start and stop.
+# The pid files of the daemons start-slurm.sh and stop-slurm.sh start and stop.
 DAEMONS=("/run/slurm-local/slurmd.pid slurmd" "/run/slurm-local/slurmctld.pid slurmctld"
          "/run/slurm-local/slurmdbd.pid slurmdbd" "/run/mysqld/mysqld.pid mariadbd"
          "/run/munge/munged.pid munged")
@@ -76,8 +74,8 @@ cleanup() {
     wait "$SMK_PID" 2>/dev/null || true
   fi
   if [[ $OURS == 1 ]]; then
-    log "stopping the cluster this run started: bash $SHARED/stop-slurm.sh"
-    bash "$SHARED/stop-slurm.sh" || rc=1
+    log "stopping the cluster this run started: bash $SCRIPTS/stop-slurm.sh"
+    bash "$SCRIPTS/stop-slurm.sh" || rc=1
     local entry pidfile comm pid
     for entry in "${STARTED[@]}"; do   # verify: none of the cluster's daemons is left
       read -r pidfile comm pid <<<"$entry"
@@ -101,23 +99,23 @@ if ctld_up; then
   command -v sinfo >/dev/null && command -v sacct >/dev/null || die "the running cluster has no sinfo/sacct on PATH"
   state=$(sinfo -h -N -n localhost -o %t 2>/dev/null | head -n 1 || true)
   [[ $state =~ ^(idle|mix|alloc) ]] \
-    || die "the running cluster has no usable node 'localhost' (state '${state:-none}'); stop it (bash $SHARED/stop-slurm.sh) and rerun"
+    || die "the running cluster has no usable node 'localhost' (state '${state:-none}'); stop it (bash $SCRIPTS/stop-slurm.sh) and rerun"
   [[ $(sinfo -h -N -n localhost -o %G) == *gpu* ]] \
-    || die "the running cluster's node has no gres gpu; stop it (bash $SHARED/stop-slurm.sh) and rerun, so it starts with SLURM_LOCAL_FAKE_GPU=1"
+    || die "the running cluster's node has no gres gpu; stop it (bash $SCRIPTS/stop-slurm.sh) and rerun, so it starts with SLURM_LOCAL_FAKE_GPU=1"
   config=$(scontrol show config)   # (not piped into grep -q: with pipefail, SIGPIPE fails the pipe)
   grep -qE "^AccountingStorageType += accounting_storage/slurmdbd" <<<"$config" \
-    || die "the running cluster has no accounting (slurmdbd); stop it (bash $SHARED/stop-slurm.sh) and rerun, so it starts with SLURM_LOCAL_ACCOUNTING=1"
+    || die "the running cluster has no accounting (slurmdbd); stop it (bash $SCRIPTS/stop-slurm.sh) and rerun, so it starts with SLURM_LOCAL_ACCOUNTING=1"
 else
-  before=()   # daemons up before the start: the shared stop script stops them too
+  before=()   # daemons up before the start: stop-slurm.sh stops them too
   for d in "${DAEMONS[@]}"; do
     read -r pidfile comm <<<"$d"
     pid=$(live_pid "$pidfile" "$comm") && before+=("$comm=$pid")
   done
-  ((${#before[@]} == 0)) || log "note: already running (the shared stop-slurm.sh stops these too at the end): ${before[*]}"
+  ((${#before[@]} == 0)) || log "note: already running (stop-slurm.sh stops these too at the end): ${before[*]}"
   OURS=1   # from here on the exit trap stops the cluster, even if the start fails half-way
-  log "starting the cluster: bash $SHARED/start-slurm.sh"
+  log "starting the cluster: bash $SCRIPTS/start-slurm.sh"
   SLURM_LOCAL_MEM_MB=${SLURM_LOCAL_MEM_MB:-12000} SLURM_LOCAL_FAKE_GPU=1 SLURM_LOCAL_ACCOUNTING=1 \
-    bash "$SHARED/start-slurm.sh" || die "the shared start-slurm.sh failed (output above)"
+    bash "$SCRIPTS/start-slurm.sh" || die "start-slurm.sh failed (output above)"
   for d in "${DAEMONS[@]}"; do
     read -r pidfile comm <<<"$d"
     pid=$(live_pid "$pidfile" "$comm") && STARTED+=("$pidfile $comm $pid")

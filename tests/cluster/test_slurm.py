@@ -2,11 +2,11 @@
 
 Unless a Slurm controller is already up (then it uses that cluster and leaves it running), the
 script installs and starts a one-node Slurm cluster with accounting and a fake GPU through the
-shared ``../shared/slurm/start-slurm.sh`` (run by path, never copied), runs the demo workflow on
+project's ``tests/cluster/start-slurm.sh`` (copied from the shared cluster scripts), runs the demo workflow on
 a tiny config through ``snakemake --executor slurm`` with the project's Slurm profile, checks the
 outputs and that every job was a COMPLETED Slurm job, and then stops the cluster it started with
-the shared ``stop-slurm.sh``. It needs root on Debian/Ubuntu (apt-get) and the shared folder
-beside the repository; otherwise the test is skipped. Set ``UNET_SKIP_CLUSTER=1`` to skip it, or
+``tests/cluster/stop-slurm.sh``. It needs root on Debian/Ubuntu (apt-get); otherwise the test
+is skipped. Set ``UNET_SKIP_CLUSTER=1`` to skip it, or
 deselect it with ``-m "not cluster"``.
 """
 
@@ -25,7 +25,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "cluster" / "slurm.sh"
-SHARED_SLURM = REPO.parent / "shared" / "slurm"  # the shared cluster scripts, used by path
+SLURM_SCRIPTS = REPO / "tests" / "cluster"  # start-slurm.sh, stop-slurm.sh: the project's own
 TIMEOUT_S = 1200  # apt installs + cluster start + the workflow; the script stops Snakemake at 900 s
 SUMMARY = re.compile(r"SLURM-TEST OK: (\d+) slurm jobs COMPLETED \((\d+) rule jobs\) in (\d+) s")
 
@@ -43,9 +43,9 @@ def _skip_reason() -> str | None:
         return f"needs the project's virtual environment at {REPO / '.venv'}"
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         return "snakemake-executor-plugin-slurm is not installed (pip install -e '.[slurm]')"
-    missing = [name for name in ("start-slurm.sh", "stop-slurm.sh") if not (SHARED_SLURM / name).is_file()]
+    missing = [name for name in ("start-slurm.sh", "stop-slurm.sh") if not (SLURM_SCRIPTS / name).is_file()]
     if missing:
-        return f"the shared Slurm scripts are absent: no {', '.join(missing)} in {SHARED_SLURM} (../shared/slurm)"
+        return f"the Slurm scripts are absent: no {', '.join(missing)} in {SLURM_SCRIPTS}"
     return None
 
 

@@ -85,7 +85,7 @@ def test_demo_cohort_and_evaluate_identity(tmp_path, capsys):
 
 
 def test_check_cohort_goes_on_after_an_unexpected_error(tmp_path, capsys, monkeypatch):
-    import unet_pipeline.cohort as cohort
+    import unet_pipeline.cohort.validation as cohort
 
     image, label, affine = make_ct()
     for cid in ("a_boom", "b_good"):
@@ -230,7 +230,7 @@ def cli_train(tmp_path_factory):
 
 
 def test_train_runs_the_workflows_chain_with_its_split_and_settings(cli_train, tmp_path):
-    from unet_pipeline.cohort import workflow_cases
+    from unet_pipeline.cohort.workflow_cases import workflow_cases
     from unet_pipeline.config import load_config
 
     assert cli_train.code == 0, cli_train.out
@@ -305,7 +305,7 @@ def test_predict_writes_the_inputs_geometry_skips_complete_cases_and_overwrites(
 
 
 def test_predict_goes_on_past_failing_cases_and_names_them(cli_train, tmp_path, capsys, monkeypatch):
-    from unet_pipeline.predictor import Predictor
+    from unet_pipeline.infer.predictor import Predictor
 
     inputs, out = _inputs(cli_train, tmp_path, ("demo_000", "demo_001", "demo_002")), tmp_path / "out"
     broken = inputs / "demo_002.nii.gz"

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from unet_pipeline.config import (CONFIG_SCHEMA, effective_postprocess, fingerprint_options, import_options,
-                                  load_config, model_label_names, slice_options, train_options)
+from unet_pipeline.config import CONFIG_SCHEMA, effective_postprocess, fingerprint_options, import_options, load_config, model_label_names, slice_options, train_options
 from unet_pipeline.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

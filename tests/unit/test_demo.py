@@ -7,9 +7,9 @@ import json
 import nibabel as nib
 import numpy as np
 
-from unet_pipeline.cohort import cohort_from_dataset_json, cohort_from_folders
+from unet_pipeline.cohort.discovery import cohort_from_dataset_json, cohort_from_folders
 from unet_pipeline.demo import ORGAN_HU, make_demo_case, write_demo_cohort
-from unet_pipeline.naming import DEMO_LABELS
+from unet_pipeline.cohort.naming import DEMO_LABELS
 
 
 def test_cases_are_reproducible_and_differ():

@@ -12,10 +12,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from unet_pipeline.cohort import CaseSpec, check_case
-from unet_pipeline.io import load_image, read_voxels, spacing_from_affine
-from unet_pipeline.preprocessing import preprocess_image, preprocess_label
-from unet_pipeline.reassembly import reassemble_case
+from unet_pipeline.cohort.discovery import CaseSpec
+from unet_pipeline.cohort.validation import check_case
+from unet_pipeline.io.images import load_image, read_voxels
+from unet_pipeline.io.formats import spacing_from_affine
+from unet_pipeline.preprocess.transform import preprocess_image, preprocess_label
+from unet_pipeline.infer.reassembly import reassemble_case
 from unet_pipeline.stages import import_case, import_label
 
 TOTALSEG_COUNTS = {5: 38_634, 1: 9_452, 2: 3_947, 3: 3_676, 6: 4_675}  # liver, spleen, kidney R/L, stomach

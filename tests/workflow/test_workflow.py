@@ -53,6 +53,30 @@ def test_dry_run(tmp_path, config):
     assert "rule train" in proc.stdout or "train" in proc.stdout
 
 
+def _job_counts(output: str) -> dict[str, int]:
+    """The first "Job stats" table of a Snakemake run: rule -> number of jobs."""
+    lines = output[output.index("Job stats:"):].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_dry_run_plans_the_jobs_of_each_rule_per_case(tmp_path):
+    """5 demo cases, test_fraction 0.4: 2 test cases (inferred, evaluated) and 3 train + val cases
+    (labels preprocessed and sliced); every case imported and preprocessed; one model."""
+    proc = run_snakemake(make_workdir(tmp_path, REPO / "tests/workflow/config_tiny.yaml"), "-n", "--cores", "2")
+    assert proc.returncode == 0
+    assert _job_counts(proc.stdout + proc.stderr) == {
+        "demo_cohort": 1, "import_case": 5, "import_label": 5, "training_cases_imported": 1, "fingerprint": 1,
+        "preprocess": 5, "preprocess_label": 3, "slice_case": 3, "training_cases_prepared": 1, "train": 1,
+        "infer": 2, "reassemble": 2, "evaluate": 2, "volumes": 2, "aggregate_metrics": 1, "aggregate_volumes": 1,
+        "report": 1, "all": 1, "total": 38}
+
+
 def test_cross_validation_dry_run_trains_one_model_per_fold(tmp_path):
     config = yaml.safe_load((REPO / "tests/workflow/config_tiny.yaml").read_text(encoding="utf-8"))
     config["cohort"]["demo"]["n_cases"] = 7

@@ -8,11 +8,12 @@ sys.path.insert(0, workflow.basedir)  # unet_pipeline importable without install
 
 from snakemake.utils import validate
 
-from unet_pipeline.cohort import rejection_message, workflow_cases
+from unet_pipeline.cohort.validation import rejection_message
+from unet_pipeline.cohort.workflow_cases import workflow_cases
 from unet_pipeline.config import CONFIG_SCHEMA, model_label_names
 from unet_pipeline.dag_groups import install_linear_group_check
-from unet_pipeline.geometry import model_slice_axis
-from unet_pipeline.naming import CASE_ID_PATTERN
+from unet_pipeline.io.geometry import model_slice_axis
+from unet_pipeline.cohort.naming import CASE_ID_PATTERN
 
 
 validate(config, str(CONFIG_SCHEMA))  # the one schema, shipped in the package (defaults filled in)
@@ -165,7 +166,7 @@ def dicom_source(wildcards):
     return {"folder": spec.image, "series_uid": spec.series_uid}
 
 
-# Cases left out because of their ids (unet_pipeline.cohort.screen_cases): never written, so
+# Cases left out because of their ids (unet_pipeline.cohort.validation.screen_cases): never written, so
 # every run ends with the error of rule rejected_cases until the files are renamed.
 REJECTED_CASES = f"{RESULTS}/rejected_cases.txt"
 REJECTED_MESSAGE = rejection_message(CASES.rejected)

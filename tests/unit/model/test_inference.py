@@ -1,0 +1,192 @@
+"""Tiled inference against predictors whose output is known exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unet_pipeline.model.tiling import gaussian_importance, iter_volume_probabilities, predict_slices, tile_starts
+
+
+class PixelwiseModel(torch.nn.Module):
+    """Logits of class k = -(x - k)^2 per pixel, cropped by ``margin`` on every side (like a valid conv net)."""
+
+    def __init__(self, num_classes: int = 3, margin: int = 0) -> None:
+        super().__init__()
+        self.k = torch.arange(num_classes, dtype=torch.float32).view(1, -1, 1, 1)
+        self.margin = margin
+
+    def forward(self, x):
+        logits = -((x[:, :1] - self.k) ** 2)
+        m = self.margin
+        return logits[..., m:-m, m:-m] if m else logits
+
+
+def _direct(x: np.ndarray, k: int = 3) -> np.ndarray:
+    t = torch.from_numpy(x)
+    return torch.softmax(PixelwiseModel(k)(t), 1).numpy()
+
+
+@pytest.mark.parametrize("shape,patch,overlap", [((3, 1, 50, 37), (16, 16), 0.5), ((2, 1, 16, 16), (16, 16), 0.25),
+                                                  ((1, 1, 9, 70), (16, 32), 0.5), ((2, 1, 33, 20), (8, 8), 0.0)])
+def test_tiled_equals_direct_for_pixelwise_model(shape, patch, overlap):
+    x = np.random.default_rng(0).uniform(-0.5, 2.5, shape).astype(np.float32)
+    out = predict_slices(PixelwiseModel(), x, num_classes=3, patch_size=patch, overlap=overlap, batch_size=5)
+    assert out.shape == (shape[0], 3, *shape[2:])
+    np.testing.assert_allclose(out, _direct(x), atol=1e-6)
+    np.testing.assert_allclose(out.sum(1), 1.0, atol=1e-6)
+
+
+def test_overlap_tile_with_margin_uses_mirrored_context():
+    x = np.random.default_rng(1).uniform(0, 2, (2, 1, 30, 41)).astype(np.float32)
+    out = predict_slices(PixelwiseModel(margin=4), x, num_classes=3, patch_size=(12, 12), overlap=0.5, margin=4)
+    np.testing.assert_allclose(out, _direct(x), atol=1e-6)
+
+
+def test_mirror_tta_is_exact_for_a_symmetric_predictor():
+    x = np.random.default_rng(2).uniform(0, 2, (1, 1, 20, 20)).astype(np.float32)
+    out = predict_slices(PixelwiseModel(), x, num_classes=3, patch_size=(8, 8), mirror_tta=True)
+    np.testing.assert_allclose(out, _direct(x), atol=1e-6)
+
+
+def test_volume_chunks_cover_every_slice_with_neighbours_as_channels():
+    vol = np.random.default_rng(3).uniform(0, 2, (7, 12, 10)).astype(np.float32)
+    chunks = list(iter_volume_probabilities(PixelwiseModel(), vol, in_slices=3, chunk_slices=3, num_classes=3,
+                                            patch_size=(8, 8)))
+    assert [z0 for z0, _ in chunks] == [0, 3, 6]
+    probs = np.concatenate([p for _, p in chunks])
+    # Channel 0 of 3 neighbouring slices is slice z - 1 (the edge slice repeats at z = 0).
+    above = vol[np.clip(np.arange(7) - 1, 0, 6)][:, None]
+    np.testing.assert_allclose(probs, _direct(above), atol=1e-6)
+    assert not np.allclose(probs, _direct(vol[:, None]), atol=1e-3)
+
+
+def test_gaussian_importance_and_tile_starts():
+    g = gaussian_importance((17, 9))
+    assert g.shape == (17, 9) and g.dtype == np.float32
+    assert g[8, 4] == pytest.approx(1.0) and g.min() > 0
+    sigma = 0.125 * 17
+    assert g[2, 4] == pytest.approx(np.exp(-0.5 * (6 / sigma) ** 2), rel=1e-4, abs=1e-6)
+    # the border value exp(-0.5 (8 / sigma)^2) = 8.4e-4 is raised to the floor of 1e-3 (as MONAI)
+    assert g[0, 4] == pytest.approx(1e-3)
+    assert tile_starts(100, 32, 0.5) == [0, 14, 27, 41, 54, 68]  # steps <= 16 keep >= 50 % overlap
+    assert tile_starts(32, 32, 0.5) == [0]
+    with pytest.raises(ValueError, match="overlap"):
+        tile_starts(10, 4, 1.0)
+
+
+def test_cpu_graph_gives_the_same_probabilities_as_eager_batches():
+    """The default on the CPU (one tile per pass through a frozen graph) equals eager batches of 8."""
+    from unet_pipeline.model.unet import UNetConfig, build_unet
+
+    torch.manual_seed(0)
+    model = build_unet(UNetConfig(num_classes=3, base_channels=4, depth=2)).eval()
+    slices = np.random.default_rng(0).normal(size=(2, 1, 40, 52)).astype(np.float32)
+    fast = predict_slices(model, slices, num_classes=3, patch_size=(32, 32))
+    eager = predict_slices(model, slices, num_classes=3, patch_size=(32, 32), batch_size=8)
+    np.testing.assert_allclose(fast, eager, atol=1e-5)
+    assert model.__dict__.get("_cpu_graphs")  # the traced graph was built and cached
+
+
+class LastChannelModel(PixelwiseModel):
+    """As :class:`PixelwiseModel`, on the last input channel (slice z + k//2 for 2.5-D input)."""
+
+    def forward(self, x):
+        return -((x[:, -1:] - self.k) ** 2)
+
+
+def test_volume_read_from_npy_slabs_gives_the_same_neighbours(tmp_path):
+    from unet_pipeline.io.npy import NpyReader
+
+    vol = np.random.default_rng(4).uniform(0, 2, (8, 12, 10)).astype(np.float32)
+    np.save(tmp_path / "image.npy", vol)
+    reader = NpyReader(tmp_path / "image.npy")
+    for chunk_slices in (1, 3, 8):
+        probs = np.concatenate([p for _, p in iter_volume_probabilities(
+            LastChannelModel(), reader, in_slices=5, chunk_slices=chunk_slices, num_classes=3, patch_size=(8, 8))])
+        below = vol[np.clip(np.arange(8) + 2, 0, 7)][:, None]  # channel 4 of 5 is slice z + 2 (edge repeats)
+        np.testing.assert_allclose(probs, _direct(below), atol=1e-6)
+
+
+def test_auto_device_falls_back_to_the_cpu_with_one_warning(monkeypatch, caplog):
+    import logging
+
+    import unet_pipeline.model.tiling as inference
+
+    monkeypatch.setattr(inference, "_cuda_usable", lambda: False)
+    monkeypatch.setattr(inference, "_warned_no_gpu", False)
+    with caplog.at_level(logging.WARNING, logger="unet_pipeline.model.tiling"):
+        assert inference.select_device("auto").type == "cpu"
+        assert inference.select_device("auto").type == "cpu"
+    assert caplog.text.count("no usable GPU found: running on the CPU") == 1
+    monkeypatch.setattr(inference, "_cuda_usable", lambda: True)
+    assert inference.select_device("auto").type == "cuda"
+    with pytest.warns(UserWarning, match="no usable GPU"):
+        monkeypatch.setattr(inference, "_cuda_usable", lambda: False)
+        assert inference.select_device("cuda").type == "cpu"
+
+
+def test_out_of_memory_on_the_gpu_moves_the_case_to_the_cpu(monkeypatch, tmp_path, caplog):
+    """Predictor: a CUDA OOM during a case is retried on a CPU copy of the models."""
+    import unet_pipeline.infer.predictor as predictor_module
+
+    calls = []
+
+    def fake_infer(models, meta, pre_dir, out_probs, inference, device):
+        calls.append(device.type)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        return {"seconds": 0.1, "slices": 3, "device": str(device)}
+
+    p = predictor_module.Predictor.__new__(predictor_module.Predictor)
+    p.model_dirs, p.models, p.meta, p.device = ["m"], [object()], {}, torch.device("cuda")
+    p.cases_predicted, p._cpu_models = 0, None
+    import threading
+
+    p._lock = threading.Lock()
+    monkeypatch.setattr(predictor_module, "_infer_volume", fake_infer)
+    monkeypatch.setattr(predictor_module, "load_models", lambda dirs, device: ([object()], {}))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    (tmp_path / "image.npy").write_bytes(b"")
+    (tmp_path / "meta.json").write_text("{}", encoding="utf-8")
+    info = p.predict(tmp_path, tmp_path / "probs.npy")
+    assert calls == ["cuda", "cpu"] and info["device"] == "cpu"
+    assert "GPU out of memory" in caplog.text
+
+
+class PositionModel(torch.nn.Module):
+    """Logits that depend only on the position inside the tile: class 1 rises along y, class 2 along x.
+
+    Unlike a per-pixel model, its tiled result depends on how the overlapping tiles are weighted.
+    """
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        ys = torch.linspace(-3.0, 3.0, h).view(1, 1, h, 1).expand(n, 1, h, w)
+        xs = torch.linspace(-2.0, 2.0, w).view(1, 1, 1, w).expand(n, 1, h, w)
+        return torch.cat([torch.zeros_like(ys), ys, xs], dim=1) + 0 * x[:, :1]
+
+
+def _blend_by_hand(shape, patch, overlap, weight):
+    """The Gaussian-weighted average of the tiles, written out tile by tile."""
+    n, _, ny, nx = shape
+    th, tw = patch
+    tile = torch.softmax(PositionModel()(torch.zeros(1, 1, th, tw)), 1)[0].numpy()
+    acc, norm = np.zeros((n, 3, ny, nx)), np.zeros((n, 1, ny, nx))
+    for i in tile_starts(ny, th, overlap):
+        for j in tile_starts(nx, tw, overlap):
+            acc[:, :, i:i + th, j:j + tw] += weight * tile
+            norm[:, :, i:i + th, j:j + tw] += weight
+    return acc / norm
+
+
+@pytest.mark.parametrize("shape,patch,overlap,batch_size", [((2, 1, 40, 28), (16, 12), 0.5, 3),
+                                                            ((1, 1, 25, 25), (10, 10), 0.25, 1)])
+def test_tiles_are_blended_with_the_gaussian_weights(shape, patch, overlap, batch_size):
+    x = np.zeros(shape, np.float32)
+    out = predict_slices(PositionModel(), x, num_classes=3, patch_size=patch, overlap=overlap, batch_size=batch_size)
+    expected = _blend_by_hand(shape, patch, overlap, gaussian_importance(patch))
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    # The check can tell weightings apart: a plain average of the same tiles differs.
+    assert not np.allclose(out, _blend_by_hand(shape, patch, overlap, np.ones(patch)), atol=1e-3)

@@ -1,0 +1,75 @@
+"""Per-class postprocessing with hand-made masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unet_pipeline.train.postprocess import postprocess_labels
+
+NAMES = {1: "liver", 2: "spleen"}
+
+
+def _two_blobs():
+    labels = np.zeros((10, 20, 20), np.uint8)
+    labels[2:8, 2:12, 2:12] = 1  # 600 voxels
+    labels[2:4, 15:17, 15:17] = 1  # 8 voxels, a separate component
+    labels[5:7, 15:18, 15:18] = 2  # 18 voxels of another class
+    return labels
+
+
+def test_largest_component_keeps_only_the_biggest_piece():
+    out = postprocess_labels(_two_blobs(), (1, 1, 1), {"liver": {"largest_component": True}}, NAMES)
+    assert (out == 1).sum() == 600 and (out == 2).sum() == 18  # other classes untouched
+    assert out.dtype == np.uint8
+
+
+def test_min_volume_removes_small_components_in_ml():
+    labels = _two_blobs()
+    # 8 voxels of 2 x 2 x 2 mm = 0.064 mL < 0.1 mL; spleen (18 x 8 mm^3 = 0.144 mL) stays
+    out = postprocess_labels(labels, (2, 2, 2), {"*": {"min_volume_ml": 0.1}}, NAMES)
+    assert (out == 1).sum() == 600 and (out == 2).sum() == 18
+    out = postprocess_labels(labels, (2, 2, 2), {"*": {"min_volume_ml": 0.2}}, NAMES)
+    assert (out == 2).sum() == 0
+
+
+def test_fill_holes():
+    labels = np.zeros((7, 7, 7), np.uint8)
+    labels[1:6, 1:6, 1:6] = 1
+    labels[3, 3, 3] = 0
+    out = postprocess_labels(labels, (1, 1, 1), {"liver": {"fill_holes": True}}, NAMES)
+    assert out[3, 3, 3] == 1 and (out == 1).sum() == 125
+
+
+def test_nothing_configured_changes_nothing_and_input_is_not_modified():
+    labels = _two_blobs()
+    before = labels.copy()
+    out = postprocess_labels(labels, (1, 1, 1), {}, NAMES)
+    assert np.array_equal(out, before) and np.array_equal(labels, before)
+
+
+def test_unknown_option_names_the_class():
+    with pytest.raises(ValueError, match="postprocess.liver: unknown option"):
+        postprocess_labels(_two_blobs(), (1, 1, 1), {"liver": {"keep_largest": True}}, NAMES)
+
+
+def test_postprocessing_is_chosen_per_class_by_the_held_out_dice():
+    from unet_pipeline.train.postprocess import choose_postprocessing
+
+    ref = np.zeros((4, 10, 10), np.uint8)
+    ref[1:3, 1:5, 1:5] = 1  # organ a: one blob
+    ref[1:3, 6:9, 1:3] = 2  # organ b: two blobs, both real
+    ref[1:3, 6:9, 6:9] = 2
+    pred = ref.copy()
+    pred[3, 8, 8] = 1  # a stray island of a: removing it helps
+    names = {1: "a", 2: "b", 3: "c"}
+    config, table = choose_postprocessing([pred], [ref], names)
+    assert config == {"a": {"largest_component": True}}  # b would lose a real blob; c occurs nowhere
+    assert table["a"]["after"] == 1.0 and table["a"]["before"] < 1.0 and table["a"]["adopted"]
+    assert table["b"]["after"] < table["b"]["before"] and not table["b"]["adopted"]
+    assert table["c"] == {"before": None, "after": None, "adopted": False, "cases": 0}
+    # A class that is already one component everywhere: adopting it changes nothing, so it is kept.
+    config, _ = choose_postprocessing([ref], [ref], {1: "a"})
+    assert config == {"a": {"largest_component": True}}
+    with pytest.raises(ValueError, match="references"):
+        choose_postprocessing([pred], [], names)

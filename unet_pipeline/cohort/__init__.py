@@ -1,0 +1,1 @@
+"""The cohort: discovery of cases, case ids, validation, patient-grouped splits."""

@@ -1,0 +1,1 @@
+"""Evaluation: per-case metrics and their summary, label volumes."""

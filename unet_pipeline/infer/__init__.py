@@ -1,0 +1,1 @@
+"""Inference: predictor (ensembles), model server, reassembly onto the source grid."""

@@ -1,0 +1,241 @@
+"""Tiled slice-wise inference with Gaussian blending.
+
+Each slice is covered by tiles of the training patch size that overlap by ``overlap`` (a share of
+the tile). Tiles from several slices are batched through the network together; the softmax of
+each tile is weighted by a Gaussian importance map (sigma = ``sigma_scale`` x tile size, so the
+tile centre counts more than its border) and accumulated, then divided by the summed weights.
+
+For the paper-faithful unpadded U-Net the overlap-tile strategy is used: each output tile is
+predicted from an input tile enlarged by the network's margin on every side, taken from the
+slice mirrored at its borders, so every output pixel sees its full context.
+
+Memory is bounded by slices: volumes are processed ``chunk_slices`` at a time and only the
+chunk's ``(n, K, Y, X)`` float32 probabilities are held.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..preprocess.slice_index import stack_neighbours
+
+__all__ = ["gaussian_importance", "tile_starts", "predict_slices", "iter_volume_probabilities", "select_device"]
+
+log = logging.getLogger(__name__)
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """``"auto"``: CUDA when a usable GPU is present, else the CPU with a warning; or an explicit device.
+
+    The warning for ``"auto"`` is logged once per process: a job on a node without a (usable)
+    GPU says in its log that it ran on the CPU.
+    """
+    global _warned_no_gpu
+    if preference != "auto":
+        dev = torch.device(preference)
+        if dev.type == "cuda" and not _cuda_usable():
+            warnings.warn("device 'cuda' requested but no usable GPU found; falling back to CPU", stacklevel=2)
+            return torch.device("cpu")
+        return dev
+    if _cuda_usable():
+        return torch.device("cuda")
+    if not _warned_no_gpu:
+        _warned_no_gpu = True
+        log.warning("no usable GPU found: running on the CPU (slower; set device: cpu to silence this)")
+    return torch.device("cpu")
+
+
+_warned_no_gpu = False
+
+
+def _cuda_usable() -> bool:
+    try:
+        if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+            return False
+        torch.zeros(1, device="cuda")
+        return True
+    except Exception:  # a fake or broken GPU (CUDA_VISIBLE_DEVICES with no device): fall back to CPU
+        return False
+
+
+@lru_cache(maxsize=8)
+def _gaussian(h: int, w: int, sigma_scale: float) -> np.ndarray:
+    def axis(n: int) -> np.ndarray:
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+        return np.exp(-0.5 * (x / (sigma_scale * n)) ** 2)
+
+    g = np.outer(axis(h), axis(w))
+    # Floor of 1e-3 (as MONAI's sliding-window Gaussian): tile borders still count a little.
+    return np.maximum(g / g.max(), 1e-3).astype(np.float32)
+
+
+def gaussian_importance(patch: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+    """Gaussian importance map ``(H, W)`` float32, max 1 at the centre, strictly positive everywhere."""
+    return _gaussian(int(patch[0]), int(patch[1]), float(sigma_scale))
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length`` with at least ``overlap`` overlap.
+
+    The first tile starts at 0 and the last ends at ``length``; starts are spread evenly.
+    ``length`` must be >= ``tile`` (the caller pads smaller slices).
+    """
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if length <= tile:
+        return [0]
+    step = max(1, int(tile * (1.0 - overlap)))
+    n = int(np.ceil((length - tile) / step)) + 1
+    return [int(round(i * (length - tile) / (n - 1))) for i in range(n)]
+
+
+def _cpu_graph(model: torch.nn.Module, shape: tuple[int, int, int, int]):
+    """The network traced for one input shape, frozen and optimised for CPU inference (conv + ReLU
+    fusion, oneDNN layouts); cached on the module. The weights are frozen into the graph, so this
+    is for trained models only (validation during training passes an explicit batch size). Falls back to the module itself if it cannot be
+    traced (e.g. an ensemble wrapper that is not a module)."""
+    if not isinstance(model, torch.nn.Module) or model.training:
+        return model
+    cache = model.__dict__.setdefault("_cpu_graphs", {})
+    with _CPU_GRAPH_LOCK:  # the model server predicts several cases at once: trace each shape once
+        if shape not in cache:
+            cache[shape] = _trace_for_cpu(model, shape)
+    return cache[shape]
+
+
+_CPU_GRAPH_LOCK = threading.Lock()
+
+
+def _trace_for_cpu(model: torch.nn.Module, shape: tuple[int, int, int, int]):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, torch.zeros(shape), check_trace=False)
+            return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+    except Exception as exc:  # tracing is an optimisation only
+        log.debug("no optimised CPU graph (%s): eager inference", exc)
+        return model
+
+
+@torch.inference_mode()
+def predict_slices(model: torch.nn.Module, slices: np.ndarray, *, num_classes: int, patch_size: Sequence[int],
+                   overlap: float = 0.5, batch_size: int | None = None, device: torch.device | str = "cpu",
+                   sigma_scale: float = 0.125, margin: int = 0, mirror_tta: bool = False,
+                   pad_value: float = 0.0, amp: bool = True) -> np.ndarray:
+    """Softmax probabilities of a stack of slices by tiled inference.
+
+    Parameters
+    ----------
+    model
+        Network mapping ``(N, C, H + 2m, W + 2m)`` to logits ``(N, K, H, W)`` (``m = margin``;
+        0 for padded networks).
+    slices
+        ``(n, C, Y, X)`` float32 network input (z-scores; C = neighbouring slices).
+    num_classes
+        ``K``, including background.
+    patch_size
+        Output tile ``(H, W)`` in pixels.
+    batch_size
+        Tiles per forward pass; None = 8 on a GPU, 1 on the CPU (on a few CPU cores one tile at a
+        time through a frozen, oneDNN-optimised graph of the network is the fastest).
+    overlap
+        Share of a tile overlapping its neighbour (0.5 = half a tile).
+    margin
+        Context added around each output tile (unpadded U-Net); taken from the mirrored slice.
+    mirror_tta
+        Also predict the left-right and up-down mirrored tiles and average.
+    pad_value
+        Image value used to pad slices smaller than a tile (air after normalisation).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, K, Y, X)`` float32 probabilities (sum to 1 over K).
+    """
+    device = torch.device(device)
+    n, c, ny, nx = slices.shape
+    th, tw = int(patch_size[0]), int(patch_size[1])
+    # Pad small slices up to one tile, then mirror-pad by the margin for the overlap-tile strategy.
+    py, px = max(0, th - ny), max(0, tw - nx)
+    x = np.pad(slices, ((0, 0), (0, 0), (py // 2, py - py // 2), (px // 2, px - px // 2)), constant_values=pad_value)
+    if margin:
+        x = np.pad(x, ((0, 0), (0, 0), (margin, margin), (margin, margin)), mode="symmetric")
+    full_y, full_x = ny + py, nx + px
+    starts = [(s, i, j) for s in range(n) for i in tile_starts(full_y, th, overlap) for j in tile_starts(full_x, tw, overlap)]
+    weight = torch.from_numpy(gaussian_importance((th, tw), sigma_scale)).to(device)
+    acc = torch.zeros((n, num_classes, full_y, full_x), dtype=torch.float32, device=device)
+    norm = torch.zeros((n, 1, full_y, full_x), dtype=torch.float32, device=device)
+    use_amp = amp and device.type == "cuda"
+    if not batch_size or batch_size < 1:
+        batch_size = 8 if device.type == "cuda" else 1
+    channels_last = device.type == "cuda"
+    if device.type == "cpu" and batch_size == 1:
+        model = _cpu_graph(model, (1, c, th + 2 * margin, tw + 2 * margin))
+    for b0 in range(0, len(starts), batch_size):
+        batch = starts[b0:b0 + batch_size]
+        tiles = np.stack([x[s, :, i:i + th + 2 * margin, j:j + tw + 2 * margin] for s, i, j in batch])
+        t = torch.from_numpy(tiles).to(device, non_blocking=True)
+        if channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            probs = torch.softmax(model(t).float(), dim=1)
+            if mirror_tta:
+                for dims in ((3,), (2,)):
+                    probs += torch.softmax(model(torch.flip(t, dims)).float(), dim=1).flip(dims)
+                probs /= 3.0
+        if probs.shape[-2:] != (th, tw):
+            raise ValueError(f"model output tile {tuple(probs.shape[-2:])} != expected {(th, tw)}; check margin/patch size")
+        probs = probs * weight
+        for k, (s, i, j) in enumerate(batch):
+            acc[s, :, i:i + th, j:j + tw] += probs[k]
+            norm[s, :, i:i + th, j:j + tw] += weight
+    acc /= norm
+    out = acc[:, :, py // 2:py // 2 + ny, px // 2:px // 2 + nx]
+    return out.float().cpu().numpy()
+
+
+def iter_volume_probabilities(model: torch.nn.Module, volume: np.ndarray, *, in_slices: int = 1,
+                              chunk_slices: int = 16, **kwargs) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(z0, probs)`` chunks for a whole volume.
+
+    Parameters
+    ----------
+    volume
+        ``(Z, Y, X)`` float32 z-scores: an array, a memory map or an :class:`~unet_pipeline.io.npy.NpyReader`
+        (read one chunk of slices at a time).
+    in_slices
+        Network input channels (neighbouring slices, odd).
+    **kwargs
+        Passed to :func:`predict_slices`.
+
+    Yields
+    ------
+    z0, probs
+        First slice index of the chunk and its ``(n, K, Y, X)`` float32 probabilities.
+    """
+    n_z = volume.shape[0]
+    half = in_slices // 2
+    for z0 in range(0, n_z, chunk_slices):
+        z1 = min(n_z, z0 + chunk_slices)
+        lo, hi = max(0, z0 - half), min(n_z, z1 + half)
+        # The chunk and its neighbouring slices in one contiguous read; the slab reaches past the
+        # chunk by k//2 slices except at the volume's edges, so clipping to it repeats real edges only.
+        slab = np.asarray(volume[lo:hi], dtype=np.float32)
+        x = np.stack([stack_neighbours(slab, z - lo, in_slices) for z in range(z0, z1)])
+        yield z0, predict_slices(model, x, **kwargs)
+
+
+def resize_probabilities(probs: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of ``(n, K, Y, X)`` probabilities to ``(n, K, *size)`` (float32)."""
+    t = torch.as_tensor(probs).float()
+    if tuple(t.shape[-2:]) == tuple(size):
+        return t
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)

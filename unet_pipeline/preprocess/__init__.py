@@ -1,0 +1,1 @@
+"""Preprocessing: orientation, in-plane resampling, CT normalisation, the slice index."""
