@@ -14,7 +14,8 @@ The assignment is written once to ``<results>/splits.json`` (:func:`fixed_splits
 every later run, so neither a changed seed nor a grown cohort moves a case between sides.
 New labelled cases go to training (the side or fold of their patient, when the patient is
 already known, so a new scan of a test patient is a test case); cases that left the cohort are
-dropped. Delete the file to split afresh.
+dropped. A file none of whose cases is still in the cohort (or a run without labelled cases,
+which writes none) does not bind: the cohort is split afresh. Delete the file to split afresh.
 
 With each case its own patient the assignment equals a seeded shuffle of the sorted case ids
 (the first ``round(test_fraction * n)`` to test; folds round-robin).
@@ -232,14 +233,20 @@ def fixed_splits(labelled: Sequence[str], patients: Mapping[str, str], split_cfg
     settings = {"seed": int(split_cfg.get("seed", 0)), "test_fraction": float(split_cfg.get("test_fraction", 0.25)),
                 "val_fraction": float(split_cfg.get("val_fraction", 0.2)), "folds": int(split_cfg.get("folds", 1))}
     path = Path(path) if path is not None else None
-    if path is None or not path.exists():
-        splits = _fresh_splits(labelled, patients, settings)
-        splits.settings = settings
-    else:
+    old = None
+    if path is not None and path.exists():
         try:
             old = Splits.from_dict(json.loads(path.read_text(encoding="utf-8")), path)
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read the fixed splits ({exc}); delete it to split afresh") from exc
+        if not set(_side_of(old)) & set(labelled):  # none of its cases is here: a new cohort, split afresh
+            if _side_of(old):
+                log.warning("%s: none of its cases is in the cohort any more; the cohort is split afresh", path)
+            old = None
+    if old is None:
+        splits = _fresh_splits(labelled, patients, settings)
+        splits.settings = settings
+    else:
         n_old = len(old.folds) if old.folds else 1
         if n_old != settings["folds"]:
             raise ConfigError(f"split.folds is {settings['folds']} but {path} holds {n_old} fold(s); "
@@ -250,7 +257,7 @@ def fixed_splits(labelled: Sequence[str], patients: Mapping[str, str], split_cfg
         splits = _update(old, labelled, patients, path)
     splits.patients = {c: patients.get(c, c) for c in sorted(labelled)}
     _check_no_leak(splits, splits.patients, path or Path("splits"))
-    if path is not None:
+    if path is not None and labelled:  # nothing to fix without labelled cases
         _write_if_changed(splits, path)
     return splits
 

@@ -159,3 +159,17 @@ def test_dicom_patient_id_groups_series_of_one_patient(tmp_path):
     cohort = cohort_from_folders(tmp_path / "images")
     assert {c.case_id: c.dicom_patient_id for c in cohort.cases} == {"s0": "PAT-A", "s1": "PAT-A", "s2": "PAT-B"}
     assert patient_of_cases(cohort.cases) == {"s0": "PAT-A", "s1": "PAT-A", "s2": "PAT-B"}
+
+
+def test_no_labelled_cases_write_no_splits_and_a_file_of_other_cases_does_not_bind(tmp_path):
+    """An unlabelled first run must not fix an empty split (every later case would train); a file
+    none of whose cases is in the cohort any more is a new cohort's: split afresh."""
+    path = tmp_path / "splits.json"
+    empty = fixed_splits([], {}, SPLIT, path)
+    assert not path.exists() and not (empty.train or empty.val or empty.test)
+    ids = [f"c{i:02d}" for i in range(12)]
+    first = fixed_splits(ids, {}, SPLIT, path)
+    others = [f"n{i:02d}" for i in range(12)]
+    fresh = fixed_splits(others, {}, SPLIT, path)
+    assert fresh.test and fresh.val and set(fresh.train + fresh.val + fresh.test) == set(others)
+    assert json.loads(path.read_text(encoding="utf-8"))["test"] == fresh.test != first.test
