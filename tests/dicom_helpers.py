@@ -18,6 +18,20 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 
 
+def _new_dataset(sop_class: str, uid: str):
+    """An empty pydicom data set of ``sop_class`` with instance ``uid`` and its file meta (explicit VR LE)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, uid
+    return ds
+
+
 def write_ct_series(folder: Path, hu: np.ndarray, *, spacing=(0.8, 0.8, 2.5), origin=(-20.0, -10.0, 50.0),
                     frame_uid: str | None = None, series_uid: str | None = None, study_uid: str | None = None,
                     patient_id: str = "P001", series_number: int = 3) -> dict:
@@ -27,8 +41,7 @@ def write_ct_series(folder: Path, hu: np.ndarray, *, spacing=(0.8, 0.8, 2.5), or
     at ``origin + s * slice spacing`` along z. Returns the UIDs (``study``, ``series``, ``frame``,
     ``instances``) and the file paths.
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
     study_uid, series_uid = study_uid or generate_uid(), series_uid or generate_uid()
@@ -36,12 +49,7 @@ def write_ct_series(folder: Path, hu: np.ndarray, *, spacing=(0.8, 0.8, 2.5), or
     instances, paths = [], []
     for s in range(hu.shape[0]):
         uid = generate_uid()
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-        ds.file_meta.MediaStorageSOPInstanceUID = uid
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, uid
+        ds = _new_dataset(CT_IMAGE_STORAGE, uid)
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
         ds.Modality, ds.Manufacturer = "CT", "synthetic"
         ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Patient", patient_id, "", "O"
@@ -72,17 +80,12 @@ def write_rtstruct(path: Path, ct: Mapping, rois: Mapping[str, Sequence], *, fra
     ``rois``: ROI name -> contours, each an ``(n, 3)`` LPS array (CLOSED_PLANAR), or a pair
     ``(geometric type, points)``. ``frame_uid`` overrides the series' frame of reference.
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     uid, frame = generate_uid(), frame_uid or ct["frame"]
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = RT_STRUCTURE_SET_STORAGE
-    ds.file_meta.MediaStorageSOPInstanceUID = uid
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = RT_STRUCTURE_SET_STORAGE, uid
+    ds = _new_dataset(RT_STRUCTURE_SET_STORAGE, uid)
     ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "RTSTRUCT", ct["study"], generate_uid()
     ds.PatientName, ds.PatientID = "Test^Patient", "P001"
     ds.StructureSetLabel = "test"
