@@ -1,7 +1,8 @@
 """Benchmark: forward throughput of the U-Net and the GFLOP/s it achieves, channels-last vs contiguous.
 
-No reference library here: the figure to compare with is the machine's peak (about 130 GFLOP/s at
-best for these convolutions on 2 CPU cores). Two networks, seeded random weights, 5 classes, one
+No reference library here: the figures to compare with are the target of 100 GFLOP/s on 2 CPU
+cores (what this machine reaches for this family of 2D U-Nets with batch norm, channels-last) and
+the predictor's former path (``b1_before``). Two networks, seeded random weights, 5 classes, one
 input channel, in inference mode:
 
 * the demo model: the architecture of ``config/config.yaml``'s ``model`` section (padded U-Net,
@@ -18,10 +19,12 @@ slice in one pass, and per slice as tiled inference covers it (overlap 0.5: 9 ti
 for the paper's exact unpadded network (572 x 572 in, 388 x 388 out, no normalisation, 2 classes).
 
 Timed variants, alternated in one process after a warm-up pass of each (the order rotates every
-repeat; each sample runs the same number of tiles): batch 1 and batch 8, ``contiguous`` and
-``channels_last`` (model and input); on the CPU also the frozen oneDNN graph that
-:func:`unet_pipeline.model.tiling.predict_slices` runs at batch 1 (``frozen``); on CUDA, when present,
-the same batch/format variants under fp16 autocast. Medians over the repeats give tiles/s and
+repeat; each sample runs the same number of tiles): batch 1, the predictor's CPU batch (4) and
+batch 8, ``contiguous`` and ``channels_last`` (model and input; the predictor runs channels-last);
+for the demo model also ``b1_before``, the path the predictor took before instance norm became a
+group norm per channel: the network with torch's ``nn.InstanceNorm2d``, traced, frozen and
+optimised for oneDNN, one tile a pass (``speedup_vs_before`` = the predictor's variant over it). On
+CUDA the same batch/format variants run under fp16 autocast; ``--device cuda`` times the GPU only. Medians over the repeats give tiles/s and
 GFLOP/s; slices/s is that GFLOP/s over the FLOPs of a slice (one 512 x 512 pass; ``_tiled``: the
 plan's 256 x 256 tiles at overlap 0.5, 9 a slice), so quick mode's smaller tiles extrapolate to the
 real ones at the rate they achieved. Reported too: the largest difference between the channels-last
@@ -44,7 +47,6 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from unet_pipeline.model import tiling as _inference
 from unet_pipeline.model.tiling import tile_starts
 from unet_pipeline.model.unet import UNetConfig, build_unet
 from unet_pipeline.cohort.naming import DEMO_LABELS
@@ -55,11 +57,12 @@ CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 NUM_CLASSES = 1 + len(DEMO_LABELS)
 SLICE = 512
 OVERLAP = 0.5
-BATCHES = (1, 8)
+BATCHES = (1, 4, 8)
+PREDICTOR_BATCH_CPU = 4       # predict_slices' default tile batch on the CPU
+TARGET_GFLOPS = 100.0
 FORMATS = ("contiguous", "channels_last")
 TILES_PER_SAMPLE = 8          # every timed sample runs this many tiles, whatever the batch
 CUDA_TILES_PER_SAMPLE = 256
-CPU_PEAK_GFLOPS = 130.0       # best seen for these convolutions on the 2-core development machine
 #: The paper's network exactly: unpadded, no normalisation, 2 classes, 572 x 572 -> 388 x 388.
 PAPER_UNPADDED = UNetConfig(num_classes=2, in_channels=1, base_channels=64, depth=4, padded=False, norm="none")
 PAPER_UNPADDED_INPUT = 572
@@ -112,6 +115,27 @@ def _flop_figures(config: UNetConfig, tile: int, plan_tile: int) -> dict:
             "_flops_slice": per_slice, "_flops_slice_tiled": n_tiles * per_plan_tile}
 
 
+def _before(model: torch.nn.Module, shape: tuple[int, ...]) -> Any:
+    """The former CPU path of the predictor: ``model`` with torch's ``nn.InstanceNorm2d`` in place of
+    ours (same weights), traced for one input shape, frozen and optimised for inference (oneDNN)."""
+    import copy
+    import warnings
+
+    from unet_pipeline.model.unet import InstanceNorm
+
+    old = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    for module in list(old.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, InstanceNorm):
+                ref = torch.nn.InstanceNorm2d(child.num_channels, affine=True)
+                ref.load_state_dict(child.state_dict())
+                setattr(module, name, ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(old.eval(), torch.zeros(shape), check_trace=False)
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+
+
 def _models(config: UNetConfig, device: torch.device, formats=FORMATS) -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     base = build_unet(config).eval().to(device)
@@ -150,7 +174,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _time(config: UNetConfig, tile: int, device: torch.device, batches: tuple[int, ...], repeats: int,
-          tiles_per_sample: int, frozen: bool) -> tuple[dict[str, tuple[float, float]], float]:
+          tiles_per_sample: int, before: bool) -> tuple[dict[str, tuple[float, float]], float]:
     """Median and least seconds per tile of each variant, and the largest channels-last vs contiguous logit
     difference."""
     models = _models(config, device)
@@ -159,10 +183,9 @@ def _time(config: UNetConfig, tile: int, device: torch.device, batches: tuple[in
         for fmt in FORMATS:
             variants[f"b{batch}_{fmt}"] = (models[fmt], _input(batch, config, tile, fmt, device),
                                            max(1, tiles_per_sample // batch))
-    trace = getattr(_inference, "_trace_for_cpu", None)  # private: skip the variant if it is renamed
-    if frozen and trace is not None and device.type == "cpu":  # predict_slices' CPU path: one tile a pass
+    if before and device.type == "cpu":
         x = _input(1, config, tile, "contiguous", device)
-        variants["b1_frozen"] = (trace(models["contiguous"], tuple(x.shape)), x, tiles_per_sample)
+        variants["b1_before"] = (_before(models["contiguous"], tuple(x.shape)), x, tiles_per_sample)
     amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast("cpu",
                                                                                                    enabled=False)
     names = list(variants)
@@ -207,8 +230,10 @@ def _ratio(rates: dict, batch: int) -> float | None:
     return round(b["tiles_per_s"] / a["tiles_per_s"], 3) if a and b else None
 
 
-def run(quick: bool = False) -> dict:
-    """FLOPs of both networks; tiles/s, slices/s and GFLOP/s of each timed variant; the paper-size estimate."""
+def run(quick: bool = False, device: str | None = None) -> dict:
+    """FLOPs of both networks; tiles/s, slices/s and GFLOP/s of each timed variant; the paper-size estimate.
+
+    ``device``: None times the CPU and, when present, CUDA; ``"cuda"`` times the GPU only."""
     demo, plan_tile = demo_config()
     paper = paper_config(demo)
     tile = 128 if quick else plan_tile
@@ -223,7 +248,12 @@ def run(quick: bool = False) -> dict:
                                  "gflop_per_slice": round(unpadded_tiles * unpadded_flops / 1e9, 3),
                                  "gflop_per_output_megapixel": round(unpadded_flops / unpadded_out ** 2 / 1e3, 3)}
 
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda: no usable GPU (torch.cuda.is_available() is False)")
+        devices = [torch.device("cuda")]
+    else:
+        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() and device is None else [])
     for device in devices:
         cuda = device.type == "cuda"
         for name, config in (("demo", demo), ("paper_padded", paper)):
@@ -231,10 +261,12 @@ def run(quick: bool = False) -> dict:
                 continue
             batches = BATCHES if cuda or name == "demo" else (1,)
             per_sample = CUDA_TILES_PER_SAMPLE if cuda else (TILES_PER_SAMPLE if name == "demo" else 1)
-            seconds, diff = _time(config, tile, device, batches, repeats, per_sample, frozen=name == "demo")
+            seconds, diff = _time(config, tile, device, batches, repeats, per_sample, before=name == "demo")
             figures[name][device.type] = _rates(seconds, figures[name])
             figures[name][f"{device.type}_max_abs_diff_channels_last"] = float(f"{diff:.3g}")
 
+    if "cpu" not in figures["demo"]:
+        return _cuda_result(figures, quick)
     demo_cpu = figures["demo"]["cpu"]
     best = max(demo_cpu, key=lambda k: demo_cpu[k]["gflops"])
     if "cpu" in figures["paper_padded"]:
@@ -259,6 +291,11 @@ def run(quick: bool = False) -> dict:
                                          for v in figures[f].get("cpu", {}).values()),
         "demo_slices_per_s": demo_cpu[best]["slices_per_s"],
         "demo_slices_per_s_tiled": max(v["slices_per_s_tiled"] for v in demo_cpu.values()),
+        "gflops_b1": demo_cpu["b1_channels_last"]["gflops"],
+        "gflops_predictor_batch": demo_cpu[f"b{PREDICTOR_BATCH_CPU}_channels_last"]["gflops"],
+        "target_gflops": TARGET_GFLOPS,
+        "speedup_vs_before": round(demo_cpu[f"b{PREDICTOR_BATCH_CPU}_channels_last"]["tiles_per_s"]
+                                   / demo_cpu["b1_before"]["tiles_per_s"], 2),
         "channels_last_vs_contiguous_b1": _ratio(demo_cpu, 1),
         "channels_last_vs_contiguous_b8": _ratio(demo_cpu, 8),
         "demo_gflops_cpu": {k: v["gflops"] for k, v in demo_cpu.items()},
@@ -267,7 +304,6 @@ def run(quick: bool = False) -> dict:
         "paper_estimate_basis": f"{basis} GFLOP/s: {basis_label}",
         # the same from the fastest sample: what the machine gives when nothing else runs on it
         "paper_s_per_slice_estimate_fastest": round(figures["paper_padded"]["gflop_per_slice"] / fastest, 2),
-        "cpu_peak_gflops_reference": CPU_PEAK_GFLOPS,
         "models": figures,
         "slice_px": [SLICE, SLICE],
         "overlap": OVERLAP,
@@ -283,11 +319,25 @@ def run(quick: bool = False) -> dict:
     return result
 
 
+def _cuda_result(figures: dict, quick: bool) -> dict:
+    """The figures of a GPU-only run (``--device cuda``): GFLOP/s and slices/s per variant under fp16."""
+    for fig in figures.values():
+        for key in ("_flops_tile", "_flops_slice", "_flops_slice_tiled"):
+            fig.pop(key, None)
+    demo = figures["demo"]["cuda"]
+    best = max(demo, key=lambda k: demo[k]["gflops"])
+    return {"gpu": torch.cuda.get_device_name(0), "quick": quick,
+            "gflops_best_cuda_fp16": max(v["gflops"] for f in ("demo", "paper_padded") for v in figures[f]["cuda"].values()),
+            "demo_slices_per_s": demo[best]["slices_per_s"], "demo_slices_per_s_tiled": demo[best]["slices_per_s_tiled"],
+            "demo_best_variant": best, "models": figures, "devices": ["cuda"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiles of 128, 3 repeats, paper-size FLOPs counted only")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="cuda: time the GPU only")
     args = parser.parse_args()
-    print(json.dumps(run(quick=args.quick), indent=2))
+    print(json.dumps(run(quick=args.quick, device=args.device), indent=2))
 
 
 if __name__ == "__main__":

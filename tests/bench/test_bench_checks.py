@@ -198,8 +198,8 @@ def test_forward_rates_are_consistent_with_the_flop_count():
     other (arithmetic only: no value of any timing is asserted)."""
     cfg = UNetConfig(num_classes=5, base_channels=4, depth=2)
     seconds, diff = bench_forward._time(cfg, 32, torch.device("cpu"), (1, 2), repeats=1, tiles_per_sample=2,
-                                        frozen=True)
-    assert set(seconds) == {"b1_contiguous", "b1_channels_last", "b2_contiguous", "b2_channels_last", "b1_frozen"}
+                                        before=True)
+    assert set(seconds) == {"b1_contiguous", "b1_channels_last", "b2_contiguous", "b2_channels_last", "b1_before"}
     assert diff <= 1e-4
     flops = bench_forward._flop_figures(cfg, 32, 256)
     assert flops["tiles_per_slice_tiled"] == 9  # 512 px covered by tiles of 256 at overlap 0.5: 3 x 3
@@ -233,3 +233,14 @@ def test_realdata_benchmark_segments_both_tests_on_their_grids_with_both_recipes
         for test in ("dcmqi_liver", "ts_venous"):
             assert all(0.0 <= fig["dice"] <= 1.0 for fig in result[side][test].values())
     assert isinstance(result["classes_behind_monai"], list)
+
+
+def test_forward_before_variant_is_the_same_network_with_torch_instance_norm():
+    """``b1_before`` (the former predictor path, torch's InstanceNorm2d, frozen) computes the logits of
+    the shipped network: the speed ratio compares two ways of computing one function."""
+    cfg = UNetConfig(num_classes=5, base_channels=4, depth=2)
+    model = bench_forward._models(cfg, torch.device("cpu"))["contiguous"]
+    x = torch.randn(1, 1, 32, 32)
+    before = bench_forward._before(model, tuple(x.shape))
+    with torch.inference_mode():
+        torch.testing.assert_close(before(x), model(x), atol=1e-4, rtol=1e-4)

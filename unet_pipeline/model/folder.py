@@ -33,7 +33,5 @@ def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tup
         raise ValueError(f"{meta_path}: not a unet-pipeline model (format {meta.get('format')!r})")
     model = build_unet(UNetConfig.from_dict(meta["architecture"]))
     model.load_state_dict(load_file(str(weights_path)))
-    model.to(device).eval()
-    if torch.device(device).type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last).eval()  # see predict_slices
     return model, meta

@@ -16,7 +16,6 @@ chunk's ``(n, K, Y, X)`` float32 probabilities are held.
 from __future__ import annotations
 
 import logging
-import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
@@ -97,34 +96,6 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
     return [int(round(i * (length - tile) / (n - 1))) for i in range(n)]
 
 
-def _cpu_graph(model: torch.nn.Module, shape: tuple[int, int, int, int]):
-    """The network traced for one input shape, frozen and optimised for CPU inference (conv + ReLU
-    fusion, oneDNN layouts); cached on the module. The weights are frozen into the graph, so this
-    is for trained models only (validation during training passes an explicit batch size). Falls back to the module itself if it cannot be
-    traced (e.g. an ensemble wrapper that is not a module)."""
-    if not isinstance(model, torch.nn.Module) or model.training:
-        return model
-    cache = model.__dict__.setdefault("_cpu_graphs", {})
-    with _CPU_GRAPH_LOCK:  # the model server predicts several cases at once: trace each shape once
-        if shape not in cache:
-            cache[shape] = _trace_for_cpu(model, shape)
-    return cache[shape]
-
-
-_CPU_GRAPH_LOCK = threading.Lock()
-
-
-def _trace_for_cpu(model: torch.nn.Module, shape: tuple[int, int, int, int]):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(model, torch.zeros(shape), check_trace=False)
-            return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-    except Exception as exc:  # tracing is an optimisation only
-        log.debug("no optimised CPU graph (%s): eager inference", exc)
-        return model
-
-
 @torch.inference_mode()
 def predict_slices(model: torch.nn.Module, slices: np.ndarray, *, num_classes: int, patch_size: Sequence[int],
                    overlap: float = 0.5, batch_size: int | None = None, device: torch.device | str = "cpu",
@@ -144,8 +115,8 @@ def predict_slices(model: torch.nn.Module, slices: np.ndarray, *, num_classes: i
     patch_size
         Output tile ``(H, W)`` in pixels.
     batch_size
-        Tiles per forward pass; None = 8 on a GPU, 1 on the CPU (on a few CPU cores one tile at a
-        time through a frozen, oneDNN-optimised graph of the network is the fastest).
+        Tiles per forward pass; None = 8 on a GPU, 4 on the CPU. Tiles go through the network
+        channels-last (NHWC), the convolutions' fast layout on both (``bench/bench_forward.py``).
     overlap
         Share of a tile overlapping its neighbour (0.5 = half a tile).
     margin
@@ -175,16 +146,11 @@ def predict_slices(model: torch.nn.Module, slices: np.ndarray, *, num_classes: i
     norm = torch.zeros((n, 1, full_y, full_x), dtype=torch.float32, device=device)
     use_amp = amp and device.type == "cuda"
     if not batch_size or batch_size < 1:
-        batch_size = 8 if device.type == "cuda" else 1
-    channels_last = device.type == "cuda"
-    if device.type == "cpu" and batch_size == 1:
-        model = _cpu_graph(model, (1, c, th + 2 * margin, tw + 2 * margin))
+        batch_size = 8 if device.type == "cuda" else 4
     for b0 in range(0, len(starts), batch_size):
         batch = starts[b0:b0 + batch_size]
         tiles = np.stack([x[s, :, i:i + th + 2 * margin, j:j + tw + 2 * margin] for s, i, j in batch])
-        t = torch.from_numpy(tiles).to(device, non_blocking=True)
-        if channels_last:
-            t = t.contiguous(memory_format=torch.channels_last)
+        t = torch.from_numpy(tiles).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             probs = torch.softmax(model(t).float(), dim=1)
             if mirror_tta:

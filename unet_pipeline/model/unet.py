@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["UNetConfig", "UNet2d", "build_unet", "count_parameters", "NORMS", "UPSAMPLES"]
+__all__ = ["UNetConfig", "UNet2d", "InstanceNorm", "build_unet", "count_parameters", "NORMS", "UPSAMPLES"]
 
 NORMS = ("instance", "batch", "none")
 UPSAMPLES = ("transpose", "bilinear")
@@ -106,6 +106,21 @@ class UNetConfig:
         return cls(**{k: types[k](v) for k, v in data.items()})
 
 
+class InstanceNorm(nn.GroupNorm):
+    """Instance normalisation with a learned scale and shift per channel, as one group per channel.
+
+    The same function as ``nn.InstanceNorm2d(channels, affine=True)`` (mean and variance over
+    ``(H, W)`` of each sample and channel, ``eps`` 1e-5) and the same parameters (``weight``,
+    ``bias``: ``(C,)``), so weights saved from either load into the other. Written as a group norm
+    because PyTorch's group norm keeps a channels-last tensor channels-last, while its instance
+    norm converts it to contiguous and back: on a 2-core CPU the shipped U-Net trains 1.7x and
+    infers 1.4x faster this way (``bench/bench_forward.py``).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__(channels, channels, eps=eps, affine=True)
+
+
 class _DoubleConv(nn.Sequential):
     """Two 3 x 3 convolutions, each followed by optional normalisation and ReLU."""
 
@@ -114,7 +129,7 @@ class _DoubleConv(nn.Sequential):
         for c in (c_in, c_out):
             layers.append(nn.Conv2d(c, c_out, 3, padding=1 if padded else 0, bias=norm == "none"))
             if norm == "instance":
-                layers.append(nn.InstanceNorm2d(c_out, affine=True))
+                layers.append(InstanceNorm(c_out))
             elif norm == "batch":
                 layers.append(nn.BatchNorm2d(c_out))
             layers.append(nn.ReLU(inplace=True))

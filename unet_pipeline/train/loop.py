@@ -621,8 +621,7 @@ def _build_run(train_pairs, val_pairs, plan: Mapping, out_dir: Path, *, model_co
                            foreground_fraction=cfg.foreground_fraction, rng=np_rng)
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # the convolutions' fast layout on CPU and GPU alike
     label_values = sorted(int(v) for v in plan["labels"])  # class index k stands for label_values[k - 1]
     fingerprint = _run_fingerprint(model=mcfg, loss=loss_options, augment=augment_config, training=cfg, plan=plan,
                                    train_ids=[c.case_id for c in train_cases], val_ids=[c.case_id for c in val_cases])
@@ -668,8 +667,7 @@ def _train_step(run: _Run, batch) -> torch.Tensor:
     if m:  # unpadded U-Net: the loss covers the output (centre) region only
         y = y[:, m:-m, m:-m]
         w = w[:, m:-m, m:-m] if w is not None else None
-    if run.device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
     run.optimizer.zero_grad(set_to_none=True)
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
         logits = run.step_model(x)

@@ -76,17 +76,26 @@ def test_gaussian_importance_and_tile_starts():
         tile_starts(10, 4, 1.0)
 
 
-def test_cpu_graph_gives_the_same_probabilities_as_eager_batches():
-    """The default on the CPU (one tile per pass through a frozen graph) equals eager batches of 8."""
+def test_tile_batch_and_memory_format_do_not_change_the_probabilities():
+    """The default tile batch, one tile a pass and batches of 8 give the same probabilities, and
+    the tiles reach the network channels-last (its fast layout) whatever the caller's format."""
     from unet_pipeline.model.unet import UNetConfig, build_unet
 
     torch.manual_seed(0)
     model = build_unet(UNetConfig(num_classes=3, base_channels=4, depth=2)).eval()
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
     slices = np.random.default_rng(0).normal(size=(2, 1, 40, 52)).astype(np.float32)
-    fast = predict_slices(model, slices, num_classes=3, patch_size=(32, 32))
-    eager = predict_slices(model, slices, num_classes=3, patch_size=(32, 32), batch_size=8)
-    np.testing.assert_allclose(fast, eager, atol=1e-5)
-    assert model.__dict__.get("_cpu_graphs")  # the traced graph was built and cached
+    default = predict_slices(model, slices, num_classes=3, patch_size=(32, 32))
+    one = predict_slices(model, slices, num_classes=3, patch_size=(32, 32), batch_size=1)
+    eight = predict_slices(model, slices, num_classes=3, patch_size=(32, 32), batch_size=8)
+    np.testing.assert_allclose(default, one, atol=1e-5)
+    np.testing.assert_allclose(default, eight, atol=1e-5)
+    assert seen and all(seen)
+    with torch.inference_mode():
+        x = torch.from_numpy(slices[:, :, :32, :32].copy())
+        np.testing.assert_allclose(model(x).numpy(), model(x.contiguous(memory_format=torch.channels_last)).numpy(),
+                                   atol=1e-5)
 
 
 class LastChannelModel(PixelwiseModel):

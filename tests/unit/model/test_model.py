@@ -85,3 +85,39 @@ def test_wrong_channel_count_is_an_error():
     model = build_unet(UNetConfig(num_classes=2, in_channels=3, base_channels=2, depth=1))
     with pytest.raises(ValueError, match=r"expected input \(N, 3, H, W\)"):
         model(torch.zeros(1, 1, 8, 8))
+
+
+def test_instance_norm_is_torch_instance_norm_and_loads_its_weights():
+    """Our instance norm (a group norm with a group per channel, which stays channels-last) computes
+    what ``nn.InstanceNorm2d(affine=True)`` computes, and a state dict saved from a network built
+    with ``nn.InstanceNorm2d`` (models trained before the change) loads and gives the same logits."""
+    from torch import nn
+
+    from unet_pipeline.model.unet import InstanceNorm
+
+    torch.manual_seed(0)
+    ours, ref = InstanceNorm(6), nn.InstanceNorm2d(6, affine=True)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 2.0)
+        ref.bias.uniform_(-1.0, 1.0)
+    ours.load_state_dict(ref.state_dict())
+    x = 3.0 * torch.randn(4, 6, 17, 23) + 5.0
+    torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
+    cl = ours(x.contiguous(memory_format=torch.channels_last))
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(cl, ref(x), atol=1e-5, rtol=1e-5)
+
+    config = UNetConfig(num_classes=3, base_channels=4, depth=2)
+    model = build_unet(config).eval()
+    old = build_unet(config).eval()
+    for name, module in old.named_modules():  # the network as built before: torch's InstanceNorm2d
+        for child_name, child in module.named_children():
+            if isinstance(child, InstanceNorm):
+                setattr(module, child_name, nn.InstanceNorm2d(child.num_channels, affine=True))
+    with torch.no_grad():
+        for p in old.parameters():
+            p.normal_(0.0, 0.3)
+    model.load_state_dict(old.state_dict())  # strict: the same keys and shapes
+    x = torch.randn(2, 1, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), old(x), atol=1e-4, rtol=1e-4)
