@@ -52,7 +52,7 @@ def status(key):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
 import numpy as np
-from unet_pipeline.io.images import load_json
+from unet_pipeline.io.files import load_json
 from unet_pipeline.preprocess.transform import preprocess_image
 from unet_pipeline.infer.reassembly import reassemble_case
 args = json.loads(sys.argv[1])

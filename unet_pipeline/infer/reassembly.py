@@ -20,7 +20,7 @@ from ..io.files import atomic_path, load_json
 from ..io.formats import label_dtype
 from ..io.geometry import Orientation
 from ..io.npy import NpyReader
-from ..model.tiling import resize_probabilities
+from ..model.tiling import class_argmax, resize_probabilities
 from ..preprocess.transform import CHUNK_SLICES
 
 __all__ = ["probabilities_to_labels", "write_segmentation", "reassemble_case"]
@@ -55,7 +55,7 @@ def probabilities_to_labels(probs: np.ndarray, canonical_shape: tuple[int, int, 
     to_value = np.asarray([0, *values], dtype=out.dtype)  # class index -> label value
     for z0 in range(0, n_z, CHUNK_SLICES):
         chunk = resize_probabilities(np.asarray(probs[z0:z0 + CHUNK_SLICES], dtype=np.float32), (n_y, n_x))
-        out[z0:z0 + chunk.shape[0]] = to_value[chunk.argmax(1).numpy()]
+        out[z0:z0 + chunk.shape[0]] = to_value[class_argmax(chunk)]
     return out
 
 

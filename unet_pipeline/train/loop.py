@@ -52,7 +52,7 @@ import torch
 from ..errors import ConfigError
 from ..io.files import atomic_path, save_json
 from ..model.folder import MODEL_FORMAT
-from ..model.tiling import iter_volume_probabilities, select_device
+from ..model.tiling import class_argmax, iter_volume_probabilities, select_device
 from ..model.unet import UNetConfig, build_unet
 from .augment import AugmentConfig, augment_batch
 from .losses import make_loss
@@ -452,7 +452,7 @@ def _validate(model, cases, *, num_classes: int, patch_size, in_slices: int, dev
         for z0, probs in iter_volume_probabilities(model, case.image, in_slices=in_slices, num_classes=num_classes,
                                                    patch_size=patch_size, overlap=0.25, batch_size=8, device=device,
                                                    margin=margin, pad_value=case.pad_value):
-            pred = probs.argmax(1)
+            pred = class_argmax(probs)
             ref = np.asarray(case.label[z0:z0 + pred.shape[0]])
             for k in range(1, num_classes):
                 p, r = pred == k, ref == k
@@ -827,7 +827,7 @@ def _choose_postprocessing(run: _Run) -> dict:
                                                    num_classes=len(run.label_values) + 1, patch_size=run.patch,
                                                    overlap=0.25, batch_size=8, device=run.device, margin=run.margin,
                                                    pad_value=case.pad_value):
-            pred[z0:z0 + probs.shape[0]] = probs.argmax(1)
+            pred[z0:z0 + probs.shape[0]] = class_argmax(probs)
         preds.append(pred)
         refs.append(np.asarray(case.label))
     names = dict(enumerate(run.label_names, start=1))  # class index -> name

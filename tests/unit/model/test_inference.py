@@ -199,3 +199,13 @@ def test_tiles_are_blended_with_the_gaussian_weights(shape, patch, overlap, batc
     np.testing.assert_allclose(out, expected, atol=1e-5)
     # The check can tell weightings apart: a plain average of the same tiles differs.
     assert not np.allclose(out, _blend_by_hand(shape, patch, overlap, np.ones(patch)), atol=1e-3)
+
+
+def test_class_argmax_is_argmax_with_first_class_on_ties():
+    from unet_pipeline.model.tiling import class_argmax
+
+    rng = np.random.default_rng(0)
+    probs = rng.integers(0, 3, (3, 5, 20, 30)).astype(np.float16)  # many ties
+    np.testing.assert_array_equal(class_argmax(probs), probs.argmax(1))
+    probs = rng.random((2, 4, 8, 9)).astype(np.float32)
+    np.testing.assert_array_equal(class_argmax(torch.from_numpy(probs)), probs.argmax(1))
