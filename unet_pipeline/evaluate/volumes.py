@@ -4,7 +4,8 @@ For every segmented case and class: the volume (mL), HU statistics of the CT ins
 structure, the number of connected components and QC flags a reader should look at:
 
 * ``empty``: nothing of this class was segmented;
-* ``fragmented``: more than one connected component (26-connectivity);
+* ``fragmented``: more than one connected component (voxels touching by a face, an edge or a
+  corner are connected: :data:`unet_pipeline.train.postprocess.CONNECTIVITY`, as in postprocessing);
 * ``touches_border``: the structure reaches the edge of the image, so it may be cut off by the
   field of view and its volume underestimated.
 
@@ -18,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
+
+from ..train.postprocess import label_components
 
 __all__ = ["VOLUME_COLUMNS", "case_volumes"]
 
@@ -64,7 +66,7 @@ def case_volumes(segmentation: np.ndarray, image_hu: np.ndarray, spacing_mm: Seq
             hu = np.asarray(image_hu[mask], dtype=np.float32)
             p05, p50, p95 = (float(v) for v in np.percentile(hu, [5, 50, 95]))
             box = _bounding_box(mask)  # from axis projections: no index arrays of every voxel
-            _, n_comp = ndimage.label(mask[box], structure=np.ones((3,) * mask.ndim, bool))
+            _, n_comp = label_components(mask[box])
             border = _touches_border(mask)
             row.update(hu_mean=float(hu.mean(dtype=np.float64)), hu_std=float(hu.std(dtype=np.float64)),
                        hu_p05=p05, hu_p50=p50, hu_p95=p95, n_components=int(n_comp), empty=False,
