@@ -12,10 +12,11 @@ both ways, with the project's connectivity (:data:`unet_pipeline.train.postproce
   ``monai.transforms.utils.fill_holes`` with the background joined through faces (connectivity 1).
 
 MONAI's first two need scikit-image, which is not a dependency of the project: without it they
-are reported as missing. (scikit-image 0.26 also removes components of exactly ``min_size``
-voxels; the 20-voxel threshold here falls between the islands' sizes.) They run alternately after a warm-up; medians over the repeats are
-reported with the ratio (MONAI / ours; also as ``<operation>_ratio``) and whether the masks are
-identical.
+are reported as missing. scikit-image 0.26 also removes components of exactly ``min_size``
+voxels (ours keeps them); the islands here are products of 1 to 3 voxels a side, so unless two
+merge none has the 20 voxels of the threshold. Both sides run alternately after a warm-up;
+medians over the repeats are reported with the ratio (MONAI / ours; also as
+``<operation>_ratio``) and whether the masks are identical.
 Run ``python bench/bench_postprocess.py [--quick]``; prints a JSON dict.
 """
 
@@ -75,7 +76,8 @@ def _pairs(min_voxels: int) -> dict:
     from unet_pipeline.train.postprocess import CONNECTIVITY
 
     have_skimage = optional_import("skimage.morphology")[1]
-    largest = (lambda m: mt.get_largest_connected_component_mask(m, connectivity=CONNECTIVITY)) if have_skimage else None
+    largest = ((lambda m: mt.get_largest_connected_component_mask(m, connectivity=CONNECTIVITY))
+               if have_skimage else None)
     small = ((lambda m: mt.remove_small_objects(m[None].astype(bool), min_voxels, CONNECTIVITY)[0])
              if have_skimage else None)
     return {"largest_component": (_ours_largest, largest),

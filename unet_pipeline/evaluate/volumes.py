@@ -16,16 +16,16 @@ array order of the NIfTI file; spacing in mm per array axis.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..errors import CaseError
 from ..train.postprocess import label_components
+from .tables import VOLUME_COLUMNS
 
-__all__ = ["VOLUME_COLUMNS", "case_volumes"]
-
-VOLUME_COLUMNS = ["case", "label", "label_id", "volume_ml", "hu_mean", "hu_std", "hu_p05", "hu_p50", "hu_p95",
-                  "n_components", "empty", "touches_border", "qc_flags"]
+__all__ = ["VOLUME_COLUMNS", "case_volumes", "volume_rows"]
 
 
 def _touches_border(mask: np.ndarray) -> bool:
@@ -79,3 +79,20 @@ def case_volumes(segmentation: np.ndarray, image_hu: np.ndarray, spacing_mm: Seq
         row["qc_flags"] = ";".join(flags)
         rows.append(row)
     return rows
+
+
+def volume_rows(case_id: str, seg: str | Path, image: str | Path, labels: Mapping[int, str]) -> list[dict]:
+    """:func:`case_volumes` of a segmentation and its CT, both NIfTI files.
+
+    Raises :class:`~unet_pipeline.errors.CaseError` when their voxel grids differ in shape.
+    """
+    import nibabel as nib
+
+    from ..io.formats import spacing_from_affine
+    from ..io.images import read_voxels
+
+    simg, iimg = nib.load(str(seg)), nib.load(str(image))
+    if simg.shape[:3] != iimg.shape[:3]:
+        raise CaseError(seg, f"segmentation shape {simg.shape} differs from image {image} shape {iimg.shape}")
+    return case_volumes(read_voxels(simg, seg), read_voxels(iimg, image), spacing_from_affine(iimg.affine),
+                        labels, case_id)
