@@ -31,6 +31,10 @@ if str(ROOT) not in sys.path:
 BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, str | float | None]]]] = {
     "elastic": ("bench.bench_elastic", [("elastic deformation vs MONAI Rand2DElasticd (x faster)", "speedup",
                                         "target_speedup")]),
+    "postprocess": ("bench.bench_postprocess", [("largest component: MONAI / ours time (scikit-image needed)",
+                                                "largest_component_ratio", None),
+                                               ("fill holes: MONAI / ours time", "fill_holes_ratio",
+                                                None)]),
     "metrics": ("bench.bench_metrics", [("Dice/HD95/ASSD/NSD vs MONAI (x faster)", "speedup", "target_speedup"),
                                         ("largest relative difference to MONAI", "max_relative_difference", 1e-4)]),
     "preprocess": ("bench.bench_preprocess", [("read + preprocess image and label vs MONAI transforms (x faster)",

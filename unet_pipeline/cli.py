@@ -279,8 +279,9 @@ def _label_values(paths: Sequence[str | Path]) -> set[int]:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .cohort.discovery import cohort_from_folders, read_label_names
+    from .evaluate.tables import value_label_names
     from .io.roi_names import label_names
-    from .stages import aggregate_metrics, evaluate, value_label_names
+    from .stages import aggregate_metrics, evaluate
 
     config = _config(args)
     preds = {c.case_id: c.image for c in cohort_from_folders(args.pred, warn=False).cases}  # volumes.csv is no case

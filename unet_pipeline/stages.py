@@ -7,18 +7,17 @@ Snakemake. Every file is written atomically, so a failed stage leaves nothing ha
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import logging
 import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .errors import CaseError
+from .evaluate import tables
 from .io.files import atomic_path, load_json, save_json
 
 __all__ = [
@@ -40,7 +39,6 @@ __all__ = [
     "report_from_workflow",
     "predict_cohort",
     "segmentation_complete",
-    "value_label_names",
 ]
 
 log = logging.getLogger(__name__)
@@ -391,8 +389,9 @@ def _write_sidecar(out_nifti: str | Path, labels: Mapping[int, str], model_dirs:
     Written atomically, after the segmentation: its presence marks the case as done. Returns its content.
     """
     from . import __version__
+    from .report.assembly import model_identity
 
-    models = [_model_identity(d) for d in _as_list(model_dirs)]
+    models = [model_identity(d) for d in _as_list(model_dirs)]
     sidecar = {"labels": {str(k): v for k, v in labels.items()}, "model": models[0]["path"],
                "model_sha256": models[0]["sha256"], "models": models, "unet_pipeline": __version__,
                **dict(extra or {})}
@@ -422,16 +421,12 @@ def segmentation_complete(out_nifti: str | Path) -> bool:
     return isinstance(meta, dict) and "labels" in meta
 
 
-METRIC_COLUMNS = ["case", "label", "label_id", "dice", "iou", "precision", "recall", "hd_mm", "hd95_mm", "assd_mm",
-                  "nsd", "vol_ref_ml", "vol_pred_ml", "vol_diff_ml", "ref_empty", "pred_empty", "empty_policy"]
-
-
 def evaluate(case_id: str, pred: str | Path, ref: str | Path, out_csv: str | Path, *, labels: Mapping | None,
              nsd_tolerance_mm: float | Mapping[str, float] = 2.0) -> list[dict]:
     """Metrics of one case (all classes) into a one-case CSV.
 
     ``labels``: label value -> class name; None: the non-zero values found in ``pred`` or ``ref``,
-    named by :func:`value_label_names`.
+    named by :func:`unet_pipeline.evaluate.tables.value_label_names`.
     """
     import nibabel as nib
 
@@ -444,47 +439,20 @@ def evaluate(case_id: str, pred: str | Path, ref: str | Path, out_csv: str | Pat
         raise CaseError(pred, f"prediction grid {pimg.shape} does not match reference {ref} {rimg.shape}")
     pdata, rdata = read_voxels(pimg, pred), read_voxels(rimg, ref)
     if labels is None:
-        labels = value_label_names(np.union1d(np.unique(pdata), np.unique(rdata)))
+        labels = tables.value_label_names(np.union1d(np.unique(pdata), np.unique(rdata)))
     rows = case_metrics(pdata, rdata, spacing_from_affine(rimg.affine), _labels(labels), nsd_tolerance_mm)
     rows = [{"case": case_id, **r} for r in rows]
-    _write_rows(out_csv, rows)
+    tables.write_rows(out_csv, rows)
     return rows
-
-
-def value_label_names(values: Sequence[int] | np.ndarray) -> dict[int, str]:
-    """Class names for label values without a label map: ``{1: "label_1", 4: "label_4"}``
-    (background 0 left out; the values must be whole numbers)."""
-    values = np.asarray(values).ravel()
-    if values.size and not np.array_equal(values, np.round(values)):
-        raise ValueError(f"label values must be whole numbers, got {values[values != np.round(values)][:5].tolist()}")
-    return {int(v): f"label_{int(v)}" for v in sorted({int(v) for v in values}) if v != 0}
 
 
 def volumes(case_id: str, seg: str | Path, image: str | Path, out_csv: str | Path, *, labels: Mapping) -> list[dict]:
     """Volumes, HU statistics and QC flags of one segmentation into a one-case CSV."""
-    rows = _volume_rows(case_id, seg, image, labels)
-    _write_rows(out_csv, rows, columns=_volume_columns())
+    from .evaluate.volumes import volume_rows
+
+    rows = volume_rows(case_id, seg, image, _labels(labels))
+    tables.write_rows(out_csv, rows, columns=tables.VOLUME_COLUMNS)
     return rows
-
-
-def _volume_columns() -> list[str]:
-    from .evaluate.volumes import VOLUME_COLUMNS
-
-    return VOLUME_COLUMNS
-
-
-def _volume_rows(case_id: str, seg: str | Path, image: str | Path, labels: Mapping) -> list[dict]:
-    import nibabel as nib
-
-    from .evaluate.volumes import case_volumes
-    from .io.formats import spacing_from_affine
-    from .io.images import read_voxels
-
-    simg, iimg = nib.load(str(seg)), nib.load(str(image))
-    if simg.shape[:3] != iimg.shape[:3]:
-        raise CaseError(seg, f"segmentation shape {simg.shape} differs from image {image} shape {iimg.shape}")
-    return case_volumes(read_voxels(simg, seg), read_voxels(iimg, image), spacing_from_affine(iimg.affine),
-                        _labels(labels), case_id)
 
 
 def aggregate_volumes(case_csvs: Sequence[str | Path], out_csv: str | Path) -> int:
@@ -493,33 +461,8 @@ def aggregate_volumes(case_csvs: Sequence[str | Path], out_csv: str | Path) -> i
     for p in case_csvs:
         with open(p, newline="", encoding="utf-8") as fh:
             rows.extend(csv.DictReader(fh))
-    _write_rows(out_csv, rows, columns=_volume_columns())
+    tables.write_rows(out_csv, rows, columns=tables.VOLUME_COLUMNS)
     return len(rows)
-
-
-def _write_rows(path: str | Path, rows: Sequence[Mapping], columns: Sequence[str] = METRIC_COLUMNS) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()})
-
-
-def _read_rows(path: str | Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    for r in rows:
-        for k, v in r.items():
-            if k in ("case", "label", "empty_policy"):
-                continue
-            if v in ("True", "False"):
-                r[k] = v == "True"
-            else:
-                try:
-                    r[k] = float(v) if v != "" else float("nan")
-                except ValueError:
-                    pass
-    return rows
 
 
 def aggregate_metrics(case_csvs: Sequence[str | Path], out_csv: str | Path, out_summary: str | Path,
@@ -528,8 +471,8 @@ def aggregate_metrics(case_csvs: Sequence[str | Path], out_csv: str | Path, out_
     ``out_boxes``) the per-class box plots of every metric as PNG."""
     from .evaluate.metrics import EMPTY_POLICY, summarize
 
-    rows = [r for p in case_csvs for r in _read_rows(p)]
-    _write_rows(out_csv, rows)
+    rows = [r for p in case_csvs for r in tables.read_rows(p)]
+    tables.write_rows(out_csv, rows)
     if out_boxes:
         from .report.html import plot_metric_boxes
 
@@ -550,8 +493,8 @@ def report_from_files(out_html: str | Path, *, metrics_csv: str | Path | None, s
     with the report rule's inputs.
 
     ``overlay_cases``: dicts with ``case``, ``image`` (imported NIfTI), ``pred``, optional ``ref``
-    and ``caption``, and, for per-class picks (:func:`pick_overlay_cases`), ``group`` (the class
-    name the figure is listed under) and ``focus`` (its label value: the sections cut through that
+    and ``caption``, and, for per-class picks (:func:`unet_pipeline.report.assembly.pick_overlay_cases`),
+    ``group`` (the class name the figure is listed under) and ``focus`` (its label value: the sections cut through that
     class). With any ``group``, the report has one overlay sub-section per class of ``labels``
     (in label order, then any other group); otherwise the figures are listed as given. Each
     case's volumes are read once, however many figures show it; a repeated (case, focus) is drawn
@@ -563,6 +506,7 @@ def report_from_files(out_html: str | Path, *, metrics_csv: str | Path | None, s
     from .evaluate.metrics import EMPTY_POLICY
     from .io.geometry import canonical_orientation
     from .io.images import read_voxels
+    from .report.assembly import geometry_rows, group_overlays
     from .report.html import overlay_figure, write_report
 
     work = Path(work_dir)
@@ -592,59 +536,11 @@ def report_from_files(out_html: str | Path, *, metrics_csv: str | Path | None, s
     for item in overlay_cases:
         focus = None if item.get("focus") is None else int(item["focus"])
         entries.append((item.get("group"), (item.get("caption", item["case"]), pngs[(str(item["case"]), focus)])))
-    overlays: list | dict
-    if any(group is not None for group, _ in entries):
-        overlays = {name: [] for k, name in sorted(names.items()) if k != 0}
-        seen: set = set()
-        for group, entry in entries:
-            if (group, entry[1]) not in seen:
-                seen.add((group, entry[1]))
-                overlays.setdefault(str(group if group is not None else "other"), []).append(entry)
-    else:
-        overlays = [entry for _, entry in entries]
-    geometry = []
-    for rec_path in case_records:
-        rec = load_json(rec_path)
-        row = {k: rec.get(k) for k in ("case_id", "shape", "spacing_mm", "orientation")}
-        row["split"] = (splits or {}).get(rec.get("case_id"), "train/val")
-        geometry.append(row)
+    overlays = group_overlays(entries, names)
+    geometry = geometry_rows(case_records, splits)
     write_report(out_html, metrics_csv=metrics_csv, summary_json=summary_json, train_logs=train_logs,
                  overlays=overlays, geometry_rows=geometry, provenance=provenance, empty_policy=EMPTY_POLICY,
                  volumes_csv=volumes_csv)
-
-
-def _versions() -> dict[str, str]:
-    """Versions of the libraries that shape the results."""
-    from importlib import metadata
-
-    out = {}
-    for name in ("torch", "numpy", "scipy", "nibabel", "SimpleITK", "monai", "snakemake"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def _model_identity(model_dir: str | Path) -> dict:
-    """A model folder and the SHA-256 of its weights (None when the weights are not there)."""
-    weights = Path(model_dir) / "model.safetensors"
-    if not weights.exists():
-        return {"path": str(model_dir), "sha256": None}
-    st = weights.stat()
-    return {"path": str(model_dir), "sha256": _file_sha256(str(weights.resolve()), st.st_size, st.st_mtime_ns)}
-
-
-@functools.lru_cache(maxsize=16)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    """SHA-256 of a file, hashed once per (path, size, time): predict_cohort names it in every sidecar."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mapping[str, Mapping], labels: Mapping,
@@ -653,12 +549,14 @@ def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mappin
     """The report rule: pick the overlays from the rule's inputs, then :func:`report_from_files`.
 
     With metrics: per class, the best, median and worst case by that class's Dice
-    (:func:`pick_overlay_cases`, at most ``n_overlays`` per class), each cut through that class.
+    (:func:`unet_pipeline.report.assembly.pick_overlay_cases`, at most ``n_overlays`` per class), each
+    cut through that class.
     Without (predict-only): the first ``n_overlays`` cases, all classes.
     """
     import platform
 
     from . import __version__
+    from .report.assembly import model_identity, pick_overlay_cases, versions
 
     metrics = inputs.get("metrics")
     if metrics:
@@ -672,67 +570,14 @@ def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mappin
     train_logs = inputs.get("train_logs") or []
     if isinstance(train_logs, (str, Path)):
         train_logs = [train_logs]
-    provenance = {"unet_pipeline": __version__, "python": platform.python_version(), "versions": _versions(),
-                  "models": [_model_identity(d) for d in model_dirs], "config": dict(config)}
+    provenance = {"unet_pipeline": __version__, "python": platform.python_version(), "versions": versions(),
+                  "models": [model_identity(d) for d in model_dirs], "config": dict(config)}
     records = inputs.get("records", [])
     if isinstance(records, str):
         records = [records]
     report_from_files(out_html, metrics_csv=metrics, summary_json=inputs.get("summary"), train_logs=list(train_logs),
            overlay_cases=overlay_cases, case_records=records, provenance=provenance, labels=labels, work_dir=work_dir,
            splits={cid: c.get("split") for cid, c in cases.items()}, volumes_csv=inputs.get("volumes"))
-
-
-def pick_overlay_cases(metrics_csv: str | Path, n: int = 3) -> list[dict]:
-    """Per class, the best, median and worst case by that class's Dice.
-
-    Parameters
-    ----------
-    metrics_csv
-        ``metrics.csv``: one row per (case, class) with ``case``, ``label``, ``label_id``, ``dice``;
-        rows with an empty (NaN) Dice are left out, so a class without any finite Dice has no picks.
-    n
-        At most this many picks per class, taken in the order worst, best, median (``n >= 3``: all three).
-
-    Returns
-    -------
-    list of dict
-        Classes in ``label_id`` order (then name), within a class best, median, worst; each dict
-        has ``label`` (class name), ``label_id`` (int, or ``None`` when the column is empty),
-        ``case``, ``dice``, ``roles`` (e.g. ``["best"]``, or ``["best", "median"]`` when one case
-        is both: each (case, class) appears once, so at most 3 per class) and ``caption``, e.g.
-        ``"liver — worst: demo_003 (Dice 0.912)"``.
-
-    Notes
-    -----
-    Ties are broken by case id: the class's cases are sorted by (Dice, case id); worst is the
-    first, median the element ``len // 2``, best the last (so with tied Dice the three are still
-    different cases where there are three).
-    """
-    order: dict[str, tuple] = {}
-    by_class: dict[str, list[tuple[float, str]]] = {}
-    for r in _read_rows(metrics_csv):
-        label = str(r.get("label", ""))
-        label_id = r.get("label_id")
-        label_id = int(label_id) if isinstance(label_id, float) and np.isfinite(label_id) else None
-        order.setdefault(label, (label_id is None, label_id if label_id is not None else 0, label))
-        dice = r.get("dice")
-        if isinstance(dice, float) and np.isfinite(dice):
-            by_class.setdefault(label, []).append((dice, str(r["case"])))
-    out = []
-    for label in sorted(by_class, key=lambda k: order[k]):
-        ranked = sorted(by_class[label])
-        chosen = {"worst": ranked[0], "best": ranked[-1], "median": ranked[len(ranked) // 2]}
-        chosen = dict(list(chosen.items())[:max(int(n), 0)])
-        roles: dict[str, list[str]] = {}
-        for role in ("best", "median", "worst"):
-            if role in chosen:
-                roles.setdefault(chosen[role][1], []).append(role)
-        dice_of = dict((c, d) for d, c in ranked)
-        label_id = order[label][1] if not order[label][0] else None
-        for cid, what in roles.items():
-            out.append({"label": label, "label_id": label_id, "case": cid, "dice": dice_of[cid], "roles": what,
-                        "caption": f"{label} — {', '.join(what)}: {cid} (Dice {dice_of[cid]:.3f})"})
-    return out
 
 
 def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], out_dir: str | Path, *,
@@ -813,7 +658,7 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], ou
         finally:
             shutil.rmtree(case_work, ignore_errors=True)
     if volume_rows:
-        _write_rows(Path(out_dir) / "volumes.csv", volume_rows, columns=_volume_columns())
+        tables.write_rows(Path(out_dir) / "volumes.csv", volume_rows, columns=tables.VOLUME_COLUMNS)
     return status
 
 
@@ -839,6 +684,8 @@ def _predict_case(predictor, case_id: str, image: str | Path, series_uid: str | 
     """One case of :func:`predict_cohort`: import, preprocess, predict, reassemble, export, sidecar; its volume rows.
 
     The sidecar records the seconds of each step under ``timings`` (the profile of a case)."""
+    from .evaluate.volumes import volume_rows
+
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -857,7 +704,7 @@ def _predict_case(predictor, case_id: str, image: str | Path, series_uid: str | 
     info = timed("infer", predictor.predict, case_work / "pre", case_work / "probs.npy", inference)
     _, applied = timed("reassemble", _segment, case_work / "probs.npy", case_work / "pre", imported, out, model_dirs,
                        postprocess)
-    rows = timed("volumes", _volume_rows, case_id, out, imported, labels)
+    rows = timed("volumes", volume_rows, case_id, out, imported, _labels(labels))
     extra = {}
     if dicom_out:
         extra["dicom"] = timed("dicom_export", export_dicom, out, image, labels=labels, series_uid=series_uid,
@@ -871,8 +718,3 @@ def _predict_case(predictor, case_id: str, image: str | Path, series_uid: str | 
         "volumes": rows, **extra})
     log.info("%s: %s", case_id, ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     return rows
-
-
-def read_json(path: str | Path) -> Any:
-    """Small helper for rule scripts."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -4,7 +4,8 @@ For every segmented case and class: the volume (mL), HU statistics of the CT ins
 structure, the number of connected components and QC flags a reader should look at:
 
 * ``empty``: nothing of this class was segmented;
-* ``fragmented``: more than one connected component (26-connectivity);
+* ``fragmented``: more than one connected component (voxels touching by a face, an edge or a
+  corner are connected: :data:`unet_pipeline.train.postprocess.CONNECTIVITY`, as in postprocessing);
 * ``touches_border``: the structure reaches the edge of the image, so it may be cut off by the
   field of view and its volume underestimated.
 
@@ -15,15 +16,16 @@ array order of the NIfTI file; spacing in mm per array axis.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-__all__ = ["VOLUME_COLUMNS", "case_volumes"]
+from ..errors import CaseError
+from ..train.postprocess import label_components
+from .tables import VOLUME_COLUMNS
 
-VOLUME_COLUMNS = ["case", "label", "label_id", "volume_ml", "hu_mean", "hu_std", "hu_p05", "hu_p50", "hu_p95",
-                  "n_components", "empty", "touches_border", "qc_flags"]
+__all__ = ["VOLUME_COLUMNS", "case_volumes", "volume_rows"]
 
 
 def _touches_border(mask: np.ndarray) -> bool:
@@ -64,7 +66,7 @@ def case_volumes(segmentation: np.ndarray, image_hu: np.ndarray, spacing_mm: Seq
             hu = np.asarray(image_hu[mask], dtype=np.float32)
             p05, p50, p95 = (float(v) for v in np.percentile(hu, [5, 50, 95]))
             box = _bounding_box(mask)  # from axis projections: no index arrays of every voxel
-            _, n_comp = ndimage.label(mask[box], structure=np.ones((3,) * mask.ndim, bool))
+            _, n_comp = label_components(mask[box])
             border = _touches_border(mask)
             row.update(hu_mean=float(hu.mean(dtype=np.float64)), hu_std=float(hu.std(dtype=np.float64)),
                        hu_p05=p05, hu_p50=p50, hu_p95=p95, n_components=int(n_comp), empty=False,
@@ -77,3 +79,20 @@ def case_volumes(segmentation: np.ndarray, image_hu: np.ndarray, spacing_mm: Seq
         row["qc_flags"] = ";".join(flags)
         rows.append(row)
     return rows
+
+
+def volume_rows(case_id: str, seg: str | Path, image: str | Path, labels: Mapping[int, str]) -> list[dict]:
+    """:func:`case_volumes` of a segmentation and its CT, both NIfTI files.
+
+    Raises :class:`~unet_pipeline.errors.CaseError` when their voxel grids differ in shape.
+    """
+    import nibabel as nib
+
+    from ..io.formats import spacing_from_affine
+    from ..io.images import read_voxels
+
+    simg, iimg = nib.load(str(seg)), nib.load(str(image))
+    if simg.shape[:3] != iimg.shape[:3]:
+        raise CaseError(seg, f"segmentation shape {simg.shape} differs from image {image} shape {iimg.shape}")
+    return case_volumes(read_voxels(simg, seg), read_voxels(iimg, image), spacing_from_affine(iimg.affine),
+                        labels, case_id)

@@ -85,9 +85,9 @@ def soft_dice_loss(logits: Tensor, target: Tensor, *, include_background: bool =
 
     with ``p = softmax(logits)`` over the class axis and ``g`` the one-hot target; the sums run
     over the pixels (and over the batch when ``batch_dice``). The result is the mean of
-    ``loss_c`` over the classes (and samples). It equals
+    ``loss_c`` over the classes (and samples). Without ``valid_mask`` it equals
     ``monai.losses.DiceLoss(softmax=True, to_onehot_y=True, include_background=include_background,
-    batch=batch_dice, smooth_nr=smooth, smooth_dr=smooth)``.
+    batch=batch_dice, smooth_nr=smooth, smooth_dr=smooth)`` (K >= 2), which computes the term.
 
     Parameters
     ----------
@@ -114,11 +114,17 @@ def soft_dice_loss(logits: Tensor, target: Tensor, *, include_background: bool =
     Tensor
         Scalar float32 loss in ``[0, 1]``.
     """
+    from monai.losses import DiceLoss as MonaiDiceLoss
+
     _check_logits_target(logits, target)
     smooth = _check_nonneg_float(smooth, "smooth")
     n, k, h, w = logits.shape
     if not include_background and k < 2:
         raise ValueError(f"include_background=False needs logits with K >= 2 classes, got K={k}")
+    # The softmax, one-hot and mask are ours and MONAI's Dice term does the rest: MONAI's
+    # MaskedDiceLoss multiplies the class indices by the mask, so an ignored pixel becomes a
+    # background pixel (it still counts in class 0's Dice with include_background), and with
+    # K = 1 ``softmax=True``/``to_onehot_y=True`` are skipped with a warning.
     probs = torch.softmax(logits.float(), dim=1)
     onehot = F.one_hot(target.long(), k).permute(0, 3, 1, 2).to(probs.dtype)
     if valid_mask is not None:
@@ -126,13 +132,8 @@ def soft_dice_loss(logits: Tensor, target: Tensor, *, include_background: bool =
         keep = valid_mask.unsqueeze(1).to(probs.dtype)
         probs = probs * keep
         onehot = onehot * keep
-    if not include_background:
-        probs, onehot = probs[:, 1:], onehot[:, 1:]
-    dims = (0, 2, 3) if batch_dice else (2, 3)
-    intersection = (probs * onehot).sum(dim=dims)
-    denominator = probs.sum(dim=dims) + onehot.sum(dim=dims)
-    dice = (2.0 * intersection + smooth) / (denominator + smooth)
-    return (1.0 - dice).mean()
+    dice = MonaiDiceLoss(include_background=include_background, batch=batch_dice, smooth_nr=smooth, smooth_dr=smooth)
+    return dice(probs, onehot)
 
 
 def cross_entropy_loss(logits: Tensor, target: Tensor, weight_map: Tensor | None = None, *,

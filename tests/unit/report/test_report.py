@@ -377,7 +377,7 @@ def _per_class_metrics(path: Path, dice: dict = PER_CLASS_DICE) -> Path:
 
 
 def test_pick_overlay_cases_per_class(tmp_path):
-    from unet_pipeline.stages import pick_overlay_cases
+    from unet_pipeline.report.assembly import pick_overlay_cases
 
     picks = pick_overlay_cases(_per_class_metrics(tmp_path / "metrics.csv"))
     assert [(p["label"], p["roles"], p["case"]) for p in picks] == [
@@ -393,7 +393,7 @@ def test_pick_overlay_cases_per_class(tmp_path):
 
 
 def test_pick_overlay_cases_ties_and_few_cases(tmp_path):
-    from unet_pipeline.stages import pick_overlay_cases
+    from unet_pipeline.report.assembly import pick_overlay_cases
 
     dice = {"liver": {"d": 1.0, "b": 1.0, "a": 1.0, "c": 1.0},  # all tied: sorted by id, a b c d
             "spleen": {"b": 0.8, "a": 0.8, "c": 0.3},  # tie at the top: a b sorted by id, c lowest
@@ -619,3 +619,11 @@ def test_volumes_section_summarises_each_class(tmp_path):
     assert "<td>spleen</td><td>3</td><td>&ndash;</td><td>&ndash; &ndash; &ndash;</td><td>3</td><td>0</td><td>0</td>" in section
     write_report(tmp_path / "none.html")
     assert "not available" in (tmp_path / "none.html").read_text(encoding="utf-8").split("Volumes and QC flags")[1][:200]
+
+
+def test_report_versions_name_the_dicom_libraries():
+    from unet_pipeline.report.assembly import versions
+
+    found = versions()
+    assert {"torch", "monai", "pydicom", "highdicom"} <= set(found)
+    assert found["pydicom"] != "not installed" and found["highdicom"] != "not installed"

@@ -102,6 +102,27 @@ def test_dice_matches_monai(include_background, batch_dice, smooth, shape):
     assert ours.item() == pytest.approx(expected.item(), abs=1e-5)
 
 
+@pytest.mark.parametrize("batch_dice", [False, True])
+def test_dice_valid_mask_matches_monai_masked_dice_on_the_foreground(batch_dice):
+    """MONAI's MaskedDiceLoss turns ignored pixels into background pixels: equal to ours without class 0."""
+    monai_losses = pytest.importorskip("monai.losses")
+    gen = torch.Generator().manual_seed(7)
+    logits = 3.0 * torch.randn((3, 4, 9, 8), generator=gen)
+    target = torch.randint(0, 4, (3, 9, 8), generator=gen)
+    mask = torch.rand((3, 9, 8), generator=gen) > 0.3
+    reference = monai_losses.MaskedDiceLoss(softmax=True, to_onehot_y=True, include_background=False,
+                                            batch=batch_dice, smooth_nr=1e-5, smooth_dr=1e-5)
+    expected = reference(logits, target[:, None], mask=mask[:, None].float())
+    ours = soft_dice_loss(logits, target, batch_dice=batch_dice, valid_mask=mask)
+    assert ours.item() == pytest.approx(expected.item(), abs=1e-6)
+    # With class 0, ignored pixels stay out of its sums here but count as background in MONAI's.
+    with_background = soft_dice_loss(logits, target, include_background=True, batch_dice=batch_dice, valid_mask=mask)
+    reference = monai_losses.MaskedDiceLoss(softmax=True, to_onehot_y=True, include_background=True,
+                                            batch=batch_dice, smooth_nr=1e-5, smooth_dr=1e-5)
+    assert with_background.item() != pytest.approx(
+        reference(logits, target[:, None], mask=mask[:, None].float()).item(), abs=1e-4)
+
+
 def test_dice_gradient_flows(tiny):
     logits, target = tiny
     logits = logits.clone().requires_grad_(True)

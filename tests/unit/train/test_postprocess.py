@@ -73,3 +73,59 @@ def test_postprocessing_is_chosen_per_class_by_the_held_out_dice():
     assert config == {"a": {"largest_component": True}}
     with pytest.raises(ValueError, match="references"):
         choose_postprocessing([pred], [], names)
+
+
+def _random_mask(shape, seed, density=0.55):
+    return np.random.default_rng(seed).random(shape) < density  # islands, holes, diagonal touches
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fill_holes_equals_monai_fill_holes_through_faces(seed):
+    from monai.transforms.utils import fill_holes
+
+    labels = _random_mask((9, 11, 7), seed, density=0.8).astype(np.uint8)
+    ours = postprocess_labels(labels, (1, 1, 1), {"liver": {"fill_holes": True}}, NAMES)
+    theirs = fill_holes(labels[None].copy(), applied_labels=[1], connectivity=1)[0]
+    assert (ours == 1).sum() > (labels == 1).sum() and np.array_equal(ours, theirs)
+
+
+def test_a_diagonal_gap_does_not_open_a_hole():
+    labels = np.zeros((5, 5, 5), np.uint8)
+    labels[1:4, 1:4, 1:4] = 1
+    labels[2, 2, 2] = 0  # the hole
+    labels[1, 1, 1] = 0  # a corner gap: the hole touches the outside only diagonally
+    out = postprocess_labels(labels, (1, 1, 1), {"liver": {"fill_holes": True}}, NAMES)
+    assert out[2, 2, 2] == 1 and out[1, 1, 1] == 0
+
+
+def test_components_are_connected_through_faces_edges_and_corners():
+    from unet_pipeline.evaluate.volumes import case_volumes
+    from unet_pipeline.train.postprocess import label_components
+
+    labels = np.zeros((6, 6, 6), np.uint8)
+    labels[0:2, 0:2, 0:2] = 1
+    labels[2, 2, 2] = 1  # touches the cube by a corner only
+    labels[4:6, 4:6, 4:6] = 1  # apart
+    assert label_components(labels == 1)[1] == 2
+    out = postprocess_labels(labels, (1, 1, 1), {"liver": {"largest_component": True}}, NAMES)
+    assert (out == 1).sum() == 9  # the cube and its corner voxel stay together
+    (row, _) = case_volumes(out, np.zeros(out.shape), (1, 1, 1), NAMES)
+    assert row["n_components"] == 1  # the volumes table counts as postprocessing does
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_components_equal_monai_where_scikit_image_is_installed(seed):
+    pytest.importorskip("skimage.morphology")
+    from monai.transforms.utils import get_largest_connected_component_mask, remove_small_objects
+
+    from unet_pipeline.train.postprocess import CONNECTIVITY, _kept_components, label_components
+
+    mask = _random_mask((12, 14, 10), seed, density=0.2)
+    theirs = get_largest_connected_component_mask(mask, connectivity=CONNECTIVITY)
+    assert np.array_equal(_kept_components(mask, largest=True), theirs)
+    # scikit-image 0.26 also removes components of exactly min_size voxels (older ones kept them),
+    # so the threshold is a size no component has.
+    sizes = set(np.bincount(label_components(mask)[0].ravel()).tolist())
+    threshold = min(set(range(2, 50)) - sizes)
+    theirs = remove_small_objects(mask[None], threshold, CONNECTIVITY)[0]
+    assert np.array_equal(_kept_components(mask, largest=False, min_volume_ml=float(threshold)), theirs)
