@@ -328,7 +328,8 @@ def _cuda_result(figures: dict, quick: bool) -> dict:
     best = max(demo, key=lambda k: demo[k]["gflops"])
     return {"gpu": torch.cuda.get_device_name(0), "quick": quick,
             "gflops_best_cuda_fp16": max(v["gflops"] for f in ("demo", "paper_padded") for v in figures[f]["cuda"].values()),
-            "demo_slices_per_s": demo[best]["slices_per_s"], "demo_slices_per_s_tiled": demo[best]["slices_per_s_tiled"],
+            "cuda_demo_slices_per_s": demo[best]["slices_per_s"],
+            "cuda_demo_slices_per_s_tiled": demo[best]["slices_per_s_tiled"],
             "demo_best_variant": best, "models": figures, "devices": ["cuda"]}
 
 

@@ -53,7 +53,7 @@ t0 = time.perf_counter()
 if args["which"] == "ours":
     from unet_pipeline.stages import predict_cohort
     status_ = predict_cohort([args["model"]], [("case", args["image"])], args["out"], work_dir=args["work"],
-                             inference={"device": "cpu", "overlap": 0.5, "batch_size": None})
+                             inference={"device": args["device"], "overlap": 0.5, "batch_size": None})
     assert status_ == {"case": "ok"}, status_
 else:
     import warnings
@@ -62,7 +62,7 @@ else:
     from monai.transforms import (AsDiscreted, Compose, EnsureChannelFirstd, Invertd, LoadImaged, NormalizeIntensityd,
                                   Orientationd, SaveImaged, ScaleIntensityRanged, Spacingd)
     from unet_pipeline.model.folder import load_model
-    model, _ = load_model(args["model"])
+    model, _ = load_model(args["model"], args["device"])
     it = args["intensity"]
     pre = Compose([LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"), Orientationd(keys="image", axcodes="RAS"),
                    Spacingd(keys="image", pixdim=(args["target_mm"], args["target_mm"], -1), mode="bilinear"),
@@ -71,7 +71,7 @@ else:
                    NormalizeIntensityd(keys="image", subtrahend=it["mean"], divisor=it["std"])])
     data = pre({"image": args["image"]})
     inferer = SliceInferer(roi_size=(256, 256), sw_batch_size=8, spatial_dim=2, overlap=0.5, mode="gaussian",
-                           sigma_scale=0.125, progress=False)
+                           sigma_scale=0.125, progress=False, sw_device=args["device"], device="cpu")
     with torch.inference_mode():
         probs = inferer(data["image"][None], lambda x: torch.softmax(model(x), dim=1))
     data["pred"] = probs[0]
@@ -157,7 +157,7 @@ def _measure(args: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, device: str | None = None) -> dict:
     """Predict one case with both pipelines (fresh processes); seconds, peak RSS and their ratios."""
     import nibabel as nib
 
@@ -168,7 +168,8 @@ def run(quick: bool = False) -> dict:
         _write_case(image, n_slices)
         plan = {"target_spacing_mm": [TARGET_MM, TARGET_MM], "num_classes": NUM_CLASSES, "intensity": INTENSITY}
         model = _fit_model(tmp / "model", plan, image)
-        common = {"image": str(image), "model": str(model), "target_mm": TARGET_MM, "intensity": INTENSITY}
+        common = {"image": str(image), "model": str(model), "target_mm": TARGET_MM, "intensity": INTENSITY,
+                  "device": device or "cpu"}
         ours = _measure({**common, "which": "ours", "out": str(tmp / "ours"), "work": str(tmp / "work")})
         theirs = _measure({**common, "which": "monai", "out": str(tmp / "monai")})
         src = nib.load(str(image))
@@ -195,14 +196,16 @@ def run(quick: bool = False) -> dict:
         "organ_dice": dice,
         "profile_ours_s": timings,
         "volume": [512, 512, n_slices],
+        "device": device or "cpu",
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="24 slices instead of 300")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
-    print(json.dumps(run(quick=args.quick), indent=2))
+    print(json.dumps(run(quick=args.quick, device=args.device), indent=2))
 
 
 if __name__ == "__main__":

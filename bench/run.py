@@ -5,6 +5,8 @@ Usage (repository root, project venv active)::
     python -m bench            # full sizes (512 x 512 x 300 volumes; tens of minutes on 2 cores)
     python -m bench --quick    # small sizes, under 5 minutes on 2 cores
     python -m bench --only metrics elastic --out bench/results.json
+    python -m bench --device cuda   # forward, training and prediction on the GPU (slices/s, GFLOP/s,
+                                    # the share of training time spent waiting for data)
 
 Each benchmark module ``bench/bench_<name>.py`` has ``run(quick) -> dict`` and can run alone
 (``python bench/bench_<name>.py --quick``). The project and the reference library run
@@ -46,9 +48,15 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, str | float | None]]]] = {
                                             1e-4)]),
     "predict": ("bench.bench_predict", [("predict one case end to end vs MONAI pipeline (x faster)", "speedup",
                                         "target_speedup"),
-                                       ("peak RSS, ours / MONAI", "memory_ratio", "target_memory_ratio")]),
-    "training": ("bench.bench_training", [("training loop overhead vs a plain PyTorch loop (share)", "overhead",
-                                          "target_overhead")]),
+                                       ("peak RSS, ours / MONAI", "memory_ratio", "target_memory_ratio"),
+                                       ("predict one case: voxels equal to the MONAI pipeline's (share)",
+                                        "voxel_agreement", None)]),
+    "training": ("bench.bench_training", [("training loop, slices/s, ours / a MONAI loop (same network and batch)",
+                                           "vs_monai", "target_vs_monai"),
+                                          ("training loop overhead vs a plain PyTorch loop (share)", "overhead",
+                                           "target_overhead"),
+                                          ("training loop: share of step time waiting for data", "data_wait_share_ours",
+                                           None)]),
     "forward": ("bench.bench_forward", [("forward pass, shipped network, CPU GFLOP/s at batch 1", "gflops_b1",
                                          "target_gflops"),
                                         ("forward pass, shipped network, CPU GFLOP/s at the predictor's batch (4)",
@@ -60,7 +68,11 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, str | float | None]]]] = {
                                         ("forward pass: channels-last / contiguous throughput, batch 1",
                                          "channels_last_vs_contiguous_b1", None),
                                         ("forward pass: paper-size U-Net (base 64), estimated s per 512 x 512 slice",
-                                         "paper_s_per_slice_estimate", None)]),
+                                         "paper_s_per_slice_estimate", None),
+                                        ("forward pass on CUDA: best GFLOP/s (fp16 autocast)", "gflops_best_cuda_fp16",
+                                         None),
+                                        ("forward pass on CUDA: demo model slices/s (512 x 512, one pass)",
+                                         "cuda_demo_slices_per_s", None)]),
     "memory": ("bench.bench_memory", []),
     "realdata": ("bench.bench_realdata", [("real CT: liver Dice on dcmqi-ct-3slice (other scanner), ours", "liver_dice_dcmqi",
                                            "target_liver_dice"),
@@ -77,10 +89,16 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, str | float | None]]]] = {
 }
 
 
+#: benchmarks whose ``run`` takes ``device`` (``python -m bench --device cuda`` runs these)
+DEVICE_BENCHMARKS = ("forward", "training", "predict")
+
+
 def _headline(name: str, result: dict) -> list[tuple[str, str, str]]:
     rows = []
     for label, key, target in BENCHMARKS[name][1]:
         value = result.get(key)
+        if value is None and key not in result:
+            continue  # a figure this run does not produce (a CUDA one on the CPU, or the reverse)
         goal = result.get(target) if isinstance(target, str) else target
         rows.append((label, f"{value}", "" if goal is None else f"{goal}"))
     if name == "cohort":
@@ -105,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (under 5 minutes on 2 cores)")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these benchmarks")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json", help="JSON file for all figures")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="cuda: run the benchmarks that take a device (forward, training, predict) on the GPU")
     args = parser.parse_args(argv)
 
     import torch
@@ -113,12 +133,15 @@ def main(argv: list[str] | None = None) -> None:
                      "torch_threads": torch.get_num_threads(), "machine": platform.machine(), "benchmarks": {}}
     table: list[tuple[str, str, str]] = []
     failed = []
-    for name in args.only or list(BENCHMARKS):
+    names = args.only or [n for n in BENCHMARKS if args.device != "cuda" or n in DEVICE_BENCHMARKS]
+    results["device"] = args.device or "cpu"
+    for name in names:
         module = importlib.import_module(BENCHMARKS[name][0])
         start = time.perf_counter()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         try:
-            result = module.run(quick=args.quick)
+            kwargs = {"device": args.device} if args.device and name in DEVICE_BENCHMARKS else {}
+            result = module.run(quick=args.quick, **kwargs)
         except Exception:  # one failing benchmark must not hide the others' figures
             failed.append(name)
             results["benchmarks"][name] = {"error": traceback.format_exc()}

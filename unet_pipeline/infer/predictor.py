@@ -96,7 +96,8 @@ class Predictor:
         out_probs
             Receives ``(Z, K, Y', X')`` float16 softmax probabilities as ``.npy`` (atomically).
         inference
-            The ``inference`` config section (overlap, batch_size, mirror_tta, chunk_slices).
+            The ``inference`` config section (overlap, batch_size, whole_slices, mirror_tta, chunk_slices);
+            a key left out takes the schema's default.
 
         Returns
         -------
@@ -146,6 +147,7 @@ def _infer_volume(models: Sequence[torch.nn.Module], meta: Mapping, pre_dir: Pat
                 patch_size=plan["patch_size"], overlap=float(inference.get("overlap", 0.5)),
                 batch_size=inference.get("batch_size"), device=device, margin=margin,
                 mirror_tta=bool(inference.get("mirror_tta", False)), pad_value=pad,
+                whole_slices=bool(inference.get("whole_slices", True)),
                 chunk_slices=int(inference.get("chunk_slices", 16))):
             writer.write(probs.astype(np.float16))
     return {"seconds": round(time.perf_counter() - t0, 3), "slices": int(volume.shape[0]), "device": str(device)}

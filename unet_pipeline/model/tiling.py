@@ -31,6 +31,10 @@ __all__ = ["gaussian_importance", "tile_starts", "predict_slices", "iter_volume_
 
 log = logging.getLogger(__name__)
 
+#: Largest slice (pixels) predicted in one pass with ``whole_slices``; larger ones are tiled. The
+#: activations of a 1024 x 1024 pass of the shipped network take about 1 GB (float32).
+WHOLE_SLICE_MAX_PX = 1024 * 1024
+
 
 def select_device(preference: str = "auto") -> torch.device:
     """``"auto"``: CUDA when a usable GPU is present, else the CPU with a warning; or an explicit device.
@@ -101,7 +105,7 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
 def predict_slices(model: torch.nn.Module, slices: np.ndarray, *, num_classes: int, patch_size: Sequence[int],
                    overlap: float = 0.5, batch_size: int | None = None, device: torch.device | str = "cpu",
                    sigma_scale: float = 0.125, margin: int = 0, mirror_tta: bool = False,
-                   pad_value: float = 0.0, amp: bool = True) -> np.ndarray:
+                   pad_value: float = 0.0, amp: bool = True, whole_slices: bool = False) -> np.ndarray:
     """Softmax probabilities of a stack of slices by tiled inference.
 
     Parameters
@@ -126,6 +130,11 @@ def predict_slices(model: torch.nn.Module, slices: np.ndarray, *, num_classes: i
         Also predict the left-right and up-down mirrored tiles and average.
     pad_value
         Image value used to pad slices smaller than a tile (air after normalisation).
+    whole_slices
+        Predict each slice in one pass (a tile as large as the slice, at least ``patch_size``)
+        instead of overlapping tiles; padded networks only (``margin`` 0) and slices of at most
+        :data:`WHOLE_SLICE_MAX_PX` pixels (memory), ignored otherwise.
+        A slice of 1.5 x 1.5 tiles then costs 2.25 tiles' convolutions instead of 4 (overlap 0.5).
 
     Returns
     -------
@@ -135,6 +144,8 @@ def predict_slices(model: torch.nn.Module, slices: np.ndarray, *, num_classes: i
     device = torch.device(device)
     n, c, ny, nx = slices.shape
     th, tw = int(patch_size[0]), int(patch_size[1])
+    if whole_slices and not margin and ny * nx <= WHOLE_SLICE_MAX_PX:
+        th, tw = max(th, ny), max(tw, nx)
     # Pad small slices up to one tile, then mirror-pad by the margin for the overlap-tile strategy.
     py, px = max(0, th - ny), max(0, tw - nx)
     x = np.pad(slices, ((0, 0), (0, 0), (py // 2, py - py // 2), (px // 2, px - px // 2)), constant_values=pad_value)

@@ -137,6 +137,7 @@ class _State:
     step: int = 0  # total optimizer steps done
     epoch_loss_sum: float = 0.0
     epoch_seconds: float = 0.0
+    epoch_wait_seconds: float = 0.0  # of epoch_seconds, the time the step waited for its batch
     best_score: float | None = None  # best smoothed score so far (None before the first epoch)
     best_epoch: int = -1
     smoothed: float | None = None
@@ -445,13 +446,15 @@ def _restore_checkpoint(payload: Mapping, model, optimizer, scaler, np_rng: np.r
 
 
 def _validate(model, cases, *, num_classes: int, patch_size, in_slices: int, device, margin: int) -> dict:
-    """Validation Dice of each foreground class over ``cases``, averaged as :func:`_summarize_dice` says."""
+    """Validation Dice of each foreground class over ``cases``, averaged as :func:`_summarize_dice` says.
+
+    Slices are predicted whole, as inference does by default (``inference.whole_slices``)."""
     model.eval()
     inter, ref_n, pred_n = (np.zeros((len(cases), num_classes - 1)) for _ in range(3))
     for ci, case in enumerate(cases):
         for z0, probs in iter_volume_probabilities(model, case.image, in_slices=in_slices, num_classes=num_classes,
-                                                   patch_size=patch_size, overlap=0.25, batch_size=8, device=device,
-                                                   margin=margin, pad_value=case.pad_value):
+                                                   patch_size=patch_size, overlap=0.25, batch_size=8, whole_slices=True,
+                                                   device=device, margin=margin, pad_value=case.pad_value):
             pred = class_argmax(probs)
             ref = np.asarray(case.label[z0:z0 + pred.shape[0]])
             for k in range(1, num_classes):
@@ -496,7 +499,8 @@ def _write_log(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
+        columns = list(dict.fromkeys(k for row in rows for k in row))  # a run resumed from an older version adds some
+        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -690,12 +694,14 @@ def _run_epoch(run: _Run, state: _State, batches: BatchStream, signals: _SignalF
     show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     bar = tqdm(total=cfg.iterations_per_epoch, initial=state.iteration, disable=not show_bar,
                desc=f"epoch {state.epoch + 1}/{cfg.epochs}", unit="it", leave=False)
-    t0 = time.perf_counter()
+    t0, w0 = time.perf_counter(), batches.wait_seconds
     last_ckpt = time.monotonic()
 
     def checkpoint() -> None:
-        nonlocal t0, last_ckpt
+        nonlocal t0, w0, last_ckpt
         now = time.perf_counter()
+        state.epoch_wait_seconds += batches.wait_seconds - w0
+        w0 = batches.wait_seconds
         state.epoch_seconds += now - t0
         state.train_seconds += now - t0
         t0, last_ckpt = now, time.monotonic()
@@ -730,6 +736,7 @@ def _run_epoch(run: _Run, state: _State, batches: BatchStream, signals: _SignalF
     bar.close()
     now = time.perf_counter()
     state.train_seconds += now - t0
+    state.epoch_wait_seconds += batches.wait_seconds - w0
     return state.epoch_seconds + now - t0
 
 
@@ -756,6 +763,7 @@ def _end_epoch(run: _Run, state: _State, seconds: float) -> None:
     state.train_seconds += state.last_val_seconds
     row["seconds"] = round(seconds, 3)
     row["slices_per_s"] = round(done * cfg.batch_size / max(seconds, 1e-9), 3)
+    row["data_wait_share"] = round(state.epoch_wait_seconds / max(seconds, 1e-9), 3)  # the step idle, waiting for data
     if _update_best(state, score, cfg.val_smoothing):
         _save_weights(run.model, run.out_dir / "best.safetensors")
     state.history.append(row)
@@ -765,6 +773,7 @@ def _end_epoch(run: _Run, state: _State, seconds: float) -> None:
     state.iteration = 0
     state.epoch_loss_sum = 0.0
     state.epoch_seconds = 0.0
+    state.epoch_wait_seconds = 0.0
     _write_log(run.out_dir / "train_log.csv", state.history)
 
 
@@ -825,8 +834,8 @@ def _choose_postprocessing(run: _Run) -> dict:
         pred = np.zeros(case.label.shape, np.uint8)
         for z0, probs in iter_volume_probabilities(run.model, case.image, in_slices=run.mcfg.in_channels,
                                                    num_classes=len(run.label_values) + 1, patch_size=run.patch,
-                                                   overlap=0.25, batch_size=8, device=run.device, margin=run.margin,
-                                                   pad_value=case.pad_value):
+                                                   overlap=0.25, batch_size=8, whole_slices=True, device=run.device,
+                                                   margin=run.margin, pad_value=case.pad_value):
             pred[z0:z0 + probs.shape[0]] = class_argmax(probs)
         preds.append(pred)
         refs.append(np.asarray(case.label))

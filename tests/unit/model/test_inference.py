@@ -209,3 +209,41 @@ def test_class_argmax_is_argmax_with_first_class_on_ties():
     np.testing.assert_array_equal(class_argmax(probs), probs.argmax(1))
     probs = rng.random((2, 4, 8, 9)).astype(np.float32)
     np.testing.assert_array_equal(class_argmax(torch.from_numpy(probs)), probs.argmax(1))
+
+
+def test_whole_slices_predict_a_slice_in_one_pass():
+    """``whole_slices``: one forward pass per slice (the slice's own size), so a network whose output
+    depends on the position inside its input gives the one-pass answer, not a blend of tiles;
+    slices that fit in one tile are predicted identically either way; too large ones are tiled."""
+    from unet_pipeline.model import tiling
+
+    class Ramp(torch.nn.Module):  # logit of class 1 grows with the column inside the input
+        def __init__(self):
+            super().__init__()
+            self.shapes = []
+
+        def forward(self, x):
+            self.shapes.append(tuple(x.shape[-2:]))
+            ramp = torch.linspace(-3.0, 3.0, x.shape[-1]).expand(x.shape[0], 1, x.shape[-2], -1)
+            return torch.cat([torch.zeros_like(ramp), ramp], dim=1)
+
+    slices = np.zeros((2, 1, 40, 72), np.float32)
+    model = Ramp()
+    whole = predict_slices(model, slices, num_classes=2, patch_size=(32, 32), whole_slices=True)
+    assert set(model.shapes) == {(40, 72)}
+    expected = torch.softmax(torch.stack([torch.zeros(72), torch.linspace(-3.0, 3.0, 72)]), 0)[1]
+    np.testing.assert_allclose(whole[0, 1, 5], expected.numpy(), atol=1e-6)
+    tiled = predict_slices(model, slices, num_classes=2, patch_size=(32, 32), whole_slices=False)
+    assert np.abs(tiled - whole).max() > 0.1  # tiles see the ramp restart: a different answer
+
+    small = np.random.default_rng(1).normal(size=(1, 1, 20, 24)).astype(np.float32)
+    np.testing.assert_array_equal(predict_slices(model, small, num_classes=2, patch_size=(32, 32), whole_slices=True),
+                                  predict_slices(model, small, num_classes=2, patch_size=(32, 32), whole_slices=False))
+    model.shapes.clear()
+    old = tiling.WHOLE_SLICE_MAX_PX
+    try:
+        tiling.WHOLE_SLICE_MAX_PX = 40 * 72 - 1
+        predict_slices(model, slices, num_classes=2, patch_size=(32, 32), whole_slices=True)
+    finally:
+        tiling.WHOLE_SLICE_MAX_PX = old
+    assert set(model.shapes) == {(32, 32)}

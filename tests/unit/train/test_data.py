@@ -130,6 +130,25 @@ def test_stream_ends_after_count_and_without_weights_gives_none(prefetch):
         got = list(batches)
     assert len(got) == 3 and all(b.weight is None for b in got)
     assert tuple(got[0].image.shape) == (2, 1, 8, 8)
+    if not prefetch:  # drawing in the consumer's thread: all of it is time the step waited
+        assert batches.wait_seconds > 0.0
+
+
+def test_stream_counts_the_time_the_consumer_waits():
+    """A sampler slower than the consumer: most of the consumer's time is counted as waiting."""
+    import time
+
+    from unet_pipeline.train.sampler import BatchStream
+
+    class Slow(PatchSampler):
+        def sample(self, n):
+            time.sleep(0.05)
+            return super().sample(n)
+
+    sampler = Slow([_case()], (8, 8), rng=np.random.default_rng(0))
+    with BatchStream(sampler, 2, count=4, prefetch=True) as batches:
+        list(batches)
+    assert batches.wait_seconds >= 0.15  # 4 draws of 0.05 s, at most one of them ahead of the consumer
 
 
 def test_prefetch_errors_reach_the_consumer_and_close_stops_the_thread():

@@ -81,8 +81,9 @@ def test_training_writes_the_model_folder(prepared, tmp_path):
     with open(out / "train_log.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    for col in ("train_loss", "lr", "val_dice_mean", "val_dice_organ_a", "seconds", "slices_per_s"):
+    for col in ("train_loss", "lr", "val_dice_mean", "val_dice_organ_a", "seconds", "slices_per_s", "data_wait_share"):
         assert col in rows[0]
+    assert all(0.0 <= float(r["data_wait_share"]) <= 1.0 for r in rows)
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     weights = load_file(str(out / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values())
