@@ -147,7 +147,7 @@ def _infer_volume(models: Sequence[torch.nn.Module], meta: Mapping, pre_dir: Pat
                 patch_size=plan["patch_size"], overlap=float(inference.get("overlap", 0.5)),
                 batch_size=inference.get("batch_size"), device=device, margin=margin,
                 mirror_tta=bool(inference.get("mirror_tta", False)), pad_value=pad,
-                whole_slices=bool(inference.get("whole_slices", True)),
+                whole_slices=bool(inference.get("whole_slices", False)), precision=str(inference.get("precision", "auto")),
                 chunk_slices=int(inference.get("chunk_slices", 16))):
             writer.write(probs.astype(np.float16))
     return {"seconds": round(time.perf_counter() - t0, 3), "slices": int(volume.shape[0]), "device": str(device)}

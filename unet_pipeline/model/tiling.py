@@ -101,11 +101,38 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
     return [int(round(i * (length - tile) / (n - 1))) for i in range(n)]
 
 
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of inference at ``precision`` on ``device``; None: float32 throughout.
+
+    ``"auto"``: float16 on a GPU; bfloat16 on a CPU with AMX bfloat16 tiles (Intel Sapphire
+    Rapids and later), where oneDNN runs the convolutions about 2.5x faster than in float32;
+    float32 on other CPUs (without AMX, bfloat16 convolutions are slower, not faster).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"inference precision must be one of {PRECISIONS}, got {precision!r}")
+    device = torch.device(device)
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if device.type == "cpu" and _cpu_has_amx_bf16() else None
+    return None if precision == "float32" else getattr(torch, precision)
+
+
+def _cpu_has_amx_bf16() -> bool:
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() and torch.cpu._is_avx512_bf16_supported())
+    except Exception:  # private helpers: absent in another torch version, so no bfloat16 by default
+        return False
+
+
 @torch.inference_mode()
 def predict_slices(model: torch.nn.Module, slices: np.ndarray, *, num_classes: int, patch_size: Sequence[int],
                    overlap: float = 0.5, batch_size: int | None = None, device: torch.device | str = "cpu",
                    sigma_scale: float = 0.125, margin: int = 0, mirror_tta: bool = False,
-                   pad_value: float = 0.0, amp: bool = True, whole_slices: bool = False) -> np.ndarray:
+                   pad_value: float = 0.0, precision: str = "auto", whole_slices: bool = False) -> np.ndarray:
     """Softmax probabilities of a stack of slices by tiled inference.
 
     Parameters
@@ -130,6 +157,8 @@ def predict_slices(model: torch.nn.Module, slices: np.ndarray, *, num_classes: i
         Also predict the left-right and up-down mirrored tiles and average.
     pad_value
         Image value used to pad slices smaller than a tile (air after normalisation).
+    precision
+        ``"float32"``, ``"float16"`` / ``"bfloat16"`` (autocast), or ``"auto"``: :func:`autocast_dtype`.
     whole_slices
         Predict each slice in one pass (a tile as large as the slice, at least ``patch_size``)
         instead of overlapping tiles; padded networks only (``margin`` 0) and slices of at most
@@ -156,14 +185,14 @@ def predict_slices(model: torch.nn.Module, slices: np.ndarray, *, num_classes: i
     weight = torch.from_numpy(gaussian_importance((th, tw), sigma_scale)).to(device)
     acc = torch.zeros((n, num_classes, full_y, full_x), dtype=torch.float32, device=device)
     norm = torch.zeros((n, 1, full_y, full_x), dtype=torch.float32, device=device)
-    use_amp = amp and device.type == "cuda"
+    amp_dtype = autocast_dtype(precision, device)
     if not batch_size or batch_size < 1:
         batch_size = 8 if device.type == "cuda" else 4
     for b0 in range(0, len(starts), batch_size):
         batch = starts[b0:b0 + batch_size]
         tiles = np.stack([x[s, :, i:i + th + 2 * margin, j:j + tw + 2 * margin] for s, i, j in batch])
         t = torch.from_numpy(tiles).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             probs = torch.softmax(model(t).float(), dim=1)
             if mirror_tta:
                 for dims in ((3,), (2,)):

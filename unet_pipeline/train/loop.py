@@ -446,15 +446,13 @@ def _restore_checkpoint(payload: Mapping, model, optimizer, scaler, np_rng: np.r
 
 
 def _validate(model, cases, *, num_classes: int, patch_size, in_slices: int, device, margin: int) -> dict:
-    """Validation Dice of each foreground class over ``cases``, averaged as :func:`_summarize_dice` says.
-
-    Slices are predicted whole, as inference does by default (``inference.whole_slices``)."""
+    """Validation Dice of each foreground class over ``cases``, averaged as :func:`_summarize_dice` says."""
     model.eval()
     inter, ref_n, pred_n = (np.zeros((len(cases), num_classes - 1)) for _ in range(3))
     for ci, case in enumerate(cases):
         for z0, probs in iter_volume_probabilities(model, case.image, in_slices=in_slices, num_classes=num_classes,
-                                                   patch_size=patch_size, overlap=0.25, batch_size=8, whole_slices=True,
-                                                   device=device, margin=margin, pad_value=case.pad_value):
+                                                   patch_size=patch_size, overlap=0.25, batch_size=8, device=device,
+                                                   margin=margin, pad_value=case.pad_value):
             pred = class_argmax(probs)
             ref = np.asarray(case.label[z0:z0 + pred.shape[0]])
             for k in range(1, num_classes):
@@ -834,7 +832,7 @@ def _choose_postprocessing(run: _Run) -> dict:
         pred = np.zeros(case.label.shape, np.uint8)
         for z0, probs in iter_volume_probabilities(run.model, case.image, in_slices=run.mcfg.in_channels,
                                                    num_classes=len(run.label_values) + 1, patch_size=run.patch,
-                                                   overlap=0.25, batch_size=8, whole_slices=True, device=run.device,
+                                                   overlap=0.25, batch_size=8, device=run.device,
                                                    margin=run.margin, pad_value=case.pad_value):
             pred[z0:z0 + probs.shape[0]] = class_argmax(probs)
         preds.append(pred)

@@ -247,3 +247,25 @@ def test_whole_slices_predict_a_slice_in_one_pass():
     finally:
         tiling.WHOLE_SLICE_MAX_PX = old
     assert set(model.shapes) == {(32, 32)}
+
+
+def test_precision_resolves_per_device_and_bfloat16_stays_close():
+    from unet_pipeline.model import tiling
+    from unet_pipeline.model.unet import UNetConfig, build_unet
+
+    assert tiling.autocast_dtype("auto", "cuda") == torch.float16
+    assert tiling.autocast_dtype("float32", "cuda") is None
+    assert tiling.autocast_dtype("bfloat16", "cpu") == torch.bfloat16
+    expected = torch.bfloat16 if tiling._cpu_has_amx_bf16() else None
+    assert tiling.autocast_dtype("auto", "cpu") == expected
+    with pytest.raises(ValueError, match="precision"):
+        tiling.autocast_dtype("int8", "cpu")
+
+    torch.manual_seed(0)
+    model = build_unet(UNetConfig(num_classes=3, base_channels=4, depth=2)).eval()
+    slices = np.random.default_rng(0).normal(size=(2, 1, 40, 52)).astype(np.float32)
+    full = predict_slices(model, slices, num_classes=3, patch_size=(32, 32), precision="float32")
+    half = predict_slices(model, slices, num_classes=3, patch_size=(32, 32), precision="bfloat16")
+    assert half.dtype == np.float32
+    np.testing.assert_allclose(half.sum(1), 1.0, atol=1e-5)
+    assert np.abs(half - full).max() < 0.05  # bfloat16 keeps 8 bits of mantissa: probabilities within a few %
