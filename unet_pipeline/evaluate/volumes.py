@@ -28,11 +28,9 @@ from .tables import VOLUME_COLUMNS
 __all__ = ["VOLUME_COLUMNS", "case_volumes", "volume_rows"]
 
 
-def _touches_border(mask: np.ndarray) -> bool:
-    for axis in range(mask.ndim):
-        if mask.take(0, axis=axis).any() or mask.take(mask.shape[axis] - 1, axis=axis).any():
-            return True
-    return False
+def _touches_border(box: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a structure with bounding box ``box`` reaches the first or last voxel of any axis."""
+    return any(b.start == 0 or b.stop == n for b, n in zip(box, shape))
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
@@ -67,7 +65,7 @@ def case_volumes(segmentation: np.ndarray, image_hu: np.ndarray, spacing_mm: Seq
             p05, p50, p95 = (float(v) for v in np.percentile(hu, [5, 50, 95]))
             box = _bounding_box(mask)  # from axis projections: no index arrays of every voxel
             _, n_comp = label_components(mask[box])
-            border = _touches_border(mask)
+            border = _touches_border(box, mask.shape)
             row.update(hu_mean=float(hu.mean(dtype=np.float64)), hu_std=float(hu.std(dtype=np.float64)),
                        hu_p05=p05, hu_p50=p50, hu_p95=p95, n_components=int(n_comp), empty=False,
                        touches_border=border)

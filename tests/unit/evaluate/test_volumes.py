@@ -47,3 +47,19 @@ def test_bounding_box_of_a_mask():
     mask = np.zeros((6, 7, 8), bool)
     mask[1, 2, 3] = mask[4, 5, 6] = True
     assert _bounding_box(mask) == (slice(1, 5), slice(2, 6), slice(3, 7))
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("end", ["first", "last"])
+def test_touches_border_on_every_face_and_not_one_voxel_inside(axis, end):
+    shape = (8, 9, 10)
+    seg = np.zeros(shape, np.uint8)
+    index = [slice(3, 5)] * 3
+    index[axis] = slice(0, 2) if end == "first" else slice(shape[axis] - 2, shape[axis])
+    seg[tuple(index)] = 1
+    inside = np.zeros(shape, np.uint8)
+    index[axis] = slice(1, 3) if end == "first" else slice(shape[axis] - 3, shape[axis] - 1)
+    inside[tuple(index)] = 1
+    (row,) = case_volumes(seg, np.zeros(shape), (1, 1, 1), {1: "a"})
+    (row_inside,) = case_volumes(inside, np.zeros(shape), (1, 1, 1), {1: "a"})
+    assert row["touches_border"] and not row_inside["touches_border"]
