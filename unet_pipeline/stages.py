@@ -583,7 +583,7 @@ def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mappin
 def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], out_dir: str | Path, *,
                    work_dir: str | Path, inference: Mapping | None = None, postprocess: Mapping | None = None,
                    keep_going: bool = True, overwrite: bool = False, dicom_seg: bool = False,
-                   rtstruct: bool = False) -> dict[str, str]:
+                   rtstruct: bool = False, overlap_stages: bool = True) -> dict[str, str]:
     """Segment many cases with the models loaded once: import -> preprocess -> infer -> reassemble.
 
     The stages and their arguments are those of the workflow's predict-only mode: the checks of
@@ -619,6 +619,10 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], ou
     overwrite
         Segment every case again; otherwise a case whose output is complete
         (:func:`segmentation_complete`) is skipped.
+    overlap_stages
+        While the network predicts one case, import and preprocess the next one in one background
+        thread and reassemble, measure and write the previous one in another (the outputs are the
+        same; False: one case after the other, every step in this thread).
 
     Returns
     -------
@@ -631,35 +635,175 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], ou
     inference = dict(inference or {})
     model_dirs = [str(d) for d in model_dirs]
     predictor = Predictor(model_dirs, inference.get("device", "auto"))
-    import_options = {"min_slices": int(predictor.meta["architecture"].get("in_channels", 1)),
-                      "slice_axis": model_slice_axis(model_dirs[0])}
-    status, volume_rows = {}, []  # case id -> "ok"/"skipped"/error; volumes.csv rows
-    for case_id, image, *series in inputs:
-        series_uid = series[0] if series else None
-        out = Path(out_dir) / f"{case_id}.nii.gz"
-        case_work = Path(work_dir) / case_id
-        dicom_out = dicom_output_paths(out, dicom_seg=dicom_seg, rtstruct=rtstruct) if Path(image).is_dir() else {}
-        try:
-            if not overwrite and _output_complete(case_id, out, dicom_out):
-                status[case_id] = "skipped"
-                volume_rows.extend(load_json(_sidecar_path(out)).get("volumes") or [])
-                continue
-            t0 = time.perf_counter()
-            rows = _predict_case(predictor, case_id, image, series_uid, out, case_work, dicom_out,
-                                 model_dirs=model_dirs, import_options=import_options, inference=inference,
-                                 postprocess=postprocess, dicom_requested=dicom_seg or rtstruct)
-            volume_rows.extend(rows)
-            status[case_id] = "ok"
-            log.info("%s: segmented in %.1f s", case_id, time.perf_counter() - t0)
-        except Exception as exc:  # noqa: BLE001 - one bad case must not end the cohort
-            if not keep_going:
-                raise
-            status[case_id] = _failure(case_id, exc)
-        finally:
-            shutil.rmtree(case_work, ignore_errors=True)
+    options = {"model_dirs": model_dirs, "inference": inference, "postprocess": postprocess,
+               "dicom_requested": dicom_seg or rtstruct,
+               "import_options": {"min_slices": int(predictor.meta["architecture"].get("in_channels", 1)),
+                                  "slice_axis": model_slice_axis(model_dirs[0])}}
+    status: dict[str, str] = {}  # case id -> "ok"/"skipped"/error
+    rows_of: dict[str, list[dict]] = {}  # case id -> its volumes.csv rows
+    jobs = _jobs_to_run(inputs, Path(out_dir), Path(work_dir), status, rows_of, dicom_seg=dicom_seg,
+                        rtstruct=rtstruct, overwrite=overwrite, keep_going=keep_going)
+    run = _run_overlapped if overlap_stages else _run_in_turn
+    for case_id, outcome in run(predictor, jobs, options, stop_on_error=not keep_going):
+        if isinstance(outcome, BaseException):
+            if not keep_going or not isinstance(outcome, Exception):
+                raise outcome
+            status[case_id] = _failure(case_id, outcome)
+        else:
+            status[case_id], rows_of[case_id] = "ok", outcome
+    status = {case_id: status[case_id] for case_id, *_ in inputs}  # the order of ``inputs``
+    volume_rows = [row for case_id in status for row in rows_of.get(case_id, [])]
     if volume_rows:
         tables.write_rows(Path(out_dir) / "volumes.csv", volume_rows, columns=tables.VOLUME_COLUMNS)
     return status
+
+
+def _jobs_to_run(inputs: Sequence[tuple], out_dir: Path, work_dir: Path, status: dict, rows_of: dict, *,
+                 dicom_seg: bool, rtstruct: bool, overwrite: bool, keep_going: bool) -> list[_CaseJob]:
+    """The cases of ``inputs`` to segment; those skipped (complete) or failing already go into
+    ``status`` (and their volume rows into ``rows_of``)."""
+    jobs = []
+    for case_id, image, *series in inputs:
+        job = _CaseJob(case_id, image, series[0] if series else None, out_dir, work_dir,
+                       dicom_seg=dicom_seg, rtstruct=rtstruct)
+        try:
+            if not overwrite and _output_complete(case_id, job.out, job.dicom_out):
+                status[case_id] = "skipped"
+                rows_of[case_id] = load_json(_sidecar_path(job.out)).get("volumes") or []
+                continue
+        except Exception as exc:  # noqa: BLE001 - an unreadable sidecar fails this case only
+            if not keep_going:
+                raise
+            status[case_id] = _failure(case_id, exc)
+            continue
+        jobs.append(job)
+    return jobs
+
+
+class _CaseJob:
+    """One case of :func:`predict_cohort`: its input, output paths, work folder and step timings."""
+
+    def __init__(self, case_id: str, image: str | Path, series_uid: str | None, out_dir: Path, work_dir: Path, *,
+                 dicom_seg: bool, rtstruct: bool) -> None:
+        self.case_id, self.image, self.series_uid = case_id, image, series_uid
+        self.out = out_dir / f"{case_id}.nii.gz"
+        self.work = work_dir / case_id
+        self.dicom_out = dicom_output_paths(self.out, dicom_seg=dicom_seg, rtstruct=rtstruct) \
+            if Path(image).is_dir() else {}
+        self.timings: dict[str, float] = {}
+        self.start = 0.0  # when its import began
+
+    def timed(self, step: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.timings[step] = round(time.perf_counter() - start, 3)
+
+
+def _run_in_turn(predictor, jobs: Sequence[_CaseJob], options: Mapping, *, stop_on_error: bool = False):
+    """Yield ``(case id, volume rows or the exception)`` per job, one case after the other.
+
+    An exception that is not an ``Exception`` (an interrupt), or any with ``stop_on_error``,
+    is raised at once."""
+    for job in jobs:
+        try:
+            record = _prepare_case(predictor, job, options)
+            outcome = _finish_case(predictor, job, record, _infer_case(predictor, job, record, options), options)
+        except Exception as exc:  # noqa: BLE001 - handed to predict_cohort, which decides
+            if stop_on_error:
+                raise
+            outcome = exc
+        finally:
+            shutil.rmtree(job.work, ignore_errors=True)
+        yield job.case_id, outcome
+
+
+def _run_overlapped(predictor, jobs: Sequence[_CaseJob], options: Mapping, *, stop_on_error: bool = False):
+    """As :func:`_run_in_turn`, with case ``i + 1`` prepared and case ``i - 1`` finished in background
+    threads while the network predicts case ``i``; outcomes are yielded in the jobs' order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def finish(job: _CaseJob, prepared: dict, info: dict) -> list[dict]:
+        try:
+            return _finish_case(predictor, job, prepared, info, options)
+        finally:
+            shutil.rmtree(job.work, ignore_errors=True)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="prepare") as prep, \
+            ThreadPoolExecutor(1, thread_name_prefix="finish") as fin:
+        pending = []  # (job, finishing future), in order
+        next_prepared = prep.submit(_prepare_case, predictor, jobs[0], options) if jobs else None
+        for i, job in enumerate(jobs):
+            prepared_future = next_prepared
+            next_prepared = prep.submit(_prepare_case, predictor, jobs[i + 1], options) if i + 1 < len(jobs) else None
+            try:
+                prepared = prepared_future.result()
+                info = _infer_case(predictor, job, prepared, options)
+            except Exception as exc:  # noqa: BLE001 - handed to predict_cohort, which decides
+                shutil.rmtree(job.work, ignore_errors=True)
+                if stop_on_error:
+                    raise
+                pending.append((job, exc))
+            else:
+                pending.append((job, fin.submit(finish, job, prepared, info)))
+            while pending and (isinstance(pending[0][1], BaseException) or pending[0][1].done()):
+                yield _outcome(*pending.pop(0))
+        while pending:
+            yield _outcome(*pending.pop(0))
+
+
+def _outcome(job: _CaseJob, result) -> tuple[str, object]:
+    """``(case id, rows or exception)`` of a finished job (``result``: a future or an exception)."""
+    if isinstance(result, BaseException):
+        return job.case_id, result
+    try:
+        return job.case_id, result.result()
+    except Exception as exc:  # noqa: BLE001 - handed to predict_cohort, which decides
+        return job.case_id, exc
+
+
+def _prepare_case(predictor, job: _CaseJob, options: Mapping) -> dict:
+    """Import and preprocess one case into its work folder; the import record."""
+    job.start = time.perf_counter()
+    shutil.rmtree(job.work, ignore_errors=True)
+    record = job.timed("import", import_case, job.case_id, job.image, None, job.work / "imported",
+                       labels=predictor.labels, series_uid=job.series_uid, **options["import_options"])
+    job.timed("preprocess", preprocess, job.case_id, job.work / "imported" / "image.nii.gz",
+              Path(options["model_dirs"][0]) / "model.json", job.work / "pre")
+    return record
+
+
+def _infer_case(predictor, job: _CaseJob, record: dict, options: Mapping) -> dict:
+    """The network's probabilities of one prepared case (``probs.npy`` in its work folder)."""
+    return job.timed("infer", predictor.predict, job.work / "pre", job.work / "probs.npy", options["inference"])
+
+
+def _finish_case(predictor, job: _CaseJob, record: dict, info: dict, options: Mapping) -> list[dict]:
+    """Reassemble, postprocess, measure, export and describe one predicted case; its volume rows.
+
+    The sidecar, written last, records the seconds of each step under ``timings`` (the profile of
+    a case; with overlapped stages the steps of neighbouring cases ran at the same time)."""
+    from .evaluate.volumes import volume_rows
+
+    labels, model_dirs, imported = predictor.labels, options["model_dirs"], job.work / "imported" / "image.nii.gz"
+    _, applied = job.timed("reassemble", _segment, job.work / "probs.npy", job.work / "pre", imported, job.out,
+                           model_dirs, options["postprocess"])
+    rows = job.timed("volumes", volume_rows, job.case_id, job.out, imported, _labels(labels))
+    extra = {}
+    if job.dicom_out:
+        extra["dicom"] = job.timed("dicom_export", export_dicom, job.out, job.image, labels=labels,
+                                   series_uid=job.series_uid, out_seg=job.dicom_out.get("seg"),
+                                   out_rtstruct=job.dicom_out.get("rtstruct"))
+    elif options["dicom_requested"]:
+        log.info("%s: not read from a DICOM series, so no DICOM-SEG/RTSTRUCT is written", job.case_id)
+    _write_sidecar(job.out, labels, model_dirs, {
+        "case": job.case_id, "source": str(job.image), "device": info["device"],
+        "seconds": round(time.perf_counter() - job.start, 3), "timings": job.timings, "postprocess": applied,
+        "inference": {**info, "settings": options["inference"]}, "warnings": record.get("warnings", []),
+        "volumes": rows, **extra})
+    log.info("%s: segmented (%s)", job.case_id, ", ".join(f"{k} {v:.1f} s" for k, v in job.timings.items()))
+    return rows
 
 
 def _output_complete(case_id: str, out: Path, dicom_out: Mapping[str, Path]) -> bool:
@@ -678,43 +822,3 @@ def _failure(case_id: str, exc: Exception) -> str:
     return message
 
 
-def _predict_case(predictor, case_id: str, image: str | Path, series_uid: str | None, out: Path, case_work: Path,
-                  dicom_out: Mapping[str, Path], *, model_dirs: Sequence[str], import_options: Mapping,
-                  inference: Mapping, postprocess: Mapping | None, dicom_requested: bool) -> list[dict]:
-    """One case of :func:`predict_cohort`: import, preprocess, predict, reassemble, export, sidecar; its volume rows.
-
-    The sidecar records the seconds of each step under ``timings`` (the profile of a case)."""
-    from .evaluate.volumes import volume_rows
-
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def timed(step: str, fn, *args, **kwargs):
-        start = time.perf_counter()
-        result = fn(*args, **kwargs)
-        timings[step] = round(time.perf_counter() - start, 3)
-        return result
-
-    labels = predictor.labels
-    model_json = Path(model_dirs[0]) / "model.json"
-    record = timed("import", import_case, case_id, image, None, case_work / "imported", labels=labels,
-                   series_uid=series_uid, **import_options)
-    imported = case_work / "imported" / "image.nii.gz"
-    timed("preprocess", preprocess, case_id, imported, model_json, case_work / "pre")
-    info = timed("infer", predictor.predict, case_work / "pre", case_work / "probs.npy", inference)
-    _, applied = timed("reassemble", _segment, case_work / "probs.npy", case_work / "pre", imported, out, model_dirs,
-                       postprocess)
-    rows = timed("volumes", volume_rows, case_id, out, imported, _labels(labels))
-    extra = {}
-    if dicom_out:
-        extra["dicom"] = timed("dicom_export", export_dicom, out, image, labels=labels, series_uid=series_uid,
-                               out_seg=dicom_out.get("seg"), out_rtstruct=dicom_out.get("rtstruct"))
-    elif dicom_requested:
-        log.info("%s: not read from a DICOM series, so no DICOM-SEG/RTSTRUCT is written", case_id)
-    _write_sidecar(out, labels, model_dirs, {
-        "case": case_id, "source": str(image), "device": info["device"],
-        "seconds": round(time.perf_counter() - t0, 3), "timings": timings, "postprocess": applied,
-        "inference": {**info, "settings": inference}, "warnings": record.get("warnings", []),
-        "volumes": rows, **extra})
-    log.info("%s: %s", case_id, ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
-    return rows

@@ -333,6 +333,41 @@ def test_predict_goes_on_past_failing_cases_and_names_them(cli_train, tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == ["demo_001.json", "demo_001.nii.gz", "volumes.csv"]
 
 
+def test_overlapped_stages_write_what_one_case_at_a_time_writes(cli_train, tmp_path, monkeypatch):
+    """``predict_cohort`` prepares the next case and finishes the previous one in background threads:
+    the same segmentations byte for byte as one case after the other, the status in the inputs'
+    order, a failure while finishing (in the background) charged to its case only, no work left."""
+    import nibabel as nib
+
+    from unet_pipeline import stages
+
+    ids = ("demo_000", "demo_001", "demo_002", "demo_003")
+    inputs = _inputs(cli_train, tmp_path, ids)
+    cases = [(cid, inputs / f"{cid}.nii.gz") for cid in ids]
+    in_turn = stages.predict_cohort([cli_train.model], cases, tmp_path / "a", work_dir=tmp_path / "wa",
+                                    overlap_stages=False)
+    from unet_pipeline.evaluate import volumes
+
+    def failing(case_id, *args, **kwargs):
+        if case_id == "demo_001":
+            raise RuntimeError("volumes failed")
+        return original(case_id, *args, **kwargs)
+
+    original = volumes.volume_rows
+    monkeypatch.setattr(volumes, "volume_rows", failing)
+    overlapped = stages.predict_cohort([cli_train.model], cases, tmp_path / "b", work_dir=tmp_path / "wb")
+    assert in_turn == {cid: "ok" for cid in ids}
+    assert list(overlapped) == list(ids) and overlapped["demo_001"] == "RuntimeError: volumes failed"
+    assert all(overlapped[cid] == "ok" for cid in ids if cid != "demo_001")
+    for cid in ids:
+        if cid != "demo_001":
+            a, b = nib.load(str(tmp_path / "a" / f"{cid}.nii.gz")), nib.load(str(tmp_path / "b" / f"{cid}.nii.gz"))
+            np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+            assert a.header.binaryblock == b.header.binaryblock
+    assert not (tmp_path / "b" / "demo_001.json").exists()  # not complete: redone by the next run
+    assert not any((tmp_path / "wb").iterdir())
+
+
 def test_predict_refuses_a_cohort_naming_other_classes(cli_train, tmp_path, capsys):
     dataset = tmp_path / "dataset.json"
     dataset.write_text(json.dumps({"labels": {"background": 0, "spleen": 1, "liver": 2}}), encoding="utf-8")
