@@ -583,7 +583,7 @@ def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mappin
 def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], out_dir: str | Path, *,
                    work_dir: str | Path, inference: Mapping | None = None, postprocess: Mapping | None = None,
                    keep_going: bool = True, overwrite: bool = False, dicom_seg: bool = False,
-                   rtstruct: bool = False, overlap_stages: bool = True) -> dict[str, str]:
+                   rtstruct: bool = False, overlap_stages: bool | None = None) -> dict[str, str]:
     """Segment many cases with the models loaded once: import -> preprocess -> infer -> reassemble.
 
     The stages and their arguments are those of the workflow's predict-only mode: the checks of
@@ -622,7 +622,10 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], ou
     overlap_stages
         While the network predicts one case, import and preprocess the next one in one background
         thread and reassemble, measure and write the previous one in another (the outputs are the
-        same; False: one case after the other, every step in this thread).
+        same). None: when the network runs on a GPU, so the CPU work fills the time the CPU would
+        otherwise wait; on a CPU the threads take cores from the network (2 cores, 3 cases of
+        100 slices: 27.9 s overlapped against 26.9 s one after the other), so there one case is
+        done after the other.
 
     Returns
     -------
@@ -643,6 +646,8 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], ou
     rows_of: dict[str, list[dict]] = {}  # case id -> its volumes.csv rows
     jobs = _jobs_to_run(inputs, Path(out_dir), Path(work_dir), status, rows_of, dicom_seg=dicom_seg,
                         rtstruct=rtstruct, overwrite=overwrite, keep_going=keep_going)
+    if overlap_stages is None:
+        overlap_stages = predictor.device.type == "cuda"
     run = _run_overlapped if overlap_stages else _run_in_turn
     for case_id, outcome in run(predictor, jobs, options, stop_on_error=not keep_going):
         if isinstance(outcome, BaseException):

@@ -355,7 +355,8 @@ def test_overlapped_stages_write_what_one_case_at_a_time_writes(cli_train, tmp_p
 
     original = volumes.volume_rows
     monkeypatch.setattr(volumes, "volume_rows", failing)
-    overlapped = stages.predict_cohort([cli_train.model], cases, tmp_path / "b", work_dir=tmp_path / "wb")
+    overlapped = stages.predict_cohort([cli_train.model], cases, tmp_path / "b", work_dir=tmp_path / "wb",
+                                       overlap_stages=True)  # the default on a GPU
     assert in_turn == {cid: "ok" for cid in ids}
     assert list(overlapped) == list(ids) and overlapped["demo_001"] == "RuntimeError: volumes failed"
     assert all(overlapped[cid] == "ok" for cid in ids if cid != "demo_001")
