@@ -622,10 +622,8 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], ou
     overlap_stages
         While the network predicts one case, import and preprocess the next one in one background
         thread and reassemble, measure and write the previous one in another (the outputs are the
-        same). None: when the network runs on a GPU, so the CPU work fills the time the CPU would
-        otherwise wait; on a CPU the threads take cores from the network (2 cores, 3 cases of
-        100 slices: 27.9 s overlapped against 26.9 s one after the other), so there one case is
-        done after the other.
+        same). None: on a GPU only; on a CPU the threads take cores from the network (2 cores,
+        3 cases of 100 slices: 27.9 s overlapped, 26.9 s one case after the other).
 
     Returns
     -------
