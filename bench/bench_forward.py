@@ -23,7 +23,9 @@ repeat; each sample runs the same number of tiles): batch 1, the predictor's CPU
 batch 8, ``contiguous`` and ``channels_last`` (model and input; the predictor runs channels-last);
 for the demo model also ``b1_before``, the path the predictor took before instance norm became a
 group norm per channel: the network with torch's ``nn.InstanceNorm2d``, traced, frozen and
-optimised for oneDNN, one tile a pass (``speedup_vs_before`` = the predictor's variant over it). On
+optimised for oneDNN, one tile a pass (``speedup_vs_before`` = the predictor's variant over it); on a
+CPU with AMX bfloat16 also ``b4_channels_last_bf16``, the predictor's variant there
+(``inference.precision: auto``). On
 CUDA the same batch/format variants run under fp16 autocast; ``--device cuda`` times the GPU only. Medians over the repeats give tiles/s and
 GFLOP/s; slices/s is that GFLOP/s over the FLOPs of a slice (one 512 x 512 pass; ``_tiled``: the
 plan's 256 x 256 tiles at overlap 0.5, 9 a slice), so quick mode's smaller tiles extrapolate to the
@@ -47,7 +49,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from unet_pipeline.model.tiling import tile_starts
+from unet_pipeline.model.tiling import autocast_dtype, tile_starts
 from unet_pipeline.model.unet import UNetConfig, build_unet
 from unet_pipeline.cohort.naming import DEMO_LABELS
 
@@ -178,35 +180,44 @@ def _time(config: UNetConfig, tile: int, device: torch.device, batches: tuple[in
     """Median and least seconds per tile of each variant, and the largest channels-last vs contiguous logit
     difference."""
     models = _models(config, device)
-    variants: dict[str, tuple[Any, torch.Tensor, int]] = {}
+    default_amp = torch.float16 if device.type == "cuda" else None
+    variants: dict[str, tuple[Any, torch.Tensor, int, torch.dtype | None]] = {}
     for batch in batches:
         for fmt in FORMATS:
             variants[f"b{batch}_{fmt}"] = (models[fmt], _input(batch, config, tile, fmt, device),
-                                           max(1, tiles_per_sample // batch))
+                                           max(1, tiles_per_sample // batch), default_amp)
     if before and device.type == "cpu":
         x = _input(1, config, tile, "contiguous", device)
-        variants["b1_before"] = (_before(models["contiguous"], tuple(x.shape)), x, tiles_per_sample)
-    amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast("cpu",
-                                                                                                   enabled=False)
+        variants["b1_before"] = (_before(models["contiguous"], tuple(x.shape)), x, tiles_per_sample, None)
+    predictor_amp = autocast_dtype("auto", device)
+    if device.type == "cpu" and predictor_amp is not None:  # what the predictor runs on this CPU: bfloat16
+        b = PREDICTOR_BATCH_CPU
+        variants[f"b{b}_channels_last_bf16"] = (models["channels_last"], _input(b, config, tile, "channels_last", device),
+                                                max(1, tiles_per_sample // b), predictor_amp)
     names = list(variants)
     samples: dict[str, list[float]] = {k: [] for k in names}
-    with torch.inference_mode(), amp:
+
+    def forward(name: str) -> torch.Tensor:
+        model, x, _, amp = variants[name]
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            return model(x)
+
+    with torch.inference_mode():
         outputs = {}
         for name in names:  # warm-up (oneDNN primitive creation, cuDNN autotuning, graph optimisation)
-            model, x, _ = variants[name]
-            outputs[name] = model(x).float()
+            outputs[name] = forward(name).float()
             _sync(device)
         diff = max(float((outputs[f"b{b}_channels_last"] - outputs[f"b{b}_contiguous"]).abs().max()) for b in batches)
         del outputs
         for r in range(repeats):
             for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order every repeat
-                model, x, passes = variants[name]
+                passes, n = variants[name][2], variants[name][1].shape[0]
                 _sync(device)
                 start = time.perf_counter()
                 for _ in range(passes):
-                    model(x)
+                    forward(name)
                 _sync(device)
-                samples[name].append((time.perf_counter() - start) / (passes * x.shape[0]))
+                samples[name].append((time.perf_counter() - start) / (passes * n))
     return {k: (statistics.median(v), min(v)) for k, v in samples.items()}, diff
 
 
@@ -268,6 +279,8 @@ def run(quick: bool = False, device: str | None = None) -> dict:
     if "cpu" not in figures["demo"]:
         return _cuda_result(figures, quick)
     demo_cpu = figures["demo"]["cpu"]
+    predictor = next(k for k in (f"b{PREDICTOR_BATCH_CPU}_channels_last_bf16", f"b{PREDICTOR_BATCH_CPU}_channels_last")
+                     if k in demo_cpu)  # the predictor's variant: bfloat16 where the CPU has AMX
     best = max(demo_cpu, key=lambda k: demo_cpu[k]["gflops"])
     if "cpu" in figures["paper_padded"]:
         paper_cpu = figures["paper_padded"]["cpu"]
@@ -292,10 +305,10 @@ def run(quick: bool = False, device: str | None = None) -> dict:
         "demo_slices_per_s": demo_cpu[best]["slices_per_s"],
         "demo_slices_per_s_tiled": max(v["slices_per_s_tiled"] for v in demo_cpu.values()),
         "gflops_b1": demo_cpu["b1_channels_last"]["gflops"],
-        "gflops_predictor_batch": demo_cpu[f"b{PREDICTOR_BATCH_CPU}_channels_last"]["gflops"],
+        "gflops_predictor_batch": demo_cpu[predictor]["gflops"],
+        "predictor_variant": predictor,
         "target_gflops": TARGET_GFLOPS,
-        "speedup_vs_before": round(demo_cpu[f"b{PREDICTOR_BATCH_CPU}_channels_last"]["tiles_per_s"]
-                                   / demo_cpu["b1_before"]["tiles_per_s"], 2),
+        "speedup_vs_before": round(demo_cpu[predictor]["tiles_per_s"] / demo_cpu["b1_before"]["tiles_per_s"], 2),
         "channels_last_vs_contiguous_b1": _ratio(demo_cpu, 1),
         "channels_last_vs_contiguous_b8": _ratio(demo_cpu, 8),
         "demo_gflops_cpu": {k: v["gflops"] for k, v in demo_cpu.items()},
