@@ -156,7 +156,8 @@ def import_label(label: str | Path, imported_image: str | Path, out_label: str |
 
 def fingerprint(cases: Sequence[tuple[str, str | Path]], out_plan: str | Path, *, labels: Mapping,
                 target_spacing_mm: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,
-                max_patch: int = 256, seed: int = 0, slice_axis: str | None = None, intensity: str = "body",
+                max_patch: int = 256, max_patch_mm: float | None = 192.0, seed: int = 0,
+                slice_axis: str | None = None, intensity: str = "body",
                 hu_window: Sequence[float] | None = None) -> dict:
     """Plan from the imported training cases ``(case_id, imported_dir)``; writes ``plan.json``.
 
@@ -167,7 +168,8 @@ def fingerprint(cases: Sequence[tuple[str, str | Path]], out_plan: str | Path, *
 
     triples = [(cid, Path(d) / "image.nii.gz", Path(d) / "label.nii.gz") for cid, d in cases]
     plan = make_plan(triples, _labels(labels), target_spacing_mm=target_spacing_mm, patch_size=patch_size,
-                     max_patch=max_patch, seed=seed, slice_axis=slice_axis, intensity=intensity, hu_window=hu_window)
+                     max_patch=max_patch, max_patch_mm=max_patch_mm, seed=seed, slice_axis=slice_axis,
+                     intensity=intensity, hu_window=hu_window)
     save_json(plan, out_plan)
     return plan
 

@@ -144,3 +144,19 @@ def test_plan_intensity_schemes_clip_where_they_say(tmp_path):
         make_plan(triples, {1: "a", 2: "b"}, intensity="window")
     with pytest.raises(ValueError, match="plan.intensity"):
         make_plan(triples, {1: "a", 2: "b"}, intensity="percentile")
+
+
+def test_automatic_patch_is_capped_in_pixels_and_in_millimetres():
+    from unet_pipeline.plan.fingerprint import _median_patch
+
+    shapes = np.array([[30, 512, 400], [30, 512, 400]])  # (Z, Y, X) px
+    fine, coarse = np.array([[3.0, 0.8, 0.8]] * 2), np.array([[3.0, 3.0, 3.0]] * 2)
+    # 0.8 mm: 512 x 400 px; 192 mm / 0.8 mm = 240 px
+    assert _median_patch(shapes, fine, [0.8, 0.8], max_patch=256, max_patch_mm=192.0, divisor=16) == [240, 240]
+    assert _median_patch(shapes, fine, [0.8, 0.8], max_patch=256, max_patch_mm=None, divisor=16) == [256, 256]
+    # 3 mm: 192 mm = 64 px; a slice smaller than the cap keeps its own (rounded) size
+    assert _median_patch(shapes, coarse, [3.0, 3.0], max_patch=256, max_patch_mm=192.0, divisor=16) == [64, 64]
+    small = np.array([[30, 40, 50]] * 2)
+    assert _median_patch(small, coarse, [3.0, 3.0], max_patch=256, max_patch_mm=192.0, divisor=16) == [48, 64]
+    # never below two multiples of the divisor, whatever the mm limit
+    assert _median_patch(shapes, coarse, [3.0, 3.0], max_patch=256, max_patch_mm=10.0, divisor=16) == [32, 32]
