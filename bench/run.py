@@ -44,6 +44,8 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, str | float | None]]]] = {
                                              ("label voxels equal to MONAI's (share)", "label_agreement", None)]),
     "inference": ("bench.bench_inference", [("tiled inference vs MONAI sliding_window_inference (x throughput)",
                                             "throughput_ratio", "target_ratio"),
+                                           ("the same at the predictor's precision (bfloat16 on CPUs with AMX)",
+                                            "throughput_ratio_predictor_precision", "target_ratio"),
                                            ("largest probability difference to MONAI", "max_abs_probability_difference",
                                             1e-4)]),
     "predict": ("bench.bench_predict", [("predict one case end to end vs MONAI pipeline (x faster)", "speedup",
