@@ -714,7 +714,7 @@ def _run_in_turn(predictor, jobs: Sequence[_CaseJob], options: Mapping, *, stop_
     for job in jobs:
         try:
             record = _prepare_case(predictor, job, options)
-            outcome = _finish_case(predictor, job, record, _infer_case(predictor, job, record, options), options)
+            outcome = _finish_case(predictor, job, record, _infer_case(predictor, job, options), options)
         except Exception as exc:  # noqa: BLE001 - handed to predict_cohort, which decides
             if stop_on_error:
                 raise
@@ -744,7 +744,7 @@ def _run_overlapped(predictor, jobs: Sequence[_CaseJob], options: Mapping, *, st
             next_prepared = prep.submit(_prepare_case, predictor, jobs[i + 1], options) if i + 1 < len(jobs) else None
             try:
                 prepared = prepared_future.result()
-                info = _infer_case(predictor, job, prepared, options)
+                info = _infer_case(predictor, job, options)
             except Exception as exc:  # noqa: BLE001 - handed to predict_cohort, which decides
                 shutil.rmtree(job.work, ignore_errors=True)
                 if stop_on_error:
@@ -779,7 +779,7 @@ def _prepare_case(predictor, job: _CaseJob, options: Mapping) -> dict:
     return record
 
 
-def _infer_case(predictor, job: _CaseJob, record: dict, options: Mapping) -> dict:
+def _infer_case(predictor, job: _CaseJob, options: Mapping) -> dict:
     """The network's probabilities of one prepared case (``probs.npy`` in its work folder)."""
     return job.timed("infer", predictor.predict, job.work / "pre", job.work / "probs.npy", options["inference"])
 

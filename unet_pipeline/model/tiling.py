@@ -171,7 +171,7 @@ def predict_slices(model: torch.nn.Module, slices: np.ndarray, *, num_classes: i
         ``(n, K, Y, X)`` float32 probabilities (sum to 1 over K).
     """
     device = torch.device(device)
-    n, c, ny, nx = slices.shape
+    n, _, ny, nx = slices.shape
     th, tw = int(patch_size[0]), int(patch_size[1])
     if whole_slices and not margin and ny * nx <= WHOLE_SLICE_MAX_PX:
         th, tw = max(th, ny), max(tw, nx)

@@ -9,6 +9,7 @@ runs batched on the training device (:mod:`unet_pipeline.train.augment`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,8 +216,8 @@ class BatchStream:
         self.pin_memory = pin_memory
         self.rng_state: dict = sampler.rng.bit_generator.state  # before any batch is handed out
         self._drawn = 0
-        #: Seconds the consumer spent waiting for batches (drawing them, without prefetch): the
-        #: training log's ``data_wait_s``, the share of a step the network waited for data.
+        #: Seconds the consumer spent waiting for batches (drawing them, without prefetch); the
+        #: training log's ``data_wait_share`` is this time over the epoch's.
         self.wait_seconds = 0.0
         self._thread = None
         if prefetch:
@@ -260,8 +261,6 @@ class BatchStream:
         return self
 
     def __next__(self) -> Batch:
-        import time
-
         if self.count is not None and self._drawn >= self.count:
             raise StopIteration
         start = time.perf_counter()
@@ -269,14 +268,12 @@ class BatchStream:
             batch = self._draw()
         else:
             item = self._queue.get()
-            self.wait_seconds += time.perf_counter() - start
             if item is self._STOP:
                 raise StopIteration
             if isinstance(item, BaseException):
                 raise item
             batch = item  # type: ignore[assignment]
-        if self._thread is None:
-            self.wait_seconds += time.perf_counter() - start
+        self.wait_seconds += time.perf_counter() - start
         self._drawn += 1
         self.rng_state = batch.rng_state
         return batch
