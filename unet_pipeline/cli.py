@@ -81,7 +81,7 @@ def _check_settings(args: argparse.Namespace):
     """``(cohort, label names, options of check_case)`` for check-cohort: the options, else the
     workflow config given with ``-c`` (its cohort, ``cohort.label_names``, ``model.in_channels``,
     ``cohort.geometry_tolerance_mm``, ``plan.slice_axis``), else the workflow's defaults."""
-    from .cohort.discovery import discover_cohort
+    from .cohort.discovery import cohort_source, discover_cohort
     from .config import import_options
     from .io.roi_names import label_names
 
@@ -89,9 +89,9 @@ def _check_settings(args: argparse.Namespace):
     if _has_cohort_args(args):
         cohort = _cohort_from_args(args, warn=False)
     elif args.config:
-        if config["cohort"]["demo"]["enabled"]:
-            raise ConfigError(f"{args.config}: cohort.demo.enabled is set: the workflow would run the built-in demo "
-                              "cohort, not cohort.images/dataset_json/manifest; disable the demo to check them")
+        if cohort_source(config["cohort"]) == "demo":
+            raise ConfigError(f"{args.config}: cohort.demo.enabled is set: the built-in demo cohort is written by the "
+                              "workflow; check it after a run, or name your cohort")
         cohort = discover_cohort(config["cohort"], warn=False)
     else:
         raise ConfigError("give -c CONFIG, -i IMAGES_DIR [-l LABELS_DIR], --dataset-json or --manifest")
@@ -147,45 +147,22 @@ def _cmd_check_cohort(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    """The workflow's chain up to the model: the same cases, splits, stages and arguments."""
-    from . import stages
+    """The workflow's chain up to the model (:func:`unet_pipeline.chain.train_cohort`): the same
+    cases, splits, stages, arguments and defaults as the workflow."""
+    from .chain import train_cohort
     from .cohort.validation import rejection_message
-    from .cohort.workflow_cases import workflow_cases
-    from .config import fingerprint_options, import_options, slice_options, train_options
 
     config = _config(args)
-    config["predict"]["model"] = None  # train: never the predict-only mode
+    if config["predict"]["model"]:
+        raise ConfigError(f"{args.config}: predict.model is set: the workflow would segment with that model, not "
+                          "train; use `unet-pipeline predict`, or remove predict.model to train")
     if args.epochs:
         config["training"]["epochs"] = args.epochs
     if args.max_minutes is not None:
         config["training"]["max_minutes"] = args.max_minutes
-    out = Path(args.output)
     with _work_dir(args.work_dir, "unet-pipeline-") as work:
-        cases = workflow_cases(config, work)
-        demo = config["cohort"]["demo"]
-        if demo["enabled"] and not (work / "demo_cohort" / "dataset.json").exists():
-            stages.demo_cohort(work / "demo_cohort", n_cases=int(demo["n_cases"]), seed=int(demo["seed"]))
-        labels, imported, pre, sliced = cases.labels, work / "imported", work / "preprocessed", work / "slices"
-        ids = sorted(cases.train + cases.val)
-        log.info("training cases %s, validation cases %s, held out for testing %s", cases.train, cases.val, cases.test)
-        for cid in ids:
-            spec = cases.cases[cid]
-            stages.import_case(cid, spec.image, spec.label, imported / cid, labels=labels, series_uid=spec.series_uid,
-                               **import_options(config))
-            stages.import_label(spec.label, imported / cid / "image.nii.gz", imported / cid / "label.nii.gz",
-                                labels=labels, roi_names=cases.roi_names, record=imported / cid / "case.json")
-        plan = work / "plan.json"
-        stages.fingerprint([(c, imported / c) for c in cases.train], plan, labels=labels, **fingerprint_options(config))
-        for cid in ids:
-            stages.preprocess(cid, imported / cid / "image.nii.gz", plan, pre / cid)
-            stages.preprocess_label(imported / cid / "label.nii.gz", pre / cid / "meta.json", pre / cid / "label.npy")
-            stages.slice_case(pre / cid, plan, sliced / cid, **slice_options(config))
-        models = [(i, out / f"fold_{i}") for i in range(len(cases.folds))] or [(None, out)]
-        for fold, model_dir in models:
-            train_ids, val_ids = cases.fold_split(fold)
-            stages.train(train_ids, val_ids, preprocessed_root=pre, slices_root=sliced, plan_path=plan,
-                         out_dir=model_dir, **train_options(config))
-    where = ", ".join(str(d) for _, d in models)
+        cases, model_dirs = train_cohort(config, args.output, work)
+    where = ", ".join(str(d) for d in model_dirs)
     print(f"model written to {where}: trained on {len(cases.train)} case(s), validated on "
           f"{len(cases.val) if not cases.folds else 'each fold'}")
     if cases.test:
@@ -228,9 +205,9 @@ def _predict_inputs(args: argparse.Namespace, config: Mapping):
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from .chain import predict_cohort
     from .cohort.validation import rejection_message
-    from .config import model_label_names
-    from .stages import predict_cohort
+    from .config import config_sha256, model_label_names
 
     config = _config(args)
     inference = dict(config["inference"])
@@ -245,7 +222,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="unet-predict-") as work:
         status = predict_cohort(args.model, [(s.case_id, s.image, s.series_uid) for s in specs], args.output,
                                 work_dir=work, inference=inference, postprocess=config["postprocess"],
-                                overwrite=args.overwrite, **dicom)
+                                overwrite=args.overwrite, provenance={"config_sha256": config_sha256(config)},
+                                **dicom)
     failed = {k: v for k, v in status.items() if v not in ("ok", "skipped")}
     skipped = [k for k, v in status.items() if v == "skipped"]
     print(f"{len(status) - len(failed) - len(skipped)} of {len(status)} case(s) segmented into {args.output} "

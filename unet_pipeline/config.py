@@ -13,12 +13,12 @@ in ``model.json``, and :func:`effective_postprocess` applies it unless the confi
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .schema import SCHEMA_PATH, check_config, result_keys, speed_only_keys
 
 __all__ = [
     "CONFIG_SCHEMA",
@@ -27,12 +27,15 @@ __all__ = [
     "fingerprint_options",
     "slice_options",
     "train_options",
+    "inference_options",
+    "speed_options",
+    "config_sha256",
     "effective_postprocess",
     "model_label_names",
 ]
 
 #: The one schema of the workflow config (shipped inside the package).
-CONFIG_SCHEMA = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+CONFIG_SCHEMA = SCHEMA_PATH
 
 
 def load_config(source: str | Path | Mapping | None = None) -> dict:
@@ -47,13 +50,12 @@ def load_config(source: str | Path | Mapping | None = None) -> dict:
     ------
     ConfigError
         The file cannot be read, is not a mapping, or the config breaks the schema (the message
-        names the key).
+        names the file and the key: ``my.yaml: training.epocs: unknown key; did you mean epochs?``).
     """
     import yaml
-    from snakemake.utils import validate
 
     if source is None:
-        config: Any = {"cohort": {}}
+        config: Any = {}
     elif isinstance(source, Mapping):
         config = copy.deepcopy(dict(source))
     else:
@@ -63,24 +65,26 @@ def load_config(source: str | Path | Mapping | None = None) -> dict:
             raise ConfigError(f"{source}: cannot read the config ({exc})") from exc
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: not a workflow config (a YAML mapping)")
-    config.setdefault("cohort", {})
-    try:
-        validate(config, str(CONFIG_SCHEMA), set_default=True)
-    except Exception as exc:  # snakemake's WorkflowError wraps jsonschema's message
-        where = f"{source}: " if isinstance(source, (str, Path)) else ""
-        raise ConfigError(f"{where}the config does not match {CONFIG_SCHEMA.name}: {exc}") from exc
-    return config
+    return dict(check_config(config, source if isinstance(source, (str, Path)) else None))
 
 
-def import_options(config: Mapping) -> dict:
+def import_options(config: Mapping, model_meta: Mapping | None = None) -> dict:
     """Keyword arguments of :func:`unet_pipeline.stages.import_case` (rule ``import_case``); ``roi_names``
-    maps the ROIs of RTSTRUCT/DICOM-SEG labels to classes (:func:`unet_pipeline.io.roi_names.parse_label_names`)."""
+    maps the ROIs of RTSTRUCT/DICOM-SEG labels to classes (:func:`unet_pipeline.io.roi_names.parse_label_names`).
+
+    With ``model_meta`` (a trained model's ``model.json``: predict-only runs, ``unet-pipeline
+    predict``) the fewest slices and the slicing plane are the model's, not the config's.
+    """
     from .io.roi_names import parse_label_names
 
-    return {"min_slices": int(config["model"]["in_channels"]),
-            "geometry_tolerance_mm": float(config["cohort"]["geometry_tolerance_mm"]),
-            "slice_axis": config["plan"]["slice_axis"],
-            "roi_names": parse_label_names(config["cohort"].get("label_names"))[1]}
+    options = {"min_slices": int(config["model"]["in_channels"]),
+               "geometry_tolerance_mm": float(config["cohort"]["geometry_tolerance_mm"]),
+               "slice_axis": config["plan"]["slice_axis"],
+               "roi_names": parse_label_names(config["cohort"].get("label_names"))[1]}
+    if model_meta is not None:
+        options["min_slices"] = int(model_meta["architecture"].get("in_channels", 1))
+        options["slice_axis"] = (model_meta.get("plan") or {}).get("slice_axis") or options["slice_axis"]
+    return options
 
 
 def fingerprint_options(config: Mapping) -> dict:
@@ -96,12 +100,41 @@ def slice_options(config: Mapping) -> dict:
     return {"weight_map": loss["name"] == "weighted_ce", "w0": float(loss["w0"]), "sigma_px": float(loss["sigma_px"])}
 
 
-def train_options(config: Mapping) -> dict:
-    """Keyword arguments of :func:`unet_pipeline.stages.train` (rule ``train``) from the config's
-    sections ``model``, ``training``, ``augment``, ``loss`` and ``postprocess`` (recorded in
-    ``model.json``)."""
-    return {"model": dict(config["model"]), "training": dict(config["training"]), "augment": dict(config["augment"]),
-            "loss": dict(config["loss"]), "postprocess": config.get("postprocess")}
+def train_options(config: Mapping, *, speed: bool = True) -> dict:
+    """Keyword arguments of :func:`unet_pipeline.stages.train` (rule ``train``): the sections
+    ``model``, ``training``, ``augment`` and ``loss``, and ``postprocess`` (recorded in ``model.json``).
+
+    ``speed=False`` leaves out what cannot change the model: the speed-only training keys (device,
+    threads, prefetch, checkpoints, progress, compile) and ``postprocess`` (a record, applied at
+    segmentation). The rule's params are these, so editing them never retrains; its script adds
+    them back from the config (:func:`speed_options`).
+    """
+    options = {"model": dict(config["model"]), "training": result_keys(config, "training"),
+               "augment": dict(config["augment"]), "loss": dict(config["loss"])}
+    if speed:
+        options["training"].update(speed_options(config, "training"))
+        options["postprocess"] = config.get("postprocess")
+    return options
+
+
+def inference_options(config: Mapping, *, speed: bool = True) -> dict:
+    """The ``inference`` section as :func:`unet_pipeline.stages.infer` takes it; ``speed=False``
+    leaves out the speed-only keys (device, batch size, model server, chunking), as rule
+    ``infer``'s params do."""
+    return dict(config["inference"]) if speed else result_keys(config, "inference")
+
+
+def speed_options(config: Mapping, section: str) -> dict:
+    """The speed-only keys of a section (``x-speed-only`` in the schema), with their values."""
+    return {k: v for k, v in dict(config.get(section) or {}).items() if k in speed_only_keys(section)}
+
+
+def config_sha256(config: Mapping) -> str:
+    """SHA-256 of a config (keys sorted): provenance written into every segmentation's sidecar."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(dict(config), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def effective_postprocess(override: Mapping | None, model_meta: Mapping) -> dict:
@@ -141,15 +174,16 @@ def model_label_names(model_dir: str | Path | Sequence[str | Path], cohort_label
         ``model.json`` is missing or unreadable, or ``cohort_labels`` differs from the model's map
         (the message shows both maps).
     """
+    from .model.card import model_card_path, read_model_card
+
     first = Path(model_dir if isinstance(model_dir, (str, Path)) else list(model_dir)[0])
-    meta_path = first / "model.json"
+    meta_path = model_card_path(first)
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        labels = _names(meta["labels"])
+        labels = read_model_card(first).labels
     except FileNotFoundError as exc:
         raise ConfigError(f"predict.model: {meta_path} not found; name a trained model folder") from exc
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"predict.model: {meta_path}: not a trained model's model.json ({exc})") from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"predict.model: {exc}") from exc
     if cohort_labels and _names(cohort_labels) != labels:
         raise ConfigError(f"label names: {source} {_names(cohort_labels)} differ from the model's {labels} "
                           f"({meta_path}); a model segments the classes it was trained on: give the cohort the "

@@ -33,11 +33,14 @@ __all__ = [
     "reassemble",
     "export_dicom",
     "dicom_output_paths",
+    "DICOM_OUTPUT_SUFFIXES",
     "evaluate",
     "aggregate_metrics",
     "report_from_files",
     "report_from_workflow",
-    "predict_cohort",
+    "write_segmentation",
+    "write_sidecar",
+    "SIDECAR_KEYS",
     "segmentation_complete",
 ]
 
@@ -176,10 +179,11 @@ def fingerprint(cases: Sequence[tuple[str, str | Path]], out_plan: str | Path, *
 
 def preprocess(case_id: str, imported_image: str | Path, plan_path: str | Path, out_dir: str | Path) -> dict:
     """Preprocess one imported image; ``plan_path`` is a ``plan.json`` or a trained ``model.json``."""
+    from .model.card import read_model_card
     from .preprocess.transform import preprocess_image
 
-    plan = load_json(plan_path)
-    plan = plan.get("plan", plan)  # model.json carries the plan it was trained with
+    plan_path = Path(plan_path)
+    plan = read_model_card(plan_path.parent).plan if plan_path.name == "model.json" else load_json(plan_path)
     return preprocess_image(imported_image, plan, out_dir, case_id=case_id)
 
 
@@ -211,6 +215,7 @@ def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root
     (``postprocess_choice`` in ``model.json``: per class, the largest component kept when that
     does not lower the class's validation Dice).
     """
+    from .model.card import write_model_card
     from .train import loop
     from .train.augment import AugmentConfig
 
@@ -228,8 +233,7 @@ def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root
                   loss_options=loss)
     chosen = (meta.get("postprocess_choice") or {}).get("config", {})
     meta = {**meta, "postprocess": dict(postprocess) if postprocess is not None else dict(chosen)}
-    save_json(meta, Path(out_dir) / "model.json")
-    return meta
+    return write_model_card(out_dir, meta).meta
 
 
 def infer(model_dirs: Sequence[str | Path], preprocessed_dir: str | Path, out_probs: str | Path, *,
@@ -271,7 +275,8 @@ def infer(model_dirs: Sequence[str | Path], preprocessed_dir: str | Path, out_pr
 
 def reassemble(probs_path: str | Path, preprocessed_dir: str | Path, imported_image: str | Path, out_nifti: str | Path,
                *, model_dir: str | Path | Sequence[str | Path], postprocess: Mapping | None = None,
-               provenance: Mapping | None = None, infer_info: str | Path | Mapping | None = None) -> dict:
+               case_record: str | Path | Mapping | None = None, infer_info: str | Path | Mapping | None = None,
+               provenance: Mapping | None = None) -> dict:
     """Probabilities -> segmentation NIfTI with the input's exact geometry, plus a sidecar JSON.
 
     Parameters
@@ -282,33 +287,42 @@ def reassemble(probs_path: str | Path, preprocessed_dir: str | Path, imported_im
         The config's ``postprocess`` section. None (the schema's default): the postprocessing
         recorded in the model's ``model.json`` at training; a mapping replaces it (``{}``: none).
         See :func:`unet_pipeline.config.effective_postprocess`.
-    provenance, infer_info
-        Copied into the sidecar; ``infer_info`` is the JSON written by :func:`infer` (a path) or
-        its content.
+    case_record
+        The case's import record (``case.json`` of :func:`import_case`: a path or its content):
+        its case id, source and warnings go into the sidecar.
+    infer_info
+        The JSON written by :func:`infer` (a path) or its content: device, settings, seconds.
+    provenance
+        E.g. ``{"config_sha256": ...}``, copied into the sidecar.
 
     Returns
     -------
     dict
-        The sidecar's content; ``postprocess`` in it is the postprocessing applied.
+        The sidecar's content (:func:`write_sidecar`); ``postprocess`` in it is the postprocessing applied.
     """
     model_dirs = _as_list(model_dir)
     t0 = time.perf_counter()
-    labels, applied = _segment(probs_path, preprocessed_dir, imported_image, out_nifti, model_dirs, postprocess)
-    extra = {**dict(provenance or {}), "postprocess": applied, "reassemble_seconds": round(time.perf_counter() - t0, 3)}
-    if isinstance(infer_info, Mapping):
-        extra["inference"] = dict(infer_info)
-    elif infer_info and Path(infer_info).exists():
-        extra["inference"] = load_json(infer_info)
-    return _write_sidecar(out_nifti, labels, model_dirs, extra)
+    labels, applied = write_segmentation(probs_path, preprocessed_dir, imported_image, out_nifti, model_dirs, postprocess)
+    seconds = round(time.perf_counter() - t0, 3)
+    record = load_json(case_record) if isinstance(case_record, (str, Path)) else dict(case_record or {})
+    info = load_json(infer_info) if isinstance(infer_info, (str, Path)) else dict(infer_info or {})
+    timings = {"infer": info.get("seconds"), "reassemble": seconds}
+    return write_sidecar(out_nifti, case_id=record.get("case_id"), source=record.get("source_image"), labels=labels,
+                         model_dirs=model_dirs, postprocess=applied, inference=info,
+                         warnings=record.get("warnings", []), timings=timings, provenance=provenance)
+
+
+#: File name endings of the DICOM results beside ``<case>.nii.gz``: ``<case>.dcm`` (DICOM-SEG) and
+#: ``<case>_rtstruct.dcm``; the workflow's rule export_dicom and ``unet-pipeline predict`` both use them.
+DICOM_OUTPUT_SUFFIXES = {"seg": ".dcm", "rtstruct": "_rtstruct.dcm"}
 
 
 def dicom_output_paths(out_nifti: str | Path, *, dicom_seg: bool = False, rtstruct: bool = False) -> dict[str, Path]:
-    """Where the DICOM results of ``<case>.nii.gz`` go: ``seg`` = ``<case>.dcm`` (DICOM-SEG) and
-    ``rtstruct`` = ``<case>_rtstruct.dcm``, for those asked for."""
+    """Where the DICOM results of ``<case>.nii.gz`` go (:data:`DICOM_OUTPUT_SUFFIXES`), for those asked for."""
     out_nifti = Path(out_nifti)
     name = out_nifti.name[:-7] if out_nifti.name.endswith(".nii.gz") else out_nifti.stem
-    paths = {"seg": out_nifti.with_name(f"{name}.dcm"), "rtstruct": out_nifti.with_name(f"{name}_rtstruct.dcm")}
-    return {k: v for k, v in paths.items() if {"seg": dicom_seg, "rtstruct": rtstruct}[k]}
+    asked = {"seg": dicom_seg, "rtstruct": rtstruct}
+    return {k: out_nifti.with_name(name + suffix) for k, suffix in DICOM_OUTPUT_SUFFIXES.items() if asked[k]}
 
 
 def export_dicom(segmentation: str | Path, dicom_folder: str | Path, *, labels: Mapping, series_uid: str | None = None,
@@ -364,7 +378,7 @@ def _sidecar_path(out_nifti: str | Path) -> Path:
     return out_nifti.with_name(f"{name}.json")
 
 
-def _segment(probs_path: str | Path, preprocessed_dir: str | Path, imported_image: str | Path, out_nifti: str | Path,
+def write_segmentation(probs_path: str | Path, preprocessed_dir: str | Path, imported_image: str | Path, out_nifti: str | Path,
              model_dirs: Sequence[str | Path], postprocess: Mapping | None) -> tuple[dict[int, str], dict]:
     """Write one case's segmentation as both :func:`reassemble` (the workflow) and
     :func:`predict_cohort` (the CLI) do; returns ``(label names, postprocessing applied)``.
@@ -374,29 +388,44 @@ def _segment(probs_path: str | Path, preprocessed_dir: str | Path, imported_imag
     """
     from .config import effective_postprocess
     from .infer.reassembly import reassemble_case
+    from .model.card import read_model_card
 
-    model_meta = load_json(Path(model_dirs[0]) / "model.json")
-    labels = _labels(model_meta["labels"])
-    applied = effective_postprocess(postprocess, model_meta)
+    card = read_model_card(model_dirs[0])
+    labels = card.labels
+    applied = effective_postprocess(postprocess, card.meta)
     _sidecar_path(out_nifti).unlink(missing_ok=True)
     reassemble_case(probs_path, Path(preprocessed_dir) / "meta.json", imported_image, out_nifti,
                     num_classes=len(labels) + 1, postprocess=applied, labels=labels)
     return labels, applied
 
 
-def _write_sidecar(out_nifti: str | Path, labels: Mapping[int, str], model_dirs: str | Path | Sequence[str | Path],
-                   extra: Mapping | None) -> dict:
-    """``<case>.json`` beside a segmentation: label names, models (path + SHA-256), version, provenance.
+#: The keys of every segmentation sidecar, whichever door wrote it (the workflow or ``predict``).
+SIDECAR_KEYS = ("case", "source", "labels", "model", "model_sha256", "models", "unet_pipeline", "postprocess",
+                "device", "inference", "warnings", "timings", "provenance")
 
-    Written atomically, after the segmentation: its presence marks the case as done. Returns its content.
+
+def write_sidecar(out_nifti: str | Path, *, case_id: str | None, source: str | Path | None,
+                  labels: Mapping[int, str], model_dirs: str | Path | Sequence[str | Path], postprocess: Mapping,
+                  inference: Mapping, warnings: Sequence[str], timings: Mapping[str, float | None],
+                  provenance: Mapping | None) -> dict:
+    """``<case>.json`` beside a segmentation (:data:`SIDECAR_KEYS`): the one writer of the workflow's
+    rule reassemble and of ``unet-pipeline predict``.
+
+    ``case`` and ``source`` (the input image or DICOM folder), label names, the models (path +
+    SHA-256), the package version, the postprocessing applied, the device and the inference record
+    (settings, slices, seconds), the import warnings, seconds per step and ``provenance`` (the
+    config's SHA-256). Written atomically, after the segmentation: its presence marks the case as
+    done (:func:`segmentation_complete`). Returns its content.
     """
     from . import __version__
     from .report.assembly import model_identity
 
     models = [model_identity(d) for d in _as_list(model_dirs)]
-    sidecar = {"labels": {str(k): v for k, v in labels.items()}, "model": models[0]["path"],
+    sidecar = {"case": case_id, "source": str(source) if source else None,
+               "labels": {str(k): v for k, v in labels.items()}, "model": models[0]["path"],
                "model_sha256": models[0]["sha256"], "models": models, "unet_pipeline": __version__,
-               **dict(extra or {})}
+               "postprocess": dict(postprocess), "device": inference.get("device"), "inference": dict(inference),
+               "warnings": list(warnings), "timings": dict(timings), "provenance": dict(provenance or {})}
     save_json(sidecar, _sidecar_path(out_nifti))
     return sidecar
 
@@ -580,250 +609,3 @@ def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mappin
     report_from_files(out_html, metrics_csv=metrics, summary_json=inputs.get("summary"), train_logs=list(train_logs),
            overlay_cases=overlay_cases, case_records=records, provenance=provenance, labels=labels, work_dir=work_dir,
            splits={cid: c.get("split") for cid, c in cases.items()}, volumes_csv=inputs.get("volumes"))
-
-
-def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], out_dir: str | Path, *,
-                   work_dir: str | Path, inference: Mapping | None = None, postprocess: Mapping | None = None,
-                   keep_going: bool = True, overwrite: bool = False, dicom_seg: bool = False,
-                   rtstruct: bool = False, overlap_stages: bool | None = None) -> dict[str, str]:
-    """Segment many cases with the models loaded once: import -> preprocess -> infer -> reassemble.
-
-    The stages and their arguments are those of the workflow's predict-only mode: the checks of
-    :func:`import_case` (at least the model's ``in_channels`` slices along its slicing plane),
-    :func:`preprocess` with the model's plan, :meth:`Predictor.predict` with ``inference``, and
-    the reassembly and postprocessing of :func:`reassemble`; so a case's segmentation is the one
-    the workflow writes with the same model and ``inference`` section.
-
-    Parameters
-    ----------
-    model_dirs
-        Model folder(s); several (cross-validation folds) are ensembled.
-    inputs
-        ``(case_id, image path)`` pairs (NIfTI, NRRD, MHA or a DICOM folder), or
-        ``(case_id, DICOM folder, SeriesInstanceUID)`` for one series of a folder holding several.
-    out_dir
-        Receives ``<case>.nii.gz`` (the input's geometry) and ``<case>.json`` per case, each written
-        atomically (the sidecar last), and ``volumes.csv`` of every case of ``inputs`` that has a
-        complete segmentation (written now or before).
-    dicom_seg, rtstruct
-        For a case read from a DICOM series, also write ``<case>.dcm`` (DICOM-SEG) and/or
-        ``<case>_rtstruct.dcm`` (RTSTRUCT) referencing it (:func:`export_dicom`); a case
-        lacking one of them is not complete.
-    work_dir
-        Intermediate files, one folder per case, removed when the case is done.
-    inference
-        The ``inference`` config section (``device``, ``overlap``, ``batch_size``, ``mirror_tta``).
-    postprocess
-        None: the postprocessing recorded in the model; a mapping replaces it (``{}``: none).
-    keep_going
-        Record a failing case, whatever the exception, and go on with the others (an interrupt,
-        ``KeyboardInterrupt``, still stops the run).
-    overwrite
-        Segment every case again; otherwise a case whose output is complete
-        (:func:`segmentation_complete`) is skipped.
-    overlap_stages
-        While the network predicts one case, import and preprocess the next one in one background
-        thread and reassemble, measure and write the previous one in another (the outputs are the
-        same). None: on a GPU only; on a CPU the threads take cores from the network (2 cores,
-        3 cases of 100 slices: 27.9 s overlapped, 26.9 s one case after the other).
-
-    Returns
-    -------
-    dict
-        case id -> ``"ok"``, ``"skipped"`` (a complete output was there) or the error message.
-    """
-    from .infer.predictor import Predictor
-    from .io.geometry import model_slice_axis
-
-    inference = dict(inference or {})
-    model_dirs = [str(d) for d in model_dirs]
-    predictor = Predictor(model_dirs, inference.get("device", "auto"))
-    options = {"model_dirs": model_dirs, "inference": inference, "postprocess": postprocess,
-               "dicom_requested": dicom_seg or rtstruct,
-               "import_options": {"min_slices": int(predictor.meta["architecture"].get("in_channels", 1)),
-                                  "slice_axis": model_slice_axis(model_dirs[0])}}
-    status: dict[str, str] = {}  # case id -> "ok"/"skipped"/error
-    rows_of: dict[str, list[dict]] = {}  # case id -> its volumes.csv rows
-    jobs = _jobs_to_run(inputs, Path(out_dir), Path(work_dir), status, rows_of, dicom_seg=dicom_seg,
-                        rtstruct=rtstruct, overwrite=overwrite, keep_going=keep_going)
-    if overlap_stages is None:
-        overlap_stages = predictor.device.type == "cuda"
-    run = _run_overlapped if overlap_stages else _run_in_turn
-    for case_id, outcome in run(predictor, jobs, options, stop_on_error=not keep_going):
-        if isinstance(outcome, BaseException):
-            if not keep_going or not isinstance(outcome, Exception):
-                raise outcome
-            status[case_id] = _failure(case_id, outcome)
-        else:
-            status[case_id], rows_of[case_id] = "ok", outcome
-    status = {case_id: status[case_id] for case_id, *_ in inputs}  # the order of ``inputs``
-    volume_rows = [row for case_id in status for row in rows_of.get(case_id, [])]
-    if volume_rows:
-        tables.write_rows(Path(out_dir) / "volumes.csv", volume_rows, columns=tables.VOLUME_COLUMNS)
-    return status
-
-
-def _jobs_to_run(inputs: Sequence[tuple], out_dir: Path, work_dir: Path, status: dict, rows_of: dict, *,
-                 dicom_seg: bool, rtstruct: bool, overwrite: bool, keep_going: bool) -> list[_CaseJob]:
-    """The cases of ``inputs`` to segment; those skipped (complete) or failing already go into
-    ``status`` (and their volume rows into ``rows_of``)."""
-    jobs = []
-    for case_id, image, *series in inputs:
-        job = _CaseJob(case_id, image, series[0] if series else None, out_dir, work_dir,
-                       dicom_seg=dicom_seg, rtstruct=rtstruct)
-        try:
-            if not overwrite and _output_complete(case_id, job.out, job.dicom_out):
-                status[case_id] = "skipped"
-                rows_of[case_id] = load_json(_sidecar_path(job.out)).get("volumes") or []
-                continue
-        except Exception as exc:  # noqa: BLE001 - an unreadable sidecar fails this case only
-            if not keep_going:
-                raise
-            status[case_id] = _failure(case_id, exc)
-            continue
-        jobs.append(job)
-    return jobs
-
-
-class _CaseJob:
-    """One case of :func:`predict_cohort`: its input, output paths, work folder and step timings."""
-
-    def __init__(self, case_id: str, image: str | Path, series_uid: str | None, out_dir: Path, work_dir: Path, *,
-                 dicom_seg: bool, rtstruct: bool) -> None:
-        self.case_id, self.image, self.series_uid = case_id, image, series_uid
-        self.out = out_dir / f"{case_id}.nii.gz"
-        self.work = work_dir / case_id
-        self.dicom_out = dicom_output_paths(self.out, dicom_seg=dicom_seg, rtstruct=rtstruct) \
-            if Path(image).is_dir() else {}
-        self.timings: dict[str, float] = {}
-        self.start = 0.0  # when its import began
-
-    def timed(self, step: str, fn, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self.timings[step] = round(time.perf_counter() - start, 3)
-
-
-def _run_in_turn(predictor, jobs: Sequence[_CaseJob], options: Mapping, *, stop_on_error: bool = False):
-    """Yield ``(case id, volume rows or the exception)`` per job, one case after the other.
-
-    An exception that is not an ``Exception`` (an interrupt), or any with ``stop_on_error``,
-    is raised at once."""
-    for job in jobs:
-        try:
-            record = _prepare_case(predictor, job, options)
-            outcome = _finish_case(predictor, job, record, _infer_case(predictor, job, options), options)
-        except Exception as exc:  # noqa: BLE001 - handed to predict_cohort, which decides
-            if stop_on_error:
-                raise
-            outcome = exc
-        finally:
-            shutil.rmtree(job.work, ignore_errors=True)
-        yield job.case_id, outcome
-
-
-def _run_overlapped(predictor, jobs: Sequence[_CaseJob], options: Mapping, *, stop_on_error: bool = False):
-    """As :func:`_run_in_turn`, with case ``i + 1`` prepared and case ``i - 1`` finished in background
-    threads while the network predicts case ``i``; outcomes are yielded in the jobs' order."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def finish(job: _CaseJob, prepared: dict, info: dict) -> list[dict]:
-        try:
-            return _finish_case(predictor, job, prepared, info, options)
-        finally:
-            shutil.rmtree(job.work, ignore_errors=True)
-
-    with ThreadPoolExecutor(1, thread_name_prefix="prepare") as prep, \
-            ThreadPoolExecutor(1, thread_name_prefix="finish") as fin:
-        pending = []  # (job, finishing future), in order
-        next_prepared = prep.submit(_prepare_case, predictor, jobs[0], options) if jobs else None
-        for i, job in enumerate(jobs):
-            prepared_future = next_prepared
-            next_prepared = prep.submit(_prepare_case, predictor, jobs[i + 1], options) if i + 1 < len(jobs) else None
-            try:
-                prepared = prepared_future.result()
-                info = _infer_case(predictor, job, options)
-            except Exception as exc:  # noqa: BLE001 - handed to predict_cohort, which decides
-                shutil.rmtree(job.work, ignore_errors=True)
-                if stop_on_error:
-                    raise
-                pending.append((job, exc))
-            else:
-                pending.append((job, fin.submit(finish, job, prepared, info)))
-            while pending and (isinstance(pending[0][1], BaseException) or pending[0][1].done()):
-                yield _outcome(*pending.pop(0))
-        while pending:
-            yield _outcome(*pending.pop(0))
-
-
-def _outcome(job: _CaseJob, result) -> tuple[str, object]:
-    """``(case id, rows or exception)`` of a finished job (``result``: a future or an exception)."""
-    if isinstance(result, BaseException):
-        return job.case_id, result
-    try:
-        return job.case_id, result.result()
-    except Exception as exc:  # noqa: BLE001 - handed to predict_cohort, which decides
-        return job.case_id, exc
-
-
-def _prepare_case(predictor, job: _CaseJob, options: Mapping) -> dict:
-    """Import and preprocess one case into its work folder; the import record."""
-    job.start = time.perf_counter()
-    shutil.rmtree(job.work, ignore_errors=True)
-    record = job.timed("import", import_case, job.case_id, job.image, None, job.work / "imported",
-                       labels=predictor.labels, series_uid=job.series_uid, **options["import_options"])
-    job.timed("preprocess", preprocess, job.case_id, job.work / "imported" / "image.nii.gz",
-              Path(options["model_dirs"][0]) / "model.json", job.work / "pre")
-    return record
-
-
-def _infer_case(predictor, job: _CaseJob, options: Mapping) -> dict:
-    """The network's probabilities of one prepared case (``probs.npy`` in its work folder)."""
-    return job.timed("infer", predictor.predict, job.work / "pre", job.work / "probs.npy", options["inference"])
-
-
-def _finish_case(predictor, job: _CaseJob, record: dict, info: dict, options: Mapping) -> list[dict]:
-    """Reassemble, postprocess, measure, export and describe one predicted case; its volume rows.
-
-    The sidecar, written last, records the seconds of each step under ``timings`` (the profile of
-    a case; with overlapped stages the steps of neighbouring cases ran at the same time)."""
-    from .evaluate.volumes import volume_rows
-
-    labels, model_dirs, imported = predictor.labels, options["model_dirs"], job.work / "imported" / "image.nii.gz"
-    _, applied = job.timed("reassemble", _segment, job.work / "probs.npy", job.work / "pre", imported, job.out,
-                           model_dirs, options["postprocess"])
-    rows = job.timed("volumes", volume_rows, job.case_id, job.out, imported, _labels(labels))
-    extra = {}
-    if job.dicom_out:
-        extra["dicom"] = job.timed("dicom_export", export_dicom, job.out, job.image, labels=labels,
-                                   series_uid=job.series_uid, out_seg=job.dicom_out.get("seg"),
-                                   out_rtstruct=job.dicom_out.get("rtstruct"))
-    elif options["dicom_requested"]:
-        log.info("%s: not read from a DICOM series, so no DICOM-SEG/RTSTRUCT is written", job.case_id)
-    _write_sidecar(job.out, labels, model_dirs, {
-        "case": job.case_id, "source": str(job.image), "device": info["device"],
-        "seconds": round(time.perf_counter() - job.start, 3), "timings": job.timings, "postprocess": applied,
-        "inference": {**info, "settings": options["inference"]}, "warnings": record.get("warnings", []),
-        "volumes": rows, **extra})
-    log.info("%s: segmented (%s)", job.case_id, ", ".join(f"{k} {v:.1f} s" for k, v in job.timings.items()))
-    return rows
-
-
-def _output_complete(case_id: str, out: Path, dicom_out: Mapping[str, Path]) -> bool:
-    """Whether ``out`` (and each DICOM output asked for) is complete, so :func:`predict_cohort` skips the case."""
-    if segmentation_complete(out) and all(p.is_file() for p in dicom_out.values()):
-        log.info("%s: %s is complete, skipped (overwrite to redo it)", case_id, out)
-        return True
-    return False
-
-
-def _failure(case_id: str, exc: Exception) -> str:
-    """The status of a case that failed with ``exc`` (the message of a ``CaseError``), logged."""
-    message = str(exc) if isinstance(exc, CaseError) else f"{type(exc).__name__}: {exc}"
-    log.error("%s: %s", case_id, message)
-    log.debug("%s failed", case_id, exc_info=exc)
-    return message
-
-

@@ -19,6 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "unet_pipeline"
 LAYERS = [
     "",  # unet_pipeline/__init__.py
     "errors",
+    "schema",
     "runlog",
     "resources",
     "io",
@@ -33,6 +34,7 @@ LAYERS = [
     "config",
     "demo",
     "stages",
+    "chain",
     "cli",
     "dag_groups",  # workflow helper (Snakemake job groups); imports nothing of the package
 ]

@@ -51,7 +51,7 @@ from ..io.formats import is_image_file
 from ..io.roi_names import RoiPattern, parse_label_names
 from .naming import case_id_from_path
 
-__all__ = ["CaseSpec", "Cohort", "discover_cohort", "cohort_from_folders", "cohort_from_dataset_json", "cohort_from_manifest", "read_label_names"]
+__all__ = ["CaseSpec", "Cohort", "COHORT_SOURCES", "cohort_source", "discover_cohort", "cohort_from_folders", "cohort_from_dataset_json", "cohort_from_manifest", "read_label_names"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,12 @@ class CaseSpec:
     series_uid: str | None = None
     patient_id: str | None = None
     dicom_patient_id: str | None = None
+
+    @property
+    def is_dicom_series(self) -> bool:
+        """Whether the image is a DICOM series (a folder, or one series of it): such a case can
+        get DICOM-SEG/RTSTRUCT results referencing it. The one test used by the workflow and the CLI."""
+        return bool(self.series_uid) or Path(self.image).is_dir()
 
 
 @dataclass
@@ -279,22 +285,57 @@ def cohort_from_manifest(path: str | Path) -> Cohort:
     return Cohort(cases, {})
 
 
+#: The keys of the ``cohort`` section that name a cohort; exactly one may be set.
+COHORT_SOURCES = ("images", "dataset_json", "manifest")
+
+
+def cohort_source(cohort_cfg: Mapping) -> str:
+    """Which source the ``cohort`` section names: ``demo`` or one of :data:`COHORT_SOURCES`.
+
+    Raises
+    ------
+    ConfigError
+        No source, several at once (the demo included), ``labels`` without ``images``, or a named
+        file or folder that does not exist; one line naming the keys and paths.
+    """
+    named = [key for key in COHORT_SOURCES if cohort_cfg.get(key)]
+    demo = bool((cohort_cfg.get("demo") or {}).get("enabled"))
+    if demo and named:
+        raise ConfigError(f"cohort: the demo is enabled and cohort.{named[0]} is set ({cohort_cfg[named[0]]}); "
+                          "name one cohort: drop cohort.demo.enabled to run your own")
+    if len(named) > 1:
+        raise ConfigError("cohort: " + " and ".join(f"cohort.{k} ({cohort_cfg[k]})" for k in named)
+                          + " are both set; name one cohort")
+    if cohort_cfg.get("labels") and not cohort_cfg.get("images"):
+        raise ConfigError(f"cohort.labels ({cohort_cfg['labels']}) needs cohort.images")
+    if demo:
+        return "demo"
+    if not named:
+        raise ConfigError("cohort: no cohort named: set cohort.images (and cohort.labels), cohort.dataset_json or "
+                          "cohort.manifest in your config (config/config.yaml is the template), or run the built-in "
+                          "demo with --configfile config/demo.yaml")
+    for key in ("images", "labels", "dataset_json", "manifest"):
+        if cohort_cfg.get(key) and not Path(cohort_cfg[key]).exists():
+            raise ConfigError(f"cohort.{key}: {cohort_cfg[key]} does not exist")
+    return named[0]
+
+
 def discover_cohort(cohort_cfg: Mapping, label_names: Mapping[int, str] | None = None, *, warn: bool = True) -> Cohort:
     """Build the cohort from the config's ``cohort`` section (see ``config/README.md``).
 
-    Exactly one of ``images``, ``dataset_json`` or ``manifest`` is used (the demo is expanded by
-    the workflow before this is called, as a ``dataset_json``). ``label_names`` (or else the
-    config's ``cohort.label_names``, any form of :func:`unet_pipeline.io.roi_names.parse_label_names`)
-    override names from the dataset.
+    The one source that :func:`cohort_source` finds is used (the demo is expanded by the
+    workflow before this is called). ``label_names`` (or else the config's ``cohort.label_names``,
+    any form of :func:`unet_pipeline.io.roi_names.parse_label_names`) override names from the dataset.
     """
-    if cohort_cfg.get("dataset_json"):
+    source = cohort_source(cohort_cfg)
+    if source == "dataset_json":
         cohort = cohort_from_dataset_json(cohort_cfg["dataset_json"])
-    elif cohort_cfg.get("manifest"):
+    elif source == "manifest":
         cohort = cohort_from_manifest(cohort_cfg["manifest"])
-    elif cohort_cfg.get("images"):
+    elif source == "images":
         cohort = cohort_from_folders(cohort_cfg["images"], cohort_cfg.get("labels"), warn=warn)
     else:
-        raise ConfigError("cohort: set one of cohort.demo, cohort.images, cohort.dataset_json or cohort.manifest")
+        raise ConfigError("cohort: the demo cohort is written by the workflow; discover it as its dataset.json")
     if label_names or cohort_cfg.get("label_names"):
         cohort.labels, cohort.roi_names = parse_label_names(label_names or cohort_cfg["label_names"])
     return cohort

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..io.roi_names import RoiPattern, parse_label_names
-from .discovery import CaseSpec, Cohort, discover_cohort
+from .discovery import CaseSpec, Cohort, cohort_source, discover_cohort
 from .splits import fixed_splits, patient_of_cases
 from .validation import _rejection_lines, rejection_message, screen_cases
 
@@ -83,7 +83,7 @@ def workflow_cases(config: Mapping, results: str | Path | None) -> WorkflowCases
 
     cohort_cfg = config.get("cohort", {}) or {}
     demo = cohort_cfg.get("demo", {}) or {}
-    if demo.get("enabled"):
+    if cohort_source(cohort_cfg) == "demo":
         root = Path(results) / "demo_cohort"
         cases = [CaseSpec(c, str(root / "images" / f"{c}.nii.gz"), str(root / "labels" / f"{c}.nii.gz"))
                  for c in demo_case_ids(int(demo.get("n_cases", 12)))]

@@ -19,7 +19,6 @@ reuses the input's affine and header.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +27,7 @@ from nibabel.orientations import apply_orientation, io_orientation, ornt_transfo
 
 from .formats import spacing_from_affine
 
-__all__ = ["Orientation", "canonical_orientation", "SLICE_AXES", "DEFAULT_SLICE_AXIS", "check_slice_axis",
-           "model_slice_axis"]
+__all__ = ["Orientation", "canonical_orientation", "SLICE_AXES", "DEFAULT_SLICE_AXIS", "check_slice_axis"]
 
 # Order of world axes (0 = R, 1 = A, 2 = S) for the two in-plane axes.
 _WORLD_PRIORITY = (2, 1, 0)
@@ -48,17 +46,6 @@ def check_slice_axis(slice_axis: str | None) -> str:
     if slice_axis not in SLICE_AXES:
         raise ValueError(f"plan.slice_axis must be one of {sorted(SLICE_AXES)}, got {slice_axis!r}")
     return slice_axis
-
-
-def model_slice_axis(model_dir: str | Path) -> str:
-    """The slicing plane a trained model was made for (its ``model.json`` plan; axial when the
-    model predates the plan's ``slice_axis``): prediction with it slices every case the same way."""
-    path = Path(model_dir) / "model.json"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the model's metadata ({exc})") from exc
-    return check_slice_axis((meta.get("plan") or {}).get("slice_axis"))
 
 
 @dataclass(frozen=True)

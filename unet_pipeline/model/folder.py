@@ -6,12 +6,10 @@ from pathlib import Path
 
 import torch
 
+from .card import MODEL_FORMAT, read_model_card
 from .unet import UNetConfig, build_unet
 
-__all__ = ["load_model"]
-
-
-MODEL_FORMAT = "unet-pipeline-model/1"
+__all__ = ["load_model", "MODEL_FORMAT"]
 
 
 def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -21,16 +19,11 @@ def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tup
     """
     from safetensors.torch import load_file
 
-    from ..io.files import load_json
-
     model_dir = Path(model_dir)
-    meta_path, weights_path = model_dir / "model.json", model_dir / "model.safetensors"
-    for p in (meta_path, weights_path):
-        if not p.exists():
-            raise FileNotFoundError(f"{p}: missing; a model folder holds model.json and model.safetensors")
-    meta = load_json(meta_path)
-    if meta.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{meta_path}: not a unet-pipeline model (format {meta.get('format')!r})")
+    meta = read_model_card(model_dir).meta
+    weights_path = model_dir / "model.safetensors"
+    if not weights_path.exists():
+        raise FileNotFoundError(f"{weights_path}: missing; a model folder holds model.json and model.safetensors")
     model = build_unet(UNetConfig.from_dict(meta["architecture"]))
     model.load_state_dict(load_file(str(weights_path)))
     model = model.to(device, memory_format=torch.channels_last).eval()  # see predict_slices

@@ -33,11 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..schema import section_defaults
+
 __all__ = ["UNetConfig", "UNet2d", "InstanceNorm", "build_unet", "count_parameters", "NORMS", "UPSAMPLES"]
 
 NORMS = ("instance", "batch", "none")
 UPSAMPLES = ("transpose", "bilinear")
 
+
+_DEFAULTS = section_defaults("model")  # the one place the defaults are written: the config schema
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -64,13 +68,13 @@ class UNetConfig:
     """
 
     num_classes: int
-    in_channels: int = 1
-    base_channels: int = 16
-    depth: int = 4
-    padded: bool = True
-    norm: str = "instance"
-    upsample: str = "transpose"
-    dropout: float = 0.0
+    in_channels: int = _DEFAULTS["in_channels"]
+    base_channels: int = _DEFAULTS["base_channels"]
+    depth: int = _DEFAULTS["depth"]
+    padded: bool = _DEFAULTS["padded"]
+    norm: str = _DEFAULTS["norm"]
+    upsample: str = _DEFAULTS["upsample"]
+    dropout: float = _DEFAULTS["dropout"]
 
     def __post_init__(self) -> None:
         def bad(name: str, value: Any, allowed: str) -> ValueError:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..schema import section_defaults
 
 __all__ = ["AugmentConfig", "elastic_displacement", "augment_batch"]
 
@@ -47,6 +48,7 @@ _PROBABILITIES = ("elastic_p", "rotate_p", "scale_p", "mirror_p", "gamma_p", "no
 #: Independent organ shifts drawn per sample; class k uses draw (k - 1) mod this.
 _ORGAN_DRAWS = 16
 _MIRROR_AXES = ("x", "y")
+_DEFAULTS = section_defaults("augment")  # the one place the defaults are written: the config schema
 
 
 @dataclass(frozen=True)
@@ -86,26 +88,26 @@ class AugmentConfig:
         with the plan's HU per unit), before the other intensity transforms.
     """
 
-    elastic_p: float = 0.5
-    elastic_grid: int = 3
-    elastic_sigma_px: float = 10.0
-    rotate_p: float = 0.2
-    rotate_deg: float = 15.0
-    scale_p: float = 0.2
-    scale_range: tuple[float, float] = (0.85, 1.15)
-    mirror_p: float = 0.0
-    mirror_axes: tuple[str, ...] = ("x",)
-    lr_label_pairs: tuple[tuple[int, int], ...] = ()
-    gamma_p: float = 0.2
-    gamma_range: tuple[float, float] = (0.7, 1.5)
-    noise_p: float = 0.1
-    noise_std: float = 0.1
-    contrast_p: float = 0.15
-    contrast_range: tuple[float, float] = (0.75, 1.25)
-    brightness_p: float = 0.15
-    brightness_range: tuple[float, float] = (-0.1, 0.1)
-    organ_shift_p: float = 0.0
-    organ_shift_hu: tuple[float, float] = (-20.0, 60.0)
+    elastic_p: float = _DEFAULTS["elastic_p"]
+    elastic_grid: int = _DEFAULTS["elastic_grid"]
+    elastic_sigma_px: float = _DEFAULTS["elastic_sigma_px"]
+    rotate_p: float = _DEFAULTS["rotate_p"]
+    rotate_deg: float = _DEFAULTS["rotate_deg"]
+    scale_p: float = _DEFAULTS["scale_p"]
+    scale_range: tuple[float, float] = tuple(_DEFAULTS["scale_range"])
+    mirror_p: float = _DEFAULTS["mirror_p"]
+    mirror_axes: tuple[str, ...] = tuple(_DEFAULTS["mirror_axes"])
+    lr_label_pairs: tuple[tuple[int, int], ...] = tuple(tuple(p) for p in _DEFAULTS["lr_label_pairs"])
+    gamma_p: float = _DEFAULTS["gamma_p"]
+    gamma_range: tuple[float, float] = tuple(_DEFAULTS["gamma_range"])
+    noise_p: float = _DEFAULTS["noise_p"]
+    noise_std: float = _DEFAULTS["noise_std"]
+    contrast_p: float = _DEFAULTS["contrast_p"]
+    contrast_range: tuple[float, float] = tuple(_DEFAULTS["contrast_range"])
+    brightness_p: float = _DEFAULTS["brightness_p"]
+    brightness_range: tuple[float, float] = tuple(_DEFAULTS["brightness_range"])
+    organ_shift_p: float = _DEFAULTS["organ_shift_p"]
+    organ_shift_hu: tuple[float, float] = tuple(_DEFAULTS["organ_shift_hu"])
 
     def __post_init__(self) -> None:
         # Lists (from YAML/JSON) become tuples so that the config stays hashable and immutable.

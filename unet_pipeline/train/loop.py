@@ -50,10 +50,11 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..io.files import atomic_path, save_json
-from ..model.folder import MODEL_FORMAT
+from ..io.files import atomic_path
+from ..model.card import write_model_card
 from ..model.tiling import class_argmax, iter_volume_probabilities, select_device
 from ..model.unet import UNetConfig, build_unet
+from ..schema import section_defaults, speed_only_keys
 from .augment import AugmentConfig, augment_batch
 from .losses import make_loss
 from .sampler import BatchStream, PatchSampler, load_training_cases
@@ -62,6 +63,8 @@ __all__ = ["TrainConfig", "train", "TrainingInterrupted"]
 
 log = logging.getLogger(__name__)
 
+_DEFAULTS = section_defaults("training")  # the one place the defaults are written: the config schema
+
 
 class TrainingInterrupted(RuntimeError):
     """Raised after a signal-triggered checkpoint; rerunning training resumes from it."""
@@ -69,35 +72,35 @@ class TrainingInterrupted(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training settings (the ``training`` section of the config).
+    """Training settings (the ``training`` section of the config; defaults from the config schema).
 
     ``iterations_per_epoch`` batches of ``batch_size`` patches make an epoch; the learning rate
     follows ``lr * (1 - step / total_steps) ** poly_power``.
     """
 
-    epochs: int = 30
-    iterations_per_epoch: int = 50
-    batch_size: int = 8
-    optimizer: str = "sgd"  # "sgd" (Nesterov, momentum 0.99) | "adamw"
-    lr: float = 0.01
-    momentum: float = 0.99
-    weight_decay: float = 3e-5
-    poly_power: float = 0.9
-    grad_clip: float = 12.0  # max. global L2 norm of the gradients; 0 = no clipping
-    loss: str = "dice_ce"
-    foreground_fraction: float = 0.33
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    deterministic: bool = False
-    checkpoint_minutes: float = 10.0
-    val_smoothing: float = 0.5  # exponential smoothing of the validation Dice used to pick the best epoch
-    early_stopping_patience: int = 0  # epochs without improvement of the smoothed Dice; 0 = off
-    compile: bool = False
-    threads: int = 0  # torch intra-op threads; 0 = torch's default
-    progress: bool | None = None  # tqdm bar; None = only on a terminal
-    prefetch: bool = True  # draw the next batches in a background thread (pinned memory on CUDA); same batches
-    max_minutes: float = 0.0  # time budget of the whole run (training + validation), 0 = none; the LR schedule follows it
+    epochs: int = _DEFAULTS["epochs"]
+    iterations_per_epoch: int = _DEFAULTS["iterations_per_epoch"]
+    batch_size: int = _DEFAULTS["batch_size"]
+    optimizer: str = _DEFAULTS["optimizer"]  # "sgd" (Nesterov, momentum 0.99) | "adamw"
+    lr: float = _DEFAULTS["lr"]
+    momentum: float = _DEFAULTS["momentum"]
+    weight_decay: float = _DEFAULTS["weight_decay"]
+    poly_power: float = _DEFAULTS["poly_power"]
+    grad_clip: float = _DEFAULTS["grad_clip"]  # max. global L2 norm of the gradients; 0 = no clipping
+    loss: str = "dice_ce"  # set from the loss section by stages.train
+    foreground_fraction: float = _DEFAULTS["foreground_fraction"]
+    seed: int = _DEFAULTS["seed"]
+    device: str = _DEFAULTS["device"]
+    amp: bool = _DEFAULTS["amp"]
+    deterministic: bool = _DEFAULTS["deterministic"]
+    checkpoint_minutes: float = _DEFAULTS["checkpoint_minutes"]
+    val_smoothing: float = _DEFAULTS["val_smoothing"]  # exponential smoothing of the validation Dice (best epoch)
+    early_stopping_patience: int = _DEFAULTS["early_stopping_patience"]  # epochs without improvement; 0 = off
+    compile: bool = _DEFAULTS["compile"]
+    threads: int = _DEFAULTS["threads"]  # torch intra-op threads; 0 = torch's default
+    progress: bool | None = _DEFAULTS["progress"]  # tqdm bar; None = only on a terminal
+    prefetch: bool = _DEFAULTS["prefetch"]  # draw the next batches in a background thread; same batches
+    max_minutes: float = _DEFAULTS["max_minutes"]  # time budget of the whole run, 0 = none; the LR schedule follows it
     stop_after_iterations: int = 0  # testing aid: simulate a SIGTERM after this many iterations in total (0 = off)
 
     @classmethod
@@ -205,19 +208,12 @@ def _data_fingerprint(plan: Mapping, train_ids: Sequence[str], val_ids: Sequence
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-# TrainConfig keys left out of the checkpoint's fingerprint, with the reason: they change how
-# fast, where or how visibly a run goes, not what it computes, so a checkpoint stays valid when
-# only they change (the rule sets ``threads`` from its thread count, for one).
-_FINGERPRINT_EXCLUDED = {
-    "threads": "torch intra-op threads: speed only",
-    "progress": "the progress bar",
-    "prefetch": "draws the same batches, ahead of time",
-    "checkpoint_minutes": "how often the checkpoint is written",
-    "stop_after_iterations": "testing aid that simulates a kill",
-    "device": "where the run goes on: a preempted job may come back on another node ('auto' resolves per machine)",
-    "compile": "torch.compile runs the same network, faster",
-    "loss": "the loss name: fingerprinted in the loss part, with the loss options",
-}
+# TrainConfig keys left out of the checkpoint's fingerprint: the schema's speed-only keys (how fast,
+# where or how visibly a run goes, not what it computes: threads, progress, prefetch,
+# checkpoint_minutes, device, compile), so a checkpoint stays valid when only they change (the rule
+# sets ``threads`` from its thread count, for one); the testing aid that simulates a kill; and the
+# loss name, fingerprinted in the loss part with the loss options.
+_FINGERPRINT_EXCLUDED = speed_only_keys("training") | {"stop_after_iterations", "loss"}
 
 
 def _sha256(value: Any) -> str:
@@ -792,7 +788,6 @@ def _export(run: _Run, state: _State) -> dict:
     train_ids = [c.case_id for c in run.train_cases]
     val_ids = [c.case_id for c in run.val_cases]
     meta = {
-        "format": MODEL_FORMAT,
         "architecture": run.mcfg.to_dict(),
         "plan": run.plan,
         "labels": {str(v): name for v, name in zip(run.label_values, run.label_names)},
@@ -812,8 +807,7 @@ def _export(run: _Run, state: _State) -> dict:
         "data_fingerprint": _data_fingerprint(run.plan, train_ids, val_ids),
         "postprocess_choice": postprocess_choice,
     }
-    save_json(meta, run.out_dir / "model.json")
-    return meta
+    return write_model_card(run.out_dir, meta).meta
 
 
 def _choose_postprocessing(run: _Run) -> dict:

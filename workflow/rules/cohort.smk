@@ -32,10 +32,7 @@ rule import_case:
     params:
         case=case_params,
         labels=CASES.labels,
-        min_slices=MIN_SLICES,
-        tolerance_mm=config["cohort"]["geometry_tolerance_mm"],
-        slice_axis=SLICE_AXIS,
-        roi_names=CASES.roi_names,
+        options=IMPORT_OPTIONS,
     log:
         f"{LOGS}/import_case/{{case}}.log",
     conda:

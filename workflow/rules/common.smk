@@ -1,44 +1,66 @@
 # Shared helpers: config validation, the case table, wildcard constraints, input functions.
-import hashlib
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)  # unet_pipeline importable without installing it
 
-from snakemake.utils import validate
-
 from unet_pipeline.cohort.validation import rejection_message
 from unet_pipeline.cohort.workflow_cases import workflow_cases
-from unet_pipeline.config import CONFIG_SCHEMA, model_label_names
+from unet_pipeline.config import (
+    fingerprint_options,
+    import_options,
+    inference_options,
+    model_label_names,
+    slice_options,
+    train_options,
+)
 from unet_pipeline.dag_groups import install_linear_group_check
-from unet_pipeline.io.geometry import model_slice_axis
+from unet_pipeline.errors import ConfigError
+from unet_pipeline.model.card import read_model_card
 from unet_pipeline.cohort.naming import CASE_ID_PATTERN
+from unet_pipeline.schema import check_config
+from unet_pipeline.stages import DICOM_OUTPUT_SUFFIXES
 
-
-validate(config, str(CONFIG_SCHEMA))  # the one schema, shipped in the package (defaults filled in)
 
 install_linear_group_check()  # group jobs (Slurm profile): Snakemake's own check is quadratic in the cohort
 
-RESULTS = config["results"]
-CONFIG_SHA256 = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+def predict_model_dirs(config):
+    """predict.model: one trained model folder, or several (cross-validation folds) to ensemble."""
+    given = config["predict"]["model"]
+    return [given] if isinstance(given, str) else list(given)
+
+
+# The config is checked (unknown keys named, defaults filled in from the one schema) and the
+# cohort discovered before any job; a problem stops the run with one line, without a traceback.
+try:
+    check_config(config)
+    RESULTS = config["results"]
+    CASES = workflow_cases(config, RESULTS)
+    PREDICT_ONLY = bool(config["predict"]["model"])
+    if PREDICT_ONLY:
+        MODEL_DIRS = predict_model_dirs(config)
+        # The class names travel with the model; a cohort naming other classes is refused.
+        CASES.labels = model_label_names(MODEL_DIRS, CASES.labels)
+        MODEL_CARD = read_model_card(MODEL_DIRS[0])
+    else:
+        MODEL_DIRS = [f"{RESULTS}/model/fold_{i}" for i in range(len(CASES.folds))] or [f"{RESULTS}/model"]
+        MODEL_CARD = None
+except ConfigError as exc:
+    sys.exit(f"error: {exc}")
 LOGS = f"{RESULTS}/logs"
-CASES = workflow_cases(config, RESULTS)
-PREDICT_ONLY = bool(config["predict"]["model"])
-if PREDICT_ONLY:  # one trained model folder, or several (cross-validation folds) to ensemble
-    _given = config["predict"]["model"]
-    MODEL_DIRS = [_given] if isinstance(_given, str) else list(_given)
-elif CASES.folds:
-    MODEL_DIRS = [f"{RESULTS}/model/fold_{i}" for i in range(len(CASES.folds))]
-else:
-    MODEL_DIRS = [f"{RESULTS}/model"]
 MODEL_DIR = MODEL_DIRS[0]
-if PREDICT_ONLY:  # the class names travel with the model; a cohort naming other classes is refused
-    CASES.labels = model_label_names(MODEL_DIR, CASES.labels)
-# The one slicing plane of the dataset: the config's, or in predict-only mode the model's.
-SLICE_AXIS = model_slice_axis(MODEL_DIR) if PREDICT_ONLY else config["plan"]["slice_axis"]
-NEEDS_WEIGHT_MAP = config["loss"]["name"] == "weighted_ce"
-MIN_SLICES = config["model"]["in_channels"]
+# The arguments of each stage: the same functions build them for the CLI (unet_pipeline.config).
+# Only what shapes a stage's output is a param, so a speed-only key never reruns a job.
+IMPORT_OPTIONS = import_options(config, MODEL_CARD.meta if PREDICT_ONLY else None)
+IMPORT_OPTIONS["roi_names"] = CASES.roi_names
+FINGERPRINT_OPTIONS = fingerprint_options(config)
+SLICE_OPTIONS = slice_options(config)
+TRAIN_OPTIONS = train_options(config, speed=False)
+INFERENCE_OPTIONS = inference_options(config, speed=False)
+NEEDS_WEIGHT_MAP = SLICE_OPTIONS["weight_map"]
+MIN_SLICES = IMPORT_OPTIONS["min_slices"]
 
 
 wildcard_constraints:
@@ -143,18 +165,14 @@ def final_targets(with_rejected=True):
 
 
 # DICOM results (export_dicom, predict.smk) for the segmented cases whose image is a DICOM series.
-DICOM_CASES = sorted(
-    c for c in CASES.to_segment if CASES.cases[c].series_uid or Path(CASES.cases[c].image).is_dir()
-)
+DICOM_CASES = sorted(c for c in CASES.to_segment if CASES.cases[c].is_dicom_series)
 
 
 def dicom_outputs(rule=False):
     """The files of export_dicom that the config's output section asks for; with ``rule``, those
-    the rule declares (the DICOM-SEG when none is asked for, and then no target needs the rule)."""
-    paths = {
-        "seg": f"{RESULTS}/segmentations/{{case}}.dcm",
-        "rtstruct": f"{RESULTS}/segmentations/{{case}}_rtstruct.dcm",
-    }
+    the rule declares (the DICOM-SEG when none is asked for, and then no target needs the rule).
+    Named as ``unet-pipeline predict`` names them (``unet_pipeline.stages.DICOM_OUTPUT_SUFFIXES``)."""
+    paths = {key: f"{RESULTS}/segmentations/{{case}}{suffix}" for key, suffix in DICOM_OUTPUT_SUFFIXES.items()}
     wanted = {"seg": config["output"]["dicom_seg"], "rtstruct": config["output"]["rtstruct"]}
     asked = {key: path for key, path in paths.items() if wanted[key]}
     return asked or ({"seg": paths["seg"]} if rule else {})
@@ -224,7 +242,7 @@ def volume_mem_mb(wildcards, input, attempt):
 
 
 def training_runtime_min(wildcards, attempt):
-    """Wall time for training from epochs x iterations (grows with retries)."""
+    """Wall time for training from epochs x iterations, or its time budget (grows with retries)."""
     from unet_pipeline.resources import training_runtime_min as estimate
 
     return estimate(config["training"], attempt=attempt)

@@ -86,7 +86,6 @@ rule report:
     params:
         cases=report_case_table,
         labels=CASES.labels,
-        config=config,
         work_dir=f"{RESULTS}/report_figures",
         model_dirs=MODEL_DIRS,
     log:

@@ -11,7 +11,7 @@ rule infer:
         info=kept_if_asked(f"{RESULTS}/probabilities/{{case}}.json"),
     params:
         model_dirs=MODEL_DIRS,
-        inference=config["inference"],
+        inference=INFERENCE_OPTIONS,
     log:
         f"{LOGS}/infer/{{case}}.log",
     resources:
@@ -30,12 +30,12 @@ rule reassemble:
         info=f"{RESULTS}/probabilities/{{case}}.json",
         meta=f"{RESULTS}/preprocessed/{{case}}/meta.json",
         image=f"{RESULTS}/imported/{{case}}/image.nii.gz",
+        record=f"{RESULTS}/imported/{{case}}/case.json",
     output:
         seg=f"{RESULTS}/segmentations/{{case}}.nii.gz",
         sidecar=f"{RESULTS}/segmentations/{{case}}.json",
     params:
         model_dirs=model_folders_of_inputs,
-        config_sha256=CONFIG_SHA256,
         postprocess=config["postprocess"],
     log:
         f"{LOGS}/reassemble/{{case}}.log",

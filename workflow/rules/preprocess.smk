@@ -46,8 +46,7 @@ rule fingerprint:
         cases=CASES.train,
         imported_root=f"{RESULTS}/imported",
         labels=CASES.labels,
-        plan=config["plan"],
-        seed=config["split"]["seed"],
+        options=FINGERPRINT_OPTIONS,
     log:
         f"{LOGS}/fingerprint.log",
     conda:
@@ -99,9 +98,7 @@ rule slice_case:
     output:
         **slice_outputs(),
     params:
-        weight_map=NEEDS_WEIGHT_MAP,
-        w0=config["loss"]["w0"],
-        sigma_px=config["loss"]["sigma_px"],
+        options=SLICE_OPTIONS,
     log:
         f"{LOGS}/slice_case/{{case}}.log",
     conda:

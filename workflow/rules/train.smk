@@ -20,10 +20,7 @@ rule train:
         val=fold_val_ids,
         preprocessed_root=f"{RESULTS}/preprocessed",
         slices_root=f"{RESULTS}/slices",
-        model=config["model"],
-        training=config["training"],
-        augment=config["augment"],
-        loss=config["loss"],
+        options=TRAIN_OPTIONS,
     wildcard_constraints:
         model_dir=r"model(/fold_\d+)?",
     log:

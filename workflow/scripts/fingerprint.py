@@ -8,7 +8,6 @@ from unet_pipeline import stages  # noqa: E402
 from unet_pipeline.runlog import rule_logging  # noqa: E402
 
 sm = snakemake  # noqa: F821
-plan = sm.params.plan
 with rule_logging(sm.log[0]):
     stages.fingerprint([(c, Path(sm.params.imported_root) / c) for c in sm.params.cases], sm.output.plan,
-                       labels=sm.params.labels, **plan, seed=int(sm.params.seed))  # every key of the plan section
+                       labels=sm.params.labels, **sm.params.options)

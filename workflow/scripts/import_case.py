@@ -11,6 +11,4 @@ sm = snakemake  # noqa: F821
 case = sm.params.case
 with rule_logging(sm.log[0]):
     stages.import_case(case["case_id"], case["image"], case["label"], Path(sm.output.image).parent,
-                       labels=sm.params.labels, min_slices=int(sm.params.min_slices),
-                       geometry_tolerance_mm=float(sm.params.tolerance_mm), series_uid=case.get("series_uid"),
-                       slice_axis=sm.params.slice_axis, roi_names=sm.params.roi_names)
+                       labels=sm.params.labels, series_uid=case.get("series_uid"), **sm.params.options)

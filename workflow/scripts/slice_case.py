@@ -10,4 +10,4 @@ from unet_pipeline.runlog import rule_logging  # noqa: E402
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]):
     stages.slice_case(Path(sm.input.label).parent, sm.input.plan, Path(sm.output.index).parent,
-                      weight_map=bool(sm.params.weight_map), w0=float(sm.params.w0), sigma_px=float(sm.params.sigma_px))
+                      **sm.params.options)
