@@ -30,6 +30,7 @@ __all__ = [
     "inference_options",
     "speed_options",
     "config_sha256",
+    "predict_model_dirs",
     "effective_postprocess",
     "model_label_names",
 ]
@@ -127,6 +128,12 @@ def inference_options(config: Mapping, *, speed: bool = True) -> dict:
 def speed_options(config: Mapping, section: str) -> dict:
     """The speed-only keys of a section (``x-speed-only`` in the schema), with their values."""
     return {k: v for k, v in dict(config.get(section) or {}).items() if k in speed_only_keys(section)}
+
+
+def predict_model_dirs(config: Mapping) -> list[str]:
+    """``predict.model``: one trained model folder, or several (cross-validation folds) to ensemble."""
+    given = config["predict"]["model"]
+    return [given] if isinstance(given, str) else list(given)
 
 
 def config_sha256(config: Mapping) -> str:

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["nifti_voxel_count", "volume_mem_mb", "training_runtime_min"]
+__all__ = ["nifti_voxel_count", "volume_mem_mb", "training_runtime_min", "job_mem_mb", "job_runtime_min"]
 
 
 def nifti_voxel_count(path: str | Path) -> int | None:
@@ -62,3 +62,15 @@ def training_runtime_min(training: Mapping, *, attempt: int = 1, seconds_per_ite
     if training.get("max_minutes"):  # the run ends by itself when its budget is spent
         minutes = min(minutes, 1.1 * float(training["max_minutes"]))
     return int((base_min + minutes) * max(1, attempt))
+
+
+def job_mem_mb(wildcards, attempt: int) -> int:
+    """Snakemake resource: memory of a rule that holds no whole volume (tables, the plan, the
+    report): 4 GB, times the attempt."""
+    return 4000 * int(attempt)
+
+
+def job_runtime_min(wildcards, attempt: int) -> int:
+    """Snakemake resource: wall time of a per-case or table rule, 15 minutes times the attempt
+    (a group job adds up its members')."""
+    return 15 * int(attempt)

@@ -18,7 +18,9 @@ import pytest
 import yaml
 
 from tests.conftest import make_ct, save_nifti
+from unet_pipeline import chain
 from unet_pipeline.cli import main
+from unet_pipeline.stages import SIDECAR_KEYS
 
 SUBCOMMANDS = {"demo-cohort": "--n-cases", "check-cohort": "--images", "train": "--config", "predict": "--model",
                "evaluate": "--nsd-tolerance"}
@@ -344,7 +346,7 @@ def test_overlapped_stages_write_what_one_case_at_a_time_writes(cli_train, tmp_p
     ids = ("demo_000", "demo_001", "demo_002", "demo_003")
     inputs = _inputs(cli_train, tmp_path, ids)
     cases = [(cid, inputs / f"{cid}.nii.gz") for cid in ids]
-    in_turn = stages.predict_cohort([cli_train.model], cases, tmp_path / "a", work_dir=tmp_path / "wa",
+    in_turn = chain.predict_cohort([cli_train.model], cases, tmp_path / "a", work_dir=tmp_path / "wa",
                                     overlap_stages=False)
     from unet_pipeline.evaluate import volumes
 
@@ -355,7 +357,7 @@ def test_overlapped_stages_write_what_one_case_at_a_time_writes(cli_train, tmp_p
 
     original = volumes.volume_rows
     monkeypatch.setattr(volumes, "volume_rows", failing)
-    overlapped = stages.predict_cohort([cli_train.model], cases, tmp_path / "b", work_dir=tmp_path / "wb",
+    overlapped = chain.predict_cohort([cli_train.model], cases, tmp_path / "b", work_dir=tmp_path / "wb",
                                        overlap_stages=True)  # the default on a GPU
     assert in_turn == {cid: "ok" for cid in ids}
     assert list(overlapped) == list(ids) and overlapped["demo_001"] == "RuntimeError: volumes failed"
@@ -478,7 +480,7 @@ def test_train_on_rtstruct_labels_and_predict_dicom_seg_and_rtstruct(tmp_path, c
     rt = pydicom.dcmread(str(out / "case_3_rtstruct.dcm"))
     assert rt.Modality == "RTSTRUCT" and rt.StructureSetROISequence[0].ROIName == "liver"
     sidecar = json.loads((out / "case_3.json").read_text(encoding="utf-8"))
-    assert set(sidecar["dicom"]) == {"seg", "rtstruct"}
+    assert tuple(sidecar) == SIDECAR_KEYS and sidecar["source"] == str(tmp_path / "images" / "case_3")
     # Complete, DICOM outputs included: a rerun skips the case; without the SEG it is redone.
     assert main(["predict", "-m", str(model), "-i", str(tmp_path / "images" / "case_3"), "-o", str(out),
                  "--dicom-seg", "--rtstruct", "-c", str(cfg)]) == 0

@@ -41,16 +41,45 @@ def make_workdir(tmp_path: Path, config: Path | dict) -> Path:
 
 
 def test_lint_is_clean():
-    proc = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
+    proc = subprocess.run([*SNAKEMAKE, "--lint", "--configfile", "config/demo.yaml"], cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("config", ["config/config.yaml", "tests/workflow/config_tiny.yaml"])
-def test_dry_run(tmp_path, config):
-    work = make_workdir(tmp_path, REPO / config)
-    proc = run_snakemake(work, "-n", "--cores", "2")
+def test_the_template_alone_names_no_cohort_and_stops_before_any_job(tmp_path):
+    """config/config.yaml is the user's template: with no cohort named it stops with one line (no
+    traceback), and never falls back to the demo."""
+    proc = run_snakemake(make_workdir(tmp_path, REPO / "config/config.yaml"), "-n", "--cores", "2")
+    assert proc.returncode == 1
+    assert "error: cohort: no cohort named: set cohort.images" in proc.stderr
+    assert "Traceback" not in proc.stderr and "demo_cohort" not in proc.stdout
+
+
+@pytest.mark.parametrize("override,message", [
+    ("cohort={images: /data/does/not/exist}", "error: cohort.images: /data/does/not/exist does not exist"),
+    ("cohort={images: /tmp, manifest: /tmp/cases.csv}", "cohort.images (/tmp) and cohort.manifest (/tmp/cases.csv) "
+                                                       "are both set; name one cohort"),
+    ("training={epocs: 3}", "error: training.epocs: unknown key; did you mean epochs?"),
+])
+def test_a_named_cohort_or_key_that_cannot_be_used_stops_the_run_with_one_line(tmp_path, override, message):
+    proc = run_snakemake(make_workdir(tmp_path, REPO / "config/config.yaml"), "-n", "--cores", "2",
+                         "--config", override)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_naming_a_cohort_on_top_of_the_demo_config_is_refused(tmp_path):
+    proc = run_snakemake(make_workdir(tmp_path, REPO / "config/config.yaml"), "-n", "--cores", "2",
+                         "--configfile", str(REPO / "config/demo.yaml"), "--config", f"cohort={{images: {tmp_path}}}")
+    assert proc.returncode == 1 and "the demo is enabled and cohort.images is set" in proc.stderr
+
+
+def test_the_demo_config_plans_the_demo(tmp_path):
+    """The README's first command: the template plus config/demo.yaml plans the whole demo."""
+    proc = run_snakemake(make_workdir(tmp_path, REPO / "config/config.yaml"), "-n", "--cores", "2",
+                         "--configfile", str(REPO / "config/demo.yaml"))
     assert proc.returncode == 0
-    assert "rule train" in proc.stdout or "train" in proc.stdout
+    counts = _job_counts(proc.stdout + proc.stderr)
+    assert counts["demo_cohort"] == 1 and counts["import_case"] == 16 and counts["train"] == 1
+    assert counts["infer"] == counts["reassemble"] == counts["evaluate"] == 4  # test_fraction 0.25 of 16
 
 
 def _job_counts(output: str) -> dict[str, int]:
@@ -106,7 +135,8 @@ def _check_outputs(work: Path, results: Path) -> list[dict]:
         assert int(out.header["qform_code"]) == int(source.header["qform_code"])
         sidecar = json.loads((results / "segmentations" / f"{case}.json").read_text(encoding="utf-8"))
         assert sidecar["labels"]["1"] == "liver"
-        assert len(sidecar["config_sha256"]) == 64 and len(sidecar["models"][0]["sha256"]) == 64
+        assert len(sidecar["provenance"]["config_sha256"]) == 64 and len(sidecar["models"][0]["sha256"]) == 64
+        assert sidecar["case"] == case and sidecar["source"].endswith(f"{case}.nii.gz")
         assert sidecar["inference"]["device"] == "cpu" and sidecar["inference"]["seconds"] > 0
     with open(results / "metrics" / "metrics.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -169,6 +199,73 @@ def test_tiny_end_to_end_run(tiny_run):
     proc = run_snakemake(work, "--cores", "2", "-n")
     planned = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "rule reassemble" in planned and "rule train" not in planned
+
+
+#: What a change of one kind of key reruns on a finished run (config/README.md, "What a change reruns").
+_DOWNSTREAM_OF_SEGMENTATIONS = {"evaluate", "volumes", "aggregate_metrics", "aggregate_volumes", "report"}
+RERUNS = [
+    ("training={device: cpu, threads: 2, prefetch: false, checkpoint_minutes: 5, progress: false}", set()),
+    ("inference={device: cpu, batch_size: 2, model_server: false, chunk_slices: 3}", set()),
+    ("output={dicom_seg: true}", set()),  # no case of the demo is read from DICOM
+    ("evaluation={nsd_tolerance_mm: 1.0}", {"evaluate", "aggregate_metrics", "report"}),
+    ('postprocess={"*": {min_volume_ml: 0.2}}', {"reassemble"} | _DOWNSTREAM_OF_SEGMENTATIONS),
+    ("inference={overlap: 0.25}", {"infer", "reassemble"} | _DOWNSTREAM_OF_SEGMENTATIONS),
+    ("training={lr: 0.002}", {"train", "infer", "reassemble"} | _DOWNSTREAM_OF_SEGMENTATIONS),
+    ("plan={max_patch_mm: 100}", {"fingerprint", "preprocess", "preprocess_label", "slice_case",
+                                  "training_cases_prepared", "train", "infer", "reassemble"}
+     | _DOWNSTREAM_OF_SEGMENTATIONS),
+]
+
+
+def _rules_to_run(work: Path, *args: str) -> set[str]:
+    proc = run_snakemake(work, "-n", "--cores", "2", *args)
+    assert proc.returncode == 0
+    out = proc.stdout + proc.stderr
+    return set() if "Job stats:" not in out else set(_job_counts(out)) - {"all", "total"}
+
+
+def test_a_finished_run_has_nothing_to_do(tiny_run):
+    assert _rules_to_run(tiny_run) == set()
+
+
+@pytest.mark.parametrize("override,reruns", RERUNS, ids=[r[0].split("=")[0] + ":" + ",".join(sorted(r[1]))[:40]
+                                                          for r in RERUNS])
+def test_a_change_reruns_only_what_it_affects(tiny_run, override, reruns):
+    """Speed-only keys (device, threads, batch sizes, model server) and reporting keys never rerun
+    training or inference; a change reruns the rules whose output it shapes, and what follows."""
+    assert _rules_to_run(tiny_run, "--config", override) == reruns
+
+
+def test_every_config_override_of_the_readme_runs(tiny_run):
+    """Each ``--config '...'`` example of the README is accepted by the workflow (here on a finished run)."""
+    import re
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    examples = re.findall(r"--config '([^']+)'", readme)
+    assert examples, "the README shows no --config example"
+    for example in examples:
+        proc = run_snakemake(tiny_run, "-n", "--cores", "2", "--config", example)
+        assert proc.returncode == 0, example
+
+
+def test_the_cli_trains_the_workflows_model_from_the_same_config(tiny_run, tmp_path):
+    """One recipe whichever door: ``unet-pipeline train -c`` with the workflow's config trains on the
+    same cases with the same settings and gives the very same weights (deterministic CPU run)."""
+    from safetensors.numpy import load_file
+
+    from unet_pipeline.cli import main as cli_main
+
+    out = tmp_path / "cli_model"
+    assert cli_main(["train", "-c", str(tiny_run / "config" / "config.yaml"), "-o", str(out),
+                     "--work-dir", str(tmp_path / "cli_work")]) == 0
+    cli, flow = (json.loads((d / "model.json").read_text(encoding="utf-8")) for d in (out, tiny_run / "results" / "model"))
+    for key in ("architecture", "plan", "labels", "training", "augmentation", "loss", "train_cases", "val_cases",
+                "postprocess", "steps_run"):
+        assert cli[key] == flow[key], key
+    ours, theirs = load_file(str(out / "model.safetensors")), load_file(str(tiny_run / "results" / "model" / "model.safetensors"))
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert np.array_equal(ours[name], theirs[name]), name
 
 
 def test_predict_only_segments_a_new_unlabelled_cohort(tiny_run, tmp_path):
@@ -236,6 +333,12 @@ def test_cli_predict_writes_the_workflows_segmentations(tiny_run, tmp_path):
         sidecars = [json.loads(p.read_text(encoding="utf-8"))
                     for p in (tmp_path / "out" / f"{case}.json", results / "segmentations" / f"{case}.json")]
         assert sidecars[0]["postprocess"] == sidecars[1]["postprocess"] == tiny["postprocess"]
+        # One sidecar format, whichever door wrote it.
+        from unet_pipeline.stages import SIDECAR_KEYS
+
+        assert tuple(sidecars[0]) == tuple(sidecars[1]) == SIDECAR_KEYS
+        assert sidecars[0]["case"] == sidecars[1]["case"] == case and sidecars[0]["labels"] == sidecars[1]["labels"]
+        assert sidecars[0]["model_sha256"] == sidecars[1]["model_sha256"]
 
 
 def test_predict_only_refuses_a_cohort_naming_other_classes(tmp_path):
@@ -305,7 +408,7 @@ def test_bad_case_fails_alone_with_keep_going(tmp_path):
 def test_full_demo_reaches_dice_090(tmp_path):
     """The shipped config on the demo cohort: mean test Dice over the organ classes >= 0.90."""
     work = make_workdir(tmp_path, REPO / "config/config.yaml")
-    proc = run_snakemake(work, "--cores", "2", timeout=3600)
+    proc = run_snakemake(work, "--cores", "2", "--configfile", str(REPO / "config/demo.yaml"), timeout=3600)
     assert proc.returncode == 0
     rows = _check_outputs(work, work / "results")
     dice = [float(r["dice"]) for r in rows]
@@ -321,7 +424,7 @@ def _thin_slice_rescans_segment_as_well(work: Path, rows: list[dict], n_cases: i
     from unet_pipeline.cli import main as cli_main
     from unet_pipeline.demo import make_demo_case
 
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text(encoding="utf-8"))
+    config = yaml.safe_load((REPO / "config/demo.yaml").read_text(encoding="utf-8"))
     cases = sorted({r["case"] for r in rows})[:n_cases]
     thin = work / "thin"
     for case in cases:

@@ -17,6 +17,9 @@ rule demo_cohort:
         demo=config["cohort"]["demo"],
     log:
         f"{LOGS}/demo_cohort.log",
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime_min,
     conda:
         "../envs/unet.yaml"
     script:
@@ -35,6 +38,9 @@ rule import_case:
         options=IMPORT_OPTIONS,
     log:
         f"{LOGS}/import_case/{{case}}.log",
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime_min,
     conda:
         "../envs/unet.yaml"
     script:
@@ -53,6 +59,9 @@ rule import_label:
         roi_names=CASES.roi_names,
     log:
         f"{LOGS}/import_label/{{case}}.log",
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime_min,
     conda:
         "../envs/unet.yaml"
     script:

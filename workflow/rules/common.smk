@@ -12,11 +12,13 @@ from unet_pipeline.config import (
     import_options,
     inference_options,
     model_label_names,
+    predict_model_dirs,
     slice_options,
     train_options,
 )
 from unet_pipeline.dag_groups import install_linear_group_check
 from unet_pipeline.errors import ConfigError
+from unet_pipeline.resources import job_mem_mb, job_runtime_min
 from unet_pipeline.model.card import read_model_card
 from unet_pipeline.cohort.naming import CASE_ID_PATTERN
 from unet_pipeline.schema import check_config
@@ -24,12 +26,6 @@ from unet_pipeline.stages import DICOM_OUTPUT_SUFFIXES
 
 
 install_linear_group_check()  # group jobs (Slurm profile): Snakemake's own check is quadratic in the cohort
-
-
-def predict_model_dirs(config):
-    """predict.model: one trained model folder, or several (cross-validation folds) to ensemble."""
-    given = config["predict"]["model"]
-    return [given] if isinstance(given, str) else list(given)
 
 
 # The config is checked (unknown keys named, defaults filled in from the one schema) and the

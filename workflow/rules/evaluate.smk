@@ -12,6 +12,9 @@ rule evaluate:
         nsd_tolerance_mm=config["evaluation"]["nsd_tolerance_mm"],
     log:
         f"{LOGS}/evaluate/{{case}}.log",
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime_min,
     conda:
         "../envs/unet.yaml"
     script:
@@ -28,6 +31,9 @@ rule volumes:
         labels=CASES.labels,
     log:
         f"{LOGS}/volumes/{{case}}.log",
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime_min,
     conda:
         "../envs/unet.yaml"
     script:
@@ -45,6 +51,9 @@ rule aggregate_volumes:
         ),
     log:
         f"{LOGS}/aggregate_volumes.log",
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime_min,
     conda:
         "../envs/unet.yaml"
     script:
@@ -68,6 +77,9 @@ rule aggregate_metrics:
         ),
     log:
         f"{LOGS}/aggregate_metrics.log",
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime_min,
     conda:
         "../envs/unet.yaml"
     script:
@@ -90,6 +102,9 @@ rule report:
         model_dirs=MODEL_DIRS,
     log:
         f"{LOGS}/report.log",
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime_min,
     conda:
         "../envs/unet.yaml"
     script:

@@ -17,6 +17,7 @@ rule infer:
     resources:
         gpu=1,
         mem_mb=volume_mem_mb,
+        runtime=job_runtime_min,
     conda:
         "../envs/unet.yaml"
     script:
@@ -41,6 +42,7 @@ rule reassemble:
         f"{LOGS}/reassemble/{{case}}.log",
     resources:
         mem_mb=volume_mem_mb,
+        runtime=job_runtime_min,
     conda:
         "../envs/unet.yaml"
     script:
@@ -59,6 +61,9 @@ rule export_dicom:
         labels=CASES.labels,
     log:
         f"{LOGS}/export_dicom/{{case}}.log",
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime_min,
     conda:
         "../envs/unet.yaml"
     script:

@@ -49,6 +49,9 @@ rule fingerprint:
         options=FINGERPRINT_OPTIONS,
     log:
         f"{LOGS}/fingerprint.log",
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime_min,
     conda:
         "../envs/unet.yaml"
     script:
@@ -68,6 +71,7 @@ rule preprocess:
         f"{LOGS}/preprocess/{{case}}.log",
     resources:
         mem_mb=volume_mem_mb,
+        runtime=job_runtime_min,
     conda:
         "../envs/unet.yaml"
     script:
@@ -84,6 +88,7 @@ rule preprocess_label:
         f"{LOGS}/preprocess_label/{{case}}.log",
     resources:
         mem_mb=volume_mem_mb,
+        runtime=job_runtime_min,
     conda:
         "../envs/unet.yaml"
     script:
@@ -101,6 +106,9 @@ rule slice_case:
         options=SLICE_OPTIONS,
     log:
         f"{LOGS}/slice_case/{{case}}.log",
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime_min,
     conda:
         "../envs/unet.yaml"
     script:

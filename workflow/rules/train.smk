@@ -32,6 +32,7 @@ rule train:
         gpu=1,
         mem_mb=8000,
         runtime=training_runtime_min,
+        slurm_extra="'--signal=USR1@300'",  # SIGUSR1 5 min before the time limit: checkpoint, exit, resume
     conda:
         "../envs/unet.yaml"
     script:
