@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # numpy, nibabel and SimpleITK are imported where used: disco
     import nibabel as nib
     import numpy as np
 
-__all__ = ["list_series", "read_dicom_series", "read_dicom_header", "find_series", "series_frame_of_reference",
+__all__ = ["list_series", "read_dicom_series", "series_files", "read_dicom_header", "find_series", "series_frame_of_reference",
            "DicomHeader", "SeriesInfo", "NON_IMAGE_MODALITIES", "LABEL_OBJECT_MODALITIES", "SPACING_TOLERANCE",
            "TILT_TOLERANCE"]
 
@@ -603,10 +603,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> nib.
     if series_uid is not None and not isinstance(series_uid, str):
         raise TypeError(f"series_uid must be a str or None, got {type(series_uid).__name__}")
     folder = Path(folder)
-    series = list_series(folder)
-    series_uid = _pick_series(folder, series, series_uid)
-    unreadable = _unreadable_files(folder, series_uid, series)
-    files, thickness, warnings = _slice_geometry(folder, series[series_uid], unreadable)
+    files, thickness, warnings = _series_files(folder, series_uid)
     if len(files) == 1 and _is_multiframe(files[0]):
         from .dicom_multiframe import read_multiframe
 
@@ -624,6 +621,27 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> nib.
             raise CaseError(folder, f"cannot read the DICOM series ({str(exc).strip().splitlines()[0][:150]})") from exc
     img.extra["warnings"] = warnings
     return img
+
+
+def series_files(folder: str | Path, series_uid: str | None = None) -> tuple[list[str], list[str]]:
+    """The files :func:`read_dicom_series` reads for a series, sorted along the slice normal (one file for
+    a multi-frame image), and warnings naming the files left out (localizers, exact copies).
+
+    Raises
+    ------
+    CaseError
+        As :func:`read_dicom_series`, for anything found in the headers.
+    """
+    files, _, warnings = _series_files(Path(folder), series_uid)
+    return files, warnings
+
+
+def _series_files(folder: Path, series_uid: str | None) -> tuple[list[str], float | None, list[str]]:
+    """:func:`series_files`, and the slice thickness of :func:`_slice_geometry`."""
+    series = list_series(folder)
+    series_uid = _pick_series(folder, series, series_uid)
+    unreadable = _unreadable_files(folder, series_uid, series)
+    return _slice_geometry(folder, series[series_uid], unreadable)
 
 
 def _pick_series(folder: Path, series: dict[str, list[str]], series_uid: str | None) -> str:
