@@ -645,9 +645,13 @@ def _series_files(folder: Path, series_uid: str | None) -> tuple[list[str], floa
 
 
 def _pick_series(folder: Path, series: dict[str, list[str]], series_uid: str | None) -> str:
-    """The SeriesInstanceUID to read: ``series_uid``, or the folder's only series."""
+    """The SeriesInstanceUID to read: ``series_uid``, or the folder's only series (a series of localizers
+    beside it does not count)."""
     if not series:
         raise CaseError(folder, "no DICOM series found in this folder")
+    if series_uid is None and len(series) > 1:
+        images = [s.uid for s in find_series(folder)[0]]  # series of localizers only are no image series
+        series_uid = images[0] if len(images) == 1 else None
     if series_uid is None:
         if len(series) > 1:
             found = ", ".join(f"{uid} ({len(files)} files)" for uid, files in sorted(series.items()))
