@@ -199,9 +199,12 @@ def test_import_records_what_was_left_out(habits):
 def test_predict_segments_each_habit_as_the_plain_series(habits, tmp_path, capsys):
     from tests.unit.infer.test_predictor import PLAN, _model_folder
 
-    model = _model_folder(tmp_path / "model", seed=0, plan={**PLAN, "target_spacing_mm": [3.0, 3.0]})
+    plan = {**PLAN, "target_spacing_mm": [8.0, 8.0], "patch_size": [32, 32]}  # one tile per slice: quick on a CPU
+    model = _model_folder(tmp_path / "model", seed=0, plan=plan)
     out = tmp_path / "out"
-    assert main(["predict", "-m", str(model), "-i", str(habits / "images"), "-o", str(out)]) == 1
+    argv = ["predict", "-m", str(model), "-i", str(habits / "images"), "-o", str(out), "--overlap", "0",
+            "--batch-size", "64", "--device", "cpu"]
+    assert main(argv) == 1
     err = capsys.readouterr().err
     plain = nib.load(str(out / "plain.nii.gz"))
     for case in READ:
@@ -212,3 +215,27 @@ def test_predict_segments_each_habit_as_the_plain_series(habits, tmp_path, capsy
         assert not (out / f"{case}.nii.gz").exists()
         line = next(line for line in err.splitlines() if line.strip().startswith(f"FAILED {case}:"))
         assert reason in line and name in line, line
+
+
+def test_dicom_seg_segments_carry_the_rtstruct_roi_colours(tmp_path, shared_data):
+    """3D Slicer (dcmqi) reads a segment's colour from RecommendedDisplayCIELabValue: each segment has
+    the colour the RTSTRUCT of the same masks gives its ROI."""
+    hd = pytest.importorskip("highdicom")
+    from unet_pipeline.io.dicom import read_dicom_series
+    from unet_pipeline.io.dicom_export import read_source_series, write_dicom_seg, write_rtstruct
+
+    folder = shared_data / "dcmqi-ct-3slice" / "dicom"
+    image = read_dicom_series(folder)
+    volume = np.zeros(image.shape, np.uint8)
+    volume[100:200, 100:200, :] = 1
+    volume[300:350, 300:350, 1:] = 2
+    labels = {1: "liver", 2: "spleen"}
+    sources = read_source_series(folder)
+    write_dicom_seg(volume, image.affine, sources, labels, tmp_path / "seg.dcm")
+    write_rtstruct(volume, image.affine, sources, labels, tmp_path / "rt.dcm")
+    seg, rt = pydicom.dcmread(tmp_path / "seg.dcm"), pydicom.dcmread(tmp_path / "rt.dcm")
+    roi_colours = {int(r.ReferencedROINumber): tuple(int(v) for v in r.ROIDisplayColor) for r in rt.ROIContourSequence}
+    assert len(set(roi_colours.values())) == 2
+    for segment, value in zip(seg.SegmentSequence, (1, 2)):
+        lab = hd.color.CIELabColor.from_dicom_value(tuple(int(v) for v in segment.RecommendedDisplayCIELabValue))
+        assert np.abs(np.subtract(lab.to_rgb(), roi_colours[value])).max() <= 1, (segment.SegmentLabel, lab.to_rgb())
