@@ -2,9 +2,11 @@
 
 Slices are ordered by their position along the slice normal (``ImagePositionPatient`` projected
 on the cross product of the ``ImageOrientationPatient`` row and column vectors), never by file
-name or instance number. A series with gantry tilt, missing slices, irregular spacing, duplicate
-positions, mixed orientations or mixed slice sizes is refused with a message naming the folder
-and the problem. Rescale slope and intercept are applied by SimpleITK so values are HU; integer
+name or instance number. Localizers are left out and exact copies of a file read once, with a
+warning (:mod:`unet_pipeline.io.dicom_slices`); an Enhanced (multi-frame) CT file is read frame by
+frame (:mod:`unet_pipeline.io.dicom_multiframe`). A series with gantry tilt, missing slices,
+irregular spacing, two different images at one position, two volumes of different orientation or
+size, or an unreadable file is refused with a message naming the folder (or file) and the problem. Rescale slope and intercept are applied by SimpleITK so values are HU; integer
 results that fit are returned as int16 (ITK widens rescaled CT to int32), float results as
 float32.
 
