@@ -481,16 +481,15 @@ def _floats(text: str | None, n: int) -> np.ndarray | None:
     return values if values.size == n and np.all(np.isfinite(values)) else None
 
 
-def _read_headers(folder: Path, files: list[str]) -> tuple[list, np.ndarray, float | None, list[str]]:
-    """Per-file :class:`~unet_pipeline.io.dicom_slices.SliceHeader`, the pixel spacing ``(2,)`` (column, row) in mm,
-    the slice thickness (mm, or None) and the files holding several frames (enhanced CT)."""
-    import numpy as np
+def _read_headers(files: list[str]) -> tuple[list, float | None, list[str]]:
+    """Per-file :class:`~unet_pipeline.io.dicom_slices.SliceHeader`, the slice thickness (mm, or None) and the
+    files holding several frames (enhanced CT)."""
     import SimpleITK as sitk
 
     from .dicom_slices import SliceHeader
 
     slices, multiframe = [], []
-    pixel, thickness = np.ones(2), None
+    thickness = None
     for f in files:
         r = sitk.ImageFileReader()
         r.SetFileName(f)
@@ -507,15 +506,14 @@ def _read_headers(folder: Path, files: list[str]) -> tuple[list, np.ndarray, flo
         if pos is None or ori is None:
             raise CaseError(f, "DICOM file lacks a valid ImagePositionPatient/ImageOrientationPatient")
         slices.append(SliceHeader(f, pos, ori, (int(r.GetSize()[0]), int(r.GetSize()[1])), _tag(r, "0008|0018"),
-                                  _tag(r, "0008|0008") or ""))
-        pixel = np.asarray(r.GetSpacing()[:2], dtype=np.float64)
+                                  _tag(r, "0008|0008") or "", tuple(r.GetSpacing()[:2])))
         if thickness is None:
             for key in ("0018|0050", "0018|0088"):  # SliceThickness, SpacingBetweenSlices
                 value = _floats(_tag(r, key), 1)
                 if value is not None and value[0] > 0:
                     thickness = float(value[0])
                     break
-    return slices, pixel, thickness, multiframe
+    return slices, thickness, multiframe
 
 
 def _slice_geometry(folder: Path, files: list[str], unreadable: list[tuple[str, str]] = ()
@@ -533,7 +531,7 @@ def _slice_geometry(folder: Path, files: list[str], unreadable: list[tuple[str, 
 
     from .dicom_slices import check_stack, leave_out_copies, leave_out_localizers
 
-    slices, pixel, thickness, multiframe = _read_headers(folder, files)
+    slices, thickness, multiframe = _read_headers(files)
     if multiframe:
         if len(multiframe) > 1 or any(not s.localizer for s in slices):
             raise CaseError(folder, f"{len(multiframe)} multi-frame image(s) and {len(slices)} single-frame image(s) "
@@ -545,7 +543,8 @@ def _slice_geometry(folder: Path, files: list[str], unreadable: list[tuple[str, 
     warnings += copies
     ori = slices[0].orientation
     names = [s.path for s in slices]
-    order, _ = check_stack(str(folder), np.asarray([s.position for s in slices]), ori, pixel, names, unreadable)
+    order, _ = check_stack(str(folder), np.asarray([s.position for s in slices]), ori,
+                           np.asarray(slices[0].pixel_spacing), names, unreadable)
     return [names[i] for i in order], thickness, warnings
 
 

@@ -50,6 +50,7 @@ class SliceHeader:
     size: tuple[int, int]  # (columns, rows) in pixels
     sop_uid: str | None = None  # SOPInstanceUID (0008,0018)
     image_type: str = ""  # ImageType (0008,0008), upper case, values joined by "\"
+    pixel_spacing: tuple[float, float] = (1.0, 1.0)  # (column, row) spacing in mm
 
     @property
     def localizer(self) -> bool:
