@@ -20,14 +20,22 @@ class CaseError(ValueError):
     path
         The offending file (or folder, for a DICOM series).
     problems
-        One or more human-readable problems; each becomes one line of the message.
+        One or more human-readable problems; each becomes one line of the message. A problem that
+        starts with ``path`` (as check results do) has it removed, so the message names it once;
+        a single problem naming a file inside the folder ``path`` is the whole message.
     """
 
     def __init__(self, path: str | Path, problems: str | list[str]) -> None:
         self.path = str(path)
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        problems = [problems] if isinstance(problems, str) else list(problems)
+        self.problems = [p.removeprefix(f"{self.path}: ") for p in problems]  # the path is named once
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{self.path}:\n{lines}" if len(self.problems) > 1 else f"{self.path}: {self.problems[0]}")
+        if len(self.problems) > 1:
+            super().__init__(f"{self.path}:\n{lines}")
+        elif self.problems[0].startswith((f"{self.path}/", f"{self.path}\\")) and ": " in self.problems[0]:
+            super().__init__(self.problems[0])  # it names a file inside this folder already
+        else:
+            super().__init__(f"{self.path}: {self.problems[0]}")
 
 
 class ConfigError(ValueError):

@@ -176,6 +176,7 @@ def _check_image(spec: CaseSpec, result: CaseCheck, min_slices: int, slice_axis:
         result.errors.extend(f"{exc.path}: {p}" for p in exc.problems)
         return None
     name = spec.image
+    result.warnings.extend(f"{name}: {w}" for w in getattr(img, "extra", {}).get("warnings", ()))  # files left out
     affine = np.asarray(img.affine, dtype=np.float64)
     spacing = spacing_from_affine(affine)
     result.info = {

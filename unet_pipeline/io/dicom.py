@@ -2,9 +2,11 @@
 
 Slices are ordered by their position along the slice normal (``ImagePositionPatient`` projected
 on the cross product of the ``ImageOrientationPatient`` row and column vectors), never by file
-name or instance number. A series with gantry tilt, missing slices, irregular spacing, duplicate
-positions, mixed orientations or mixed slice sizes is refused with a message naming the folder
-and the problem. Rescale slope and intercept are applied by SimpleITK so values are HU; integer
+name or instance number. Localizers are left out and exact copies of a file read once, with a
+warning (:mod:`unet_pipeline.io.dicom_slices`); an Enhanced (multi-frame) CT file is read frame by
+frame (:mod:`unet_pipeline.io.dicom_multiframe`). A series with gantry tilt, missing slices,
+irregular spacing, two different images at one position, two volumes of different orientation or
+size, or an unreadable file is refused with a message naming the folder (or file) and the problem. Rescale slope and intercept are applied by SimpleITK so values are HU; integer
 results that fit are returned as int16 (ITK widens rescaled CT to int32), float results as
 float32.
 
@@ -32,22 +34,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import CaseError
+from .dicom_slices import SPACING_TOLERANCE, TILT_TOLERANCE
 from .formats import is_image_file
 
 if TYPE_CHECKING:  # numpy, nibabel and SimpleITK are imported where used: discovery runs without them
     import nibabel as nib
     import numpy as np
 
-__all__ = ["list_series", "read_dicom_series", "read_dicom_header", "find_series", "series_frame_of_reference",
+__all__ = ["list_series", "read_dicom_series", "series_files", "read_dicom_header", "find_series", "series_frame_of_reference",
            "DicomHeader", "SeriesInfo", "NON_IMAGE_MODALITIES", "LABEL_OBJECT_MODALITIES", "SPACING_TOLERANCE",
            "TILT_TOLERANCE"]
 
 log = logging.getLogger(__name__)
 
-#: Largest allowed distance of a slice from the uniform slice grid, as a fraction of the slice spacing.
-SPACING_TOLERANCE = 0.05
-#: Largest allowed in-plane shift of a slice relative to the first one, as a fraction of the pixel spacing.
-TILT_TOLERANCE = 0.1
 
 
 def list_series(folder: str | Path) -> dict[str, list[str]]:
@@ -87,7 +86,8 @@ NON_IMAGE_MODALITIES = frozenset({"RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "S
 _IMPLICIT_LE, _EXPLICIT_BE, _DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _UNDEFINED = 0xFFFFFFFF
-_WANTED = {(0x0008, 0x0060): "modality", (0x0010, 0x0020): "patient_id", (0x0020, 0x000E): "uid",
+_WANTED = {(0x0008, 0x0008): "image_type", (0x0008, 0x0060): "modality", (0x0010, 0x0020): "patient_id",
+           (0x0020, 0x000E): "uid",
            (0x0020, 0x0011): "number", (0x0020, 0x0052): "frame_of_reference", (0x0028, 0x0010): "rows"}
 _LAST_WANTED = (0x0028, 0x0010)
 _RT_FRAMES = (0x3006, 0x0010)  # ReferencedFrameOfReferenceSequence: where an RTSTRUCT names its frame of reference
@@ -106,6 +106,12 @@ class DicomHeader:
     rows: int | None  # Rows (0028,0010): present in every image object
     patient_id: str | None = None  # PatientID (0010,0020)
     frame_of_reference_uid: str | None = None  # FrameOfReferenceUID (0020,0052); an RTSTRUCT's from (3006,0010)
+    image_type: str | None = None  # ImageType (0008,0008), values joined by "\\"
+
+    @property
+    def is_localizer(self) -> bool:
+        """A localizer (scout): ImageType holds LOCALIZER. Never read as (part of) a volume."""
+        return "LOCALIZER" in (self.image_type or "").upper().split("\\")
 
     @property
     def is_image(self) -> bool:
@@ -293,7 +299,7 @@ def read_dicom_header(path: str | Path) -> DicomHeader | None:
             return None
     f = reader.fields
     return DicomHeader(f.get("uid"), f.get("number"), f.get("modality"), f.get("rows"),  # type: ignore[arg-type]
-                       f.get("patient_id"), f.get("frame_of_reference"))
+                       f.get("patient_id"), f.get("frame_of_reference"), f.get("image_type"))
 
 
 @dataclass(frozen=True)
@@ -328,7 +334,8 @@ def _gdcm_headers(folder: str, files: list[str]) -> tuple[dict[str, DicomHeader]
                 except RuntimeError:
                     continue
                 found[f] = DicomHeader(uid, _tag(r, "0020|0011") or None, _tag(r, "0008|0060") or None,
-                                       int(r.GetSize()[1]), _tag(r, "0010|0020") or None, _tag(r, "0020|0052") or None)
+                                       int(r.GetSize()[1]), _tag(r, "0010|0020") or None, _tag(r, "0020|0052") or None,
+                                       _tag(r, "0008|0008") or None)
     notes += [f"{f}: not a DICOM image that GDCM can read, skipped" for f in files if f not in found]
     return found, notes
 
@@ -431,6 +438,8 @@ def _add_file(groups: dict, notes: list[str], path: str, here: str, header: Dico
         label_objects.append((path, header))
     elif not header.is_image:
         notes.append(f"{path}: DICOM {header.modality or 'object'} without an image, skipped")
+    elif header.is_localizer:
+        notes.append(f"{path}: localizer (scout) image (ImageType LOCALIZER), left out")
     else:
         g = groups.setdefault(header.uid, {"dirs": set(), "n": 0, "number": header.number, "modality": header.modality,
                                            "patient": header.patient_id, "frame": header.frame_of_reference_uid})
@@ -472,13 +481,15 @@ def _floats(text: str | None, n: int) -> np.ndarray | None:
     return values if values.size == n and np.all(np.isfinite(values)) else None
 
 
-def _read_headers(files: list[str]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], np.ndarray, float | None]:
-    """Per-file ``(positions (n, 3) mm LPS, orientations (n, 6), sizes (columns, rows), pixel spacing (2,) mm, thickness)``."""
-    import numpy as np
+def _read_headers(files: list[str]) -> tuple[list, float | None, list[str]]:
+    """Per-file :class:`~unet_pipeline.io.dicom_slices.SliceHeader`, the slice thickness (mm, or None) and the
+    files holding several frames (enhanced CT)."""
     import SimpleITK as sitk
 
-    positions, orientations, sizes = [], [], []
-    pixel, thickness = np.ones(2), None
+    from .dicom_slices import SliceHeader
+
+    slices, multiframe = [], []
+    thickness = None
     for f in files:
         r = sitk.ImageFileReader()
         r.SetFileName(f)
@@ -486,73 +497,55 @@ def _read_headers(files: list[str]) -> tuple[np.ndarray, np.ndarray, list[tuple[
             r.ReadImageInformation()
         except RuntimeError as exc:
             raise CaseError(f, f"unreadable DICOM file ({str(exc).strip().splitlines()[0][:150]})") from exc
+        frames = _floats(_tag(r, "0028|0008"), 1)
+        if frames is not None and frames[0] > 1:
+            multiframe.append(f)
+            continue
         pos = _floats(_tag(r, "0020|0032"), 3)
         ori = _floats(_tag(r, "0020|0037"), 6)
         if pos is None or ori is None:
             raise CaseError(f, "DICOM file lacks a valid ImagePositionPatient/ImageOrientationPatient")
-        positions.append(pos)
-        orientations.append(ori)
-        sizes.append((int(r.GetSize()[0]), int(r.GetSize()[1])))
-        pixel = np.asarray(r.GetSpacing()[:2], dtype=np.float64)
+        slices.append(SliceHeader(f, pos, ori, (int(r.GetSize()[0]), int(r.GetSize()[1])), _tag(r, "0008|0018"),
+                                  _tag(r, "0008|0008") or "", tuple(r.GetSpacing()[:2])))
         if thickness is None:
             for key in ("0018|0050", "0018|0088"):  # SliceThickness, SpacingBetweenSlices
                 value = _floats(_tag(r, key), 1)
                 if value is not None and value[0] > 0:
                     thickness = float(value[0])
                     break
-    return np.asarray(positions), np.asarray(orientations), sizes, pixel, thickness
+    return slices, thickness, multiframe
 
 
-def _slice_geometry(folder: Path, files: list[str]) -> tuple[list[str], float | None]:
-    """Check the series' slice geometry.
+def _slice_geometry(folder: Path, files: list[str], unreadable: list[tuple[str, str]] = ()
+                    ) -> tuple[list[str], float | None, list[str]]:
+    """Pick the series' slices (no localizers, each exact copy once) and check their geometry.
 
     Returns
     -------
     tuple
-        The file names sorted along the slice normal (ascending), and the slice thickness (mm)
-        from the header (used for a single-slice series only), or None.
+        The file names sorted along the slice normal (ascending); the slice thickness (mm) from
+        the header (used for a single-slice series only), or None; and warnings naming the files
+        left out. A series that is one multi-frame file (plus localizers) gives ``[that file]``.
     """
     import numpy as np
 
-    pos, orientations, sizes, pixel, thickness = _read_headers(files)
-    if len(set(sizes)) > 1:
-        found = ", ".join(f"{c}x{r}" for c, r in sorted(set(sizes)))
-        raise CaseError(folder, f"slices of different sizes in one series (columns x rows: {found})")
-    ori = orientations[0]
-    if any(not np.allclose(o, ori, atol=1e-4) for o in orientations):
-        raise CaseError(folder, "slices with different orientations in one series (a localizer mixed in?)")
-    normal = np.cross(ori[:3], ori[3:])
-    norm = float(np.linalg.norm(normal))
-    if norm < 1e-3:
-        raise CaseError(folder, f"degenerate ImageOrientationPatient {ori.tolist()}")
-    normal /= norm
-    dist = pos @ normal
-    order = np.argsort(dist, kind="stable")
-    files = [files[i] for i in order]
-    if len(files) < 2:
-        return files, thickness
-    pos, dist = pos[order], dist[order]
-    steps = np.diff(dist)
-    if np.any(steps < 1e-4):
-        n_dup = int(np.sum(steps < 1e-4))
-        raise CaseError(folder, f"{n_dup} slice(s) at the same position as another (duplicate slices?)")
-    offsets = pos - pos[0]
-    in_plane = np.linalg.norm(offsets - np.outer(offsets @ normal, normal), axis=1)
-    if in_plane.max() > TILT_TOLERANCE * float(pixel.min()):
-        angle = float(np.degrees(np.arctan2(in_plane[-1], dist[-1] - dist[0])))
-        raise CaseError(folder, f"gantry tilt of about {angle:.1f} degrees: slices are shifted within their plane "
-                        f"by up to {in_plane.max():.2f} mm (sheared volume); resample the series to an "
-                        "orthogonal grid first")
-    spacing = (dist[-1] - dist[0]) / (len(dist) - 1)
-    off_grid = np.abs(dist - (dist[0] + spacing * np.arange(len(dist))))
-    if off_grid.max() > SPACING_TOLERANCE * spacing:
-        median = float(np.median(steps))
-        gaps = np.round(steps / median).astype(int)
-        missing = int(np.sum(gaps[gaps > 1] - 1))
-        what = f"{missing} missing slice(s)" if missing else "irregular slice spacing"
-        raise CaseError(folder, f"{what}: slice steps range {steps.min():.3f}..{steps.max():.3f} mm "
-                        f"(median {median:.3f} mm)")
-    return files, thickness
+    from .dicom_slices import check_stack, leave_out_copies, leave_out_localizers
+
+    slices, thickness, multiframe = _read_headers(files)
+    if multiframe:
+        if len(multiframe) > 1 or any(not s.localizer for s in slices):
+            raise CaseError(folder, f"{len(multiframe)} multi-frame image(s) and {len(slices)} single-frame image(s) "
+                            "in one series: a series is one multi-frame file or single-frame slices")
+        return multiframe, None, [f"{len(slices)} localizer (scout) image(s) left out beside the multi-frame image"
+                                  ] if slices else []
+    slices, warnings = leave_out_localizers(str(folder), slices)
+    slices, copies = leave_out_copies(str(folder), slices)
+    warnings += copies
+    ori = slices[0].orientation
+    names = [s.path for s in slices]
+    order, _ = check_stack(str(folder), np.asarray([s.position for s in slices]), ori,
+                           np.asarray(slices[0].pixel_spacing), names, unreadable)
+    return [names[i] for i in order], thickness, warnings
 
 
 def _narrow_pixel_type(image):
@@ -573,6 +566,12 @@ def _narrow_pixel_type(image):
 def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> nib.Nifti1Image:
     """Read one DICOM series from ``folder`` as a NIfTI image with a RAS+ affine (values in HU).
 
+    What is read as hospitals export it: localizers (scouts) are left out, exact copies of a file
+    (same SOPInstanceUID) read once (:mod:`unet_pipeline.io.dicom_slices`), and an Enhanced
+    (multi-frame) CT file is read frame by frame (:mod:`unet_pipeline.io.dicom_multiframe`). What
+    was left out is listed, one warning per line naming the files, in the image's
+    ``extra["warnings"]``.
+
     Parameters
     ----------
     folder
@@ -592,8 +591,9 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> nib.
     Raises
     ------
     CaseError
-        No series, several series and no ``series_uid``, an unknown ``series_uid``, or a series
-        whose slices do not form a regular volume; the message names the folder.
+        No series, several series and no ``series_uid``, an unknown ``series_uid``, a file of the
+        series that cannot be read (naming it and why), or a series whose slices do not form a
+        regular volume; the message names the folder (or the file) once.
     TypeError
         ``series_uid`` is not a string or None.
     """
@@ -604,9 +604,55 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> nib.
     if series_uid is not None and not isinstance(series_uid, str):
         raise TypeError(f"series_uid must be a str or None, got {type(series_uid).__name__}")
     folder = Path(folder)
+    files, thickness, warnings = _series_files(folder, series_uid)
+    if len(files) == 1 and _is_multiframe(files[0]):
+        from .dicom_multiframe import read_multiframe
+
+        img = read_multiframe(files[0])
+    else:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        try:
+            image = reader.Execute()
+            if image.GetDimension() == 3 and image.GetSize()[2] == 1 and thickness is not None:
+                image.SetSpacing((*image.GetSpacing()[:2], thickness))
+            img = sitk_to_nifti(_narrow_pixel_type(image))
+        except (RuntimeError, ValueError) as exc:
+            _name_the_unreadable_file(files)
+            raise CaseError(folder, f"cannot read the DICOM series ({str(exc).strip().splitlines()[0][:150]})") from exc
+    img.extra["warnings"] = warnings
+    return img
+
+
+def series_files(folder: str | Path, series_uid: str | None = None) -> tuple[list[str], list[str]]:
+    """The files :func:`read_dicom_series` reads for a series, sorted along the slice normal (one file for
+    a multi-frame image), and warnings naming the files left out (localizers, exact copies).
+
+    Raises
+    ------
+    CaseError
+        As :func:`read_dicom_series`, for anything found in the headers.
+    """
+    files, _, warnings = _series_files(Path(folder), series_uid)
+    return files, warnings
+
+
+def _series_files(folder: Path, series_uid: str | None) -> tuple[list[str], float | None, list[str]]:
+    """:func:`series_files`, and the slice thickness of :func:`_slice_geometry`."""
     series = list_series(folder)
+    series_uid = _pick_series(folder, series, series_uid)
+    unreadable = _unreadable_files(folder, series_uid, series)
+    return _slice_geometry(folder, series[series_uid], unreadable)
+
+
+def _pick_series(folder: Path, series: dict[str, list[str]], series_uid: str | None) -> str:
+    """The SeriesInstanceUID to read: ``series_uid``, or the folder's only series (a series of localizers
+    beside it does not count)."""
     if not series:
         raise CaseError(folder, "no DICOM series found in this folder")
+    if series_uid is None and len(series) > 1:
+        images = [s.uid for s in find_series(folder)[0]]  # series of localizers only are no image series
+        series_uid = images[0] if len(images) == 1 else None
     if series_uid is None:
         if len(series) > 1:
             found = ", ".join(f"{uid} ({len(files)} files)" for uid, files in sorted(series.items()))
@@ -615,14 +661,56 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> nib.
         series_uid = next(iter(series))
     if series_uid not in series:
         raise CaseError(folder, f"series {series_uid} not found (found: {', '.join(sorted(series))})")
-    files, thickness = _slice_geometry(folder, series[series_uid])
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    try:
-        image = reader.Execute()
-        if image.GetDimension() == 3 and image.GetSize()[2] == 1 and thickness is not None:
-            image.SetSpacing((*image.GetSpacing()[:2], thickness))
-        image = _narrow_pixel_type(image)
-        return sitk_to_nifti(image)
-    except (RuntimeError, ValueError) as exc:
-        raise CaseError(folder, f"cannot read the DICOM series ({str(exc).strip().splitlines()[0][:150]})") from exc
+    return series_uid
+
+
+def _is_multiframe(path: str) -> bool:
+    import SimpleITK as sitk
+
+    r = sitk.ImageFileReader()
+    r.SetFileName(path)
+    r.ReadImageInformation()
+    frames = _floats(_tag(r, "0028|0008"), 1)
+    return frames is not None and frames[0] > 1
+
+
+def _unreadable_files(folder: Path, series_uid: str, series: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """``(path, reason)`` of the DICOM-looking files in ``folder`` that GDCM lists in no series.
+
+    Raises
+    ------
+    CaseError
+        A file whose header names ``series_uid`` is unreadable (truncated, half-copied): the
+        message names that file and why.
+    """
+    from .dicom_slices import unreadable_reason
+
+    listed = {os.path.normpath(f) for files in series.values() for f in files}
+    found = []
+    for here, subdirs, names in os.walk(folder):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        for name in sorted(n for n in names if not n.startswith(".") and not is_image_file(n)):
+            path = os.path.join(here, name)
+            if os.path.normpath(path) in listed:
+                continue
+            try:
+                header = read_dicom_header(path)
+            except (ValueError, OSError):  # looks like DICOM, but cannot be parsed: which series is unknown
+                found.append((path, unreadable_reason(path)))
+                continue
+            if header is not None and header.uid == series_uid:
+                raise CaseError(path, f"unreadable DICOM file of this series ({unreadable_reason(path)})")
+    return found
+
+
+def _name_the_unreadable_file(files: list[str]) -> None:
+    """Raise a :class:`CaseError` naming the first of ``files`` whose pixels cannot be read (if one is found)."""
+    import SimpleITK as sitk
+
+    from .dicom_slices import unreadable_reason
+
+    for f in files:
+        try:
+            sitk.ReadImage(f)
+        except RuntimeError as exc:
+            raise CaseError(f, f"unreadable DICOM file of this series ({unreadable_reason(f)})") from exc

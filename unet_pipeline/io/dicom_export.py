@@ -65,6 +65,12 @@ _COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 1
 _LATERALITY = {"left", "right", "l", "r", "lt", "rt"}
 
 
+def _colour(n: int) -> tuple[int, int, int]:
+    """sRGB display colour (0..255 each) of the ``n``-th class (0-based, ascending label value): an RTSTRUCT's
+    ROIDisplayColor, and as CIELab a DICOM-SEG's RecommendedDisplayCIELabValue, so both show a class alike."""
+    return _COLOURS[n % len(_COLOURS)]
+
+
 def _version() -> str:
     from .. import __version__
 
@@ -73,6 +79,9 @@ def _version() -> str:
 
 def read_source_series(folder: str | Path, series_uid: str | None = None) -> list:
     """The headers (pydicom datasets, no pixel data) of one CT series of ``folder``, sorted along the slice normal.
+
+    The files are those :func:`unet_pipeline.io.dicom.read_dicom_series` reads (localizers left out,
+    each exact copy once).
 
     ``series_uid`` None: the folder's only image series.
 
@@ -84,7 +93,7 @@ def read_source_series(folder: str | Path, series_uid: str | None = None) -> lis
     import pydicom
     from pydicom import config
 
-    from .dicom import find_series, list_series
+    from .dicom import find_series, series_files
 
     folder = Path(folder)
     if series_uid is None:
@@ -93,9 +102,7 @@ def read_source_series(folder: str | Path, series_uid: str | None = None) -> lis
             raise CaseError(folder, f"{len(series)} DICOM image series in this folder: name the one the "
                             "segmentation was made from (series_uid)")
         series_uid = series[0].uid
-    files = list_series(folder).get(series_uid)
-    if not files:
-        raise CaseError(folder, f"DICOM series {series_uid} not found")
+    files, _ = series_files(folder, series_uid)  # the slices read: no localizers, each copy once
     datasets = []
     mode = config.settings.reading_validation_mode
     config.settings.reading_validation_mode = config.IGNORE  # the source's own flaws: _conform reports what matters
@@ -229,7 +236,7 @@ def write_dicom_seg(volume: np.ndarray, affine: np.ndarray, sources: Sequence, l
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=str(labels[value])[:64], segmented_property_category=category,
             segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm))
+            algorithm_identification=algorithm, display_color=hd.color.CIELabColor.from_rgb(*_colour(number - 1))))
     series_uid, sop_uid = hd.UID(), hd.UID()
     with warnings.catch_warnings(record=True) as caught:  # highdicom's remarks on the source's own values
         warnings.simplefilter("always")
@@ -331,7 +338,7 @@ def write_rtstruct(volume: np.ndarray, affine: np.ndarray, sources: Sequence, la
         contours = _roi_contours(value, sources, frames)
         counts[name] = len(contours)
         roi_contour = Dataset()
-        roi_contour.ROIDisplayColor = list(_COLOURS[n % len(_COLOURS)])
+        roi_contour.ROIDisplayColor = list(_colour(n))
         roi_contour.ReferencedROINumber = value
         if contours:
             roi_contour.ContourSequence = DicomSequence(contours)

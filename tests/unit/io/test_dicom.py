@@ -235,10 +235,11 @@ def test_mixed_slice_sizes_are_refused(tmp_path):
 
 
 def test_mixed_orientations_are_refused(tmp_path):
+    # Two slices each way: neither is the majority, so neither is taken for a localizer.
     folder = tmp_path / "ori"
     write_series(folder, _slices(2), _z([0, 1]), names=["a.dcm", "b.dcm"])
-    write_series(folder, _slices(1), _z([2]), orientation=(1, 0, 0, 0, 0, -1), names=["c.dcm"])
-    with pytest.raises(CaseError, match="different orientations"):
+    write_series(folder, _slices(2), _z([2, 3]), orientation=(1, 0, 0, 0, 0, -1), names=["c.dcm", "d.dcm"])
+    with pytest.raises(CaseError, match="different orientations in one series, none of them the majority"):
         load_image(folder)
 
 
