@@ -91,10 +91,14 @@ class PatchSampler:
         Share of patches centred on foreground.
     rng
         numpy Generator (its state is saved in checkpoints).
+    num_classes
+        ``K`` (background included): every label patch drawn is checked to hold class indices in
+        ``[0, K)``, on the host, so that the loss need not check them on the device (a
+        device-to-host synchronisation per check). None: no check.
     """
 
     def __init__(self, cases: Sequence[TrainingCase], patch_size: Sequence[int], *, in_slices: int = 1,
-                 foreground_fraction: float = 0.33, rng: np.random.Generator) -> None:
+                 foreground_fraction: float = 0.33, rng: np.random.Generator, num_classes: int | None = None) -> None:
         if not cases:
             raise ValueError("PatchSampler needs at least one training case")
         if not 0.0 <= foreground_fraction <= 1.0:
@@ -106,6 +110,7 @@ class PatchSampler:
         self.in_slices = in_slices
         self.fg_fraction = foreground_fraction
         self.rng = rng
+        self.num_classes = num_classes
         self._all_slices = [(ci, z) for ci, c in enumerate(self.cases) for z in range(c.image.shape[0])]
         self._by_class: dict[int, list[tuple[int, int]]] = {}
         for ci, c in enumerate(self.cases):
@@ -161,9 +166,19 @@ class PatchSampler:
             images[b] = case.pad_value
             images[b, :, dy0:dy1, dx0:dx1] = stack_neighbours(case.image, z, self.in_slices)[:, sy0:sy1, sx0:sx1]
             labels[b, dy0:dy1, dx0:dx1] = case.label[z, sy0:sy1, sx0:sx1]
+            if self.num_classes is not None:
+                _check_label_patch(labels[b], self.num_classes, case.case_id, z)
             if weights is not None and case.weight is not None:
                 weights[b, dy0:dy1, dx0:dx1] = case.weight[z, sy0:sy1, sx0:sx1]
         return images, labels, weights
+
+
+def _check_label_patch(label: np.ndarray, num_classes: int, case_id: str, z: int) -> None:
+    """Raise if a ``(H, W)`` label patch of slice ``z`` of ``case_id`` holds a value outside ``[0, num_classes)``."""
+    lo, hi = int(label.min()), int(label.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"case {case_id}, slice {z}: label values in [{lo}, {hi}], but class indices must lie in "
+                         f"[0, {num_classes - 1}] for the plan's {num_classes} classes; rerun preprocessing")
 
 
 class BatchStream:
