@@ -10,12 +10,12 @@ the same order.
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+
+from .read_ahead import ReadAhead
 
 __all__ = ["TileFeed"]
 
@@ -49,25 +49,16 @@ class TileFeed:
         ``(B, C, H, W)`` float32 CPU tensor (contiguous, NCHW) and the ``B`` starts it holds.
     """
 
-    _END = object()
-
     def __init__(self, padded: np.ndarray, starts: Sequence[TileStart], tile: tuple[int, int], batch_size: int, *,
                  thread: bool = False, pin_memory: bool = False, depth: int = 2) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
         self.padded = padded
         self.starts = list(starts)
         self.tile = (int(tile[0]), int(tile[1]))
         self.batch_size = int(batch_size)
         self.pin_memory = bool(pin_memory)
-        self._thread: threading.Thread | None = None
-        if thread:
-            self._queue: queue.Queue = queue.Queue(maxsize=depth)
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._produce, name="tile-feed", daemon=True)
-            self._thread.start()
+        self._ahead: ReadAhead | None = ReadAhead(self._batches(), depth=depth, name="tile-feed") if thread else None
 
     def _batch(self, b0: int) -> tuple[torch.Tensor, list[TileStart]]:
         """Batch starting at tile ``b0``: cut, stacked and (optionally) pinned."""
@@ -76,52 +67,17 @@ class TileFeed:
         tiles = torch.from_numpy(np.stack([self.padded[s, :, i:i + h, j:j + w] for s, i, j in where]))
         return (tiles.pin_memory() if self.pin_memory else tiles), where
 
-    def _produce(self) -> None:
+    def _batches(self) -> Iterator[tuple[torch.Tensor, list[TileStart]]]:
         for b0 in range(0, len(self.starts), self.batch_size):
-            try:
-                item: object = self._batch(b0)
-            except BaseException as exc:  # handed to the consumer, raised there
-                item = exc
-            if not self._put(item) or isinstance(item, BaseException):
-                return
-        self._put(self._END)
-
-    def _put(self, item: object) -> bool:
-        """Queue ``item`` unless the feed is closed; returns False when it was closed."""
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
+            yield self._batch(b0)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[TileStart]]]:
-        if self._thread is None:
-            for b0 in range(0, len(self.starts), self.batch_size):
-                yield self._batch(b0)
-            return
-        while True:
-            item = self._queue.get()
-            if item is self._END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item  # type: ignore[misc]
+        return self._batches() if self._ahead is None else self._ahead
 
     def close(self) -> None:
         """Stop the producer thread (batches still queued are dropped)."""
-        if self._thread is None:
-            return
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                while True:
-                    self._queue.get_nowait()
-            except queue.Empty:
-                pass
-            self._thread.join(timeout=0.05)
-        self._thread = None
+        if self._ahead is not None:
+            self._ahead.close()
 
     def __enter__(self) -> TileFeed:
         return self

@@ -9,8 +9,9 @@ runs batched on the training device (:mod:`unet_pipeline.train.augment`).
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..io.files import load_json
+from ..model.read_ahead import ReadAhead
 from ..preprocess.slice_index import load_slice_index
 from ..preprocess.slice_index import stack_neighbours
 
@@ -215,13 +217,8 @@ class BatchStream:
         ``rng_state``.
     """
 
-    _STOP = object()
-
     def __init__(self, sampler: PatchSampler, batch_size: int, *, count: int | None = None, prefetch: bool = True,
                  depth: int = 2, pin_memory: bool = False) -> None:
-        import queue
-        import threading
-
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.sampler = sampler
@@ -234,12 +231,7 @@ class BatchStream:
         #: Seconds the consumer spent waiting for batches (drawing them, without prefetch); the
         #: training log's ``data_wait_share`` is this time over the epoch's.
         self.wait_seconds = 0.0
-        self._thread = None
-        if prefetch:
-            self._queue: queue.Queue = queue.Queue(maxsize=depth)
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._produce, name="batch-prefetch", daemon=True)
-            self._thread.start()
+        self._ahead = ReadAhead(self._batches(), depth=depth, name="batch-prefetch") if prefetch else None
 
     def _draw(self) -> Batch:
         import torch
@@ -251,26 +243,10 @@ class BatchStream:
             tensors = [t.pin_memory() if t is not None else None for t in tensors]
         return Batch(*tensors, rng_state=state)
 
-    def _produce(self) -> None:
-        import queue
-
-        n = 0
-        while not self._stop.is_set() and (self.count is None or n < self.count):
-            try:
-                item: object = self._draw()
-            except BaseException as exc:  # handed to the consumer, raised there
-                item = exc
-            n += 1
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(item, timeout=0.05)
-                    break
-                except queue.Full:
-                    continue
-            if isinstance(item, BaseException):
-                return
-        if not self._stop.is_set():
-            self._queue.put(self._STOP)
+    def _batches(self) -> Iterator[Batch]:
+        """The ``count`` batches (endless when None), drawn one after another."""
+        for _ in range(self.count) if self.count is not None else itertools.count():
+            yield self._draw()
 
     def __iter__(self) -> BatchStream:
         return self
@@ -279,15 +255,7 @@ class BatchStream:
         if self.count is not None and self._drawn >= self.count:
             raise StopIteration
         start = time.perf_counter()
-        if self._thread is None:
-            batch = self._draw()
-        else:
-            item = self._queue.get()
-            if item is self._STOP:
-                raise StopIteration
-            if isinstance(item, BaseException):
-                raise item
-            batch = item  # type: ignore[assignment]
+        batch = self._draw() if self._ahead is None else next(self._ahead)
         self.wait_seconds += time.perf_counter() - start
         self._drawn += 1
         self.rng_state = batch.rng_state
@@ -295,19 +263,8 @@ class BatchStream:
 
     def close(self) -> None:
         """Stop the background thread (the batches still queued are dropped)."""
-        import queue
-
-        if self._thread is None:
-            return
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                while True:
-                    self._queue.get_nowait()
-            except queue.Empty:
-                pass
-            self._thread.join(timeout=0.05)
-        self._thread = None
+        if self._ahead is not None:
+            self._ahead.close()
 
     def __enter__(self) -> BatchStream:
         return self

@@ -49,3 +49,14 @@ def test_close_stops_the_producer_early():
     assert threading.active_count() == before
     with pytest.raises(ValueError, match="batch_size"):
         TileFeed(_padded(), STARTS, (8, 8), 0)
+
+
+def test_read_ahead_ends_for_good_and_checks_its_depth():
+    from unet_pipeline.model.read_ahead import ReadAhead
+
+    with ReadAhead(iter(range(3)), depth=1) as ahead:
+        assert list(ahead) == [0, 1, 2]
+        with pytest.raises(StopIteration):
+            next(ahead)  # again: the end is remembered, nothing blocks
+    with pytest.raises(ValueError, match="depth"):
+        ReadAhead(iter(()), depth=0)
