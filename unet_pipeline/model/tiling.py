@@ -280,7 +280,7 @@ def predict_slices(model: Callable[[torch.Tensor], torch.Tensor], slices: np.nda
                    patch_size: Sequence[int], overlap: float = 0.5, batch_size: int | None = None,
                    device: torch.device | str = "cpu", sigma_scale: float = 0.125, margin: int = 0,
                    pad_value: float = 0.0, precision: str = "auto", whole_slices: bool = False,
-                   prefetch: bool | None = None) -> np.ndarray:
+                   prefetch: bool | None = None, budget: TileBudget | None = None) -> np.ndarray:
     """Softmax probabilities of a stack of slices by tiled inference.
 
     Parameters
@@ -317,6 +317,9 @@ def predict_slices(model: Callable[[torch.Tensor], torch.Tensor], slices: np.nda
     prefetch
         Cut the tiles in a producer thread, into pinned memory for a CUDA device
         (:class:`~unet_pipeline.model.tile_feed.TileFeed`); None = on a CUDA device only.
+    budget
+        The :class:`TileBudget` to use and update, shared by the chunks of a volume (then it
+        replaces ``batch_size``); None: a fresh one of ``batch_size``.
 
     Returns
     -------
@@ -324,7 +327,8 @@ def predict_slices(model: Callable[[torch.Tensor], torch.Tensor], slices: np.nda
         ``(n, K, Y, X)`` float32 probabilities (sum to 1 over K).
     """
     device = torch.device(device)
-    return _predict_slices(model, slices, TileBudget.default(batch_size, device), num_classes=num_classes,
+    budget = budget if budget is not None else TileBudget.default(batch_size, device)
+    return _predict_slices(model, slices, budget, num_classes=num_classes,
                            patch_size=patch_size, overlap=overlap, device=device, sigma_scale=sigma_scale,
                            margin=margin, pad_value=pad_value, precision=precision, whole_slices=whole_slices,
                            prefetch=prefetch)
@@ -382,8 +386,6 @@ def iter_volume_probabilities(model: Callable[[torch.Tensor], torch.Tensor], vol
         First slice index of the chunk and its ``(n, K, Y, X)`` float32 probabilities.
     """
     device = torch.device(device)
-    options = {"overlap": 0.5, "sigma_scale": 0.125, "margin": 0, "pad_value": 0.0, "precision": "auto",
-               "whole_slices": False, "prefetch": None, **kwargs}
     budget = TileBudget.default(batch_size, device)
     n_z = volume.shape[0]
     half = in_slices // 2
@@ -394,9 +396,7 @@ def iter_volume_probabilities(model: Callable[[torch.Tensor], torch.Tensor], vol
         # chunk by k//2 slices except at the volume's edges, so clipping to it repeats real edges only.
         slab = np.asarray(volume[lo:hi], dtype=np.float32)
         x = np.stack([stack_neighbours(slab, z - lo, in_slices) for z in range(z0, z1)])
-        with torch.inference_mode():
-            probs = _predict_slices(model, x, budget, device=device, **options)
-        yield z0, probs
+        yield z0, predict_slices(model, x, device=device, budget=budget, **kwargs)
 
 
 def resize_probabilities(probs: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from unet_pipeline.model.tiling import TileBudget, _predict_slices, predict_slices
+from unet_pipeline.model.tiling import TileBudget, predict_slices
 from unet_pipeline.model.unet import UNetConfig, build_unet
 
 pytestmark = [pytest.mark.gpu,
@@ -37,7 +37,7 @@ def test_float16_inference_stays_close_to_float32():
     assert half.dtype == np.float32
     np.testing.assert_allclose(half.sum(1), 1.0, atol=1e-5)
     assert np.abs(half - full).max() < 0.02
-    np.testing.assert_array_equal(auto, half)
+    np.testing.assert_allclose(auto, half, atol=1e-4)
 
 
 def test_tiles_reach_the_gpu_through_pinned_memory_from_the_producer():
@@ -73,11 +73,7 @@ def test_out_of_memory_halves_the_batch_and_stitches_on_the_host():
     expected = predict_slices(net, _slices(), precision="float32", batch_size=2, **KW)
     model = _AllocateAbove(net, limit=2)
     budget = TileBudget(8)
-    options = {"overlap": 0.5, "sigma_scale": 0.125, "margin": 0, "pad_value": 0.0, "precision": "float32",
-               "whole_slices": False, "prefetch": None}
-    with torch.inference_mode():
-        out = _predict_slices(model, _slices(), budget, num_classes=3, patch_size=(32, 32),
-                              device=torch.device("cuda"), **options)
+    out = predict_slices(model, _slices(), precision="float32", budget=budget, **KW)
     assert (budget.batch_size, budget.stitch_on_host) == (2, True)
     assert model.sizes[:3] == [8, 4, 2] and max(model.sizes[3:]) <= 2
     np.testing.assert_allclose(out, expected, atol=1e-5)
