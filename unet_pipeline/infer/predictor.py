@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +64,8 @@ class Predictor:
     """Models of ``model_dirs`` loaded once on ``device`` (``"auto"``: a usable GPU, else CPU).
 
     Thread-safe: :meth:`predict` may be called from several threads at once (the model server
-    does); a CUDA out-of-memory error moves that case to a CPU copy of the models, loaded once.
+    does). A CUDA out-of-memory error halves the tile batch and stitches on the host for the rest
+    of the case (:class:`~unet_pipeline.model.tiling.TileBudget`); the case stays on the device.
     """
 
     def __init__(self, model_dirs: Sequence[str | Path], device: str | torch.device = "auto") -> None:
@@ -76,7 +77,7 @@ class Predictor:
         self.models, self.meta = load_models(self.model_dirs, self.device)
         self.load_seconds = round(time.perf_counter() - t0, 3)
         self.cases_predicted = 0
-        self._cpu_models: list[torch.nn.Module] | None = None
+        self._tta_logged = False  # the mirror_tta log line is written once per Predictor
         self._lock = threading.Lock()
         log.info("loaded %d model(s) from %s on %s in %.2f s", len(self.models), ", ".join(self.model_dirs),
                  self.device, self.load_seconds)
@@ -109,28 +110,43 @@ class Predictor:
         for name in ("image.npy", "meta.json"):
             if not (pre_dir / name).exists():
                 raise FileNotFoundError(f"{pre_dir / name}: missing; run the preprocess stage first")
+        net = self.network(bool(inference.get("mirror_tta", False)))
+        margin = self.models[0].margin() if not self.meta["architecture"].get("padded", True) else 0
         with torch.inference_mode():
-            try:
-                info = _infer_volume(self.models, self.meta, pre_dir, Path(out_probs), inference, self.device)
-            except torch.cuda.OutOfMemoryError:
-                log.warning("GPU out of memory on %s: predicting this case on the CPU instead", pre_dir)
-                torch.cuda.empty_cache()
-                info = _infer_volume(self._models_on_cpu(), self.meta, pre_dir, Path(out_probs), inference,
-                                     torch.device("cpu"))
+            info = _infer_volume(net, margin, self.meta, pre_dir, Path(out_probs), inference, self.device)
         with self._lock:
             self.cases_predicted += 1
         return {**info, "n_models": len(self.models)}
 
-    def _models_on_cpu(self) -> list[torch.nn.Module]:
+    def network(self, mirror_tta: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The predictor that tiles go through: the network, or the :class:`Ensemble` of the folds,
+        wrapped in :class:`~unet_pipeline.infer.tta.MirrorTTA` with the flips of training when
+        ``mirror_tta`` asks for it (the first time a model trained without mirroring is asked, a
+        WARNING says the flips are skipped; otherwise an INFO line names the flips)."""
+        from .tta import MirrorTTA, trained_mirroring
+
+        net = self.models[0] if len(self.models) == 1 else Ensemble(self.models)
+        if not mirror_tta:
+            return net
+        axes, pairs = trained_mirroring(self.meta)
         with self._lock:
-            if self._cpu_models is None:
-                self._cpu_models, _ = load_models(self.model_dirs, torch.device("cpu"))
-            return self._cpu_models
+            first, self._tta_logged = not self._tta_logged, True
+        if not axes:
+            if first:
+                log.warning("mirror_tta: %s was trained without mirroring (augment.mirror_p 0), so test-time "
+                            "augmentation would show it images it never saw: predicting without flips",
+                            ", ".join(self.model_dirs))
+            return net
+        if first:
+            log.info("mirror_tta: flips along %s, those of training; left/right class pairs swapped back: %s",
+                     "/".join(axes), [list(p) for p in pairs] or "none")
+        return MirrorTTA(net, axes, pairs)
 
 
-def _infer_volume(models: Sequence[torch.nn.Module], meta: Mapping, pre_dir: Path, out_probs: Path,
-                  inference: Mapping, device: torch.device) -> dict:
-    """Predict ``pre_dir/image.npy`` chunk by chunk into a float16 ``.npy`` (never a float32 volume)."""
+def _infer_volume(net: Callable[[torch.Tensor], torch.Tensor], margin: int, meta: Mapping, pre_dir: Path,
+                  out_probs: Path, inference: Mapping, device: torch.device) -> dict:
+    """Predict ``pre_dir/image.npy`` chunk by chunk with ``net`` (see :meth:`Predictor.network`) into a
+    float16 ``.npy`` (never a float32 volume). ``margin``: px of context the network crops per side."""
     from ..model.tiling import iter_volume_probabilities
 
     arch = meta["architecture"]
@@ -139,14 +155,12 @@ def _infer_volume(models: Sequence[torch.nn.Module], meta: Mapping, pre_dir: Pat
     inten = load_json(pre_dir / "meta.json")["intensity"]
     pad = (float(inten["p00_5"]) - float(inten["mean"])) / max(float(inten["std"]), 1e-6)  # air, normalised
     k = int(plan["num_classes"])
-    margin = models[0].margin() if not arch.get("padded", True) else 0
     t0 = time.perf_counter()
     with NpyWriter(out_probs, (volume.shape[0], k, *volume.shape[1:]), np.float16) as writer:
         for _z0, probs in iter_volume_probabilities(
-                models[0] if len(models) == 1 else Ensemble(models), volume, in_slices=int(arch.get("in_channels", 1)), num_classes=k,
+                net, volume, in_slices=int(arch.get("in_channels", 1)), num_classes=k,
                 patch_size=plan["patch_size"], overlap=float(inference.get("overlap", 0.5)),
-                batch_size=inference.get("batch_size"), device=device, margin=margin,
-                mirror_tta=bool(inference.get("mirror_tta", False)), pad_value=pad,
+                batch_size=inference.get("batch_size"), device=device, margin=margin, pad_value=pad,
                 whole_slices=bool(inference.get("whole_slices", False)), precision=str(inference.get("precision", "auto")),
                 chunk_slices=int(inference.get("chunk_slices", 16))):
             writer.write(probs.astype(np.float16))

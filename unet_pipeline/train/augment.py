@@ -32,7 +32,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..schema import section_defaults
 
-__all__ = ["AugmentConfig", "elastic_displacement", "augment_batch"]
+__all__ = ["AugmentConfig", "elastic_displacement", "augment_batch", "mirroring_record"]
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,27 @@ def _validate_config(cfg: AugmentConfig) -> None:
         if seen & set(pair):
             raise ConfigError(f"lr_label_pairs uses a class in more than one pair: {cfg.lr_label_pairs!r}")
         seen.update(pair)
+
+
+def mirroring_record(cfg: AugmentConfig) -> dict[str, list]:
+    """The flips a training with ``cfg`` shows the network: ``model.json``'s ``mirroring`` entry.
+
+    Parameters
+    ----------
+    cfg
+        The augmentation the network is trained with, ``lr_label_pairs`` as class indices (output
+        channels, as the training loop hands it to :func:`augment_batch`).
+
+    Returns
+    -------
+    dict
+        ``axes``: the mirror axes in ``("x", "y")`` order, empty when ``mirror_p`` is 0;
+        ``lr_class_pairs``: the class-index pairs swapped with an ``x`` flip (empty without one).
+        Mirror test-time augmentation uses exactly these (:mod:`unet_pipeline.infer.tta`).
+    """
+    axes = [a for a in _MIRROR_AXES if a in cfg.mirror_axes] if cfg.mirror_p > 0 else []
+    pairs = [[int(a), int(b)] for a, b in cfg.lr_label_pairs] if "x" in axes else []
+    return {"axes": axes, "lr_class_pairs": pairs}
 
 
 # --------------------------------------------------------------------------------------------

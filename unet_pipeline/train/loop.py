@@ -55,7 +55,7 @@ from ..model.card import write_model_card
 from ..model.tiling import class_argmax, iter_volume_probabilities, select_device
 from ..model.unet import UNetConfig, build_unet
 from ..schema import section_defaults, speed_only_keys
-from .augment import AugmentConfig, augment_batch
+from .augment import AugmentConfig, augment_batch, mirroring_record
 from .losses import make_loss
 from .sampler import BatchStream, PatchSampler, load_training_cases
 
@@ -616,7 +616,7 @@ def _build_run(train_pairs, val_pairs, plan: Mapping, out_dir: Path, *, model_co
     val_cases = load_training_cases(val_pairs) if val_pairs else []
     np_rng = np.random.default_rng(cfg.seed)
     sampler = PatchSampler(train_cases, (patch[0] + 2 * margin, patch[1] + 2 * margin), in_slices=mcfg.in_channels,
-                           foreground_fraction=cfg.foreground_fraction, rng=np_rng)
+                           foreground_fraction=cfg.foreground_fraction, rng=np_rng, num_classes=num_classes)
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     model = model.to(memory_format=torch.channels_last)  # the convolutions' fast layout on CPU and GPU alike
@@ -793,6 +793,7 @@ def _export(run: _Run, state: _State) -> dict:
         "labels": {str(v): name for v, name in zip(run.label_values, run.label_names)},
         "training": cfg.to_dict(),
         "augmentation": run.augment_config.to_dict(),
+        "mirroring": mirroring_record(run.net_augment),  # the flips mirror_tta may use (infer/tta.py)
         "loss": {"name": cfg.loss, **run.loss_options},
         "train_cases": train_ids,
         "val_cases": val_ids,

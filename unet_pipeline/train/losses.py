@@ -13,7 +13,8 @@ not in the training step.
 
 Shapes used throughout: ``logits`` ``(N, K, H, W)`` float (N samples, K classes including the
 background, H rows, W columns, in px); ``target`` ``(N, H, W)`` integer class indices in
-``[0, K)``; ``weight_map`` ``(N, H, W)`` float; ``valid_mask`` ``(N, H, W)`` bool, ``True`` where a
+``[0, K)`` (checked here for CPU tensors; for device tensors at data loading, so that a training
+step never waits for a device-to-host copy); ``weight_map`` ``(N, H, W)`` float; ``valid_mask`` ``(N, H, W)`` bool, ``True`` where a
 pixel counts and ``False`` where it is ignored.
 """
 
@@ -38,7 +39,8 @@ LOSS_NAMES: tuple[str, ...] = ("dice_ce", "dice", "ce", "weighted_ce")
 # argument checks
 # --------------------------------------------------------------------------------------------
 def _check_logits_target(logits: Any, target: Any) -> None:
-    """Raise if ``logits`` is not ``(N, K, H, W)`` float or ``target`` not ``(N, H, W)`` integer."""
+    """Raise if ``logits`` is not ``(N, K, H, W)`` float or ``target`` not ``(N, H, W)`` integer,
+    or (CPU tensors only) ``target`` holds a value outside ``[0, K)``; no device synchronisation."""
     if not isinstance(logits, Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if not isinstance(target, Tensor):
@@ -53,7 +55,11 @@ def _check_logits_target(logits: Any, target: Any) -> None:
     if tuple(target.shape) != (n, h, w):
         raise ValueError(f"target must have shape (N, H, W) = {(n, h, w)} to match logits {tuple(logits.shape)}, "
                          f"got {tuple(target.shape)}")
-    if target.numel() > 0:
+    # The values are read only from a CPU tensor: on a GPU, reading them is a device-to-host
+    # synchronisation (two per check, four per Dice+CE step) that stalls the training step; there
+    # the sampler checks every label patch on the host instead (PatchSampler(num_classes=...)), and
+    # the one-hot/cross-entropy kernels' own device asserts catch the rest (as torch's one_hot does).
+    if target.numel() > 0 and target.device.type == "cpu":
         lo, hi = int(target.min()), int(target.max())
         if lo < 0 or hi >= k:
             raise ValueError(f"target class indices must lie in [0, {k - 1}] for logits with K={k} classes, "

@@ -9,8 +9,9 @@ runs batched on the training device (:mod:`unet_pipeline.train.augment`).
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..io.files import load_json
+from ..model.read_ahead import ReadAhead
 from ..preprocess.slice_index import load_slice_index
 from ..preprocess.slice_index import stack_neighbours
 
@@ -91,10 +93,14 @@ class PatchSampler:
         Share of patches centred on foreground.
     rng
         numpy Generator (its state is saved in checkpoints).
+    num_classes
+        ``K`` (background included): every label patch drawn is checked to hold class indices in
+        ``[0, K)``, on the host, so that the loss need not check them on the device (a
+        device-to-host synchronisation per check). None: no check.
     """
 
     def __init__(self, cases: Sequence[TrainingCase], patch_size: Sequence[int], *, in_slices: int = 1,
-                 foreground_fraction: float = 0.33, rng: np.random.Generator) -> None:
+                 foreground_fraction: float = 0.33, rng: np.random.Generator, num_classes: int | None = None) -> None:
         if not cases:
             raise ValueError("PatchSampler needs at least one training case")
         if not 0.0 <= foreground_fraction <= 1.0:
@@ -106,6 +112,7 @@ class PatchSampler:
         self.in_slices = in_slices
         self.fg_fraction = foreground_fraction
         self.rng = rng
+        self.num_classes = num_classes
         self._all_slices = [(ci, z) for ci, c in enumerate(self.cases) for z in range(c.image.shape[0])]
         self._by_class: dict[int, list[tuple[int, int]]] = {}
         for ci, c in enumerate(self.cases):
@@ -161,9 +168,19 @@ class PatchSampler:
             images[b] = case.pad_value
             images[b, :, dy0:dy1, dx0:dx1] = stack_neighbours(case.image, z, self.in_slices)[:, sy0:sy1, sx0:sx1]
             labels[b, dy0:dy1, dx0:dx1] = case.label[z, sy0:sy1, sx0:sx1]
+            if self.num_classes is not None:
+                _check_label_patch(labels[b], self.num_classes, case.case_id, z)
             if weights is not None and case.weight is not None:
                 weights[b, dy0:dy1, dx0:dx1] = case.weight[z, sy0:sy1, sx0:sx1]
         return images, labels, weights
+
+
+def _check_label_patch(label: np.ndarray, num_classes: int, case_id: str, z: int) -> None:
+    """Raise if a ``(H, W)`` label patch of slice ``z`` of ``case_id`` holds a value outside ``[0, num_classes)``."""
+    lo, hi = int(label.min()), int(label.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"case {case_id}, slice {z}: label values in [{lo}, {hi}], but class indices must lie in "
+                         f"[0, {num_classes - 1}] for the plan's {num_classes} classes; rerun preprocessing")
 
 
 class BatchStream:
@@ -200,13 +217,8 @@ class BatchStream:
         ``rng_state``.
     """
 
-    _STOP = object()
-
     def __init__(self, sampler: PatchSampler, batch_size: int, *, count: int | None = None, prefetch: bool = True,
                  depth: int = 2, pin_memory: bool = False) -> None:
-        import queue
-        import threading
-
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.sampler = sampler
@@ -219,12 +231,7 @@ class BatchStream:
         #: Seconds the consumer spent waiting for batches (drawing them, without prefetch); the
         #: training log's ``data_wait_share`` is this time over the epoch's.
         self.wait_seconds = 0.0
-        self._thread = None
-        if prefetch:
-            self._queue: queue.Queue = queue.Queue(maxsize=depth)
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._produce, name="batch-prefetch", daemon=True)
-            self._thread.start()
+        self._ahead = ReadAhead(self._batches(), depth=depth, name="batch-prefetch") if prefetch else None
 
     def _draw(self) -> Batch:
         import torch
@@ -236,26 +243,10 @@ class BatchStream:
             tensors = [t.pin_memory() if t is not None else None for t in tensors]
         return Batch(*tensors, rng_state=state)
 
-    def _produce(self) -> None:
-        import queue
-
-        n = 0
-        while not self._stop.is_set() and (self.count is None or n < self.count):
-            try:
-                item: object = self._draw()
-            except BaseException as exc:  # handed to the consumer, raised there
-                item = exc
-            n += 1
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(item, timeout=0.05)
-                    break
-                except queue.Full:
-                    continue
-            if isinstance(item, BaseException):
-                return
-        if not self._stop.is_set():
-            self._queue.put(self._STOP)
+    def _batches(self) -> Iterator[Batch]:
+        """The ``count`` batches (endless when None), drawn one after another."""
+        for _ in range(self.count) if self.count is not None else itertools.count():
+            yield self._draw()
 
     def __iter__(self) -> BatchStream:
         return self
@@ -264,15 +255,7 @@ class BatchStream:
         if self.count is not None and self._drawn >= self.count:
             raise StopIteration
         start = time.perf_counter()
-        if self._thread is None:
-            batch = self._draw()
-        else:
-            item = self._queue.get()
-            if item is self._STOP:
-                raise StopIteration
-            if isinstance(item, BaseException):
-                raise item
-            batch = item  # type: ignore[assignment]
+        batch = self._draw() if self._ahead is None else next(self._ahead)
         self.wait_seconds += time.perf_counter() - start
         self._drawn += 1
         self.rng_state = batch.rng_state
@@ -280,19 +263,8 @@ class BatchStream:
 
     def close(self) -> None:
         """Stop the background thread (the batches still queued are dropped)."""
-        import queue
-
-        if self._thread is None:
-            return
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                while True:
-                    self._queue.get_nowait()
-            except queue.Empty:
-                pass
-            self._thread.join(timeout=0.05)
-        self._thread = None
+        if self._ahead is not None:
+            self._ahead.close()
 
     def __enter__(self) -> BatchStream:
         return self

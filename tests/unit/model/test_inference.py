@@ -44,12 +44,6 @@ def test_overlap_tile_with_margin_uses_mirrored_context():
     np.testing.assert_allclose(out, _direct(x), atol=1e-6)
 
 
-def test_mirror_tta_is_exact_for_a_symmetric_predictor():
-    x = np.random.default_rng(2).uniform(0, 2, (1, 1, 20, 20)).astype(np.float32)
-    out = predict_slices(PixelwiseModel(), x, num_classes=3, patch_size=(8, 8), mirror_tta=True)
-    np.testing.assert_allclose(out, _direct(x), atol=1e-6)
-
-
 def test_volume_chunks_cover_every_slice_with_neighbours_as_channels():
     vol = np.random.default_rng(3).uniform(0, 2, (7, 12, 10)).astype(np.float32)
     chunks = list(iter_volume_probabilities(PixelwiseModel(), vol, in_slices=3, chunk_slices=3, num_classes=3,
@@ -136,32 +130,69 @@ def test_auto_device_falls_back_to_the_cpu_with_one_warning(monkeypatch, caplog)
         assert inference.select_device("cuda").type == "cpu"
 
 
-def test_out_of_memory_on_the_gpu_moves_the_case_to_the_cpu(monkeypatch, tmp_path, caplog):
-    """Predictor: a CUDA OOM during a case is retried on a CPU copy of the models."""
-    import unet_pipeline.infer.predictor as predictor_module
+class OutOfMemoryAbove(torch.nn.Module):
+    """:class:`PixelwiseModel` that raises a CUDA out-of-memory error for batches of more than
+    ``limit`` tiles (``limit`` 0: always), as a GPU short of memory does; records every batch size."""
 
-    calls = []
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.inner, self.limit, self.sizes = PixelwiseModel(), limit, []
 
-    def fake_infer(models, meta, pre_dir, out_probs, inference, device):
-        calls.append(device.type)
-        if len(calls) == 1:
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        if x.shape[0] > self.limit:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
-        return {"seconds": 0.1, "slices": 3, "device": str(device)}
+        return self.inner(x)
 
-    p = predictor_module.Predictor.__new__(predictor_module.Predictor)
-    p.model_dirs, p.models, p.meta, p.device = ["m"], [object()], {}, torch.device("cuda")
-    p.cases_predicted, p._cpu_models = 0, None
-    import threading
 
-    p._lock = threading.Lock()
-    monkeypatch.setattr(predictor_module, "_infer_volume", fake_infer)
-    monkeypatch.setattr(predictor_module, "load_models", lambda dirs, device: ([object()], {}))
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    (tmp_path / "image.npy").write_bytes(b"")
-    (tmp_path / "meta.json").write_text("{}", encoding="utf-8")
-    info = p.predict(tmp_path, tmp_path / "probs.npy")
-    assert calls == ["cuda", "cpu"] and info["device"] == "cpu"
-    assert "GPU out of memory" in caplog.text
+def test_out_of_memory_halves_the_tile_batch_for_the_rest_of_the_volume(caplog):
+    """A CUDA OOM halves the tile batch (8 -> 4 -> 2 here) and moves the stitching to the host; the
+    smaller batch holds for the later chunks of the volume, and the probabilities are unchanged."""
+    import logging
+
+    vol = np.random.default_rng(5).uniform(-0.5, 2.5, (5, 40, 37)).astype(np.float32)
+    model = OutOfMemoryAbove(limit=2)
+    with caplog.at_level(logging.WARNING, logger="unet_pipeline.model.tiling"):
+        chunks = list(iter_volume_probabilities(model, vol, chunk_slices=2, num_classes=3, patch_size=(16, 16),
+                                                batch_size=8))
+    probs = np.concatenate([p for _, p in chunks])
+    np.testing.assert_allclose(probs, _direct(vol[:, None]), atol=1e-6)
+    assert model.sizes[:3] == [8, 4, 2] and max(model.sizes[3:]) <= 2
+    assert caplog.text.count("out of memory") == 2 and "2 from now on, stitched on the host" in caplog.text
+
+
+def test_out_of_memory_with_one_tile_stitched_on_the_host_is_raised():
+    x = np.zeros((1, 1, 16, 16), np.float32)
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="one tile a pass"):
+        predict_slices(OutOfMemoryAbove(limit=0), x, num_classes=3, patch_size=(16, 16), batch_size=2)
+
+
+def test_tile_budget_defaults_and_shrinks_to_one():
+    from unet_pipeline.model.tiling import TileBudget
+
+    assert TileBudget.default(None, torch.device("cpu")).batch_size == 4
+    assert TileBudget.default(0, torch.device("cuda")).batch_size == 8
+    budget = TileBudget.default(3, torch.device("cpu"))
+    budget.shrink(torch.device("cpu"))
+    assert (budget.batch_size, budget.stitch_on_host) == (1, True)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        budget.shrink(torch.device("cpu"))
+
+
+def test_producer_thread_gives_bit_identical_probabilities():
+    """Tiles cut by the producer thread (pinning is for CUDA only) give exactly the probabilities of
+    tiles cut in the loop, with a real network and with the overlap-tile margin."""
+    from unet_pipeline.model.unet import UNetConfig, build_unet
+
+    torch.manual_seed(0)
+    model = build_unet(UNetConfig(num_classes=3, base_channels=4, depth=2)).eval()
+    slices = np.random.default_rng(6).normal(size=(3, 1, 40, 52)).astype(np.float32)
+    kw = {"num_classes": 3, "patch_size": (32, 32), "batch_size": 3, "precision": "float32"}
+    np.testing.assert_array_equal(predict_slices(model, slices, prefetch=True, **kw),
+                                  predict_slices(model, slices, prefetch=False, **kw))
+    x = np.random.default_rng(7).uniform(0, 2, (2, 1, 30, 41)).astype(np.float32)
+    out = predict_slices(PixelwiseModel(margin=4), x, num_classes=3, patch_size=(12, 12), margin=4, prefetch=True)
+    np.testing.assert_allclose(out, _direct(x), atol=1e-6)
 
 
 class PositionModel(torch.nn.Module):

@@ -171,6 +171,6 @@ def test_prefetch_errors_reach_the_consumer_and_close_stops_the_thread():
     batches.close()
     endless = BatchStream(PatchSampler([_case()], (8, 8), rng=np.random.default_rng(0)), 2, prefetch=True, depth=1)
     next(endless)
-    thread = endless._thread
+    thread = endless._ahead.thread
     endless.close()
     assert not thread.is_alive()

@@ -78,6 +78,7 @@ def test_training_writes_the_model_folder(prepared, tmp_path):
     assert meta["architecture"]["base_channels"] == 4 and meta["architecture"]["num_classes"] == 3
     assert {str(k): v for k, v in meta["labels"].items()} == {"1": "organ_a", "2": "organ_b"}
     assert meta["plan"]["target_spacing_mm"] == [1.5, 1.5]
+    assert meta["mirroring"] == {"axes": [], "lr_class_pairs": []}  # mirror_p 0: mirror_tta adds no flips
     with open(out / "train_log.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
