@@ -114,8 +114,8 @@ def test_components_are_connected_through_faces_edges_and_corners():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_components_equal_monai_where_scikit_image_is_installed(seed):
-    pytest.importorskip("skimage.morphology")
+def test_components_equal_monai(seed):
+    """MONAI's component transforms need scikit-image, a test dependency (pyproject's ``test`` extra)."""
     from monai.transforms.utils import get_largest_connected_component_mask, remove_small_objects
 
     from unet_pipeline.train.postprocess import CONNECTIVITY, _kept_components, label_components
