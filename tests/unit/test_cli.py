@@ -306,6 +306,7 @@ def test_predict_writes_the_inputs_geometry_skips_complete_cases_and_overwrites(
     assert all(stamps[p.name] != p.stat().st_mtime_ns for p in out.glob("demo_*"))
 
 
+@pytest.mark.slow  # trains (the module's cli_train)
 def test_predict_goes_on_past_failing_cases_and_names_them(cli_train, tmp_path, capsys, monkeypatch):
     from unet_pipeline.infer.predictor import Predictor
 
@@ -372,6 +373,7 @@ def test_overlapped_stages_write_what_one_case_at_a_time_writes(cli_train, tmp_p
     assert not any((tmp_path / "wb").iterdir())
 
 
+@pytest.mark.slow  # trains (the module's cli_train)
 def test_predict_refuses_a_cohort_naming_other_classes(cli_train, tmp_path, capsys):
     dataset = tmp_path / "dataset.json"
     dataset.write_text(json.dumps({"labels": {"background": 0, "spleen": 1, "liver": 2}}), encoding="utf-8")
