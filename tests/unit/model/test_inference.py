@@ -136,34 +136,6 @@ def test_auto_device_falls_back_to_the_cpu_with_one_warning(monkeypatch, caplog)
         assert inference.select_device("cuda").type == "cpu"
 
 
-def test_out_of_memory_on_the_gpu_moves_the_case_to_the_cpu(monkeypatch, tmp_path, caplog):
-    """Predictor: a CUDA OOM during a case is retried on a CPU copy of the models."""
-    import unet_pipeline.infer.predictor as predictor_module
-
-    calls = []
-
-    def fake_infer(models, meta, pre_dir, out_probs, inference, device):
-        calls.append(device.type)
-        if len(calls) == 1:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
-        return {"seconds": 0.1, "slices": 3, "device": str(device)}
-
-    p = predictor_module.Predictor.__new__(predictor_module.Predictor)
-    p.model_dirs, p.models, p.meta, p.device = ["m"], [object()], {}, torch.device("cuda")
-    p.cases_predicted, p._cpu_models = 0, None
-    import threading
-
-    p._lock = threading.Lock()
-    monkeypatch.setattr(predictor_module, "_infer_volume", fake_infer)
-    monkeypatch.setattr(predictor_module, "load_models", lambda dirs, device: ([object()], {}))
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    (tmp_path / "image.npy").write_bytes(b"")
-    (tmp_path / "meta.json").write_text("{}", encoding="utf-8")
-    info = p.predict(tmp_path, tmp_path / "probs.npy")
-    assert calls == ["cuda", "cpu"] and info["device"] == "cpu"
-    assert "GPU out of memory" in caplog.text
-
-
 class PositionModel(torch.nn.Module):
     """Logits that depend only on the position inside the tile: class 1 rises along y, class 2 along x.
 
