@@ -49,6 +49,31 @@ def test_a_bad_config_names_the_key(tmp_path, text, match):
         load_config(path)
 
 
+#: Keyword arguments a rule script passes that come from the rule itself (paths, the case), not the config.
+_FROM_THE_RULE = {"import_case": {"labels", "series_uid"}, "fingerprint": {"labels"}, "slice_case": set(),
+                  "train": {"preprocessed_root", "slices_root", "plan_path", "out_dir"}}
+
+
+def _rule_keywords(stage: str, config) -> set[str]:
+    """The keywords ``workflow/scripts/<stage>.py`` passes to ``stages.<stage>``, a ``**`` of a rule
+    parameter expanded to that config section's keys (read from the rule's ``params:``)."""
+    import ast
+    import re
+
+    tree = ast.parse((REPO / "workflow" / "scripts" / f"{stage}.py").read_text(encoding="utf-8"))
+    (call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+               and n.func.attr == stage and getattr(n.func.value, "id", "") == "stages"]
+    names = {kw.arg for kw in call.keywords if kw.arg}
+    rules = "".join(p.read_text(encoding="utf-8") for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    rule = re.search(rf"^rule {stage}:\n(.*?)(?=^rule |\Z)", rules, flags=re.M | re.S).group(1)
+    for kw in call.keywords:
+        if kw.arg is None:  # **plan, with plan = sm.params.plan and the rule's plan=config["plan"]
+            param = ast.unparse(kw.value).rpartition(".")[2]
+            section = re.search(rf'^\s+{param}=config\["(\w+)"\]', rule, flags=re.M).group(1)
+            names |= set(config[section])
+    return names - _FROM_THE_RULE[stage]
+
+
 def test_stage_options_are_what_the_rules_pass():
     config = load_config({"cohort": {"geometry_tolerance_mm": 0.2}, "model": {"in_channels": 3},
                           "plan": {"target_spacing_mm": [2.0, 2.0], "max_patch": 64}, "split": {"seed": 7},
@@ -65,6 +90,10 @@ def test_stage_options_are_what_the_rules_pass():
     train = train_options(config)
     assert train["loss"]["name"] == "weighted_ce" and train["postprocess"] == {"*": {"fill_holes": True}}
     assert set(train) == {"model", "training", "augment", "loss", "postprocess"}
+    # The same keywords as the rule scripts pass (the CLI calls the stages with these options).
+    for stage, found in (("import_case", options), ("fingerprint", plan), ("slice_case", slice_options(config)),
+                         ("train", train)):
+        assert set(found) == _rule_keywords(stage, config), stage
 
 
 @pytest.mark.parametrize("override,recorded,applied", [
