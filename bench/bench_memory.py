@@ -120,7 +120,7 @@ def _figures(measured: dict, volume_bytes: int) -> dict:
     }
 
 
-def _demo_model(folder: Path, plan: dict) -> Path:
+def demo_model(folder: Path, plan: dict) -> Path:
     """A model folder with the demo's architecture (padded U-Net, base 16, depth 4; seeded random weights)."""
     import torch
     from safetensors.torch import save_file
@@ -152,7 +152,7 @@ def _one_size(work: Path, n_slices: int, target_mm: float, infer: bool = False) 
     meta = json.loads((case / "pre" / "meta.json").read_text(encoding="utf-8"))
     inference = None
     if infer:  # tiled inference of the whole volume with the demo model, probabilities to disk
-        model = _demo_model(work / "model", plan)
+        model = demo_model(work / "model", plan)
         inference = _measure({"stage": "infer", "model": str(model), "pre": str(case / "pre"),
                               "out": str(case / "probs.npy")})
     else:

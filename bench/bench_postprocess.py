@@ -1,10 +1,10 @@
-"""Benchmark: connected-component postprocessing (unet_pipeline.train.postprocess) vs MONAI's, same mask.
+"""Benchmark: connected-component postprocessing (unet_pipeline.postprocess) vs MONAI's, same mask.
 
 A 512 x 512 x 100 uint8 mask (quick: 256 x 256 x 50) holding one large organ-like blob with
 holes, a few mid-sized blobs and many small islands. Each of the three operations runs on it
-both ways, with the project's connectivity (:data:`unet_pipeline.train.postprocess.CONNECTIVITY`):
+both ways, with the project's connectivity (:data:`unet_pipeline.postprocess.CONNECTIVITY`):
 
-* largest component: ours (:func:`~unet_pipeline.train.postprocess.label_components` + the
+* largest component: ours (:func:`~unet_pipeline.postprocess.label_components` + the
   largest label) vs ``monai.transforms.utils.get_largest_connected_component_mask``;
 * small objects: ours (components under a voxel count removed) vs
   ``monai.transforms.utils.remove_small_objects``;
@@ -30,7 +30,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from unet_pipeline.train.postprocess import label_components
+from unet_pipeline.postprocess import label_components
 
 __all__ = ["run", "make_mask"]
 
@@ -73,7 +73,7 @@ def _pairs(min_voxels: int) -> dict:
     from monai.transforms import utils as mt
     from monai.utils import optional_import
 
-    from unet_pipeline.train.postprocess import CONNECTIVITY
+    from unet_pipeline.postprocess import CONNECTIVITY
 
     have_skimage = optional_import("skimage.morphology")[1]
     largest = ((lambda m: mt.get_largest_connected_component_mask(m, connectivity=CONNECTIVITY))

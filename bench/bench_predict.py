@@ -116,10 +116,10 @@ def _fit_model(folder: Path, plan: dict, image: Path, steps: int = 40) -> Path:
     import torch.nn.functional as F
     from safetensors.torch import save_file
 
-    from bench.bench_memory import _demo_model
+    from bench.bench_memory import demo_model
     from unet_pipeline.model.unet import UNetConfig, build_unet
 
-    folder = _demo_model(folder, plan)
+    folder = demo_model(folder, plan)
     config = UNetConfig.from_dict(json.loads((folder / "model.json").read_text(encoding="utf-8"))["architecture"])
     torch.manual_seed(0)
     model = build_unet(config).train()

@@ -1,7 +1,15 @@
-"""Shared fixtures: tiny synthetic CT volumes written as real NIfTI files."""
+"""Shared fixtures: tiny synthetic CT volumes written as real NIfTI files; the test markers.
+
+Markers (registered in pyproject.toml) say what a test costs: ``workflow`` (starts Snakemake:
+every test under ``tests/workflow/``, marked here by folder), ``slow`` (trains a model or runs the
+full demo) and ``cluster`` (starts a real Slurm cluster: every test under ``tests/cluster/``).
+Cluster tests are opt-in: without ``--run-cluster`` or ``UNET_PIPELINE_CLUSTER_TESTS=1`` they are
+skipped, so a plain ``pytest`` never installs or starts anything on the machine.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -9,6 +17,32 @@ import numpy as np
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TESTS = Path(__file__).resolve().parent
+CLUSTER_OPT_IN = "UNET_PIPELINE_CLUSTER_TESTS"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-cluster", action="store_true", default=False,
+                     help="run the tests marked 'cluster' (as root on Debian they install and start a "
+                          f"one-node Slurm cluster); same as {CLUSTER_OPT_IN}=1")
+
+
+def cluster_opted_in(config) -> bool:
+    return bool(config.getoption("--run-cluster")) or os.environ.get(CLUSTER_OPT_IN, "") not in ("", "0")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark by folder (``workflow``, ``cluster``) and skip cluster tests unless opted in."""
+    skip_cluster = pytest.mark.skip(
+        reason=f"cluster test: opt in with --run-cluster or {CLUSTER_OPT_IN}=1 (as root on Debian it "
+               "installs and starts Slurm, munge and MariaDB)")
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        folder = path.relative_to(TESTS).parts[0] if path.is_relative_to(TESTS) else ""
+        if folder in ("workflow", "cluster"):
+            item.add_marker(getattr(pytest.mark, folder))
+        if "cluster" in item.keywords and not cluster_opted_in(config):
+            item.add_marker(skip_cluster)
 
 
 def make_ct(shape=(24, 20, 6), spacing=(1.0, 1.0, 3.0), seed=0):

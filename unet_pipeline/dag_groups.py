@@ -16,15 +16,27 @@ connected to each other, which Snakemake's walk misses but which would deadlock 
 :func:`install_linear_group_check` puts it in place of Snakemake's two checks (the workflow calls
 it when it loads; without groups the check returns at once). This module imports only the
 standard library until that call.
+
+The replacement touches two private methods of Snakemake's ``DAG``, so ``pyproject.toml`` allows
+only the Snakemake major version it is tested on (``snakemake>=9.0,<10``), and
+``tests/workflow/test_dag_groups_differential.py`` checks, on small real DAGs of this workflow,
+that it accepts and refuses exactly the groups Snakemake's own check does. With another major
+version, a ``DAG`` without those methods, or ``UNET_PIPELINE_GROUP_CHECK=snakemake`` in the
+environment, Snakemake's own check stays. Which check is active is logged once per process.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Iterable, Mapping
 
-__all__ = ["self_dependent_group", "install_linear_group_check"]
+__all__ = ["self_dependent_group", "install_linear_group_check", "GROUP_CHECK_ENV"]
 
 _GROUP = object()  # tags contracted group nodes so they never collide with jobs
+#: Environment variable: ``snakemake`` keeps Snakemake's own group check (the fallback).
+GROUP_CHECK_ENV = "UNET_PIPELINE_GROUP_CHECK"
+_logged: list[str] = []  # the message logged in this process (once)
+_snakemakes: dict[str, object] = {}  # Snakemake's own DAG methods, kept when replaced
 
 
 def self_dependent_group(dependencies: Mapping[Hashable, Iterable[Hashable]],
@@ -84,20 +96,45 @@ def self_dependent_group(dependencies: Mapping[Hashable, Iterable[Hashable]],
 def install_linear_group_check() -> bool:
     """Put :func:`self_dependent_group` in place of Snakemake's group checks (Snakemake 9).
 
-    Returns True when in place; False (Snakemake's own checks stay) for another major version
-    or a DAG class without the expected methods.
+    Returns True when in place; False (Snakemake's own checks stay) for another major version,
+    a DAG class without the expected methods, or ``UNET_PIPELINE_GROUP_CHECK=snakemake``. Logs
+    which check is active, once per process, through Snakemake's logger.
     """
     import snakemake
     import snakemake.api  # noqa: F401  (imports snakemake.dag in the order that avoids an import cycle)
     from snakemake.dag import DAG
+
+    version = str(snakemake.__version__)
+    if os.environ.get(GROUP_CHECK_ENV, "").strip().lower() == "snakemake":
+        for name, method in _snakemakes.items():  # replaced earlier in this process: put them back
+            setattr(DAG, name, method)
+        DAG._linear_group_check = False
+        return _active(False, f"Snakemake's own ({GROUP_CHECK_ENV}=snakemake)")
+    if not version.startswith("9."):
+        return _active(False, f"Snakemake's own (Snakemake {version}: the linear check is for 9.x)")
+    if getattr(DAG, "_linear_group_check", False):
+        return _active(True, f"unet_pipeline.dag_groups, linear (Snakemake {version})")
+    if not all(callable(getattr(DAG, name, None)) for name in ("_check_groups", "validate_group", "update_groups")):
+        return _active(False, f"Snakemake's own (Snakemake {version} lacks the DAG methods it replaces)")
+    _patch(DAG)
+    return _active(True, f"unet_pipeline.dag_groups, linear (Snakemake {version})")
+
+
+def _active(installed: bool, which: str) -> bool:
+    """Log ``which`` group check is active (once per process); return ``installed``."""
+    if not _logged:
+        from snakemake.logging import logger
+
+        _logged.append(f"group jobs: checked by {which}")
+        (logger.info if installed else logger.warning)(_logged[0])
+    return installed
+
+
+def _patch(DAG) -> None:
+    """Replace ``DAG._check_groups`` and ``DAG.validate_group`` (see the module docstring)."""
     from snakemake.exceptions import WorkflowError
 
-    if not str(snakemake.__version__).startswith("9."):
-        return False
-    if getattr(DAG, "_linear_group_check", False):
-        return True
-    if not all(callable(getattr(DAG, name, None)) for name in ("_check_groups", "validate_group", "update_groups")):
-        return False
+    _snakemakes.update(_check_groups=DAG._check_groups, validate_group=DAG.validate_group)
     snakemake_check = DAG._check_groups
 
     def check_groups(dag) -> None:
@@ -124,4 +161,3 @@ def install_linear_group_check() -> bool:
     DAG._check_groups = check_groups
     DAG.validate_group = lambda dag, group: None
     DAG._linear_group_check = True
-    return True

@@ -7,9 +7,12 @@ inside numpy or nibabel.
 
 from __future__ import annotations
 
+import math
+from numbers import Real
 from pathlib import Path
+from typing import Any
 
-__all__ = ["CaseError", "ConfigError"]
+__all__ = ["CaseError", "ConfigError", "short_error", "check_nonneg_float"]
 
 
 class CaseError(ValueError):
@@ -40,3 +43,23 @@ class CaseError(ValueError):
 
 class ConfigError(ValueError):
     """A configuration value is unusable; the message names the key."""
+
+
+def short_error(exc: BaseException) -> str:
+    """``"TypeName: first line of the message"`` (at most 200 characters of it) for a one-line report."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def check_nonneg_float(value: Any, name: str, *, positive: bool = False) -> float:
+    """Return ``value`` as float; raise unless it is a finite number >= 0 (> 0 if ``positive``).
+
+    ``TypeError`` for a non-number (``bool`` included), ``ValueError`` naming ``name`` otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
+    return value

@@ -188,7 +188,7 @@ in_slurm=$(cat "$WORK"/.snakemake/slurm_logs/*/*/*.log "$WORK"/.snakemake/slurm_
 # allocation the code picks the CPU, since CUDA_VISIBLE_DEVICES names no real device.
 (( n_gpu >= 2 )) || die "expected the train and infer jobs to hold gres/gpu=1, got $n_gpu job(s)"
 device=$(srun -n1 -t 2 --mem=1000 --gpus=1 --chdir="$REPO" python -c \
-  'import os; from unet_pipeline.model.tiling import select_device; print(os.environ.get("CUDA_VISIBLE_DEVICES"), select_device())')
+  'import os; from unet_pipeline.device import select_device; print(os.environ.get("CUDA_VISIBLE_DEVICES"), select_device())')
 [[ $device == "0 cpu" ]] || die "under a fake GPU expected 'CUDA_VISIBLE_DEVICES=0, device cpu', got '$device'"
 log "fake GPU: CUDA_VISIBLE_DEVICES=${device% *}, select_device() -> ${device#* } (CPU fallback)"
 if grep -rhoiE "device[=: ]+'?(cuda|cpu)[^ ]*" "$WORK"/results/logs/infer "$WORK"/results/logs/model 2>/dev/null \

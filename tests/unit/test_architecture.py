@@ -22,11 +22,13 @@ LAYERS = [
     "schema",
     "runlog",
     "resources",
+    "device",  # the CPU/GPU a job computes on (training and prediction)
     "io",
     "cohort",
     "plan",
     "preprocess",
     "model",
+    "postprocess",  # label-mask cleanup: chosen by train/, applied by infer/, its components counted by evaluate/
     "train",
     "infer",
     "evaluate",
@@ -135,3 +137,14 @@ def test_the_checks_see_a_later_import_and_a_cycle():
     found = _imports("unet_pipeline.io.files", PACKAGE / "io" / "files.py", tree,
                      {"unet_pipeline.io.images", "unet_pipeline.train.loop"})
     assert found == {"unet_pipeline.train.loop", "unet_pipeline.io.images"}
+
+
+def test_no_module_imports_another_modules_private_name():
+    """``from x import _name`` across modules: a private helper belongs to its module (or becomes public)."""
+    found = []
+    for name, (path, tree) in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                found += [f"{name} imports {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, "\n".join(found)

@@ -231,6 +231,7 @@ def cli_train(tmp_path_factory):
                            calls=calls)
 
 
+@pytest.mark.slow  # trains (the module's cli_train)
 def test_train_runs_the_workflows_chain_with_its_split_and_settings(cli_train, tmp_path):
     from unet_pipeline.cohort.workflow_cases import workflow_cases
     from unet_pipeline.config import load_config
@@ -266,6 +267,7 @@ def _inputs(cli_train, tmp_path, ids=("demo_000", "demo_001")) -> Path:
     return folder
 
 
+@pytest.mark.slow  # trains (the module's cli_train)
 def test_predict_writes_the_inputs_geometry_skips_complete_cases_and_overwrites(cli_train, tmp_path, capsys):
     import nibabel as nib
 
@@ -306,6 +308,7 @@ def test_predict_writes_the_inputs_geometry_skips_complete_cases_and_overwrites(
     assert all(stamps[p.name] != p.stat().st_mtime_ns for p in out.glob("demo_*"))
 
 
+@pytest.mark.slow  # trains (the module's cli_train)
 def test_predict_goes_on_past_failing_cases_and_names_them(cli_train, tmp_path, capsys, monkeypatch):
     from unet_pipeline.infer.predictor import Predictor
 
@@ -335,6 +338,7 @@ def test_predict_goes_on_past_failing_cases_and_names_them(cli_train, tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == ["demo_001.json", "demo_001.nii.gz", "volumes.csv"]
 
 
+@pytest.mark.slow  # trains (the module's cli_train)
 def test_overlapped_stages_write_what_one_case_at_a_time_writes(cli_train, tmp_path, monkeypatch):
     """``predict_cohort`` prepares the next case and finishes the previous one in background threads:
     the same segmentations byte for byte as one case after the other, the status in the inputs'
@@ -371,6 +375,7 @@ def test_overlapped_stages_write_what_one_case_at_a_time_writes(cli_train, tmp_p
     assert not any((tmp_path / "wb").iterdir())
 
 
+@pytest.mark.slow  # trains (the module's cli_train)
 def test_predict_refuses_a_cohort_naming_other_classes(cli_train, tmp_path, capsys):
     dataset = tmp_path / "dataset.json"
     dataset.write_text(json.dumps({"labels": {"background": 0, "spleen": 1, "liver": 2}}), encoding="utf-8")
@@ -431,7 +436,6 @@ def _dicom_cohort(root: Path, rois_of_case: dict[str, list[str]]) -> dict[str, d
 
 
 def test_check_cohort_names_cases_whose_rois_match_no_class_or_one_twice(tmp_path, capsys):
-    pytest.importorskip("pydicom")
     _dicom_cohort(tmp_path / "images", {"none": ["BODY", "GTV"], "twice": ["Liver", "LEBER"], "good": ["Leber"]})
     cfg = _workflow_config(tmp_path, {"images": str(tmp_path / "images"), "label_names": {"liver": ["Liver", "Leber"]}})
     assert main(["check-cohort", "-c", cfg]) == 1
@@ -444,7 +448,7 @@ def test_check_cohort_names_cases_whose_rois_match_no_class_or_one_twice(tmp_pat
 def test_train_on_rtstruct_labels_and_predict_dicom_seg_and_rtstruct(tmp_path, capsys):
     """A folder of CT series with RTSTRUCTs trains (labels made from the contours) and predict
     writes a DICOM-SEG and an RTSTRUCT referencing the input series."""
-    hd = pytest.importorskip("highdicom")
+    import highdicom as hd
     import nibabel as nib
     import pydicom
 

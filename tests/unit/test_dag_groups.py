@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from unet_pipeline.dag_groups import install_linear_group_check, self_dependent_group
+from unet_pipeline.dag_groups import GROUP_CHECK_ENV, install_linear_group_check, self_dependent_group
 
 
 @pytest.mark.parametrize("dependencies, group_of, expected", [
@@ -47,4 +47,18 @@ def test_long_chains_need_no_recursion():
 
 def test_install_is_idempotent():
     assert install_linear_group_check() is True
+    assert install_linear_group_check() is True
+
+
+def test_the_environment_keeps_snakemakes_own_check(monkeypatch):
+    """The fallback: ``UNET_PIPELINE_GROUP_CHECK=snakemake`` puts Snakemake's own methods back."""
+    import snakemake.api  # noqa: F401
+    from snakemake.dag import DAG
+
+    assert install_linear_group_check() is True
+    assert DAG._check_groups.__module__ == "unet_pipeline.dag_groups"
+    monkeypatch.setenv(GROUP_CHECK_ENV, "snakemake")
+    assert install_linear_group_check() is False
+    assert DAG._check_groups.__module__ == DAG.validate_group.__module__ == "snakemake.dag"
+    monkeypatch.delenv(GROUP_CHECK_ENV)
     assert install_linear_group_check() is True

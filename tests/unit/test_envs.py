@@ -1,9 +1,11 @@
-"""The conda environment files: parse, pin what pyproject.toml declares, and reach the package.
+"""The one lock (``constraints.txt``) and the conda environment files: pins inside pyproject's ranges.
 
 Conda itself cannot run here, so this checks what ``--use-conda`` would build: every rule names an
-existing env file; every env pins each runtime dependency of ``pyproject.toml`` with ``==``; each
-pin satisfies pyproject's range and is the version installed in this (tested) environment, so it
-exists on PyPI; and the rule scripts make ``unet_pipeline`` importable from any directory.
+existing env file; ``constraints.txt`` pins every dependency of ``pyproject.toml`` (runtime and
+extras) with ``==`` inside pyproject's range; every env pins each runtime dependency with the same
+version as ``constraints.txt`` and a Python that ``requires-python`` allows; and the rule scripts
+make ``unet_pipeline`` importable from any directory. Nothing here compares with the versions
+installed on the machine that runs the tests: any install that pyproject allows passes.
 """
 
 from __future__ import annotations
@@ -12,22 +14,51 @@ import re
 import subprocess
 import sys
 import tomllib
-from importlib import metadata
 from pathlib import Path
 
 import pytest
 import yaml
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
 ENVS = sorted((REPO / "workflow" / "envs").glob("*.yaml"))
 
 
-def _pyproject_requirements() -> dict[str, Requirement]:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    reqs = [Requirement(r) for r in project["dependencies"]]
-    return {canonicalize_name(r.name): r for r in reqs}
+CONSTRAINTS = REPO / "constraints.txt"
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+
+def _pyproject_requirements(*, extras: bool = False) -> dict[str, list[Requirement]]:
+    """Name -> its requirements in pyproject (a name may appear in several extras)."""
+    project = _pyproject()
+    lines = list(project["dependencies"])
+    if extras:
+        lines += [r for group in project["optional-dependencies"].values() for r in group]
+    found: dict[str, list[Requirement]] = {}
+    for line in lines:
+        req = Requirement(line)
+        found.setdefault(canonicalize_name(req.name), []).append(req)
+    return found
+
+
+def _constraints() -> dict[str, str]:
+    pins = {}
+    for raw in CONSTRAINTS.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        req = Requirement(line)
+        specs = list(req.specifier)
+        assert len(specs) == 1 and specs[0].operator == "==", f"constraints.txt: {line!r} is not one == pin"
+        name = canonicalize_name(req.name)
+        assert name not in pins, f"constraints.txt pins {name} twice"
+        pins[name] = specs[0].version
+    return pins
 
 
 def _pins(env_file: Path) -> dict[str, str]:
@@ -41,6 +72,33 @@ def _pins(env_file: Path) -> dict[str, str]:
                 assert sep, f"{env_file}: pip requirement {line!r} is not pinned with =="
                 pins[canonicalize_name(name)] = version
     return pins
+
+
+def _outside(pins: dict[str, str], required: dict[str, list[Requirement]]) -> list[str]:
+    return [f"{name}=={version} outside pyproject's {req}" for name, version in sorted(pins.items())
+            for req in required.get(name, ()) if not req.specifier.contains(version, prereleases=True)]
+
+
+def test_constraints_pin_every_dependency_inside_pyprojects_range():
+    pins, required = _constraints(), _pyproject_requirements(extras=True)
+    missing = sorted(set(required) - set(pins))
+    assert not missing, f"constraints.txt lacks dependencies of pyproject.toml: {missing}"
+    assert not _outside(pins, required), _outside(pins, required)
+
+
+def test_the_pin_check_refuses_a_pin_outside_the_range():
+    """The check above can fail: a pin below pyproject's floor is named."""
+    assert _outside({"numpy": "1.20.0"}, {"numpy": [Requirement("numpy>=1.26")]}) == \
+        ["numpy==1.20.0 outside pyproject's numpy>=1.26"]
+
+
+def test_readme_and_ci_install_with_the_constraints():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    for name, text in (("README.md", readme), (".ci/run", ci)):
+        installs = re.findall(r"pip install[^\n`&]*-e [^\n`&]*", text)
+        assert installs, f"{name}: no pip install -e"
+        assert all("-c constraints.txt" in line for line in installs), f"{name}: an install without the lock: {installs}"
 
 
 def test_every_rule_names_an_existing_env_file():
@@ -58,20 +116,21 @@ def test_every_rule_names_an_existing_env_file():
 
 
 @pytest.mark.parametrize("env_file", ENVS, ids=lambda p: p.name)
-def test_env_pins_match_pyproject_and_installed_versions(env_file):
-    pins = _pins(env_file)
+def test_env_pins_match_the_constraints(env_file):
+    pins, lock = _pins(env_file), _constraints()
     required = _pyproject_requirements()
     required.pop("snakemake", None)  # the workflow engine runs the env, it is not needed inside it
     missing = sorted(set(required) - set(pins))
     assert not missing, f"{env_file.name} lacks runtime dependencies of pyproject.toml: {missing}"
-    for name, version in pins.items():
-        if name in required:
-            assert required[name].specifier.contains(version, prereleases=True), \
-                f"{env_file.name}: {name}=={version} outside pyproject's {required[name]}"
-        installed = metadata.version(name)
-        assert installed.split("+")[0] == version, f"{env_file.name}: {name}=={version}, tested with {installed}"
-    python = [d for d in yaml.safe_load(env_file.read_text(encoding="utf-8"))["dependencies"] if isinstance(d, str) and d.startswith("python")]
-    assert python and python[0].split("=", 1)[1] == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert not _outside(pins, required), _outside(pins, required)
+    differ = {name: (version, lock.get(name)) for name, version in pins.items() if lock.get(name) != version}
+    assert not differ, f"{env_file.name} and constraints.txt pin differently (env, lock): {differ}"
+    python = [d for d in yaml.safe_load(env_file.read_text(encoding="utf-8"))["dependencies"]
+              if isinstance(d, str) and d.split("=")[0].strip() == "python"]
+    assert python, f"{env_file.name} pins no python"
+    version = python[0].split("=", 1)[1].lstrip("=")
+    assert SpecifierSet(_pyproject()["requires-python"]).contains(f"{version}.0"), \
+        f"{env_file.name}: python={version} outside requires-python {_pyproject()['requires-python']}"
 
 
 def test_rule_scripts_make_the_package_importable_from_anywhere(tmp_path):

@@ -102,7 +102,8 @@ def dcmqi(shared_data):
 
 
 def test_dcmqi_dicom_series_reads_in_physical_order_as_hu(dcmqi):
-    sitk = pytest.importorskip("SimpleITK")
+    import SimpleITK as sitk
+
     dicom, _, _ = dcmqi
     img = load_image(dicom)
     data = read_voxels(img, dicom)

@@ -12,7 +12,8 @@ from ..io.roi_names import RoiPattern
 from .discovery import CaseSpec
 from .naming import case_id_problems
 
-__all__ = ["CaseCheck", "check_case", "case_frame_of_reference", "load_case_image", "screen_cases", "rejection_message"]
+__all__ = ["CaseCheck", "check_case", "case_frame_of_reference", "load_case_image", "screen_cases", "rejection_message",
+           "rejection_lines"]
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +292,8 @@ def rejection_message(rejected: Mapping[str, Sequence[str]]) -> str:
         return ""
     lines = [f"cohort: {len(rejected)} case(s) left out of this run because of their case id "
              "(rename or remove their files; every other case is processed):"]
-    return "\n".join(lines + _rejection_lines(rejected))
+    return "\n".join(lines + rejection_lines(rejected))
 
 
-def _rejection_lines(rejected: Mapping[str, Sequence[str]]) -> list[str]:
+def rejection_lines(rejected: Mapping[str, Sequence[str]]) -> list[str]:
     return [f"  {cid!r}: {'; '.join(problems)}" for cid, problems in sorted(rejected.items())]

@@ -10,7 +10,7 @@ from ..errors import ConfigError
 from ..io.roi_names import RoiPattern, parse_label_names
 from .discovery import CaseSpec, Cohort, cohort_source, discover_cohort
 from .splits import fixed_splits, patient_of_cases
-from .validation import _rejection_lines, rejection_message, screen_cases
+from .validation import rejection_lines, rejection_message, screen_cases
 
 __all__ = ["WorkflowCases", "workflow_cases"]
 
@@ -95,7 +95,7 @@ def workflow_cases(config: Mapping, results: str | Path | None) -> WorkflowCases
     cohort.cases, rejected = screen_cases(cohort.cases, cohort.problems)
     if not cohort.cases:
         raise ConfigError("cohort: no cases found" if not rejected else "cohort: no usable cases: every case id "
-                          "cannot be used (rename the files):\n" + "\n".join(_rejection_lines(rejected)))
+                          "cannot be used (rename the files):\n" + "\n".join(rejection_lines(rejected)))
     if not cohort.labels and any(c.label for c in cohort.cases):
         raise ConfigError("cohort.label_names: the cohort has labels but no label names; set cohort.label_names")
     specs = cohort.by_id()

@@ -5,7 +5,7 @@ structure, the number of connected components and QC flags a reader should look 
 
 * ``empty``: nothing of this class was segmented;
 * ``fragmented``: more than one connected component (voxels touching by a face, an edge or a
-  corner are connected: :data:`unet_pipeline.train.postprocess.CONNECTIVITY`, as in postprocessing);
+  corner are connected: :data:`unet_pipeline.postprocess.CONNECTIVITY`, as in postprocessing);
 * ``touches_border``: the structure reaches the edge of the image, so it may be cut off by the
   field of view and its volume underestimated.
 
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CaseError
-from ..train.postprocess import label_components
+from ..postprocess import label_components
 from .tables import VOLUME_COLUMNS
 
 __all__ = ["VOLUME_COLUMNS", "case_volumes", "volume_rows"]

@@ -69,7 +69,7 @@ class Predictor:
     """
 
     def __init__(self, model_dirs: Sequence[str | Path], device: str | torch.device = "auto") -> None:
-        from ..model.tiling import select_device
+        from ..device import select_device
 
         self.model_dirs = [str(d) for d in model_dirs]
         self.device = select_device(str(device))

@@ -87,7 +87,7 @@ def reassemble_case(probs_path: str | Path, meta_path: str | Path, reference: st
     probs = NpyReader(probs_path)  # (Z, K, Y', X') float16, read chunk by chunk: RSS holds one chunk, not the file
     canonical = probabilities_to_labels(probs, tuple(meta["canonical_shape"]), num_classes, meta.get("label_values"))
     if postprocess:
-        from ..train.postprocess import postprocess_labels
+        from ..postprocess import postprocess_labels
 
         canonical = postprocess_labels(canonical, tuple(meta["canonical_spacing_mm"]), postprocess, labels or {})
     orient = Orientation.from_dict(meta["orientation"])

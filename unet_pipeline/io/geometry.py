@@ -25,9 +25,12 @@ from pathlib import Path
 import numpy as np
 from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
 
+from collections.abc import Sequence
+
 from .formats import spacing_from_affine
 
-__all__ = ["Orientation", "canonical_orientation", "SLICE_AXES", "DEFAULT_SLICE_AXIS", "check_slice_axis"]
+__all__ = ["Orientation", "canonical_orientation", "SLICE_AXES", "DEFAULT_SLICE_AXIS", "check_slice_axis",
+           "orientation_of", "resampled_size"]
 
 # Order of world axes (0 = R, 1 = A, 2 = S) for the two in-plane axes.
 _WORLD_PRIORITY = (2, 1, 0)
@@ -158,3 +161,20 @@ def canonical_orientation(affine: np.ndarray, shape: tuple[int, ...],
         stored_shape=tuple(int(s) for s in shape[:3]),  # type: ignore[arg-type]
         stored_spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
     )
+
+
+def orientation_of(path: str | Path, slice_axis: str | None) -> tuple[Orientation, object]:
+    """The :func:`canonical_orientation` of the image at ``path`` (header only) and the loaded image.
+
+    ``slice_axis``: the dataset's slicing plane (``None``: :data:`DEFAULT_SLICE_AXIS`). The image
+    is nibabel's (voxels not read), so the caller reads them once from it.
+    """
+    from .images import load_image
+
+    img = load_image(path)
+    return canonical_orientation(np.asarray(img.affine), img.shape, slice_axis), img
+
+
+def resampled_size(size: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, int]:
+    """In-plane size ``(Y', X')`` after resampling ``size`` at ``spacing`` (mm) to ``target`` (mm)."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(size, spacing, target))  # type: ignore[return-value]

@@ -23,7 +23,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from ..errors import CaseError
+from ..errors import CaseError, short_error
 from .formats import sitk_to_nifti
 
 __all__ = ["load_image", "read_voxels"]
@@ -60,7 +60,7 @@ def load_image(path: str | Path) -> nib.Nifti1Image:
     except CaseError:
         raise
     except Exception as exc:  # nibabel/ITK raise many kinds; the user needs the file and the reason
-        raise CaseError(path, f"cannot read as an image ({_short(exc)})") from exc
+        raise CaseError(path, f"cannot read as an image ({short_error(exc)})") from exc
 
 
 def read_voxels(img: nib.Nifti1Image, path: str | Path) -> np.ndarray:
@@ -111,7 +111,7 @@ def read_voxels(img: nib.Nifti1Image, path: str | Path) -> np.ndarray:
         else:
             raw = np.asarray(proxy)
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
-        raise CaseError(path, f"truncated or corrupt image data ({_short(exc)})") from exc
+        raise CaseError(path, f"truncated or corrupt image data ({short_error(exc)})") from exc
     if raw.dtype.kind == "f" and raw.dtype.itemsize > 4:
         raw = raw.astype(np.float32)
     elif not raw.dtype.isnative:  # big-endian files: torch needs native byte order
@@ -181,9 +181,3 @@ def _scaling(proxy: Any) -> tuple[float, float]:
     slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
     inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
     return slope, inter
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = text[:200]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

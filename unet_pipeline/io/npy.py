@@ -7,9 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CaseError
+from ..errors import CaseError, short_error
 from .files import atomic_path
-from .images import _short
 
 __all__ = ["NpyWriter", "NpyReader"]
 
@@ -100,7 +99,7 @@ class NpyReader:
                 else:
                     raise ValueError(f"unsupported .npy format version {version}")
             except ValueError as exc:
-                raise CaseError(self.path, f"not a readable .npy file ({_short(exc)})") from exc
+                raise CaseError(self.path, f"not a readable .npy file ({short_error(exc)})") from exc
             self._offset = fh.tell()
         if fortran or dtype.hasobject:
             raise CaseError(self.path, "only C-ordered .npy files without Python objects can be read in slabs")

@@ -33,48 +33,12 @@ import torch.nn.functional as F
 
 from ..preprocess.slice_index import stack_neighbours
 
-__all__ = ["gaussian_importance", "tile_starts", "predict_slices", "iter_volume_probabilities", "select_device",
+__all__ = ["gaussian_importance", "tile_starts", "predict_slices", "iter_volume_probabilities",
            "class_argmax", "resize_probabilities", "Autocast", "with_precision", "TileBudget"]
-
-log = logging.getLogger(__name__)
 
 #: Largest slice (pixels) predicted in one pass with ``whole_slices``; larger ones are tiled. The
 #: activations of a 1024 x 1024 pass of the shipped network take about 1 GB (float32).
 WHOLE_SLICE_MAX_PX = 1024 * 1024
-
-
-def select_device(preference: str = "auto") -> torch.device:
-    """``"auto"``: CUDA when a usable GPU is present, else the CPU with a warning; or an explicit device.
-
-    The warning for ``"auto"`` is logged once per process: a job on a node without a (usable)
-    GPU says in its log that it ran on the CPU.
-    """
-    global _warned_no_gpu
-    if preference != "auto":
-        dev = torch.device(preference)
-        if dev.type == "cuda" and not _cuda_usable():
-            warnings.warn("device 'cuda' requested but no usable GPU found; falling back to CPU", stacklevel=2)
-            return torch.device("cpu")
-        return dev
-    if _cuda_usable():
-        return torch.device("cuda")
-    if not _warned_no_gpu:
-        _warned_no_gpu = True
-        log.warning("no usable GPU found: running on the CPU (slower; set device: cpu to silence this)")
-    return torch.device("cpu")
-
-
-_warned_no_gpu = False
-
-
-def _cuda_usable() -> bool:
-    try:
-        if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
-            return False
-        torch.zeros(1, device="cuda")
-        return True
-    except Exception:  # a fake or broken GPU (CUDA_VISIBLE_DEVICES with no device): fall back to CPU
-        return False
 
 
 @lru_cache(maxsize=8)

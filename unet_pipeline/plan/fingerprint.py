@@ -8,26 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.geometry import Orientation, canonical_orientation, check_slice_axis
+from ..io.geometry import check_slice_axis, orientation_of, resampled_size
 from ..io.images import load_image, read_voxels
 
-__all__ = ["make_plan", "resampled_size"]
+__all__ = ["make_plan"]
 
 
 #: Clipping schemes of the plan (see :func:`make_plan`); the z-score is the training foreground's in each.
 INTENSITY_SCHEMES = ("foreground", "body", "window")
 #: Voxels above this many HU are "body" for the ``body`` scheme (air and the scanner table's air gaps are below).
 BODY_HU = -500.0
-
-
-def resampled_size(size: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, int]:
-    """In-plane size ``(Y', X')`` after resampling ``size`` at ``spacing`` (mm) to ``target`` (mm)."""
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(size, spacing, target))  # type: ignore[return-value]
-
-
-def _orientation_of(path: str | Path, slice_axis: str | None) -> tuple[Orientation, object]:
-    img = load_image(path)
-    return canonical_orientation(np.asarray(img.affine), img.shape, slice_axis), img
 
 
 def make_plan(cases: Sequence[tuple[str, str | Path, str | Path]], labels: Mapping[int, str], *,
@@ -136,7 +126,7 @@ def _sample_cases(cases: Sequence[tuple[str, str | Path, str | Path]], slice_axi
     rng = np.random.default_rng(seed)
     samples, body_samples, per_case = [], [], {}
     for case_id, image_path, label_path in cases:
-        orient, img = _orientation_of(image_path, slice_axis)
+        orient, img = orientation_of(image_path, slice_axis)
         image = read_voxels(img, image_path)
         label = read_voxels(load_image(label_path), label_path)
         fg = np.flatnonzero(label.reshape(-1) > 0)

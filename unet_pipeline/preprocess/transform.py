@@ -31,10 +31,10 @@ import torch.nn.functional as F
 
 from ..errors import CaseError
 from ..io.files import save_json
-from ..io.geometry import Orientation, check_slice_axis
+from ..io.geometry import Orientation, check_slice_axis, orientation_of, resampled_size
 from ..io.images import load_image, read_voxels
 from ..io.npy import NpyWriter
-from ..plan.fingerprint import _orientation_of, label_values, resampled_size
+from ..plan.fingerprint import label_values
 
 __all__ = ["preprocess_image", "preprocess_label", "resample_slices", "normalise", "CHUNK_SLICES"]
 
@@ -98,7 +98,7 @@ def preprocess_image(image_path: str | Path, plan: Mapping, out_dir: str | Path,
     intensity statistics applied.
     """
     out_dir = Path(out_dir)
-    orient, img = _orientation_of(image_path, plan.get("slice_axis"))
+    orient, img = orientation_of(image_path, plan.get("slice_axis"))
     stored = read_voxels(img, image_path)
     canonical = orient.to_canonical(stored)  # view, no copy
     n_z, n_y, n_x = canonical.shape

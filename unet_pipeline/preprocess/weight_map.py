@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
+
+from ..errors import check_nonneg_float
 
 __all__ = ["unet_weight_map"]
 
@@ -17,16 +18,6 @@ log = logging.getLogger(__name__)
 # The border term is dropped where d1 + d2 > _CUTOFF_SIGMAS * sigma: there it is below
 # w0 * exp(-_CUTOFF_SIGMAS**2 / 2) = w0 * 1.5e-8.
 _CUTOFF_SIGMAS = 6.0
-
-
-def _check_nonneg_float(value: Any, name: str, *, positive: bool = False) -> float:
-    """Return ``value`` as float; raise unless it is a finite number >= 0 (> 0 if ``positive``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,8 +106,8 @@ def unet_weight_map(label: np.ndarray, *, w0: float = 10.0, sigma_px: float = 5.
         raise TypeError(f"label must have an integer dtype (class indices), got {label.dtype}")
     if label.size and int(label.min()) < 0:
         raise ValueError(f"label class indices must be >= 0, got minimum {int(label.min())}")
-    w0 = _check_nonneg_float(w0, "w0")
-    sigma_px = _check_nonneg_float(sigma_px, "sigma_px", positive=True)
+    w0 = check_nonneg_float(w0, "w0")
+    sigma_px = check_nonneg_float(sigma_px, "sigma_px", positive=True)
     if isinstance(background, bool) or not isinstance(background, (int, np.integer)):
         raise TypeError(f"background must be an integer class index, got {background!r}")
 

@@ -52,7 +52,8 @@ import torch
 from ..errors import ConfigError
 from ..io.files import atomic_path
 from ..model.card import write_model_card
-from ..model.tiling import class_argmax, iter_volume_probabilities, select_device
+from ..device import select_device
+from ..model.tiling import class_argmax, iter_volume_probabilities
 from ..model.unet import UNetConfig, build_unet
 from ..schema import section_defaults, speed_only_keys
 from .augment import AugmentConfig, augment_batch, mirroring_record
@@ -812,12 +813,12 @@ def _export(run: _Run, state: _State) -> dict:
 
 
 def _choose_postprocessing(run: _Run) -> dict:
-    """Postprocessing chosen by the data (:func:`unet_pipeline.train.postprocess.choose_postprocessing`):
+    """Postprocessing chosen by the data (:func:`unet_pipeline.postprocess.choose_postprocessing`):
     the final model's argmax of the validation cases (the training cases when there are none)
     against their labels, on the preprocessed grid. Returns ``{"decided_on", "config", "table"}``."""
     from safetensors.torch import load_file
 
-    from .postprocess import choose_postprocessing
+    from ..postprocess import choose_postprocessing
 
     cases, decided_on = (run.val_cases, "validation cases") if run.val_cases else (run.train_cases, "training cases")
     run.model.load_state_dict(load_file(str(run.out_dir / "model.safetensors")))

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..preprocess.weight_map import _check_nonneg_float
+from ..errors import check_nonneg_float as _check_nonneg_float
 
 __all__ = ["LOSS_NAMES", "soft_dice_loss", "cross_entropy_loss", "dice_ce_loss", "DiceLoss", "DiceCELoss", "WeightedCrossEntropyLoss", "make_loss"]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from unet_pipeline.cohort.discovery import CaseSpec, cohort_from_folders, cohort_from_manifest
 from unet_pipeline.cohort.validation import check_case, load_case_image
@@ -25,8 +26,6 @@ from unet_pipeline.errors import CaseError
 from unet_pipeline.io.images import load_image, read_voxels
 from unet_pipeline.io.formats import spacing_from_affine
 from unet_pipeline.stages import import_case, import_label, preprocess, preprocess_label
-
-sitk = pytest.importorskip("SimpleITK")
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import warnings
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 
 from tests.dicom_helpers import write_ct_series
@@ -22,9 +24,6 @@ from unet_pipeline.errors import CaseError
 from unet_pipeline.io.images import load_image, read_voxels
 from unet_pipeline.infer.reassembly import write_segmentation
 from unet_pipeline.stages import dicom_output_paths, export_dicom, import_case
-
-hd = pytest.importorskip("highdicom")
-pydicom = pytest.importorskip("pydicom")
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -21,9 +21,6 @@ from unet_pipeline.errors import CaseError
 from unet_pipeline.io.images import load_image, read_voxels
 from unet_pipeline.stages import import_case, import_label
 
-pytest.importorskip("pydicom")
-pytest.importorskip("highdicom")
-
 ORIGIN, SPACING = (-20.0, -10.0, 50.0), (1.0, 1.0, 2.0)  # LPS mm; (column, row, slice) spacing
 SHAPE = (4, 12, 16)  # (slices, rows, columns)
 

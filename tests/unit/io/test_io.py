@@ -9,6 +9,7 @@ import struct
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from unet_pipeline.errors import CaseError
 from unet_pipeline.io.npy import NpyWriter
@@ -18,8 +19,6 @@ from unet_pipeline.io.formats import sitk_to_nifti, spacing_from_affine
 from unet_pipeline.stages import import_case
 
 from ...conftest import make_ct, save_nifti
-
-sitk = pytest.importorskip("SimpleITK")
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 

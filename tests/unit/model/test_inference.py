@@ -112,24 +112,6 @@ def test_volume_read_from_npy_slabs_gives_the_same_neighbours(tmp_path):
         np.testing.assert_allclose(probs, _direct(below), atol=1e-6)
 
 
-def test_auto_device_falls_back_to_the_cpu_with_one_warning(monkeypatch, caplog):
-    import logging
-
-    import unet_pipeline.model.tiling as inference
-
-    monkeypatch.setattr(inference, "_cuda_usable", lambda: False)
-    monkeypatch.setattr(inference, "_warned_no_gpu", False)
-    with caplog.at_level(logging.WARNING, logger="unet_pipeline.model.tiling"):
-        assert inference.select_device("auto").type == "cpu"
-        assert inference.select_device("auto").type == "cpu"
-    assert caplog.text.count("no usable GPU found: running on the CPU") == 1
-    monkeypatch.setattr(inference, "_cuda_usable", lambda: True)
-    assert inference.select_device("auto").type == "cuda"
-    with pytest.warns(UserWarning, match="no usable GPU"):
-        monkeypatch.setattr(inference, "_cuda_usable", lambda: False)
-        assert inference.select_device("cuda").type == "cpu"
-
-
 class OutOfMemoryAbove(torch.nn.Module):
     """:class:`PixelwiseModel` that raises a CUDA out-of-memory error for batches of more than
     ``limit`` tiles (``limit`` 0: always), as a GPU short of memory does; records every batch size."""

@@ -11,7 +11,8 @@ import torch
 
 from tests.conftest import make_ct, save_nifti
 from unet_pipeline.io.geometry import Orientation
-from unet_pipeline.plan.fingerprint import make_plan, resampled_size
+from unet_pipeline.io.geometry import resampled_size
+from unet_pipeline.plan.fingerprint import make_plan
 from unet_pipeline.preprocess.transform import normalise, preprocess_image, preprocess_label, resample_slices
 
 

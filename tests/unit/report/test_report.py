@@ -35,6 +35,44 @@ def _assert_png(path: Path) -> np.ndarray:
     return img
 
 
+@pytest.fixture
+def figures(monkeypatch):
+    """What each figure written shows, in order: a summary of every figure passed to the save function.
+
+    Each entry: ``{"suptitle", "legend": [texts], "axes": [{"title", "lines": {label: (x, y)},
+    "texts": [...], "xticklabels": [...], "points": [y values of scatters], "images": [arrays]}]}``.
+    The PNG is still written.
+    """
+    import unet_pipeline.report.html as report
+    import unet_pipeline.train.curves as curves
+
+    shown: list[dict] = []
+    save = curves.save_figure
+
+    def capture(fig, out_png, dpi=100):
+        shown.append({
+            "suptitle": fig._suptitle.get_text() if fig._suptitle else "",
+            "legend": [t.get_text() for lg in fig.legends for t in lg.get_texts()],
+            "axes": [{
+                "title": ax.get_title(),
+                "lines": {ln.get_label(): (np.asarray(ln.get_xdata(), float), np.asarray(ln.get_ydata(), float))
+                          for ln in ax.lines},
+                "legend": [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else [],
+                "texts": [t.get_text() for t in ax.texts],
+                "xticklabels": [t.get_text() for t in ax.get_xticklabels()],
+                "points": [np.asarray(c.get_offsets())[:, 1] for c in ax.collections if hasattr(c, "get_offsets")
+                           and len(c.get_offsets())],
+                "images": [np.asarray(im.get_array()) for im in ax.images],
+                "contours": sum(1 for c in ax.collections if type(c).__name__ in ("QuadContourSet", "ContourSet")),
+            } for ax in fig.axes if ax.get_visible()],
+        })
+        save(fig, out_png, dpi)
+
+    monkeypatch.setattr(curves, "save_figure", capture)
+    monkeypatch.setattr(report, "_save", capture)
+    return shown
+
+
 def _no_temp_files(folder: Path) -> None:
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".tmp-")]
 
@@ -92,38 +130,68 @@ def _summary_json(path: Path) -> Path:
 # ------------------------------------------------------------------ plot_training_curves
 
 @pytest.mark.parametrize("n_epochs,with_val", [(5, True), (1, True), (4, False), (1, False)])
-def test_training_curves(tmp_path, n_epochs, with_val):
+def test_training_curves(tmp_path, n_epochs, with_val, figures):
     log = _train_log(tmp_path / "train_log.csv", n_epochs, with_val)
     out = tmp_path / "plots" / "curves.png"
     plot_training_curves(log, out)
     _assert_png(out)
     _no_temp_files(out.parent)
+    epochs = np.arange(1, n_epochs + 1, dtype=float)
+    loss, dice, lr = figures[-1]["axes"]
+    assert loss["title"] == "Loss" and list(loss["lines"]) == ["train loss"]
+    np.testing.assert_allclose(loss["lines"]["train loss"][0], epochs)
+    np.testing.assert_allclose(loss["lines"]["train loss"][1], np.round(1.0 / epochs, 4))
+    np.testing.assert_allclose(lr["lines"]["learning rate"][1], 1e-3 * 0.9 ** epochs)
+    if with_val:  # the mean first (black, thick), then each class, in the legend with the learning rate
+        assert list(dice["lines"]) == ["mean", "liver", "tumour"]
+        np.testing.assert_allclose(dice["lines"]["tumour"][1], np.round(0.4 + 0.05 * epochs, 4))
+        np.testing.assert_allclose(dice["lines"]["mean"][1], np.round(0.5 + 0.04 * epochs, 4))
+        assert dice["legend"] == ["mean", "liver", "tumour", "learning rate"]
+        assert "no validation set" not in dice["texts"]
+    else:
+        assert not dice["lines"] and "no validation set" in dice["texts"]
+        assert dice["legend"] == ["learning rate"]
 
 
-def test_training_curves_val_loss_column(tmp_path):
+def test_training_curves_val_loss_column(tmp_path, figures):
     rows = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "lr": 1e-3} for e in (1, 2, 3)]
     log = _write_csv(tmp_path / "train_log.csv", rows)
     plot_training_curves(log, tmp_path / "curves.png")
     _assert_png(tmp_path / "curves.png")
+    loss = figures[-1]["axes"][0]
+    assert list(loss["lines"]) == ["train loss", "val loss"] and loss["legend"] == ["train loss", "val loss"]
+    np.testing.assert_allclose(loss["lines"]["val loss"][1], [1.2, 0.6, 0.4])
 
 
 @pytest.mark.parametrize("content", [None, "", "epoch,train_loss,lr\n"])
-def test_training_curves_missing_or_empty_log(tmp_path, content):
+def test_training_curves_missing_or_empty_log(tmp_path, content, figures):
     log = tmp_path / "train_log.csv"
     if content is not None:
         log.write_text(content, encoding="utf-8")
     plot_training_curves(log, tmp_path / "curves.png")
     _assert_png(tmp_path / "curves.png")
+    (only,) = figures[-1]["axes"]
+    assert only["texts"] == ["no training epochs logged"] and not only["lines"]
 
 
 # ------------------------------------------------------------------ plot_metric_boxes
 
-def test_metric_boxes(tmp_path):
+def test_metric_boxes(tmp_path, figures):
     metrics = _metrics_csv(tmp_path / "metrics.csv")
     out = tmp_path / "boxes.png"
     plot_metric_boxes(metrics, out)
     _assert_png(out)
     _no_temp_files(tmp_path)
+    with open(metrics, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    axes = {ax["title"]: ax for ax in figures[-1]["axes"]}
+    for column, title in (("dice", "Dice"), ("hd95_mm", "HD95 (mm)")):
+        ax = axes[title]
+        assert ax["xticklabels"] == ["liver", "tumour"]  # by label_id
+        for points, cls in zip(ax["points"], ("liver", "tumour")):  # one point per case with a value
+            expected = sorted(float(r[column]) for r in rows if r["label"] == cls and r[column])
+            np.testing.assert_allclose(sorted(points), expected)
+    assert len(axes["Dice"]["points"][1]) == 3  # the empty tumour case is left out, not drawn as 0
 
 
 def test_metric_boxes_show_every_metric(tmp_path, monkeypatch):
@@ -142,20 +210,26 @@ def test_metric_boxes_show_every_metric(tmp_path, monkeypatch):
     assert shown["ylim"]["Dice"] == pytest.approx((-0.02, 1.02))
 
 
-def test_metric_boxes_class_without_values(tmp_path):
+def test_metric_boxes_class_without_values(tmp_path, figures):
     rows = [{c: "" for c in METRIC_COLUMNS} | {"case": "a", "label": "liver", "label_id": 1, "dice": 0.9,
                                                "hd95_mm": 2.0, "nsd": 0.95},
             {c: "" for c in METRIC_COLUMNS} | {"case": "a", "label": "tumour", "label_id": 2}]
     metrics = _write_csv(tmp_path / "metrics.csv", rows, METRIC_COLUMNS)
     plot_metric_boxes(metrics, tmp_path / "boxes.png")
     _assert_png(tmp_path / "boxes.png")
+    axes = {ax["title"]: ax for ax in figures[-1]["axes"]}
+    assert axes["Dice"]["xticklabels"] == ["liver", "tumour"] and axes["Dice"]["texts"] == ["n/a"]
+    np.testing.assert_allclose(np.concatenate(axes["Dice"]["points"]), [0.9])
+    assert axes["IoU"]["texts"] == ["n/a", "n/a"] and not axes["IoU"]["points"]  # no value of either class
 
 
-def test_metric_boxes_header_only(tmp_path):
+def test_metric_boxes_header_only(tmp_path, figures):
     metrics = tmp_path / "metrics.csv"
     metrics.write_text(",".join(METRIC_COLUMNS) + "\n", encoding="utf-8")
     plot_metric_boxes(metrics, tmp_path / "boxes.png")
     _assert_png(tmp_path / "boxes.png")
+    (only,) = figures[-1]["axes"]
+    assert only["texts"] == ["no metrics"]
 
 
 # ------------------------------------------------------------------ overlay_figure
@@ -186,20 +260,36 @@ def test_overlay_figure(tmp_path, with_ref):
     _no_temp_files(out.parent)
 
 
-def test_overlay_figure_empty_masks(tmp_path):
+def _fill_alpha(view: dict) -> np.ndarray:
+    """The prediction layer of one drawn section (the second image): its alpha per pixel."""
+    return view["images"][1][..., 3]
+
+
+def test_overlay_figure_empty_masks(tmp_path, figures):
     image, _, _ = _volume()
     empty = np.zeros(image.shape, np.uint8)
     overlay_figure(image, empty, empty, (2.0, 1.0, 1.0), LABELS, tmp_path / "a.png")
     overlay_figure(image, None, empty, (2.0, 1.0, 1.0), {1: "liver"}, tmp_path / "b.png")
     _assert_png(tmp_path / "a.png")
     _assert_png(tmp_path / "b.png")
+    with_ref, without = figures
+    for fig in figures:  # three sections, CT drawn, nothing filled, no contour
+        assert len(fig["axes"]) == 3
+        assert all(len(v["images"]) == 2 and not _fill_alpha(v).any() and v["contours"] == 0 for v in fig["axes"])
+    assert with_ref["legend"] == ["liver", EVIL, "prediction (fill)", "reference (contour)"]
+    assert without["legend"] == ["liver", "prediction (fill)", "no reference"]
 
 
-def test_overlay_figure_single_slice_and_full_mask(tmp_path):
+def test_overlay_figure_single_slice_and_full_mask(tmp_path, figures):
     image = np.zeros((1, 8, 9))
     full = np.ones(image.shape, np.uint8)
     overlay_figure(image, full, full, (1.0, 1.0, 2.0), {1: "body"}, tmp_path / "o.png", title="one slice")
     _assert_png(tmp_path / "o.png")
+    (fig,) = figures
+    assert fig["suptitle"] == "one slice" and len(fig["axes"]) == 3
+    shapes = [v["images"][0].shape for v in fig["axes"]]
+    assert shapes == [(8, 9), (1, 9), (1, 8)]  # axial (Y, X), coronal (Z, X), sagittal (Z, Y)
+    assert all(_fill_alpha(v).all() for v in fig["axes"])  # the full mask fills every pixel of every view
 
 
 def test_overlay_figure_bad_input(tmp_path):

@@ -172,6 +172,7 @@ with rule_logging(args["log"]):
 """
 
 
+@pytest.mark.slow  # trains in a subprocess, twice
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
 def test_real_signal_checkpoints_exits_and_resumes_to_the_same_weights(prepared, uninterrupted, tmp_path, signame):
     """A training process gets a real signal after its first epoch: it writes the checkpoint, exits

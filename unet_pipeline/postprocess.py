@@ -1,5 +1,10 @@
 """Per-class postprocessing of label volumes: largest component, small components, holes.
 
+One home for three users: training chooses it on the validation cases (:func:`choose_postprocessing`,
+called by :mod:`unet_pipeline.train.loop`), reassembly applies it to every segmentation
+(:func:`postprocess_labels`, :mod:`unet_pipeline.infer.reassembly`), and the volumes table counts
+components with the same rule (:func:`label_components`, :mod:`unet_pipeline.evaluate.volumes`).
+
 Configuration (``postprocess`` section), per class name or ``"*"`` for every class::
 
     postprocess:

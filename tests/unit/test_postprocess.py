@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unet_pipeline.train.postprocess import postprocess_labels
+from unet_pipeline.postprocess import postprocess_labels
 
 NAMES = {1: "liver", 2: "spleen"}
 
@@ -54,7 +54,7 @@ def test_unknown_option_names_the_class():
 
 
 def test_postprocessing_is_chosen_per_class_by_the_held_out_dice():
-    from unet_pipeline.train.postprocess import choose_postprocessing
+    from unet_pipeline.postprocess import choose_postprocessing
 
     ref = np.zeros((4, 10, 10), np.uint8)
     ref[1:3, 1:5, 1:5] = 1  # organ a: one blob
@@ -100,7 +100,7 @@ def test_a_diagonal_gap_does_not_open_a_hole():
 
 def test_components_are_connected_through_faces_edges_and_corners():
     from unet_pipeline.evaluate.volumes import case_volumes
-    from unet_pipeline.train.postprocess import label_components
+    from unet_pipeline.postprocess import label_components
 
     labels = np.zeros((6, 6, 6), np.uint8)
     labels[0:2, 0:2, 0:2] = 1
@@ -114,11 +114,11 @@ def test_components_are_connected_through_faces_edges_and_corners():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_components_equal_monai_where_scikit_image_is_installed(seed):
-    pytest.importorskip("skimage.morphology")
+def test_components_equal_monai(seed):
+    """MONAI's component transforms need scikit-image, a test dependency (pyproject's ``test`` extra)."""
     from monai.transforms.utils import get_largest_connected_component_mask, remove_small_objects
 
-    from unet_pipeline.train.postprocess import CONNECTIVITY, _kept_components, label_components
+    from unet_pipeline.postprocess import CONNECTIVITY, _kept_components, label_components
 
     mask = _random_mask((12, 14, 10), seed, density=0.2)
     theirs = get_largest_connected_component_mask(mask, connectivity=CONNECTIVITY)
