@@ -117,11 +117,10 @@ def write_cohort(root: str | Path, n_labelled: int, n_dicom: int = 0, n_unlabell
 
 
 def write_config(workdir: str | Path, cohort: dict) -> Path:
-    """``workdir/config/config.yaml``: the shipped config, pointed at ``cohort`` (demo off)."""
+    """``workdir/config/config.yaml``: the shipped template, pointed at ``cohort``."""
     import yaml
 
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text(encoding="utf-8"))
-    config["cohort"]["demo"]["enabled"] = False
     config["cohort"].update(images=cohort["images"], labels=cohort["labels"], label_names=dict(LABEL_NAMES))
     path = Path(workdir) / "config" / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ from unet_pipeline.cohort.naming import DEMO_LABELS
 
 __all__ = ["run", "count_flops", "check", "demo_config", "paper_config", "PAPER_UNPADDED"]
 
-CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
 NUM_CLASSES = 1 + len(DEMO_LABELS)
 SLICE = 512
 OVERLAP = 0.5
@@ -71,10 +71,11 @@ PAPER_UNPADDED_INPUT = 572
 
 
 def demo_config(path: Path = CONFIG) -> tuple[UNetConfig, int]:
-    """The configured model (``model`` section; 5 classes as the demo cohort) and its tile side (plan patch)."""
-    import yaml
+    """The demo's model (its config with the schema's defaults; 5 classes as the demo cohort) and its
+    tile side (plan patch)."""
+    from unet_pipeline.config import load_config
 
-    cfg = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    cfg = load_config(path)
     model = {k: v for k, v in (cfg.get("model") or {}).items() if k in UNetConfig.__dataclass_fields__}
     plan = cfg.get("plan") or {}
     patch = plan.get("patch_size") or [plan.get("max_patch", 256)] * 2

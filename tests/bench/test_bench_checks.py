@@ -176,7 +176,9 @@ def test_paper_network_flops():
 
 
 def test_demo_config_is_the_configured_model():
-    cfg = yaml.safe_load(bench_forward.CONFIG.read_text(encoding="utf-8"))
+    from unet_pipeline.config import load_config
+
+    cfg = load_config(bench_forward.CONFIG)  # the demo's config with the schema's defaults
     demo, tile = bench_forward.demo_config()
     for key in ("padded", "base_channels", "depth", "norm", "upsample", "in_channels"):
         assert getattr(demo, key) == cfg["model"][key], key

@@ -36,6 +36,8 @@ from ..preprocess.slice_index import stack_neighbours
 __all__ = ["gaussian_importance", "tile_starts", "predict_slices", "iter_volume_probabilities",
            "class_argmax", "resize_probabilities", "Autocast", "with_precision", "TileBudget"]
 
+log = logging.getLogger(__name__)
+
 #: Largest slice (pixels) predicted in one pass with ``whole_slices``; larger ones are tiled. The
 #: activations of a 1024 x 1024 pass of the shipped network take about 1 GB (float32).
 WHOLE_SLICE_MAX_PX = 1024 * 1024

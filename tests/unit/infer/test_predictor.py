@@ -63,32 +63,3 @@ def test_missing_preprocessed_files_name_the_file(tmp_path):
     predictor = Predictor([_model_folder(tmp_path / "m", 0)], "cpu")
     with pytest.raises(FileNotFoundError, match=r"nowhere.*image\.npy"):
         predictor.predict(tmp_path / "nowhere", tmp_path / "out.npy")
-
-
-def test_out_of_memory_on_the_gpu_moves_the_case_to_the_cpu(tmp_path, case, caplog, monkeypatch):
-    """Predictor: a CUDA OOM during a case is retried on a CPU copy of the models, loaded once, and
-    gives the probabilities of a plain CPU prediction. A real Predictor on a real model folder and
-    case; only the network it holds is made to run out of memory."""
-    import unet_pipeline.infer.predictor as predictor_module
-
-    pre = case
-    folder = _model_folder(tmp_path / "model", seed=0)
-    predictor_module.Predictor([folder], "cpu").predict(pre, tmp_path / "plain.npy")
-
-    predictor = predictor_module.Predictor([folder], "cpu")
-    loads = []
-    real_load = predictor_module.load_models
-    monkeypatch.setattr(predictor_module, "load_models", lambda dirs, device: loads.append(device.type) or real_load(dirs, device))
-
-    def out_of_memory(*args, **kwargs):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
-
-    predictor.models[0].forward = out_of_memory  # the device's copy has no memory left
-    with caplog.at_level("WARNING", logger="unet_pipeline.infer.predictor"):
-        first = predictor.predict(pre, tmp_path / "retried.npy")
-        second = predictor.predict(pre, tmp_path / "again.npy")
-    assert first["device"] == second["device"] == "cpu" and predictor.cases_predicted == 2
-    assert loads == ["cpu"]  # the CPU copy is loaded once, for both cases
-    assert caplog.text.count("GPU out of memory") == 2
-    np.testing.assert_array_equal(np.load(tmp_path / "retried.npy"), np.load(tmp_path / "plain.npy"))
-    np.testing.assert_array_equal(np.load(tmp_path / "again.npy"), np.load(tmp_path / "plain.npy"))
