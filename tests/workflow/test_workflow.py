@@ -476,3 +476,60 @@ def test_clashing_case_ids_are_left_out_and_the_run_fails_naming_them(tmp_path):
     proc = run_snakemake(work, "--cores", "2")  # nothing else to do, and still an error
     assert proc.returncode != 0 and "'DEMO_001'" in proc.stdout + proc.stderr
     assert "rule train" not in proc.stdout + proc.stderr
+
+
+def _walk_config(tmp_path: Path, cohort: dict, **sections) -> Path:
+    """The README's walk: the shipped template as the workflow's config, the user's cohort in
+    my_cohort.yaml (with a tiny network and training, so that the walk runs in CI)."""
+    tiny = yaml.safe_load((REPO / "tests/workflow/config_tiny.yaml").read_text(encoding="utf-8"))
+    mine = {"cohort": cohort, "split": tiny["split"], "plan": tiny["plan"], "model": tiny["model"],
+            "training": tiny["training"], **sections}
+    work = make_workdir(tmp_path / "work", REPO / "config/config.yaml")
+    (work / "my_cohort.yaml").write_text(yaml.safe_dump(mine), encoding="utf-8")
+    return work
+
+
+def test_bring_your_own_nifti_cohort_with_the_template(tmp_path):
+    """A folder of NIfTI images and labels, named in the template: checked, trained, segmented,
+    evaluated and reported, as the README walks through it."""
+    from unet_pipeline.cli import main as cli_main
+    from unet_pipeline.demo import write_demo_cohort
+
+    write_demo_cohort(tmp_path / "ct", n_cases=5, seed=5)
+    cohort = {"images": str(tmp_path / "ct" / "images"), "labels": str(tmp_path / "ct" / "labels"),
+              "label_names": {1: "liver", 2: "spleen", 3: "kidney_left", 4: "kidney_right"}}
+    work = _walk_config(tmp_path, cohort)
+    assert cli_main(["check-cohort", "-c", str(work / "my_cohort.yaml")]) == 0
+    proc = run_snakemake(work, "--cores", "2", "--configfile", str(work / "my_cohort.yaml"))
+    assert proc.returncode == 0
+    results = work / "results"
+    assert not (results / "demo_cohort").exists()
+    splits = json.loads((results / "splits.json").read_text(encoding="utf-8"))
+    segs = sorted(p.name[:-7] for p in (results / "segmentations").glob("*.nii.gz"))
+    assert segs == sorted(splits["test"]) and len(segs) == 2  # test_fraction 0.4 of 5 cases
+    assert {r["case"] for r in csv.DictReader(open(results / "metrics" / "metrics.csv", encoding="utf-8"))} == set(segs)
+    assert (results / "report.html").stat().st_size > 10_000
+
+
+def test_bring_your_own_dicom_export_with_rtstruct_with_the_template(tmp_path):
+    """A planning-system export (CT series + RTSTRUCT per patient folder) named in the template:
+    trained on the RTSTRUCT contours, and each segmented case sent back as DICOM-SEG and RTSTRUCT."""
+    import pydicom
+
+    from tests.unit.test_cli import _dicom_cohort
+
+    _dicom_cohort(tmp_path / "exports", {f"P{i:03d}": ["Leber"] for i in range(5)})
+    work = _walk_config(tmp_path, {"images": str(tmp_path / "exports"), "label_names": {"liver": ["Liver", "Leber"]}},
+                        output={"dicom_seg": True, "rtstruct": True})
+    proc = run_snakemake(work, "--cores", "2", "--configfile", str(work / "my_cohort.yaml"))
+    assert proc.returncode == 0
+    results = work / "results"
+    segs = sorted(p.name[:-7] for p in (results / "segmentations").glob("*.nii.gz"))
+    assert len(segs) == 2  # test_fraction 0.4 of 5 patients
+    for case in segs:
+        seg = pydicom.dcmread(str(results / "segmentations" / f"{case}.dcm"))
+        rt = pydicom.dcmread(str(results / "segmentations" / f"{case}_rtstruct.dcm"))
+        assert seg.Modality == "SEG" and rt.Modality == "RTSTRUCT"
+        assert rt.StructureSetROISequence[0].ROIName == "liver"
+    rows = list(csv.DictReader(open(results / "metrics" / "metrics.csv", encoding="utf-8")))
+    assert {r["label"] for r in rows} == {"liver"} and len(rows) == 2
