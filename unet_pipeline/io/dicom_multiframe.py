@@ -71,7 +71,8 @@ def _frame_geometry(path: str, ds):
 
 
 def read_multiframe(path: str) -> nib.Nifti1Image:
-    """Read an Enhanced (multi-frame) CT file as a NIfTI image in HU, as :func:`~unet_pipeline.io.dicom.read_dicom_series` reads a series.
+    """Read an Enhanced (multi-frame) CT file as a NIfTI image in HU, as
+    :func:`~unet_pipeline.io.dicom.read_dicom_series` reads a series of single-frame files.
 
     Returns
     -------

@@ -90,7 +90,8 @@ def leave_out_localizers(folder: str, slices: Sequence[SliceHeader]) -> tuple[li
     scouts = [s for s in slices if s.localizer]
     kept = [s for s in slices if not s.localizer]
     if scouts and not kept:
-        raise CaseError(folder, f"only localizer (scout) images in this series: {_names(folder, [s.path for s in scouts])}")
+        raise CaseError(folder, "only localizer (scout) images in this series: "
+                        f"{_names(folder, [s.path for s in scouts])}")
     if scouts:
         warnings.append(f"{len(scouts)} localizer (scout) image(s) left out (ImageType LOCALIZER): "
                         f"{_names(folder, [s.path for s in scouts])}")
@@ -130,7 +131,7 @@ def leave_out_copies(folder: str, slices: Sequence[SliceHeader]) -> tuple[list[S
     for s in slices:
         if s.sop_uid:
             by_uid.setdefault(s.sop_uid, []).append(s)
-    dropped: list[str] = []
+    dropped: dict[str, str] = {}  # path of a copy -> path of the file read
     for uid, same in by_uid.items():
         if len(same) < 2:
             continue
@@ -138,13 +139,13 @@ def leave_out_copies(folder: str, slices: Sequence[SliceHeader]) -> tuple[list[S
         if any(np.abs(s.position - same[0].position).max() > SAME_POSITION_MM for s in same[1:]):
             raise CaseError(folder, f"one SOPInstanceUID ({uid}) at different positions: "
                             f"{_names(folder, [s.path for s in same])}")
-        dropped += [f"{_name(folder, s.path)} (copy of {_name(folder, same[0].path)})" for s in same[1:]]
+        dropped.update((s.path, same[0].path) for s in same[1:])
     if not dropped:
         return list(slices), []
-    skip = {d.split(" (copy of ")[0] for d in dropped}
-    kept = [s for s in slices if _name(folder, s.path) not in skip]
-    return kept, [f"{len(dropped)} exact copy/copies of a file (same SOPInstanceUID) read once: {', '.join(dropped[:5])}"
-                  + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else "")]
+    named = [f"{_name(folder, copy)} (copy of {_name(folder, kept)})" for copy, kept in dropped.items()]
+    more = f" and {len(named) - 5} more" if len(named) > 5 else ""
+    return ([s for s in slices if s.path not in dropped],
+            [f"{len(named)} exact copy/copies of a file (same SOPInstanceUID) read once: {', '.join(named[:5])}{more}"])
 
 
 def check_stack(folder: str, positions: np.ndarray, orientation: np.ndarray, pixel_spacing: np.ndarray,
@@ -212,7 +213,8 @@ def check_stack(folder: str, positions: np.ndarray, orientation: np.ndarray, pix
 
 
 def _refuse_gap(folder: str, steps: np.ndarray, unreadable: Sequence[tuple[str, str]]) -> None:
-    """Refuse a series whose slices are off the uniform grid: missing slices (naming unreadable files) or irregular spacing."""
+    """Refuse a series whose slices are off the uniform grid: missing slices (naming the unreadable files)
+    or irregular spacing."""
     import numpy as np
 
     median = float(np.median(steps))

@@ -63,3 +63,30 @@ def test_missing_preprocessed_files_name_the_file(tmp_path):
     predictor = Predictor([_model_folder(tmp_path / "m", 0)], "cpu")
     with pytest.raises(FileNotFoundError, match=r"nowhere.*image\.npy"):
         predictor.predict(tmp_path / "nowhere", tmp_path / "out.npy")
+
+
+def test_out_of_memory_halves_the_tile_batch_and_keeps_the_case_on_its_device(tmp_path, case, caplog):
+    """A CUDA out-of-memory error (raised here by a wrapped network for batches of more than one
+    tile) halves the tile batch; no CPU copy of the models is made, and the probabilities are
+    those of the run without the error."""
+    import logging
+
+    class OutOfMemoryAbove(torch.nn.Module):
+        def __init__(self, net, limit):
+            super().__init__()
+            self.net, self.limit = net, limit
+
+        def forward(self, x):
+            if x.shape[0] > self.limit:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+            return self.net(x)
+
+    folder = _model_folder(tmp_path / "m", 0)
+    Predictor([folder], "cpu").predict(case, tmp_path / "plain.npy", {"batch_size": 1})
+    predictor = Predictor([folder], "cpu")
+    predictor.models = [OutOfMemoryAbove(predictor.models[0], limit=1)]
+    with caplog.at_level(logging.WARNING, logger="unet_pipeline.model.tiling"):
+        info = predictor.predict(case, tmp_path / "oom.npy", {"batch_size": 4})
+    assert info["device"] == "cpu" and not hasattr(predictor, "_cpu_models")
+    np.testing.assert_array_equal(np.load(tmp_path / "oom.npy"), np.load(tmp_path / "plain.npy"))
+    assert "4 tile(s) a pass: 2 from now on" in caplog.text and "2 tile(s) a pass: 1 from now on" in caplog.text

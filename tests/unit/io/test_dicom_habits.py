@@ -158,7 +158,8 @@ def test_check_cohort_reads_the_habits_and_names_each_refusal_and_file(habits, c
     text = out.out + out.err
     assert "000004 (copy).dcm (copy of 000004.dcm)" in text and "read once" in text
     assert "localizer (scout) image(s) left out (ImageType LOCALIZER): scout.dcm" in text
-    assert "image(s) of another orientation or size than the other 59 (198x202 pixels) left out as localizer(s): IM9999" in text
+    assert ("image(s) of another orientation or size than the other 59 (198x202 pixels) left out as localizer(s): "
+            "IM9999") in text
     assert f"{images / 'scout_series' / 'scout.dcm'}: localizer (scout) image (ImageType LOCALIZER), left out" in text
     for case, (name, reason) in REFUSED.items():
         line = next(line for line in text.splitlines() if reason in line and str(images / case) in line)
