@@ -18,7 +18,8 @@ it when it loads; without groups the check returns at once). This module imports
 standard library until that call.
 
 The replacement touches two private methods of Snakemake's ``DAG``, so ``pyproject.toml`` allows
-only the Snakemake major version it is tested on (``snakemake>=9.0,<10``), and
+only the Snakemake versions that have them (``snakemake>=9.4,<10``; 9.0 to 9.3 check groups inside
+``DAG.update_groups``), and
 ``tests/workflow/test_dag_groups_differential.py`` checks, on small real DAGs of this workflow,
 that it accepts and refuses exactly the groups Snakemake's own check does. With another major
 version, a ``DAG`` without those methods, or ``UNET_PIPELINE_GROUP_CHECK=snakemake`` in the

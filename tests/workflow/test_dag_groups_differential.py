@@ -67,6 +67,8 @@ def test_linear_check_accepts_and_refuses_what_snakemakes_own_does(workdir, name
             assert "depends on" in log, log  # refused for the group, not for something else
         else:
             assert result["returncode"] == 0, f"{check} check refused {name}:\n{result.get('error')}"
+            # the groups were formed (a Snakemake that ignores --groups on a local run compares nothing)
+            assert result["groups"], f"no group jobs planned for {name}: this Snakemake ignores --groups here"
     assert results["linear"]["groups"] == results["snakemake"]["groups"]
     assert results["linear"]["jobs"] == results["snakemake"]["jobs"]
 

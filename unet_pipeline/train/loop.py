@@ -1,4 +1,7 @@
-"""The training loop: sampling, batched augmentation, loss, validation, checkpoints, resume.
+"""The training loop: sampling, batched augmentation, loss, validation, export of the model.
+
+Checkpoints, the run's fingerprint and resuming live in :mod:`unet_pipeline.train.checkpoint`;
+this module runs the epochs and writes the model folder.
 
 Nothing is lost: a checkpoint (weights, optimizer, scaler, every RNG state, epoch and
 iteration) is written atomically at the end of every epoch, every ``checkpoint_minutes``, and
@@ -14,7 +17,7 @@ sampler's generator state after the last batch used, so a resumed run draws the 
 
 A checkpoint only continues the run it was written for: it carries a fingerprint of the settings
 that shape the run (config sections model, loss, augment and training, the plan, the training
-and validation case ids; see :func:`_run_fingerprint`). When a rerun's fingerprint differs, or the
+and validation case ids; see :func:`run_fingerprint`). When a rerun's fingerprint differs, or the
 checkpoint has none (older versions), the old run's files are renamed to
 ``<name>.stale-<UTC time><ext>`` (e.g. ``checkpoint.stale-20261202T063000Z.pt``), a WARNING names
 what changed, and training starts afresh. A rerun of a finished run with the same fingerprint
@@ -31,7 +34,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -41,8 +43,7 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,9 @@ from ..model.card import write_model_card
 from ..device import select_device
 from ..model.tiling import class_argmax, iter_volume_probabilities
 from ..model.unet import UNetConfig, build_unet
-from ..schema import section_defaults, speed_only_keys
+from ..schema import section_defaults
 from .augment import AugmentConfig, augment_batch, mirroring_record
+from .checkpoint import SignalFlag, TrainState, resume_or_start, run_fingerprint, save_checkpoint
 from .losses import make_loss
 from .sampler import BatchStream, PatchSampler, load_training_cases
 
@@ -134,26 +136,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class _State:
-    epoch: int = 0  # next epoch to run
-    iteration: int = 0  # next iteration within the epoch
-    step: int = 0  # total optimizer steps done
-    epoch_loss_sum: float = 0.0
-    epoch_seconds: float = 0.0
-    epoch_wait_seconds: float = 0.0  # of epoch_seconds, the time the step waited for its batch
-    best_score: float | None = None  # best smoothed score so far (None before the first epoch)
-    best_epoch: int = -1
-    smoothed: float | None = None
-    stale_epochs: int = 0
-    history: list[dict] = field(default_factory=list)
-    train_seconds: float = 0.0  # time spent training and validating, over every resumed part of the run
-    last_val_seconds: float = 0.0  # the last validation's time (kept free at the end of a time budget)
-    last_lr: float = 0.0  # learning rate of the last step
-    budget_spent: bool = False  # training.max_minutes ended the run
-
-
-def _update_best(state: _State, score: float, smoothing: float) -> bool:
+def _update_best(state: TrainState, score: float, smoothing: float) -> bool:
     """Fold one finished epoch's score (validation Dice, or minus the training loss) into ``state``.
 
     The smoothed score is ``smoothing * previous + (1 - smoothing) * score`` (the first epoch's
@@ -169,7 +152,7 @@ def _update_best(state: _State, score: float, smoothing: float) -> bool:
     return False
 
 
-def _should_stop(state: _State, patience: int) -> bool:
+def _should_stop(state: TrainState, patience: int) -> bool:
     """Early stopping: ``patience`` epochs in a row without a new best smoothed score (0 = never)."""
     return bool(patience) and state.stale_epochs >= patience
 
@@ -180,7 +163,7 @@ def select_best_epoch(scores: Sequence[float], *, smoothing: float = 0.5, patien
     Returns ``{"best_epoch": 1-based, "best_smoothed": ..., "epochs_run": ..., "smoothed": [...]}``;
     ``epochs_run`` is where early stopping ends training (``len(scores)`` when it does not).
     """
-    state = _State()
+    state = TrainState()
     smoothed = []
     for score in scores:
         _update_best(state, float(score), smoothing)
@@ -207,81 +190,6 @@ def _data_fingerprint(plan: Mapping, train_ids: Sequence[str], val_ids: Sequence
     """``model.json``'s ``data_fingerprint``: SHA-256 of the plan and the sorted case ids."""
     blob = json.dumps({"plan": plan, "train": sorted(train_ids), "val": sorted(val_ids)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-# TrainConfig keys left out of the checkpoint's fingerprint: the schema's speed-only keys (how fast,
-# where or how visibly a run goes, not what it computes: threads, progress, prefetch,
-# checkpoint_minutes, device, compile), so a checkpoint stays valid when only they change (the rule
-# sets ``threads`` from its thread count, for one); the testing aid that simulates a kill; and the
-# loss name, fingerprinted in the loss part with the loss options.
-_FINGERPRINT_EXCLUDED = speed_only_keys("training") | {"stop_after_iterations", "loss"}
-
-
-def _sha256(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
-
-
-def _run_fingerprint(*, model: UNetConfig, loss: Mapping, augment: AugmentConfig, training: TrainConfig,
-                     plan: Mapping, train_ids: Sequence[str], val_ids: Sequence[str]) -> dict[str, dict]:
-    """What shapes a training run, part by part: ``{part: {"hash": SHA-256 hex, "value": JSON value}}``.
-
-    Parts: ``model``, ``loss`` (name and options), ``augment``, ``training`` (without the keys of
-    ``_FINGERPRINT_EXCLUDED``), ``plan``, ``training cases`` (in the sampler's order, which
-    decides the batches) and ``validation cases`` (sorted). The checkpoint stores it; a rerun
-    resumes only when every part's hash matches. The values let a mismatch be named key by key.
-    """
-    parts = {
-        "model": model.to_dict(),
-        "loss": {"name": training.loss, **dict(loss)},
-        "augment": augment.to_dict(),
-        "training": {k: v for k, v in training.to_dict().items() if k not in _FINGERPRINT_EXCLUDED},
-        "plan": dict(plan),
-        "training cases": list(train_ids),
-        "validation cases": sorted(val_ids),
-    }
-    parts = json.loads(json.dumps(parts, default=str))  # as stored and read back: tuples become lists
-    return {name: {"hash": _sha256(value), "value": value} for name, value in parts.items()}
-
-
-def _fingerprint_changes(old: Mapping | None, new: Mapping) -> list[str]:
-    """Why a checkpoint fingerprinted ``old`` cannot continue the run ``new`` ([] when it can).
-
-    ``old`` is None for a checkpoint without a fingerprint (written by an older version).
-    """
-    if old is None:
-        return ["it has no fingerprint (written by an older version of unet_pipeline)"]
-    changes = []
-    for name, part in new.items():
-        before = old.get(name)
-        if not isinstance(before, Mapping) or "hash" not in before:
-            changes.append(f"{name} not recorded in the checkpoint")
-        elif before["hash"] != part["hash"]:
-            changes.extend(_describe_change(name, before.get("value"), part["value"]))
-    return changes
-
-
-def _describe_change(name: str, old: Any, new: Any) -> list[str]:
-    """Readable differences of one fingerprint part, e.g. ``training.lr changed (0.003 -> 0.01)``."""
-    def short(obj: Any) -> str:
-        text = json.dumps(obj, sort_keys=True)
-        return text if len(text) <= 40 else text[:37] + "..."
-
-    def ids(items: list) -> str:
-        return ", ".join(map(str, items[:5])) + (f", ... ({len(items)} in all)" if len(items) > 5 else "")
-
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(k for k in old.keys() | new.keys()
-                      if k not in old or k not in new or _sha256(old[k]) != _sha256(new[k]))
-        return [f"{name}.{k} changed ({short(old[k]) if k in old else 'unset'} -> "
-                f"{short(new[k]) if k in new else 'unset'})" for k in keys] or [f"{name} changed"]
-    if isinstance(old, list) and isinstance(new, list):
-        old_set, new_set = set(old), set(new)
-        added = [i for i in new if i not in old_set]
-        removed = [i for i in old if i not in new_set]
-        detail = "; ".join(f"{what}: {ids(items)}" for what, items in (("added", added), ("removed", removed))
-                           if items)
-        return [f"{name} changed ({detail or 'same cases, another order'})"]
-    return [f"{name} changed"]
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -324,122 +232,6 @@ def _backward_and_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: to
     else:
         optimizer.step()
     return norm
-
-
-class _SignalFlag:
-    """Turns SIGTERM/SIGUSR1 into a flag checked between iterations (restores handlers on exit)."""
-
-    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._old: dict = {}
-
-    def __enter__(self) -> _SignalFlag:
-        if hasattr(signal, "pthread_kill"):
-            try:
-                for s in self.SIGNALS:
-                    self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: signals cannot be caught here
-                self._old.clear()
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.received = signum
-
-    @property
-    def name(self) -> str:
-        try:
-            return signal.Signals(self.received).name
-        except ValueError:
-            return str(self.received)
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def _save_checkpoint(path: Path, model, optimizer, scaler, state: _State, np_rng_state: Mapping,
-                     aug_gen: torch.Generator, fingerprint: Mapping) -> None:
-    """``np_rng_state``: the sampler generator's state after the last batch *used* (not prefetched);
-    ``fingerprint``: the run's :func:`_run_fingerprint`."""
-    payload = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else {},
-        "state": json.dumps(dataclasses.asdict(state)),
-        "numpy_rng": json.dumps(np_rng_state),
-        "torch_rng": torch.get_rng_state(),
-        "aug_rng": aug_gen.get_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "fingerprint": json.dumps(fingerprint),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-# The files of one training run in its output folder (moved aside together when it is stale).
-_RUN_FILES = ("checkpoint.pt", "best.safetensors", "train_log.csv", "model.safetensors", "model.json", "curves.png")
-
-
-def _move_run_aside(out_dir: Path, now: datetime | None = None) -> list[Path]:
-    """Rename the run files present in ``out_dir`` to ``<stem>.stale-<UTC time><ext>``; returns the new paths.
-
-    All get one tag, e.g. ``checkpoint.stale-20261202T063000Z.pt`` and
-    ``train_log.stale-20261202T063000Z.csv``; when a file with that tag exists already, ``-2``,
-    ``-3``, ... is appended to it, so nothing is overwritten. ``now`` (UTC) defaults to the time.
-    """
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
-    present = [out_dir / name for name in _RUN_FILES if (out_dir / name).exists()]
-    for n in itertools.count(1):
-        tag = f"stale-{stamp}" if n == 1 else f"stale-{stamp}-{n}"
-        if not any((out_dir / name).with_name(f"{Path(name).stem}.{tag}{Path(name).suffix}").exists()
-                   for name in _RUN_FILES):
-            break
-    moved = [p.with_name(f"{p.stem}.{tag}{p.suffix}") for p in present]
-    for src, dst in zip(present, moved):
-        os.replace(src, dst)
-    return moved
-
-
-def _resume_or_start(ckpt: Path, fingerprint: Mapping, model, optimizer, scaler, np_rng: np.random.Generator,
-                     aug_gen: torch.Generator) -> _State:
-    """The state training starts from.
-
-    Without ``ckpt``: a fresh :class:`_State`. With a checkpoint of this run (every part of
-    ``fingerprint`` matches): weights, optimizer, scaler and RNG states are restored from it and
-    its state returned (a finished run's too; training then only writes the outputs again).
-    Otherwise the old run's files are moved aside (:func:`_move_run_aside`), a WARNING says what
-    differs, and a fresh state is returned (``model`` etc. are left as they are: freshly made).
-    """
-    if not ckpt.exists():
-        return _State()
-    payload = torch.load(ckpt, map_location="cpu", weights_only=True)
-    old = json.loads(payload["fingerprint"]) if "fingerprint" in payload else None
-    changes = _fingerprint_changes(old, fingerprint)
-    if not changes:
-        state = _restore_checkpoint(payload, model, optimizer, scaler, np_rng, aug_gen)
-        log.info("resuming from %s: epoch %d, iteration %d", ckpt, state.epoch, state.iteration)
-        return state
-    moved = _move_run_aside(ckpt.parent)
-    log.warning("%s is not from this run: %s. Moved the old run's files aside (%s); training starts afresh",
-                ckpt, "; ".join(changes), ", ".join(p.name for p in moved))
-    return _State()
-
-
-def _restore_checkpoint(payload: Mapping, model, optimizer, scaler, np_rng: np.random.Generator,
-                        aug_gen: torch.Generator) -> _State:
-    """Load a checkpoint's ``payload`` (see :func:`_save_checkpoint`) into the objects; returns its state."""
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    if scaler is not None and payload["scaler"]:
-        scaler.load_state_dict(payload["scaler"])
-    np_rng.bit_generator.state = json.loads(payload["numpy_rng"])
-    torch.set_rng_state(payload["torch_rng"])
-    aug_gen.set_state(payload["aug_rng"])
-    if payload["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(payload["cuda_rng"])
-    return _State(**json.loads(payload["state"]))
 
 
 def _validate(model, cases, *, num_classes: int, patch_size, in_slices: int, device, margin: int) -> dict:
@@ -544,8 +336,8 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
           augment_config: AugmentConfig, loss_options: Mapping | None = None) -> dict:
     """Train a U-Net; resume from ``out_dir/checkpoint.pt`` when it was written for the same run.
 
-    A checkpoint of another run (other settings, plan or cases; see :func:`_run_fingerprint`) is
-    moved aside with the old run's files, and training starts afresh (:func:`_resume_or_start`).
+    A checkpoint of another run (other settings, plan or cases; see :func:`run_fingerprint`) is
+    moved aside with the old run's files, and training starts afresh (:func:`resume_or_start`).
     With ``training.max_minutes`` the run ends, with a finished model, when that much time (the
     checkpointed total over every resumed part) is spent; the learning-rate schedule follows the
     budget (:func:`_planned_steps`).
@@ -567,18 +359,18 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
     run = _build_run(train_pairs, val_pairs, plan, Path(out_dir), model_config=model_config, train_config=train_config,
                      augment_config=augment_config, loss_options=loss_options)
     cfg = run.cfg
-    state = _resume_or_start(run.ckpt, run.fingerprint, run.model, run.optimizer, run.scaler, run.np_rng, run.aug_gen)
+    state = resume_or_start(run.ckpt, run.fingerprint, run.model, run.optimizer, run.scaler, run.np_rng, run.aug_gen)
     # The sampler's generator is only used by the stream from here on; the checkpoint takes the
     # generator state after the last batch used (batches drawn ahead are drawn again on resume).
     batches = BatchStream(run.sampler, cfg.batch_size, count=max(run.total_steps - state.step, 0), prefetch=cfg.prefetch,
                           pin_memory=run.device.type == "cuda")
     run.model.train()
-    with _SignalFlag() as signals, batches:
+    with SignalFlag() as signals, batches:
         while state.epoch < cfg.epochs and not _should_stop(state, cfg.early_stopping_patience) \
                 and not state.budget_spent:
             seconds = _run_epoch(run, state, batches, signals)
             _end_epoch(run, state, seconds)
-            _save_checkpoint(run.ckpt, run.model, run.optimizer, run.scaler, state, batches.rng_state, run.aug_gen,
+            save_checkpoint(run.ckpt, run.model, run.optimizer, run.scaler, state, batches.rng_state, run.aug_gen,
                              run.fingerprint)
             if _should_stop(state, cfg.early_stopping_patience):
                 log.info("early stopping: no improvement of the smoothed score for %d epochs", state.stale_epochs)
@@ -622,7 +414,7 @@ def _build_run(train_pairs, val_pairs, plan: Mapping, out_dir: Path, *, model_co
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     model = model.to(memory_format=torch.channels_last)  # the convolutions' fast layout on CPU and GPU alike
     label_values = sorted(int(v) for v in plan["labels"])  # class index k stands for label_values[k - 1]
-    fingerprint = _run_fingerprint(model=mcfg, loss=loss_options, augment=augment_config, training=cfg, plan=plan,
+    fingerprint = run_fingerprint(model=mcfg, loss=loss_options, augment=augment_config, training=cfg, plan=plan,
                                    train_ids=[c.case_id for c in train_cases], val_ids=[c.case_id for c in val_cases])
     return _Run(cfg=cfg, mcfg=mcfg, plan=dict(plan), out_dir=out_dir, device=device, model=model,
                 step_model=torch.compile(model) if cfg.compile else model,
@@ -636,7 +428,7 @@ def _build_run(train_pairs, val_pairs, plan: Mapping, out_dir: Path, *, model_co
                 aug_gen=torch.Generator().manual_seed(cfg.seed + 1), sampler=sampler, fingerprint=fingerprint)
 
 
-def _planned_steps(run: _Run, state: _State, elapsed: float) -> int:
+def _planned_steps(run: _Run, state: TrainState, elapsed: float) -> int:
     """Optimizer steps the learning-rate schedule runs to: ``epochs x iterations_per_epoch``, or
     with ``max_minutes`` as many as the budget allows at the rate measured so far (``elapsed``
     seconds of this run, validation included, over ``state.step`` steps), re-estimated every step."""
@@ -647,7 +439,7 @@ def _planned_steps(run: _Run, state: _State, elapsed: float) -> int:
     return int(min(total, max(state.step + 1, round(60 * run.cfg.max_minutes / per_step))))
 
 
-def _budget_left(run: _Run, state: _State, elapsed: float) -> bool:
+def _budget_left(run: _Run, state: TrainState, elapsed: float) -> bool:
     """Whether another step fits the budget, keeping the time of the last validation for the epoch's end."""
     if not run.cfg.max_minutes:
         return True
@@ -677,7 +469,7 @@ def _train_step(run: _Run, batch) -> torch.Tensor:
     return loss
 
 
-def _run_epoch(run: _Run, state: _State, batches: BatchStream, signals: _SignalFlag) -> float:
+def _run_epoch(run: _Run, state: TrainState, batches: BatchStream, signals: SignalFlag) -> float:
     """The iterations of one epoch (from ``state.iteration`` on); returns its training seconds.
 
     Ends early, setting ``state.budget_spent``, when ``max_minutes`` leaves no time for another
@@ -700,7 +492,7 @@ def _run_epoch(run: _Run, state: _State, batches: BatchStream, signals: _SignalF
         state.epoch_seconds += now - t0
         state.train_seconds += now - t0
         t0, last_ckpt = now, time.monotonic()
-        _save_checkpoint(run.ckpt, run.model, run.optimizer, run.scaler, state, batches.rng_state, run.aug_gen,
+        save_checkpoint(run.ckpt, run.model, run.optimizer, run.scaler, state, batches.rng_state, run.aug_gen,
                          run.fingerprint)
 
     while state.iteration < cfg.iterations_per_epoch:
@@ -735,7 +527,7 @@ def _run_epoch(run: _Run, state: _State, batches: BatchStream, signals: _SignalF
     return state.epoch_seconds + now - t0
 
 
-def _end_epoch(run: _Run, state: _State, seconds: float) -> None:
+def _end_epoch(run: _Run, state: TrainState, seconds: float) -> None:
     """Validate, pick the best epoch, log the epoch's row (``train_log.csv``) and reset the epoch counters."""
     cfg = run.cfg
     done = max(state.iteration, 1)  # iterations of this epoch (fewer when the budget ended it)
@@ -772,7 +564,7 @@ def _end_epoch(run: _Run, state: _State, seconds: float) -> None:
     _write_log(run.out_dir / "train_log.csv", state.history)
 
 
-def _export(run: _Run, state: _State) -> dict:
+def _export(run: _Run, state: TrainState) -> dict:
     """Write ``model.safetensors`` (best epoch), ``train_log.csv``, ``curves.png`` and ``model.json``."""
     from .curves import plot_training_curves
 

@@ -221,13 +221,13 @@ def test_timed_checkpoint_is_written_mid_epoch(prepared, tmp_path, monkeypatch):
     from unet_pipeline.train import loop as training
 
     positions = []
-    real = training._save_checkpoint
+    real = training.save_checkpoint
 
     def spy(path, model, optimizer, scaler, state, *rest):
         positions.append((state.epoch, state.iteration))
         return real(path, model, optimizer, scaler, state, *rest)
 
-    monkeypatch.setattr(training, "_save_checkpoint", spy)
+    monkeypatch.setattr(training, "save_checkpoint", spy)  # as the loop calls it
     _train(prepared, tmp_path / "off", epochs=1, iterations_per_epoch=3, checkpoint_minutes=0)
     assert positions == [(1, 0)]  # only the end of the epoch
     positions.clear()
@@ -544,7 +544,7 @@ def test_finished_model_folder_with_all_outputs_is_moved_aside_whole(prepared, t
 def test_stale_files_get_one_tag_and_are_never_overwritten(tmp_path):
     from datetime import datetime, timezone
 
-    from unet_pipeline.train.loop import _move_run_aside
+    from unet_pipeline.train.checkpoint import move_run_aside as _move_run_aside
 
     when = datetime(2026, 12, 2, 6, 30, 0, tzinfo=timezone.utc)
     for run in ("first", "second", "third"):
@@ -564,7 +564,9 @@ def test_stale_files_get_one_tag_and_are_never_overwritten(tmp_path):
 def test_fingerprint_names_what_changed_and_ignores_speed_settings():
     from unet_pipeline.train.augment import AugmentConfig
     from unet_pipeline.model.unet import UNetConfig
-    from unet_pipeline.train.loop import _FINGERPRINT_EXCLUDED, _fingerprint_changes, _run_fingerprint
+    from unet_pipeline.train.checkpoint import FINGERPRINT_EXCLUDED as _FINGERPRINT_EXCLUDED
+    from unet_pipeline.train.checkpoint import fingerprint_changes as _fingerprint_changes
+    from unet_pipeline.train.checkpoint import run_fingerprint as _run_fingerprint
 
     def fp(training=None, plan=None, train=("a", "b"), val=("c",), loss=None, augment=None):
         return _run_fingerprint(model=UNetConfig(num_classes=3), loss=loss or {},
@@ -654,7 +656,8 @@ def test_time_budget_ends_training_with_a_finished_model_and_the_schedule_follow
 def test_planned_steps_follow_the_measured_rate():
     from types import SimpleNamespace
 
-    from unet_pipeline.train.loop import _budget_left, _planned_steps, _State
+    from unet_pipeline.train.checkpoint import TrainState as _State
+    from unet_pipeline.train.loop import _budget_left, _planned_steps
 
     run = SimpleNamespace(cfg=TrainConfig(epochs=10, iterations_per_epoch=100, max_minutes=1.0), total_steps=1000)
     state = _State(step=20)
