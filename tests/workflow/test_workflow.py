@@ -212,7 +212,8 @@ RERUNS = [
     ("inference={device: cpu, batch_size: 2, model_server: false, chunk_slices: 3}", set()),
     ("output={dicom_seg: true}", set()),  # no case of the demo is read from DICOM
     ("evaluation={nsd_tolerance_mm: 1.0}", {"evaluate", "aggregate_metrics", "report"}),
-    ('postprocess={"*": {min_volume_ml: 0.2}}', {"reassemble"} | _DOWNSTREAM_OF_SEGMENTATIONS),
+    # The probabilities are temporary (inference.save_probabilities: false), so reassembling needs them again.
+    ('postprocess={"*": {min_volume_ml: 0.2}}', {"infer", "reassemble"} | _DOWNSTREAM_OF_SEGMENTATIONS),
     ("inference={overlap: 0.25}", {"infer", "reassemble"} | _DOWNSTREAM_OF_SEGMENTATIONS),
     ("training={lr: 0.002}", {"train", "infer", "reassemble"} | _DOWNSTREAM_OF_SEGMENTATIONS),
     ("plan={max_patch_mm: 100}", {"fingerprint", "preprocess", "preprocess_label", "slice_case",
@@ -349,10 +350,11 @@ def test_predict_only_refuses_a_cohort_naming_other_classes(tmp_path):
     """predict.model with cohort.label_names other than the model's: the run stops when it loads,
     naming both label maps."""
     from tests.conftest import make_ct, save_nifti
+    from unet_pipeline.model.card import write_model_card
 
     model = tmp_path / "model"
     model.mkdir()
-    (model / "model.json").write_text(json.dumps({"labels": {"1": "liver", "2": "spleen"}}), encoding="utf-8")
+    write_model_card(model, {"labels": {"1": "liver", "2": "spleen"}, "architecture": {}, "plan": {}})
     image, _, affine = make_ct()
     save_nifti(tmp_path / "images" / "a.nii.gz", image, affine)
     config = {"cohort": {"demo": {"enabled": False}, "images": str(tmp_path / "images"),
