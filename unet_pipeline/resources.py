@@ -12,6 +12,8 @@ import struct
 from collections.abc import Mapping
 from pathlib import Path
 
+from .schema import section_defaults
+
 __all__ = ["nifti_voxel_count", "volume_mem_mb", "training_runtime_min", "job_mem_mb", "job_runtime_min"]
 
 
@@ -57,7 +59,9 @@ def training_runtime_min(training: Mapping, *, attempt: int = 1, seconds_per_ite
     ``max_minutes`` the estimate is at most that budget plus 10 %. A job cut off at the limit
     resumes from its checkpoint when resubmitted.
     """
-    iterations = int(training.get("epochs", 30)) * int(training.get("iterations_per_epoch", 50))
+    defaults = section_defaults("training")
+    iterations = int(training.get("epochs", defaults["epochs"])) * int(
+        training.get("iterations_per_epoch", defaults["iterations_per_epoch"]))
     minutes = iterations * seconds_per_iteration / 60
     if training.get("max_minutes"):  # the run ends by itself when its budget is spent
         minutes = min(minutes, 1.1 * float(training["max_minutes"]))
