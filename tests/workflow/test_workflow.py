@@ -539,3 +539,35 @@ def test_bring_your_own_dicom_export_with_rtstruct_with_the_template(tmp_path):
         assert rt.StructureSetROISequence[0].ROIName == "liver"
     rows = list(csv.DictReader(open(results / "metrics" / "metrics.csv", encoding="utf-8")))
     assert {r["label"] for r in rows} == {"liver"} and len(rows) == 2
+
+
+def _planned_resources(output: str) -> list[tuple[str, str]]:
+    """``(rule, resources line)`` of every job a dry run prints."""
+    return re.findall(r"^ *(?:local)?rule (\w+):\n(?: +(?!resources:).*\n)*? +resources: (.*)$", output, re.M)
+
+
+def test_a_site_profile_layers_under_the_slurm_workflow_profile(tmp_path):
+    """Site settings (partition, account, a GPU partition for train) come from the user's own
+    profile given with --profile: the shipped Slurm profile sets neither default-resources nor
+    set-resources, so none of them is overwritten; train still asks for SIGUSR1 before its limit."""
+    shipped = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text(encoding="utf-8"))
+    assert "default-resources" not in shipped and "set-resources" not in shipped
+    site = tmp_path / "mysite"
+    site.mkdir()
+    (site / "config.yaml").write_text(yaml.safe_dump({
+        "default-resources": {"slurm_partition": "site_cpu", "slurm_account": "my_lab"},
+        "set-resources": {"train": {"slurm_partition": "site_gpu"}}}), encoding="utf-8")
+    work = make_workdir(tmp_path / "work", REPO / "tests/workflow/config_tiny.yaml")
+    proc = run_snakemake(work, "-n", "--profile", str(site), "--workflow-profile",
+                         str(REPO / "workflow/profiles/slurm"), "--executor", "local")
+    assert proc.returncode == 0
+    jobs = [(rule, res) for rule, res in _planned_resources(proc.stdout) if rule != "all"]
+    assert len(jobs) > 20
+    for rule, res in jobs:
+        if rule.startswith("training_cases_"):  # local rules: run by Snakemake itself, not submitted
+            continue
+        partition = "site_gpu" if rule == "train" else "site_cpu"
+        assert f"slurm_partition={partition}" in res and "slurm_account=my_lab" in res, (rule, res)
+        assert "runtime=" in res and "mem_mb=" in res, (rule, res)
+    train = [res for rule, res in jobs if rule == "train"]
+    assert train and "slurm_extra='--signal=USR1@300'" in train[0]
