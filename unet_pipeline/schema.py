@@ -22,7 +22,8 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["SCHEMA_PATH", "load_schema", "section_defaults", "speed_only_keys", "result_keys", "check_config"]
+__all__ = ["SCHEMA_PATH", "load_schema", "section_defaults", "with_schema_defaults", "speed_only_keys", "result_keys",
+           "check_config"]
 
 #: The one schema of the workflow config, shipped inside the package.
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
@@ -47,6 +48,27 @@ def section_defaults(section: str) -> dict[str, Any]:
     """Key -> default of one section (``training``, ``augment``, ...), as the schema gives them."""
     props = _section_schema(section).get("properties", {})
     return {key: spec["default"] for key, spec in props.items() if "default" in spec}
+
+
+def _frozen(value: Any) -> Any:
+    """Lists (as YAML gives them) as tuples, nested too: hashable, immutable dataclass defaults."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
+
+
+def with_schema_defaults(section: str):
+    """Class decorator, applied under ``@dataclass``: every annotated field of the class that the
+    schema's ``section`` gives a default and the class body does not, takes the schema's default
+    (lists as tuples). So an option class declares its fields and types, and the schema alone
+    says their defaults."""
+
+    def fill(cls):
+        defaults = section_defaults(section)
+        for name in cls.__dict__.get("__annotations__", {}):
+            if name in defaults and name not in cls.__dict__:
+                setattr(cls, name, _frozen(defaults[name]))
+        return cls
+
+    return fill
 
 
 def speed_only_keys(section: str) -> frozenset[str]:

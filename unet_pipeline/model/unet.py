@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..schema import section_defaults
+from ..schema import with_schema_defaults
 
 __all__ = ["UNetConfig", "UNet2d", "InstanceNorm", "build_unet", "count_parameters", "NORMS", "UPSAMPLES"]
 
@@ -41,9 +41,8 @@ NORMS = ("instance", "batch", "none")
 UPSAMPLES = ("transpose", "bilinear")
 
 
-_DEFAULTS = section_defaults("model")  # the one place the defaults are written: the config schema
-
 @dataclass(frozen=True)
+@with_schema_defaults("model")  # defaults: the config schema's model section
 class UNetConfig:
     """Architecture of a :class:`UNet2d`; stored in ``model.json`` under ``architecture``.
 
@@ -68,13 +67,13 @@ class UNetConfig:
     """
 
     num_classes: int
-    in_channels: int = _DEFAULTS["in_channels"]
-    base_channels: int = _DEFAULTS["base_channels"]
-    depth: int = _DEFAULTS["depth"]
-    padded: bool = _DEFAULTS["padded"]
-    norm: str = _DEFAULTS["norm"]
-    upsample: str = _DEFAULTS["upsample"]
-    dropout: float = _DEFAULTS["dropout"]
+    in_channels: int
+    base_channels: int
+    depth: int
+    padded: bool
+    norm: str
+    upsample: str
+    dropout: float
 
     def __post_init__(self) -> None:
         def bad(name: str, value: Any, allowed: str) -> ValueError:

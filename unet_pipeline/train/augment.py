@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..schema import section_defaults
+from ..schema import with_schema_defaults
 
 __all__ = ["AugmentConfig", "elastic_displacement", "augment_batch", "mirroring_record"]
 
@@ -48,10 +48,10 @@ _PROBABILITIES = ("elastic_p", "rotate_p", "scale_p", "mirror_p", "gamma_p", "no
 #: Independent organ shifts drawn per sample; class k uses draw (k - 1) mod this.
 _ORGAN_DRAWS = 16
 _MIRROR_AXES = ("x", "y")
-_DEFAULTS = section_defaults("augment")  # the one place the defaults are written: the config schema
 
 
 @dataclass(frozen=True)
+@with_schema_defaults("augment")  # defaults: the config schema's augment section
 class AugmentConfig:
     """Probabilities and ranges of the augmentations; each applies per sample with its probability.
 
@@ -88,26 +88,26 @@ class AugmentConfig:
         with the plan's HU per unit), before the other intensity transforms.
     """
 
-    elastic_p: float = _DEFAULTS["elastic_p"]
-    elastic_grid: int = _DEFAULTS["elastic_grid"]
-    elastic_sigma_px: float = _DEFAULTS["elastic_sigma_px"]
-    rotate_p: float = _DEFAULTS["rotate_p"]
-    rotate_deg: float = _DEFAULTS["rotate_deg"]
-    scale_p: float = _DEFAULTS["scale_p"]
-    scale_range: tuple[float, float] = tuple(_DEFAULTS["scale_range"])
-    mirror_p: float = _DEFAULTS["mirror_p"]
-    mirror_axes: tuple[str, ...] = tuple(_DEFAULTS["mirror_axes"])
-    lr_label_pairs: tuple[tuple[int, int], ...] = tuple(tuple(p) for p in _DEFAULTS["lr_label_pairs"])
-    gamma_p: float = _DEFAULTS["gamma_p"]
-    gamma_range: tuple[float, float] = tuple(_DEFAULTS["gamma_range"])
-    noise_p: float = _DEFAULTS["noise_p"]
-    noise_std: float = _DEFAULTS["noise_std"]
-    contrast_p: float = _DEFAULTS["contrast_p"]
-    contrast_range: tuple[float, float] = tuple(_DEFAULTS["contrast_range"])
-    brightness_p: float = _DEFAULTS["brightness_p"]
-    brightness_range: tuple[float, float] = tuple(_DEFAULTS["brightness_range"])
-    organ_shift_p: float = _DEFAULTS["organ_shift_p"]
-    organ_shift_hu: tuple[float, float] = tuple(_DEFAULTS["organ_shift_hu"])
+    elastic_p: float
+    elastic_grid: int
+    elastic_sigma_px: float
+    rotate_p: float
+    rotate_deg: float
+    scale_p: float
+    scale_range: tuple[float, float]
+    mirror_p: float
+    mirror_axes: tuple[str, ...]
+    lr_label_pairs: tuple[tuple[int, int], ...]
+    gamma_p: float
+    gamma_range: tuple[float, float]
+    noise_p: float
+    noise_std: float
+    contrast_p: float
+    contrast_range: tuple[float, float]
+    brightness_p: float
+    brightness_range: tuple[float, float]
+    organ_shift_p: float
+    organ_shift_hu: tuple[float, float]
 
     def __post_init__(self) -> None:
         # Lists (from YAML/JSON) become tuples so that the config stays hashable and immutable.
