@@ -4,7 +4,7 @@ A cohort of N cases is written to a temporary folder: tiny labelled NIfTI cases 
 voxels: int16 HU image, uint8 label with classes 1 and 2; written once with nibabel and copied
 byte for byte) and, for a few hundred of them, tiny unlabelled DICOM series instead (4 axial
 slices of 8 x 8, written with SimpleITK's GDCM writer, so pydicom is not needed). A copy of
-``config/config.yaml`` points at it (demo off, ``cohort.images``/``labels``/``label_names``).
+``config/config.yaml`` (the template) points at it (``cohort.images``/``labels``/``label_names``).
 Then, per cohort size:
 
 * ``snakemake -n`` with the local profile and with the Slurm profile (the Slurm plugin's dry run

@@ -5,7 +5,7 @@ cores (what this machine reaches for this family of 2D U-Nets with batch norm, c
 the predictor's former path (``b1_before``). Two networks, seeded random weights, 5 classes, one
 input channel, in inference mode:
 
-* the demo model: the architecture of ``config/config.yaml``'s ``model`` section (padded U-Net,
+* the demo model: the architecture of ``config/demo.yaml`` with the schema's defaults (padded U-Net,
   base 16, depth 4, instance norm), tiles of the plan's patch (256 x 256; quick: 128 x 128);
 * the paper-size network: the same padded variant with ``base_channels`` 64 (what setting
   ``model.base_channels: 64`` gives; the paper's channel counts, zero-padded convolutions so any

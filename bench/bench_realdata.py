@@ -10,7 +10,7 @@ kidney_left (every other structure is background). Tests:
 * ``ts_venous``: the training scan with the HU of each organ raised by 40-60 HU (a simulated
   portal-venous phase), all four classes.
 
-Ours: ``unet-pipeline train`` with the shipped config's model, loss and augmentation and
+Ours: ``unet-pipeline train`` with the schema's defaults (what a user's cohort gets) and
 ``training.max_minutes`` = the budget, then ``unet-pipeline predict`` (the DICOM folder itself for
 the dcmqi test). MONAI: ``Orientationd(RAS) -> Spacingd`` to the same in-plane spacing ->
 ``ScaleIntensityRanged`` with the abdominal window of MONAI's tutorials (-175..250 HU) ->

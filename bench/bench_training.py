@@ -6,7 +6,7 @@ Same network (the demo's padded U-Net: base 16, depth 4, instance norm, 5 classe
 
 * ours: :func:`unet_pipeline.train.loop.train` for one epoch without validation: patches sampled
   from memory-mapped preprocessed cases with foreground oversampling, batched augmentation (the
-  paper's elastic deformation and the shipped config's other transforms), gradient clipping, the
+  paper's elastic deformation and the schema's default transforms), gradient clipping, the
   per-epoch log and checkpoint;
 * MONAI: the loop a MONAI user writes: the same slices as a list of dictionaries, a
   ``monai.data.DataLoader`` (batch 8, shuffled, in-process as ours) over MONAI's dictionary

@@ -59,9 +59,9 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, str | float | None]]]] = {
                                            "target_overhead"),
                                           ("training loop: share of step time waiting for data", "data_wait_share_ours",
                                            None)]),
-    "forward": ("bench.bench_forward", [("forward pass, shipped network, CPU GFLOP/s at batch 1", "gflops_b1",
+    "forward": ("bench.bench_forward", [("forward pass, demo network, CPU GFLOP/s at batch 1", "gflops_b1",
                                          "target_gflops"),
-                                        ("forward pass, shipped network, CPU GFLOP/s at the predictor's batch (4)",
+                                        ("forward pass, demo network, CPU GFLOP/s at the predictor's batch (4)",
                                          "gflops_predictor_batch", "target_gflops"),
                                         ("forward pass: predictor's path / the former one (torch InstanceNorm2d, "
                                          "frozen graph), x throughput", "speedup_vs_before", None),
