@@ -25,6 +25,7 @@ __all__ = [
     "load_config",
     "import_options",
     "fingerprint_options",
+    "plan_options",
     "slice_options",
     "train_options",
     "inference_options",
@@ -88,11 +89,21 @@ def import_options(config: Mapping, model_meta: Mapping | None = None) -> dict:
     return options
 
 
+#: The keys of the ``plan`` section the fingerprint (the one planning step that reads images) takes.
+FINGERPRINT_KEYS = ("slice_axis",)
+
+
 def fingerprint_options(config: Mapping) -> dict:
-    """Keyword arguments of :func:`unet_pipeline.stages.fingerprint` (rule ``fingerprint``): every
-    key of the ``plan`` section and ``split.seed``."""
-    plan = config["plan"]
-    return {**plan, "max_patch": int(plan["max_patch"]), "seed": int(config["split"]["seed"])}
+    """Keyword arguments of :func:`unet_pipeline.stages.fingerprint` (rule ``fingerprint``):
+    ``plan.slice_axis`` and ``split.seed`` (the foreground and body samples are drawn with it)."""
+    return {**{k: config["plan"][k] for k in FINGERPRINT_KEYS}, "seed": int(config["split"]["seed"])}
+
+
+def plan_options(config: Mapping) -> dict:
+    """Keyword arguments of :func:`unet_pipeline.stages.plan` (rule ``plan``): every other key of the
+    ``plan`` section (spacing, patch size, intensity scheme, HU window), decided without reading an image."""
+    plan = {k: v for k, v in config["plan"].items() if k not in FINGERPRINT_KEYS}
+    return {**plan, "max_patch": int(plan["max_patch"])}
 
 
 def slice_options(config: Mapping) -> dict:

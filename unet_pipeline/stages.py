@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,10 +21,15 @@ from .errors import CaseError
 from .evaluate import tables
 from .io.files import atomic_path, load_json, save_json
 
+if TYPE_CHECKING:
+    from .plan.plan import Plan
+
 __all__ = [
     "demo_cohort",
     "import_case",
     "fingerprint",
+    "plan",
+    "read_plan",
     "import_label",
     "preprocess",
     "preprocess_label",
@@ -157,34 +163,53 @@ def import_label(label: str | Path, imported_image: str | Path, out_label: str |
     write_segmentation(values, imported_image, out_label)
 
 
-def fingerprint(cases: Sequence[tuple[str, str | Path]], out_plan: str | Path, *, labels: Mapping,
-                target_spacing_mm: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,
-                max_patch: int = 256, max_patch_mm: float | None = 192.0, seed: int = 0,
-                slice_axis: str | None = None, intensity: str = "body",
-                hu_window: Sequence[float] | None = None) -> dict:
-    """Plan from the imported training cases ``(case_id, imported_dir)``; writes ``plan.json``.
+def fingerprint(cases: Sequence[tuple[str, str | Path]], out_fingerprint: str | Path, *, labels: Mapping,
+                slice_axis: str | None = None, seed: int = 0) -> dict:
+    """Statistics of the imported training cases ``(case_id, imported_dir)``; writes ``fingerprint.json``.
 
-    ``slice_axis`` (``axial``, ``coronal``, ``sagittal``; None: axial) is the one slicing plane
-    of the dataset, recorded in the plan and in every model trained from it.
+    The one planning step that reads the images (:func:`unet_pipeline.plan.fingerprint.fingerprint_cases`):
+    spacings and shapes along ``slice_axis`` (``axial``, ``coronal``, ``sagittal``; None: axial),
+    HU statistics of the foreground and body sampled with ``seed``, voxels per class.
     """
-    from .plan.fingerprint import make_plan
+    from .plan.fingerprint import fingerprint_cases
 
     triples = [(cid, Path(d) / "image.nii.gz", Path(d) / "label.nii.gz") for cid, d in cases]
-    plan = make_plan(triples, _labels(labels), target_spacing_mm=target_spacing_mm, patch_size=patch_size,
-                     max_patch=max_patch, max_patch_mm=max_patch_mm, seed=seed, slice_axis=slice_axis,
-                     intensity=intensity, hu_window=hu_window)
-    save_json(plan, out_plan)
-    return plan
+    stats = fingerprint_cases(triples, _labels(labels), slice_axis=slice_axis, seed=seed)
+    save_json(stats, out_fingerprint)
+    return stats
+
+
+def plan(fingerprint_path: str | Path, out_plan: str | Path, *, target_spacing_mm: Sequence[float] | None = None,
+         patch_size: Sequence[int] | None = None, max_patch: int = 256, max_patch_mm: float | None = 192.0,
+         intensity: str = "body", hu_window: Sequence[float] | None = None) -> dict:
+    """The plan from ``fingerprint.json`` and the planning options (no image read); writes ``plan.json``.
+
+    The slicing plane is the fingerprint's, recorded in the plan and in every model trained from
+    it; the options are those of :class:`unet_pipeline.plan.planner.PlanOptions`.
+    """
+    from .plan.planner import PlanOptions, plan_from_fingerprint
+
+    options = PlanOptions(target_spacing_mm=target_spacing_mm, patch_size=patch_size, max_patch=max_patch,
+                          max_patch_mm=max_patch_mm, intensity=intensity, hu_window=hu_window)
+    content = plan_from_fingerprint(load_json(fingerprint_path), options).to_dict()
+    save_json(content, out_plan)
+    return content
+
+
+def read_plan(plan_path: str | Path) -> Plan:
+    """The :class:`~unet_pipeline.plan.plan.Plan` of a ``plan.json`` or of a trained model's ``model.json``."""
+    from .model.card import read_model_card
+    from .plan.plan import load_plan
+
+    plan_path = Path(plan_path)
+    return read_model_card(plan_path.parent).plan if plan_path.name == "model.json" else load_plan(plan_path)
 
 
 def preprocess(case_id: str, imported_image: str | Path, plan_path: str | Path, out_dir: str | Path) -> dict:
     """Preprocess one imported image; ``plan_path`` is a ``plan.json`` or a trained ``model.json``."""
-    from .model.card import read_model_card
     from .preprocess.transform import preprocess_image
 
-    plan_path = Path(plan_path)
-    plan = read_model_card(plan_path.parent).plan if plan_path.name == "model.json" else load_json(plan_path)
-    return preprocess_image(imported_image, plan, out_dir, case_id=case_id)
+    return preprocess_image(imported_image, read_plan(plan_path), out_dir, case_id=case_id)
 
 
 def preprocess_label(imported_label: str | Path, meta_path: str | Path, out_npy: str | Path) -> None:
@@ -199,9 +224,8 @@ def slice_case(preprocessed_dir: str | Path, plan_path: str | Path, out_dir: str
     """Slice index (+ weight maps) of one preprocessed case."""
     from .preprocess.slice_index import build_slice_index
 
-    plan = load_json(plan_path)
-    return build_slice_index(preprocessed_dir, out_dir, num_classes=int(plan["num_classes"]), weight_map=weight_map, w0=w0,
-                  sigma_px=sigma_px)
+    return build_slice_index(preprocessed_dir, out_dir, num_classes=read_plan(plan_path).num_classes,
+                             weight_map=weight_map, w0=w0, sigma_px=sigma_px)
 
 
 def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root: str | Path, slices_root: str | Path,
@@ -228,7 +252,7 @@ def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root
     # Only the Dice losses take these options; w0 and sigma_px belong to the slice stage.
     dice_keys = ("include_background", "batch_dice", "smooth") if name in ("dice", "dice_ce") else ()
     loss = {k: v for k, v in loss.items() if k in dice_keys}
-    meta = loop.train(pairs(train_ids), pairs(val_ids), load_json(plan_path), out_dir, model_config=model,
+    meta = loop.train(pairs(train_ids), pairs(val_ids), read_plan(plan_path), out_dir, model_config=model,
                   train_config=loop.TrainConfig.from_dict(training), augment_config=AugmentConfig.from_dict(augment),
                   loss_options=loss)
     chosen = (meta.get("postprocess_choice") or {}).get("config", {})

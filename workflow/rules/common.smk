@@ -12,6 +12,7 @@ from unet_pipeline.config import (
     import_options,
     inference_options,
     model_label_names,
+    plan_options,
     predict_model_dirs,
     slice_options,
     train_options,
@@ -52,6 +53,7 @@ MODEL_DIR = MODEL_DIRS[0]
 IMPORT_OPTIONS = import_options(config, MODEL_CARD.meta if PREDICT_ONLY else None)
 IMPORT_OPTIONS["roi_names"] = CASES.roi_names
 FINGERPRINT_OPTIONS = fingerprint_options(config)
+PLAN_OPTIONS = plan_options(config)
 SLICE_OPTIONS = slice_options(config)
 TRAIN_OPTIONS = train_options(config, speed=False)
 INFERENCE_OPTIONS = inference_options(config, speed=False)
