@@ -1,4 +1,4 @@
-"""Per-case preprocessing with the plan (:mod:`unet_pipeline.plan.fingerprint` makes the plan).
+"""Per-case preprocessing with the plan (:mod:`unet_pipeline.plan.planner` makes the plan).
 
 Preprocessing turns an imported NIfTI case into the arrays every later stage works on:
 
