@@ -15,10 +15,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .schema import SCHEMA_PATH, check_config, result_keys, speed_only_keys
+
+if TYPE_CHECKING:
+    from .model.card import ModelCard
 
 __all__ = [
     "CONFIG_SCHEMA",
@@ -70,11 +73,11 @@ def load_config(source: str | Path | Mapping | None = None) -> dict:
     return dict(check_config(config, source if isinstance(source, (str, Path)) else None))
 
 
-def import_options(config: Mapping, model_meta: Mapping | None = None) -> dict:
+def import_options(config: Mapping, model_card: ModelCard | None = None) -> dict:
     """Keyword arguments of :func:`unet_pipeline.stages.import_case` (rule ``import_case``); ``roi_names``
     maps the ROIs of RTSTRUCT/DICOM-SEG labels to classes (:func:`unet_pipeline.io.roi_names.parse_label_names`).
 
-    With ``model_meta`` (a trained model's ``model.json``: predict-only runs, ``unet-pipeline
+    With ``model_card`` (a trained model's ``model.json``: predict-only runs, ``unet-pipeline
     predict``) the fewest slices and the slicing plane are the model's, not the config's.
     """
     from .io.roi_names import parse_label_names
@@ -83,9 +86,9 @@ def import_options(config: Mapping, model_meta: Mapping | None = None) -> dict:
                "geometry_tolerance_mm": float(config["cohort"]["geometry_tolerance_mm"]),
                "slice_axis": config["plan"]["slice_axis"],
                "roi_names": parse_label_names(config["cohort"].get("label_names"))[1]}
-    if model_meta is not None:
-        options["min_slices"] = int(model_meta["architecture"].get("in_channels", 1))
-        options["slice_axis"] = (model_meta.get("plan") or {}).get("slice_axis") or options["slice_axis"]
+    if model_card is not None:
+        options["min_slices"] = model_card.in_channels
+        options["slice_axis"] = model_card.slice_axis
     return options
 
 

@@ -50,7 +50,7 @@ LOGS = f"{RESULTS}/logs"
 MODEL_DIR = MODEL_DIRS[0]
 # The arguments of each stage: the same functions build them for the CLI (unet_pipeline.config).
 # Only what shapes a stage's output is a param, so a speed-only key never reruns a job.
-IMPORT_OPTIONS = import_options(config, MODEL_CARD.meta if PREDICT_ONLY else None)
+IMPORT_OPTIONS = import_options(config, MODEL_CARD)
 IMPORT_OPTIONS["roi_names"] = CASES.roi_names
 FINGERPRINT_OPTIONS = fingerprint_options(config)
 PLAN_OPTIONS = plan_options(config)
