@@ -71,6 +71,8 @@ def build_run(train_pairs, val_pairs, plan: Plan, out_dir: Path, *, model_config
               train_config: TrainConfig, augment_config: AugmentConfig, loss_options: Mapping | None) -> Run:
     """Device, network, optimizer, loss, cases, sampler and fingerprint of a run
     (see :func:`unet_pipeline.train.loop.train`)."""
+    if plan.patch_size is None or plan.num_classes is None:
+        raise ValueError("plan: training needs patch_size and num_classes (a plan.json written by the plan stage)")
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = train_config
     if cfg.threads:
@@ -103,8 +105,8 @@ def build_run(train_pairs, val_pairs, plan: Plan, out_dir: Path, *, model_config
     model = model.to(memory_format=torch.channels_last)  # the convolutions' fast layout on CPU and GPU alike
     label_values = plan.label_values  # class index k stands for label_values[k - 1]
     fingerprint = run_fingerprint(model=mcfg, loss=loss_options, augment=augment_config, training=cfg,
-                                  plan=plan.to_dict(),
-                                  train_ids=[c.case_id for c in train_cases], val_ids=[c.case_id for c in val_cases])
+                                  plan=plan.to_dict(), train_ids=[c.case_id for c in train_cases],
+                                  val_ids=[c.case_id for c in val_cases])
     return Run(cfg=cfg, mcfg=mcfg, plan=plan, out_dir=out_dir, device=device, model=model,
                step_model=torch.compile(model) if cfg.compile else model,
                optimizer=_make_optimizer(cfg, model.parameters()),
