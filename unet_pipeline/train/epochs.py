@@ -63,7 +63,7 @@ def should_stop(state: TrainState, patience: int) -> bool:
 
 
 def select_best_epoch(scores: Sequence[float], *, smoothing: float = 0.5, patience: int = 0) -> dict:
-    """Replay the best-epoch selection and early stopping of :func:`train` on per-epoch scores.
+    """Replay the best-epoch selection and early stopping of :func:`unet_pipeline.train.loop.train` on per-epoch scores.
 
     Returns ``{"best_epoch": 1-based, "best_smoothed": ..., "epochs_run": ..., "smoothed": [...]}``;
     ``epochs_run`` is where early stopping ends training (``len(scores)`` when it does not).
@@ -82,12 +82,12 @@ def select_best_epoch(scores: Sequence[float], *, smoothing: float = 0.5, patien
 
 def run_epochs(run: Run, state: TrainState, batches: BatchStream, signals: SignalFlag) -> None:
     """Train epoch after epoch until ``training.epochs``, early stopping or the time budget ends the run;
-    a checkpoint after every epoch (and within one: :func:`run_epoch`)."""
+    a checkpoint after every epoch (and within one: :func:`_run_epoch`)."""
     cfg = run.cfg
     while state.epoch < cfg.epochs and not should_stop(state, cfg.early_stopping_patience) \
             and not state.budget_spent:
-        seconds = run_epoch(run, state, batches, signals)
-        end_epoch(run, state, seconds)
+        seconds = _run_epoch(run, state, batches, signals)
+        _end_epoch(run, state, seconds)
         save_checkpoint(run.ckpt, run.model, run.optimizer, run.scaler, state, batches.rng_state, run.aug_gen,
                         run.fingerprint)
         if should_stop(state, cfg.early_stopping_patience):
@@ -164,7 +164,7 @@ def _train_step(run: Run, batch) -> torch.Tensor:
     return loss
 
 
-def run_epoch(run: Run, state: TrainState, batches: BatchStream, signals: SignalFlag) -> float:
+def _run_epoch(run: Run, state: TrainState, batches: BatchStream, signals: SignalFlag) -> float:
     """The iterations of one epoch (from ``state.iteration`` on); returns its training seconds.
 
     Ends early, setting ``state.budget_spent``, when ``max_minutes`` leaves no time for another
@@ -222,7 +222,7 @@ def run_epoch(run: Run, state: TrainState, batches: BatchStream, signals: Signal
     return state.epoch_seconds + now - t0
 
 
-def end_epoch(run: Run, state: TrainState, seconds: float) -> None:
+def _end_epoch(run: Run, state: TrainState, seconds: float) -> None:
     """Validate, pick the best epoch, log the epoch's row (``train_log.csv``) and reset the epoch counters."""
     cfg = run.cfg
     done = max(state.iteration, 1)  # iterations of this epoch (fewer when the budget ended it)

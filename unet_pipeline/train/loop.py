@@ -56,7 +56,7 @@ def train(train_pairs: Sequence[tuple[str | Path, str | Path]], val_pairs: Seque
     moved aside with the old run's files, and training starts afresh (:func:`resume_or_start`).
     With ``training.max_minutes`` the run ends, with a finished model, when that much time (the
     checkpointed total over every resumed part) is spent; the learning-rate schedule follows the
-    budget (:func:`unet_pipeline.train.epochs.run_epoch`).
+    budget (:func:`unet_pipeline.train.epochs.run_epochs`).
 
     Parameters
     ----------
