@@ -32,7 +32,6 @@ __all__ = [
     "import_case",
     "fingerprint",
     "plan",
-    "read_plan",
     "import_label",
     "preprocess",
     "preprocess_label",
@@ -201,7 +200,7 @@ def plan(fingerprint_path: str | Path, out_plan: str | Path, *, target_spacing_m
     return content
 
 
-def read_plan(plan_path: str | Path) -> Plan:
+def _read_plan(plan_path: str | Path) -> Plan:
     """The :class:`~unet_pipeline.plan.plan.Plan` of a ``plan.json`` or of a trained model's ``model.json``."""
     from .model.card import read_model_card
     from .plan.plan import load_plan
@@ -214,7 +213,7 @@ def preprocess(case_id: str, imported_image: str | Path, plan_path: str | Path, 
     """Preprocess one imported image; ``plan_path`` is a ``plan.json`` or a trained ``model.json``."""
     from .preprocess.transform import preprocess_image
 
-    return preprocess_image(imported_image, read_plan(plan_path), out_dir, case_id=case_id)
+    return preprocess_image(imported_image, _read_plan(plan_path), out_dir, case_id=case_id)
 
 
 def preprocess_label(imported_label: str | Path, meta_path: str | Path, out_npy: str | Path) -> None:
@@ -229,7 +228,7 @@ def slice_case(preprocessed_dir: str | Path, plan_path: str | Path, out_dir: str
     """Slice index (+ weight maps) of one preprocessed case."""
     from .preprocess.slice_index import build_slice_index
 
-    return build_slice_index(preprocessed_dir, out_dir, num_classes=read_plan(plan_path).num_classes,
+    return build_slice_index(preprocessed_dir, out_dir, num_classes=_read_plan(plan_path).num_classes,
                              weight_map=weight_map, w0=w0, sigma_px=sigma_px)
 
 
@@ -257,7 +256,7 @@ def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root
     # Only the Dice losses take these options; w0 and sigma_px belong to the slice stage.
     dice_keys = ("include_background", "batch_dice", "smooth") if name in ("dice", "dice_ce") else ()
     loss = {k: v for k, v in loss.items() if k in dice_keys}
-    meta = loop.train(pairs(train_ids), pairs(val_ids), read_plan(plan_path), out_dir, model_config=model,
+    meta = loop.train(pairs(train_ids), pairs(val_ids), _read_plan(plan_path), out_dir, model_config=model,
                   train_config=loop.TrainConfig.from_dict(training), augment_config=AugmentConfig.from_dict(augment),
                   loss_options=loss)
     chosen = (meta.get("postprocess_choice") or {}).get("config", {})
