@@ -2,8 +2,9 @@
 
 ``plan.json`` (written by :func:`unet_pipeline.plan.planner.plan_from_fingerprint`) and the
 ``plan`` of a trained model's ``model.json`` keep their JSON content; :meth:`Plan.from_dict` reads
-either (plans of older versions too, and the partial plans of tests: only ``target_spacing_mm``
-and ``intensity`` are required), and :meth:`Plan.to_dict` writes a full plan back unchanged.
+either (plans of older versions too, and partial plans: ``target_spacing_mm`` and ``intensity``,
+enough to preprocess, are the only required keys), and :meth:`Plan.to_dict` writes a full plan
+back unchanged.
 """
 
 from __future__ import annotations
