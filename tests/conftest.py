@@ -90,7 +90,7 @@ def shared_data():
 
 def prepare_cases(root: Path, shapes: dict[str, tuple[int, int, int]], labels: dict[int, str], *,
                   plan_cases: tuple[str, ...], spacing=(1.5, 1.5, 3.0), patch_size=(32, 32)) -> Path:
-    """Tiny cases through import -> fingerprint (on ``plan_cases``) -> preprocess -> slice under ``root``.
+    """Tiny cases through import -> fingerprint (on ``plan_cases``) -> plan -> preprocess -> slice under ``root``.
 
     ``shapes``: case id -> stored ``(i, j, k)`` size of its synthetic CT. Returns the plan path;
     the stages' folders are ``root/imported``, ``root/preprocessed`` and ``root/slices``.
@@ -105,8 +105,8 @@ def prepare_cases(root: Path, shapes: dict[str, tuple[int, int, int]], labels: d
         stages.import_case(cid, ip, lp, imp, labels=labels)
         stages.import_label(lp, imp / "image.nii.gz", imp / "label.nii.gz", labels=labels)
     plan = root / "plan.json"
-    stages.fingerprint([(c, root / "imported" / c) for c in plan_cases], plan, labels=labels,
-                       target_spacing_mm=list(spacing[:2]), patch_size=list(patch_size))
+    stages.fingerprint([(c, root / "imported" / c) for c in plan_cases], root / "fingerprint.json", labels=labels)
+    stages.plan(root / "fingerprint.json", plan, target_spacing_mm=list(spacing[:2]), patch_size=list(patch_size))
     for cid in shapes:
         pre = root / "preprocessed" / cid
         stages.preprocess(cid, root / "imported" / cid / "image.nii.gz", plan, pre)

@@ -3,7 +3,7 @@
 The Snakemake rules run the stages of :mod:`unet_pipeline.stages` one job each; the CLI runs the
 same functions here, in the rules' order and with the arguments the same builders give the rules
 (:func:`unet_pipeline.config.import_options`, :func:`~unet_pipeline.config.fingerprint_options`,
-:func:`~unet_pipeline.config.slice_options`, :func:`~unet_pipeline.config.train_options`), on the
+:func:`~unet_pipeline.config.plan_options`, :func:`~unet_pipeline.config.slice_options`, :func:`~unet_pipeline.config.train_options`), on the
 cases :func:`unet_pipeline.cohort.workflow_cases.workflow_cases` gives the workflow: one recipe,
 whichever door. Segmentations get the workflow's sidecar (:func:`unet_pipeline.stages.write_sidecar`)
 and DICOM names (:data:`unet_pipeline.stages.DICOM_OUTPUT_SUFFIXES`).
@@ -40,7 +40,7 @@ def train_cohort(config: Mapping, out_dir: str | Path, work_dir: str | Path):
         (train, validation, test and rejected ids) and the folders written.
     """
     from .cohort.workflow_cases import workflow_cases
-    from .config import fingerprint_options, import_options, slice_options, train_options
+    from .config import fingerprint_options, import_options, plan_options, slice_options, train_options
 
     work, out = Path(work_dir), Path(out_dir)
     cases = workflow_cases(config, work)
@@ -57,8 +57,10 @@ def train_cohort(config: Mapping, out_dir: str | Path, work_dir: str | Path):
                            **options)
         stages.import_label(spec.label, imported / cid / "image.nii.gz", imported / cid / "label.nii.gz",
                             labels=labels, roi_names=cases.roi_names, record=imported / cid / "case.json")
-    plan = work / "plan.json"
-    stages.fingerprint([(c, imported / c) for c in cases.train], plan, labels=labels, **fingerprint_options(config))
+    fingerprint, plan = work / "fingerprint.json", work / "plan.json"
+    stages.fingerprint([(c, imported / c) for c in cases.train], fingerprint, labels=labels,
+                       **fingerprint_options(config))
+    stages.plan(fingerprint, plan, **plan_options(config))
     for cid in ids:
         stages.preprocess(cid, imported / cid / "image.nii.gz", plan, pre / cid)
         stages.preprocess_label(imported / cid / "label.nii.gz", pre / cid / "meta.json", pre / cid / "label.npy")

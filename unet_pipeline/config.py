@@ -15,16 +15,20 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .schema import SCHEMA_PATH, check_config, result_keys, speed_only_keys
+
+if TYPE_CHECKING:
+    from .model.card import ModelCard
 
 __all__ = [
     "CONFIG_SCHEMA",
     "load_config",
     "import_options",
     "fingerprint_options",
+    "plan_options",
     "slice_options",
     "train_options",
     "inference_options",
@@ -69,11 +73,11 @@ def load_config(source: str | Path | Mapping | None = None) -> dict:
     return dict(check_config(config, source if isinstance(source, (str, Path)) else None))
 
 
-def import_options(config: Mapping, model_meta: Mapping | None = None) -> dict:
+def import_options(config: Mapping, model_card: ModelCard | None = None) -> dict:
     """Keyword arguments of :func:`unet_pipeline.stages.import_case` (rule ``import_case``); ``roi_names``
     maps the ROIs of RTSTRUCT/DICOM-SEG labels to classes (:func:`unet_pipeline.io.roi_names.parse_label_names`).
 
-    With ``model_meta`` (a trained model's ``model.json``: predict-only runs, ``unet-pipeline
+    With ``model_card`` (a trained model's ``model.json``: predict-only runs, ``unet-pipeline
     predict``) the fewest slices and the slicing plane are the model's, not the config's.
     """
     from .io.roi_names import parse_label_names
@@ -82,17 +86,27 @@ def import_options(config: Mapping, model_meta: Mapping | None = None) -> dict:
                "geometry_tolerance_mm": float(config["cohort"]["geometry_tolerance_mm"]),
                "slice_axis": config["plan"]["slice_axis"],
                "roi_names": parse_label_names(config["cohort"].get("label_names"))[1]}
-    if model_meta is not None:
-        options["min_slices"] = int(model_meta["architecture"].get("in_channels", 1))
-        options["slice_axis"] = (model_meta.get("plan") or {}).get("slice_axis") or options["slice_axis"]
+    if model_card is not None:
+        options["min_slices"] = model_card.in_channels
+        options["slice_axis"] = model_card.slice_axis
     return options
 
 
+#: The keys of the ``plan`` section the fingerprint (the one planning step that reads images) takes.
+FINGERPRINT_KEYS = ("slice_axis",)
+
+
 def fingerprint_options(config: Mapping) -> dict:
-    """Keyword arguments of :func:`unet_pipeline.stages.fingerprint` (rule ``fingerprint``): every
-    key of the ``plan`` section and ``split.seed``."""
-    plan = config["plan"]
-    return {**plan, "max_patch": int(plan["max_patch"]), "seed": int(config["split"]["seed"])}
+    """Keyword arguments of :func:`unet_pipeline.stages.fingerprint` (rule ``fingerprint``):
+    ``plan.slice_axis`` and ``split.seed`` (the foreground and body samples are drawn with it)."""
+    return {**{k: config["plan"][k] for k in FINGERPRINT_KEYS}, "seed": int(config["split"]["seed"])}
+
+
+def plan_options(config: Mapping) -> dict:
+    """Keyword arguments of :func:`unet_pipeline.stages.plan` (rule ``plan``): every other key of the
+    ``plan`` section (spacing, patch size, intensity scheme, HU window), decided without reading an image."""
+    plan = {k: v for k, v in config["plan"].items() if k not in FINGERPRINT_KEYS}
+    return {**plan, "max_patch": int(plan["max_patch"])}
 
 
 def slice_options(config: Mapping) -> dict:

@@ -1,7 +1,7 @@
 """The workflow config's one schema: its defaults, its closed keys and what each key reruns.
 
 Every default of the workflow, of every ``unet-pipeline`` command and of the option classes
-(:class:`unet_pipeline.train.loop.TrainConfig`, :class:`unet_pipeline.train.augment.AugmentConfig`)
+(:class:`unet_pipeline.train.settings.TrainConfig`, :class:`unet_pipeline.train.augment.AugmentConfig`)
 is read from ``schemas/config.schema.yaml`` through :func:`section_defaults`, so it is written
 down once. :func:`check_config` validates a config in place (every section refuses unknown keys
 and names the nearest valid one), turns the strings of ``snakemake --config`` overrides into the

@@ -1,29 +1,37 @@
 """One function per workflow stage: paths and plain values in, files out.
 
+The stages of evaluation and the report live in :mod:`unet_pipeline.stages_evaluate` and are
+re-exported here, so ``unet_pipeline.stages`` stays the one API the rules and the CLI call.
+
 The Snakemake rule scripts and the ``unet-pipeline`` CLI both call these; none of them sees
 Snakemake. Every file is written atomically, so a failed stage leaves nothing half-written.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import CaseError
-from .evaluate import tables
 from .io.files import atomic_path, load_json, save_json
+from .stages_evaluate import (aggregate_metrics, aggregate_volumes, evaluate, report_from_files, report_from_workflow,
+                              volumes)
+
+if TYPE_CHECKING:
+    from .plan.plan import Plan
 
 __all__ = [
     "demo_cohort",
     "import_case",
     "fingerprint",
+    "plan",
     "import_label",
     "preprocess",
     "preprocess_label",
@@ -35,7 +43,9 @@ __all__ = [
     "dicom_output_paths",
     "DICOM_OUTPUT_SUFFIXES",
     "evaluate",
+    "volumes",
     "aggregate_metrics",
+    "aggregate_volumes",
     "report_from_files",
     "report_from_workflow",
     "write_segmentation",
@@ -157,34 +167,53 @@ def import_label(label: str | Path, imported_image: str | Path, out_label: str |
     write_segmentation(values, imported_image, out_label)
 
 
-def fingerprint(cases: Sequence[tuple[str, str | Path]], out_plan: str | Path, *, labels: Mapping,
-                target_spacing_mm: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,
-                max_patch: int = 256, max_patch_mm: float | None = 192.0, seed: int = 0,
-                slice_axis: str | None = None, intensity: str = "body",
-                hu_window: Sequence[float] | None = None) -> dict:
-    """Plan from the imported training cases ``(case_id, imported_dir)``; writes ``plan.json``.
+def fingerprint(cases: Sequence[tuple[str, str | Path]], out_fingerprint: str | Path, *, labels: Mapping,
+                slice_axis: str | None = None, seed: int = 0) -> dict:
+    """Statistics of the imported training cases ``(case_id, imported_dir)``; writes ``fingerprint.json``.
 
-    ``slice_axis`` (``axial``, ``coronal``, ``sagittal``; None: axial) is the one slicing plane
-    of the dataset, recorded in the plan and in every model trained from it.
+    The one planning step that reads the images (:func:`unet_pipeline.plan.fingerprint.fingerprint_cases`):
+    spacings and shapes along ``slice_axis`` (``axial``, ``coronal``, ``sagittal``; None: axial),
+    HU statistics of the foreground and body sampled with ``seed``, voxels per class.
     """
-    from .plan.fingerprint import make_plan
+    from .plan.fingerprint import fingerprint_cases
 
     triples = [(cid, Path(d) / "image.nii.gz", Path(d) / "label.nii.gz") for cid, d in cases]
-    plan = make_plan(triples, _labels(labels), target_spacing_mm=target_spacing_mm, patch_size=patch_size,
-                     max_patch=max_patch, max_patch_mm=max_patch_mm, seed=seed, slice_axis=slice_axis,
-                     intensity=intensity, hu_window=hu_window)
-    save_json(plan, out_plan)
-    return plan
+    stats = fingerprint_cases(triples, _labels(labels), slice_axis=slice_axis, seed=seed)
+    save_json(stats, out_fingerprint)
+    return stats
+
+
+def plan(fingerprint_path: str | Path, out_plan: str | Path, *, target_spacing_mm: Sequence[float] | None = None,
+         patch_size: Sequence[int] | None = None, max_patch: int = 256, max_patch_mm: float | None = 192.0,
+         intensity: str = "body", hu_window: Sequence[float] | None = None) -> dict:
+    """The plan from ``fingerprint.json`` and the planning options (no image read); writes ``plan.json``.
+
+    The slicing plane is the fingerprint's, recorded in the plan and in every model trained from
+    it; the options are those of :class:`unet_pipeline.plan.planner.PlanOptions`.
+    """
+    from .plan.planner import PlanOptions, plan_from_fingerprint
+
+    options = PlanOptions(target_spacing_mm=target_spacing_mm, patch_size=patch_size, max_patch=max_patch,
+                          max_patch_mm=max_patch_mm, intensity=intensity, hu_window=hu_window)
+    content = plan_from_fingerprint(load_json(fingerprint_path), options).to_dict()
+    save_json(content, out_plan)
+    return content
+
+
+def _read_plan(plan_path: str | Path) -> Plan:
+    """The :class:`~unet_pipeline.plan.plan.Plan` of a ``plan.json`` or of a trained model's ``model.json``."""
+    from .model.card import read_model_card
+    from .plan.plan import load_plan
+
+    plan_path = Path(plan_path)
+    return read_model_card(plan_path.parent).plan if plan_path.name == "model.json" else load_plan(plan_path)
 
 
 def preprocess(case_id: str, imported_image: str | Path, plan_path: str | Path, out_dir: str | Path) -> dict:
     """Preprocess one imported image; ``plan_path`` is a ``plan.json`` or a trained ``model.json``."""
-    from .model.card import read_model_card
     from .preprocess.transform import preprocess_image
 
-    plan_path = Path(plan_path)
-    plan = read_model_card(plan_path.parent).plan if plan_path.name == "model.json" else load_json(plan_path)
-    return preprocess_image(imported_image, plan, out_dir, case_id=case_id)
+    return preprocess_image(imported_image, _read_plan(plan_path), out_dir, case_id=case_id)
 
 
 def preprocess_label(imported_label: str | Path, meta_path: str | Path, out_npy: str | Path) -> None:
@@ -199,9 +228,8 @@ def slice_case(preprocessed_dir: str | Path, plan_path: str | Path, out_dir: str
     """Slice index (+ weight maps) of one preprocessed case."""
     from .preprocess.slice_index import build_slice_index
 
-    plan = load_json(plan_path)
-    return build_slice_index(preprocessed_dir, out_dir, num_classes=int(plan["num_classes"]), weight_map=weight_map, w0=w0,
-                  sigma_px=sigma_px)
+    return build_slice_index(preprocessed_dir, out_dir, num_classes=_read_plan(plan_path).num_classes,
+                             weight_map=weight_map, w0=w0, sigma_px=sigma_px)
 
 
 def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root: str | Path, slices_root: str | Path,
@@ -228,7 +256,7 @@ def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root
     # Only the Dice losses take these options; w0 and sigma_px belong to the slice stage.
     dice_keys = ("include_background", "batch_dice", "smooth") if name in ("dice", "dice_ce") else ()
     loss = {k: v for k, v in loss.items() if k in dice_keys}
-    meta = loop.train(pairs(train_ids), pairs(val_ids), load_json(plan_path), out_dir, model_config=model,
+    meta = loop.train(pairs(train_ids), pairs(val_ids), _read_plan(plan_path), out_dir, model_config=model,
                   train_config=loop.TrainConfig.from_dict(training), augment_config=AugmentConfig.from_dict(augment),
                   loss_options=loss)
     chosen = (meta.get("postprocess_choice") or {}).get("config", {})
@@ -450,162 +478,3 @@ def segmentation_complete(out_nifti: str | Path) -> bool:
     except Exception:  # noqa: BLE001 - whatever the reason, the output cannot be used as it is
         return False
     return isinstance(meta, dict) and "labels" in meta
-
-
-def evaluate(case_id: str, pred: str | Path, ref: str | Path, out_csv: str | Path, *, labels: Mapping | None,
-             nsd_tolerance_mm: float | Mapping[str, float] = 2.0) -> list[dict]:
-    """Metrics of one case (all classes) into a one-case CSV.
-
-    ``labels``: label value -> class name; None: the non-zero values found in ``pred`` or ``ref``,
-    named by :func:`unet_pipeline.evaluate.tables.value_label_names`.
-    """
-    import nibabel as nib
-
-    from .evaluate.metrics import case_metrics
-    from .io.formats import spacing_from_affine
-    from .io.images import read_voxels
-
-    pimg, rimg = nib.load(str(pred)), nib.load(str(ref))
-    if pimg.shape != rimg.shape or not np.allclose(pimg.affine, rimg.affine, atol=1e-4):
-        raise CaseError(pred, f"prediction grid {pimg.shape} does not match reference {ref} {rimg.shape}")
-    pdata, rdata = read_voxels(pimg, pred), read_voxels(rimg, ref)
-    if labels is None:
-        labels = tables.value_label_names(np.union1d(np.unique(pdata), np.unique(rdata)))
-    rows = case_metrics(pdata, rdata, spacing_from_affine(rimg.affine), _labels(labels), nsd_tolerance_mm)
-    rows = [{"case": case_id, **r} for r in rows]
-    tables.write_rows(out_csv, rows)
-    return rows
-
-
-def volumes(case_id: str, seg: str | Path, image: str | Path, out_csv: str | Path, *, labels: Mapping) -> list[dict]:
-    """Volumes, HU statistics and QC flags of one segmentation into a one-case CSV."""
-    from .evaluate.volumes import volume_rows
-
-    rows = volume_rows(case_id, seg, image, _labels(labels))
-    tables.write_rows(out_csv, rows, columns=tables.VOLUME_COLUMNS)
-    return rows
-
-
-def aggregate_volumes(case_csvs: Sequence[str | Path], out_csv: str | Path) -> int:
-    """Concatenate per-case volume CSVs into one table; returns the number of rows."""
-    rows = []
-    for p in case_csvs:
-        with open(p, newline="", encoding="utf-8") as fh:
-            rows.extend(csv.DictReader(fh))
-    tables.write_rows(out_csv, rows, columns=tables.VOLUME_COLUMNS)
-    return len(rows)
-
-
-def aggregate_metrics(case_csvs: Sequence[str | Path], out_csv: str | Path, out_summary: str | Path,
-                      out_boxes: str | Path | None = None) -> dict:
-    """Concatenate per-case metric CSVs into ``metrics.csv``, write ``summary.json`` and (with
-    ``out_boxes``) the per-class box plots of every metric as PNG."""
-    from .evaluate.metrics import EMPTY_POLICY, summarize
-
-    rows = [r for p in case_csvs for r in tables.read_rows(p)]
-    tables.write_rows(out_csv, rows)
-    if out_boxes:
-        from .report.html import plot_metric_boxes
-
-        plot_metric_boxes(out_csv, out_boxes)
-    summary = {"n_cases": len({r["case"] for r in rows}), "empty_policy": EMPTY_POLICY, "per_class": summarize(rows)}
-    save_json(summary, out_summary)
-    return summary
-
-
-def report_from_files(out_html: str | Path, *, metrics_csv: str | Path | None, summary_json: str | Path | None,
-                      train_logs: Sequence[str | Path], overlay_cases: Sequence[Mapping],
-                      case_records: Sequence[str | Path], provenance: Mapping, labels: Mapping,
-                      work_dir: str | Path, splits: Mapping[str, str] | None = None,
-                      volumes_csv: str | Path | None = None) -> None:
-    """The HTML report from files named one by one: draws the overlays, reads the cases' geometry,
-    then :func:`unet_pipeline.report.html.write_report` writes the page (summary, plots, curves,
-    volumes, overlays, cohort geometry and provenance). :func:`report_from_workflow` calls it
-    with the report rule's inputs.
-
-    ``overlay_cases``: dicts with ``case``, ``image`` (imported NIfTI), ``pred``, optional ``ref``
-    and ``caption``, and, for per-class picks (:func:`unet_pipeline.report.assembly.pick_overlay_cases`),
-    ``group`` (the class name the figure is listed under) and ``focus`` (its label value: the sections cut through that
-    class). With any ``group``, the report has one overlay sub-section per class of ``labels``
-    (in label order, then any other group); otherwise the figures are listed as given. Each
-    case's volumes are read once, however many figures show it; a repeated (case, focus) is drawn
-    once. Figures are written to ``work_dir`` as ``overlay_<case>.png`` (no focus) or
-    ``overlay_<case>_label<focus>.png``.
-    """
-    import nibabel as nib
-
-    from .evaluate.metrics import EMPTY_POLICY
-    from .io.geometry import canonical_orientation
-    from .io.images import read_voxels
-    from .report.assembly import geometry_rows, group_overlays
-    from .report.html import overlay_figure, write_report
-
-    work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    names = _labels(labels)
-    by_case: dict[str, list[Mapping]] = {}
-    for item in overlay_cases:
-        by_case.setdefault(str(item["case"]), []).append(item)
-    pngs: dict[tuple[str, int | None], Path] = {}
-    for cid, items in by_case.items():  # one case at a time: its volumes are read once, then dropped
-        first = items[0]
-        img = nib.load(str(first["image"]))
-        orient = canonical_orientation(np.asarray(img.affine), img.shape)
-        to_c = lambda p: np.ascontiguousarray(orient.to_canonical(read_voxels(nib.load(str(p)), p)))  # noqa: E731
-        image, pred = to_c(first["image"]), to_c(first["pred"])  # canonical (Z, Y, X); HU and label values
-        ref = to_c(first["ref"]) if first.get("ref") else None
-        for item in items:
-            focus = None if item.get("focus") is None else int(item["focus"])
-            if (cid, focus) in pngs:
-                continue
-            png = work / (f"overlay_{cid}.png" if focus is None else f"overlay_{cid}_label{focus}.png")
-            overlay_figure(image, ref, pred, orient.canonical_spacing, names, png,
-                           title=item.get("caption", cid), focus=focus)
-            pngs[(cid, focus)] = png
-        del image, pred, ref
-    entries = []
-    for item in overlay_cases:
-        focus = None if item.get("focus") is None else int(item["focus"])
-        entries.append((item.get("group"), (item.get("caption", item["case"]), pngs[(str(item["case"]), focus)])))
-    overlays = group_overlays(entries, names)
-    geometry = geometry_rows(case_records, splits)
-    write_report(out_html, metrics_csv=metrics_csv, summary_json=summary_json, train_logs=train_logs,
-                 overlays=overlays, geometry_rows=geometry, provenance=provenance, empty_policy=EMPTY_POLICY,
-                 volumes_csv=volumes_csv)
-
-
-def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mapping[str, Mapping], labels: Mapping,
-                         config: Mapping, work_dir: str | Path, n_overlays: int = 3,
-                         model_dirs: Sequence[str | Path] = ()) -> None:
-    """The report rule: pick the overlays from the rule's inputs, then :func:`report_from_files`.
-
-    With metrics: per class, the best, median and worst case by that class's Dice
-    (:func:`unet_pipeline.report.assembly.pick_overlay_cases`, at most ``n_overlays`` per class), each
-    cut through that class.
-    Without (predict-only): the first ``n_overlays`` cases, all classes.
-    """
-    import platform
-
-    from . import __version__
-    from .report.assembly import model_identity, pick_overlay_cases, versions
-
-    metrics = inputs.get("metrics")
-    if metrics:
-        ids = {name: k for k, name in _labels(labels).items()}
-        overlay_cases = [{**cases[p["case"]], "case": p["case"], "caption": p["caption"], "group": p["label"],
-                          "focus": p["label_id"] if p["label_id"] is not None else ids.get(p["label"])}
-                         for p in pick_overlay_cases(metrics, n_overlays)]
-    else:
-        overlay_cases = [{**cases[cid], "case": cid, "caption": f"{cid} (no reference)"}
-                         for cid in list(cases)[:n_overlays]]
-    train_logs = inputs.get("train_logs") or []
-    if isinstance(train_logs, (str, Path)):
-        train_logs = [train_logs]
-    provenance = {"unet_pipeline": __version__, "python": platform.python_version(), "versions": versions(),
-                  "models": [model_identity(d) for d in model_dirs], "config": dict(config)}
-    records = inputs.get("records", [])
-    if isinstance(records, str):
-        records = [records]
-    report_from_files(out_html, metrics_csv=metrics, summary_json=inputs.get("summary"), train_logs=list(train_logs),
-           overlay_cases=overlay_cases, case_records=records, provenance=provenance, labels=labels, work_dir=work_dir,
-           splits={cid: c.get("split") for cid, c in cases.items()}, volumes_csv=inputs.get("volumes"))

@@ -35,6 +35,7 @@ LAYERS = [
     "report",
     "config",
     "demo",
+    "stages_evaluate",  # the evaluation and report stages, re-exported by stages
     "stages",
     "chain",
     "cli",

@@ -218,7 +218,7 @@ def cli_train(tmp_path_factory):
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     calls: dict[str, list[dict]] = {}
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("import_case", "fingerprint", "slice_case", "train"):
+        for name in ("import_case", "fingerprint", "plan", "slice_case", "train"):
             def record(*args, _real=getattr(stages, name), _name=name, **kwargs):
                 calls.setdefault(_name, []).append(kwargs)
                 return _real(*args, **kwargs)
@@ -250,8 +250,10 @@ def test_train_runs_the_workflows_chain_with_its_split_and_settings(cli_train, t
     calls = cli_train.calls
     assert {c["geometry_tolerance_mm"] for c in calls["import_case"]} == {0.05}
     assert {c["min_slices"] for c in calls["import_case"]} == {1}
-    (plan,) = calls["fingerprint"]
-    assert plan["target_spacing_mm"] == [4.0, 4.0] and plan["patch_size"] == [32, 32] and plan["seed"] == 0
+    (fingerprint,) = calls["fingerprint"]
+    assert fingerprint["seed"] == 0 and fingerprint["slice_axis"] == "axial"
+    (plan,) = calls["plan"]
+    assert plan["target_spacing_mm"] == [4.0, 4.0] and plan["patch_size"] == [32, 32]
     assert all(c == {"weight_map": False, "w0": 7.0, "sigma_px": 3.0} for c in calls["slice_case"])
     (train,) = calls["train"]
     assert train["training"]["epochs"] == 1 and train["model"]["base_channels"] == 4

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from unet_pipeline.config import (CONFIG_SCHEMA, effective_postprocess, fingerprint_options, import_options,
-                                  inference_options, load_config, model_label_names, slice_options, speed_options,
-                                  train_options)
+                                  inference_options, load_config, model_label_names, plan_options, slice_options,
+                                  speed_options, train_options)
 from unet_pipeline.errors import ConfigError
 from unet_pipeline.schema import check_config, section_defaults
 
@@ -59,15 +59,17 @@ def test_the_option_classes_take_their_defaults_from_the_schema_and_read_every_k
 
 
 def test_stage_keyword_defaults_are_the_schemas():
-    """The plan stage's keyword defaults (used by code that calls it without a config) equal the schema's."""
+    """The planning stages' keyword defaults (used by code that calls them without a config) equal the schema's."""
     import inspect
 
     from unet_pipeline import stages
     from unet_pipeline.io.geometry import check_slice_axis
-    from unet_pipeline.plan.fingerprint import make_plan
+    from unet_pipeline.plan.fingerprint import fingerprint_cases
+    from unet_pipeline.plan.planner import PlanOptions, make_plan
 
     plan = section_defaults("plan")
-    for fn in (stages.fingerprint, make_plan):
+    checked = set()
+    for fn in (stages.fingerprint, stages.plan, fingerprint_cases, PlanOptions, make_plan):
         params = inspect.signature(fn).parameters
         for key, value in plan.items():
             if key in params and params[key].default is not inspect.Parameter.empty:
@@ -75,6 +77,8 @@ def test_stage_keyword_defaults_are_the_schemas():
                 if key == "slice_axis" and given is None:  # None is read as the default plane
                     given = check_slice_axis(None)
                 assert given == value, f"{fn.__name__}({key}=...)"
+                checked.add(key)
+    assert checked == set(plan)  # every key of the plan section has a default in one of them
 
 
 def test_the_real_cohort_recipe_is_the_default():
@@ -148,7 +152,7 @@ def test_command_line_strings_become_the_numbers_and_flags_the_schema_asks_for()
 
 
 #: Keyword arguments a rule script passes that come from the rule itself (paths, the case), not the config.
-_FROM_THE_RULE = {"import_case": {"labels", "series_uid"}, "fingerprint": {"labels"}, "slice_case": set(),
+_FROM_THE_RULE = {"import_case": {"labels", "series_uid"}, "fingerprint": {"labels"}, "plan": set(), "slice_case": set(),
                   "train": {"preprocessed_root", "slices_root", "plan_path", "out_dir"}}
 
 
@@ -160,11 +164,12 @@ def test_stage_options_are_what_the_rules_pass():
                           "postprocess": {"*": {"fill_holes": True}}})
     options = import_options(config)
     assert options["min_slices"] == 3 and options["geometry_tolerance_mm"] == 0.2
-    plan = fingerprint_options(config)
+    fingerprint, plan = fingerprint_options(config), plan_options(config)
     assert plan["target_spacing_mm"] == [2.0, 2.0] and plan["patch_size"] is None and plan["max_patch"] == 64
-    assert plan["seed"] == 7
-    assert plan["slice_axis"] == config["plan"]["slice_axis"] == options["slice_axis"] == "axial"
-    assert set(plan) == {*config["plan"], "seed"}  # every plan key reaches the fingerprint stage
+    assert fingerprint == {"slice_axis": "axial", "seed": 7}  # all the fingerprint (the image reads) depends on
+    assert fingerprint["slice_axis"] == config["plan"]["slice_axis"] == options["slice_axis"] == "axial"
+    assert set(fingerprint) | set(plan) == {*config["plan"], "seed"}  # every plan key reaches a planning stage
+    assert not set(fingerprint) & set(plan)
     assert slice_options(config) == {"weight_map": True, "w0": 4.0, "sigma_px": 2.5}
     train = train_options(config)
     assert train["loss"]["name"] == "weighted_ce" and train["postprocess"] == {"*": {"fill_holes": True}}
@@ -183,11 +188,12 @@ def test_the_rules_pass_the_option_builders_and_nothing_else_from_the_config():
 
     rules = {p.stem: p.read_text(encoding="utf-8") for p in (REPO / "workflow" / "rules").glob("*.smk")}
     common = rules["common"]
-    for builder in ("import_options(config", "fingerprint_options(config)", "slice_options(config)",
+    for builder in ("import_options(config", "fingerprint_options(config)", "plan_options(config)", "slice_options(config)",
                     "train_options(config, speed=False)", "inference_options(config, speed=False)"):
         assert builder in common, builder
     assert "options=IMPORT_OPTIONS" in rules["cohort"]
     assert "options=FINGERPRINT_OPTIONS" in rules["preprocess"] and "options=SLICE_OPTIONS" in rules["preprocess"]
+    assert "options=PLAN_OPTIONS" in rules["preprocess"]
     assert "options=TRAIN_OPTIONS" in rules["train"] and "inference=INFERENCE_OPTIONS" in rules["predict"]
     params = [block for text in rules.values() for block in re.findall(r"params:\n((?:        .*\n)+)", text)]
     assert len(params) >= 8

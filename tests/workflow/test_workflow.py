@@ -101,9 +101,9 @@ def test_dry_run_plans_the_jobs_of_each_rule_per_case(tmp_path):
     assert proc.returncode == 0
     assert _job_counts(proc.stdout + proc.stderr) == {
         "demo_cohort": 1, "import_case": 5, "import_label": 5, "training_cases_imported": 1, "fingerprint": 1,
-        "preprocess": 5, "preprocess_label": 3, "slice_case": 3, "training_cases_prepared": 1, "train": 1,
+        "plan": 1, "preprocess": 5, "preprocess_label": 3, "slice_case": 3, "training_cases_prepared": 1, "train": 1,
         "infer": 2, "reassemble": 2, "evaluate": 2, "volumes": 2, "aggregate_metrics": 1, "aggregate_volumes": 1,
-        "report": 1, "all": 1, "total": 38}
+        "report": 1, "all": 1, "total": 39}
 
 
 def test_cross_validation_dry_run_trains_one_model_per_fold(tmp_path):
@@ -216,9 +216,16 @@ RERUNS = [
     ('postprocess={"*": {min_volume_ml: 0.2}}', {"infer", "reassemble"} | _DOWNSTREAM_OF_SEGMENTATIONS),
     ("inference={overlap: 0.25}", {"infer", "reassemble"} | _DOWNSTREAM_OF_SEGMENTATIONS),
     ("training={lr: 0.002}", {"train", "infer", "reassemble"} | _DOWNSTREAM_OF_SEGMENTATIONS),
-    ("plan={max_patch_mm: 100}", {"fingerprint", "preprocess", "preprocess_label", "slice_case",
+    # A planning option is decided from fingerprint.json: no image is read again (fingerprint stays).
+    ("plan={max_patch_mm: 100}", {"plan", "preprocess", "preprocess_label", "slice_case",
                                   "training_cases_prepared", "train", "infer", "reassemble"}
      | _DOWNSTREAM_OF_SEGMENTATIONS),
+    ("plan={intensity: foreground}", {"plan", "preprocess", "preprocess_label", "slice_case",
+                                      "training_cases_prepared", "train", "infer", "reassemble"}
+     | _DOWNSTREAM_OF_SEGMENTATIONS),
+    ("plan={slice_axis: coronal}", {"import_case", "import_label", "training_cases_imported", "fingerprint", "plan",
+                                    "preprocess", "preprocess_label", "slice_case", "training_cases_prepared", "train",
+                                    "infer", "reassemble"} | _DOWNSTREAM_OF_SEGMENTATIONS),
 ]
 
 

@@ -19,6 +19,7 @@ import torch
 
 from ..io.files import load_json
 from ..io.npy import NpyReader, NpyWriter
+from ..plan.plan import Plan
 
 __all__ = ["Predictor", "Ensemble", "load_models"]
 
@@ -150,16 +151,16 @@ def _infer_volume(net: Callable[[torch.Tensor], torch.Tensor], margin: int, meta
     from ..model.tiling import iter_volume_probabilities
 
     arch = meta["architecture"]
-    plan = meta["plan"]
+    plan = Plan.from_dict(meta["plan"])
     volume = NpyReader(pre_dir / "image.npy")  # (Z, Y', X') float32, read chunk by chunk (no memory map)
     inten = load_json(pre_dir / "meta.json")["intensity"]
     pad = (float(inten["p00_5"]) - float(inten["mean"])) / max(float(inten["std"]), 1e-6)  # air, normalised
-    k = int(plan["num_classes"])
+    k = plan.num_classes
     t0 = time.perf_counter()
     with NpyWriter(out_probs, (volume.shape[0], k, *volume.shape[1:]), np.float16) as writer:
         for _z0, probs in iter_volume_probabilities(
                 net, volume, in_slices=int(arch.get("in_channels", 1)), num_classes=k,
-                patch_size=plan["patch_size"], overlap=float(inference.get("overlap", 0.5)),
+                patch_size=plan.patch_size, overlap=float(inference.get("overlap", 0.5)),
                 batch_size=inference.get("batch_size"), device=device, margin=margin, pad_value=pad,
                 whole_slices=bool(inference.get("whole_slices", False)), precision=str(inference.get("precision", "auto")),
                 chunk_slices=int(inference.get("chunk_slices", 16))):

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..io.files import load_json, save_json
 from ..io.geometry import check_slice_axis
+from ..plan.plan import Plan
 
 __all__ = ["MODEL_FORMAT", "ModelCard", "read_model_card", "write_model_card", "model_card_path"]
 
@@ -54,9 +55,9 @@ class ModelCard:
         return dict(self.meta["architecture"])
 
     @property
-    def plan(self) -> dict[str, Any]:
+    def plan(self) -> Plan:
         """The plan the model was trained with (``plan.json`` of its run, patch size as used)."""
-        return dict(self.meta["plan"])
+        return Plan.from_dict(self.meta["plan"])
 
     @property
     def in_channels(self) -> int:

@@ -294,35 +294,52 @@ def predict_slices(model: Callable[[torch.Tensor], torch.Tensor], slices: np.nda
     """
     device = torch.device(device)
     budget = budget if budget is not None else TileBudget.default(batch_size, device)
-    return _predict_slices(model, slices, budget, num_classes=num_classes,
-                           patch_size=patch_size, overlap=overlap, device=device, sigma_scale=sigma_scale,
-                           margin=margin, pad_value=pad_value, precision=precision, whole_slices=whole_slices,
-                           prefetch=prefetch)
+    tiling = _Tiling(num_classes=num_classes, patch_size=(int(patch_size[0]), int(patch_size[1])), overlap=overlap,
+                     sigma_scale=sigma_scale, margin=margin, pad_value=pad_value, precision=precision,
+                     whole_slices=whole_slices, prefetch=prefetch)
+    return _predict_slices(model, slices, budget, tiling, device)
 
 
-def _predict_slices(model: Callable[[torch.Tensor], torch.Tensor], slices: np.ndarray, budget: TileBudget, *,
-                    num_classes: int, patch_size: Sequence[int], overlap: float, device: torch.device,
-                    sigma_scale: float, margin: int, pad_value: float, precision: str, whole_slices: bool,
-                    prefetch: bool | None) -> np.ndarray:
+@dataclass(frozen=True)
+class _Tiling:
+    """How :func:`predict_slices` cuts, runs and stitches the tiles (its parameters of the same names)."""
+
+    num_classes: int
+    patch_size: tuple[int, int]
+    overlap: float
+    sigma_scale: float
+    margin: int
+    pad_value: float
+    precision: str
+    whole_slices: bool
+    prefetch: bool | None
+
+
+def _predict_slices(model: Callable[[torch.Tensor], torch.Tensor], slices: np.ndarray, budget: TileBudget,
+                    tiling: _Tiling, device: torch.device) -> np.ndarray:
     """:func:`predict_slices` with the tile ``budget`` of the volume the slices belong to."""
     from .tile_feed import TileFeed
 
     n, _, ny, nx = slices.shape
-    th, tw = int(patch_size[0]), int(patch_size[1])
-    if whole_slices and not margin and ny * nx <= WHOLE_SLICE_MAX_PX:
+    th, tw = tiling.patch_size
+    margin = tiling.margin
+    if tiling.whole_slices and not margin and ny * nx <= WHOLE_SLICE_MAX_PX:
         th, tw = max(th, ny), max(tw, nx)
     # Pad small slices up to one tile, then mirror-pad by the margin for the overlap-tile strategy.
     py, px = max(0, th - ny), max(0, tw - nx)
-    x = np.pad(slices, ((0, 0), (0, 0), (py // 2, py - py // 2), (px // 2, px - px // 2)), constant_values=pad_value)
+    x = np.pad(slices, ((0, 0), (0, 0), (py // 2, py - py // 2), (px // 2, px - px // 2)),
+               constant_values=tiling.pad_value)
     if margin:
         x = np.pad(x, ((0, 0), (0, 0), (margin, margin), (margin, margin)), mode="symmetric")
     full_y, full_x = ny + py, nx + px
-    starts = [(s, i, j) for s in range(n) for i in tile_starts(full_y, th, overlap) for j in tile_starts(full_x, tw, overlap)]
-    stitcher = _Stitcher((n, num_classes, full_y, full_x), gaussian_importance((th, tw), sigma_scale), device, budget)
-    predictor = with_precision(model, precision, device)
+    starts = [(s, i, j) for s in range(n) for i in tile_starts(full_y, th, tiling.overlap)
+              for j in tile_starts(full_x, tw, tiling.overlap)]
+    stitcher = _Stitcher((n, tiling.num_classes, full_y, full_x), gaussian_importance((th, tw), tiling.sigma_scale),
+                         device, budget)
+    predictor = with_precision(model, tiling.precision, device)
     on_gpu = device.type == "cuda"
     with TileFeed(x, starts, (th + 2 * margin, tw + 2 * margin), budget.batch_size,
-                  thread=on_gpu if prefetch is None else bool(prefetch), pin_memory=on_gpu) as feed:
+                  thread=on_gpu if tiling.prefetch is None else bool(tiling.prefetch), pin_memory=on_gpu) as feed:
         for tiles, where in feed:
             _forward_tiles(predictor, tiles, where, device, stitcher, budget)
     return stitcher.probabilities((slice(py // 2, py // 2 + ny), slice(px // 2, px // 2 + nx)))

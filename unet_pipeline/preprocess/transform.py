@@ -1,4 +1,4 @@
-"""Per-case preprocessing with the plan (:mod:`unet_pipeline.plan.fingerprint` makes the plan).
+"""Per-case preprocessing with the plan (:mod:`unet_pipeline.plan.planner` makes the plan).
 
 Preprocessing turns an imported NIfTI case into the arrays every later stage works on:
 
@@ -31,10 +31,10 @@ import torch.nn.functional as F
 
 from ..errors import CaseError
 from ..io.files import save_json
-from ..io.geometry import Orientation, check_slice_axis, orientation_of, resampled_size
+from ..io.geometry import Orientation, orientation_of, resampled_size
 from ..io.images import load_image, read_voxels
 from ..io.npy import NpyWriter
-from ..plan.fingerprint import label_values
+from ..plan.plan import Plan
 
 __all__ = ["preprocess_image", "preprocess_label", "resample_slices", "normalise", "CHUNK_SLICES"]
 
@@ -89,7 +89,7 @@ def normalise(x: np.ndarray | torch.Tensor, intensity: Mapping[str, float]) -> n
     return ((np.clip(x, lo, hi) - mean) / std).astype(np.float32, copy=False)
 
 
-def preprocess_image(image_path: str | Path, plan: Mapping, out_dir: str | Path, *, case_id: str) -> dict:
+def preprocess_image(image_path: str | Path, plan: Plan | Mapping, out_dir: str | Path, *, case_id: str) -> dict:
     """Preprocess one image into ``out_dir/image.npy`` and ``out_dir/meta.json``.
 
     The slices are cut along the plan's ``slice_axis`` whatever the case's own spacing (a plan
@@ -98,14 +98,14 @@ def preprocess_image(image_path: str | Path, plan: Mapping, out_dir: str | Path,
     intensity statistics applied.
     """
     out_dir = Path(out_dir)
-    orient, img = orientation_of(image_path, plan.get("slice_axis"))
+    plan = plan if isinstance(plan, Plan) else Plan.from_dict(plan)
+    orient, img = orientation_of(image_path, plan.slice_axis)
     stored = read_voxels(img, image_path)
     canonical = orient.to_canonical(stored)  # view, no copy
     n_z, n_y, n_x = canonical.shape
     spacing = orient.canonical_spacing
-    target = tuple(float(s) for s in plan["target_spacing_mm"])
-    out_yx = resampled_size((n_y, n_x), spacing[1:], target)
-    intensity = plan["intensity"]
+    out_yx = resampled_size((n_y, n_x), spacing[1:], plan.target_spacing_mm)
+    intensity = plan.intensity.to_dict()
     with NpyWriter(out_dir / "image.npy", (n_z, *out_yx), np.float32) as writer:
         for z0 in range(0, n_z, CHUNK_SLICES):
             chunk = np.asarray(canonical[z0:z0 + CHUNK_SLICES], dtype=np.float32)
@@ -118,7 +118,7 @@ def preprocess_image(image_path: str | Path, plan: Mapping, out_dir: str | Path,
         "case_id": case_id,
         "image": str(image_path),
         "orientation": orient.to_dict(),
-        "slice_axis": check_slice_axis(plan.get("slice_axis")),
+        "slice_axis": plan.slice_axis,
         "slice_world_axis": orient.slice_world_axis,
         "canonical_shape": [n_z, n_y, n_x],
         "canonical_spacing_mm": list(spacing),
@@ -127,7 +127,7 @@ def preprocess_image(image_path: str | Path, plan: Mapping, out_dir: str | Path,
         "affine": np.asarray(img.affine).tolist(),
         "stored_shape": list(img.shape),
         "intensity": dict(intensity),
-        "label_values": label_values(plan["labels"]) if plan.get("labels") else None,
+        "label_values": plan.label_values or None,
     }
     save_json(meta, out_dir / "meta.json")
     log.info("preprocessed %s: canonical %s at %s mm -> %s at %s mm", case_id, list(canonical.shape),

@@ -70,7 +70,7 @@ def run_fingerprint(*, model: UNetConfig, loss: Mapping, augment: AugmentConfig,
                      plan: Mapping, train_ids: Sequence[str], val_ids: Sequence[str]) -> dict[str, dict]:
     """What shapes a training run, part by part: ``{part: {"hash": SHA-256 hex, "value": JSON value}}``.
 
-    ``training`` is the run's :class:`unet_pipeline.train.loop.TrainConfig`.
+    ``training`` is the run's :class:`unet_pipeline.train.settings.TrainConfig`.
 
     Parts: ``model``, ``loss`` (name and options), ``augment``, ``training`` (without the keys of
     ``FINGERPRINT_EXCLUDED``), ``plan``, ``training cases`` (in the sampler's order, which

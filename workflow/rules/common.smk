@@ -12,6 +12,7 @@ from unet_pipeline.config import (
     import_options,
     inference_options,
     model_label_names,
+    plan_options,
     predict_model_dirs,
     slice_options,
     train_options,
@@ -49,9 +50,10 @@ LOGS = f"{RESULTS}/logs"
 MODEL_DIR = MODEL_DIRS[0]
 # The arguments of each stage: the same functions build them for the CLI (unet_pipeline.config).
 # Only what shapes a stage's output is a param, so a speed-only key never reruns a job.
-IMPORT_OPTIONS = import_options(config, MODEL_CARD.meta if PREDICT_ONLY else None)
+IMPORT_OPTIONS = import_options(config, MODEL_CARD)
 IMPORT_OPTIONS["roi_names"] = CASES.roi_names
 FINGERPRINT_OPTIONS = fingerprint_options(config)
+PLAN_OPTIONS = plan_options(config)
 SLICE_OPTIONS = slice_options(config)
 TRAIN_OPTIONS = train_options(config, speed=False)
 INFERENCE_OPTIONS = inference_options(config, speed=False)

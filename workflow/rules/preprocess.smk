@@ -1,4 +1,6 @@
-# Fingerprint -> plan (training cases only), then per case: preprocessing and slicing.
+# Fingerprint (training cases only: the one planning step that reads images) -> plan (from the
+# fingerprint and the plan options alone, so changing one of them reads no image), then per case:
+# preprocessing and slicing.
 #
 # The two rules training_cases_* are barriers: one job waits for every training case and writes
 # their ids, and fingerprint (train) takes that one file instead of thousands. Snakemake scans a
@@ -41,7 +43,7 @@ rule fingerprint:
     input:
         cases=f"{RESULTS}/training_cases/imported.json",
     output:
-        plan=f"{RESULTS}/plan.json",
+        fingerprint=f"{RESULTS}/fingerprint.json",
     params:
         cases=CASES.train,
         imported_root=f"{RESULTS}/imported",
@@ -56,6 +58,25 @@ rule fingerprint:
         "../envs/unet.yaml"
     script:
         "../scripts/fingerprint.py"
+
+
+rule plan:
+    input:
+        fingerprint=f"{RESULTS}/fingerprint.json",
+    output:
+        plan=f"{RESULTS}/plan.json",
+    params:
+        options=PLAN_OPTIONS,
+    log:
+        f"{LOGS}/plan.log",
+    localrule: True  # reads one JSON file: not worth a cluster job
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime_min,
+    conda:
+        "../envs/unet.yaml"
+    script:
+        "../scripts/plan.py"
 
 
 rule preprocess:

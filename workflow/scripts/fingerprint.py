@@ -1,4 +1,4 @@
-"""Rule fingerprint: the plan (spacing, CT statistics, patch size) from the training cases."""
+"""Rule fingerprint: the training cases' statistics (spacings, shapes, HU, voxels per class), read once."""
 import sys
 from pathlib import Path
 
@@ -9,5 +9,5 @@ from unet_pipeline.runlog import rule_logging  # noqa: E402
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]):
-    stages.fingerprint([(c, Path(sm.params.imported_root) / c) for c in sm.params.cases], sm.output.plan,
+    stages.fingerprint([(c, Path(sm.params.imported_root) / c) for c in sm.params.cases], sm.output.fingerprint,
                        labels=sm.params.labels, **sm.params.options)

@@ -145,7 +145,7 @@ def test_oblique_thin_slice_scan_is_sliced_along_its_axis_nearest_superior_infer
 def test_mixed_cohort_and_a_thick_slice_model_on_a_thin_slice_scan_all_slice_axially(tmp_path):
     """A plan made from a 3 mm and a 0.5 mm case records one plane; a thin-slice scan preprocessed
     with that plan (as prediction with the model does) is cut axially too."""
-    from unet_pipeline.plan.fingerprint import make_plan
+    from unet_pipeline.plan.planner import make_plan
 
     from ...conftest import make_ct
 

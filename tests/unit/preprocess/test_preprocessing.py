@@ -12,7 +12,7 @@ import torch
 from tests.conftest import make_ct, save_nifti
 from unet_pipeline.io.geometry import Orientation
 from unet_pipeline.io.geometry import resampled_size
-from unet_pipeline.plan.fingerprint import make_plan
+from unet_pipeline.plan.planner import make_plan
 from unet_pipeline.preprocess.transform import normalise, preprocess_image, preprocess_label, resample_slices
 
 
@@ -148,7 +148,7 @@ def test_plan_intensity_schemes_clip_where_they_say(tmp_path):
 
 
 def test_automatic_patch_is_capped_in_pixels_and_in_millimetres():
-    from unet_pipeline.plan.fingerprint import _median_patch
+    from unet_pipeline.plan.planner import _median_patch
 
     shapes = np.array([[30, 512, 400], [30, 512, 400]])  # (Z, Y, X) px
     fine, coarse = np.array([[3.0, 0.8, 0.8]] * 2), np.array([[3.0, 3.0, 3.0]] * 2)

@@ -63,7 +63,7 @@ def test_model_json_records_the_flips_of_training(augment, labels, expected):
     """What ``train`` writes to ``model.json["mirroring"]``: the pairs as class indices (channels)."""
     from unet_pipeline.infer.tta import trained_mirroring
     from unet_pipeline.train.augment import AugmentConfig, mirroring_record
-    from unet_pipeline.train.loop import _pairs_as_class_indices
+    from unet_pipeline.train.run import _pairs_as_class_indices
 
     record = mirroring_record(_pairs_as_class_indices(AugmentConfig(**augment), labels))
     assert record == expected

@@ -137,7 +137,7 @@ def test_train_config_errors_name_the_key(bad, match):
 def test_left_right_pairs_are_label_values_mapped_to_class_indices():
     from unet_pipeline.train.augment import AugmentConfig
     from unet_pipeline.errors import ConfigError
-    from unet_pipeline.train.loop import _pairs_as_class_indices
+    from unet_pipeline.train.run import _pairs_as_class_indices
 
     cfg = AugmentConfig(mirror_p=0.5, lr_label_pairs=[[9, 3]])
     assert _pairs_as_class_indices(cfg, [1, 3, 9]).lr_label_pairs == ((3, 2),)
@@ -156,7 +156,7 @@ def _checkpoint_state(out_dir: Path) -> dict:
 _SIGNAL_SCRIPT = r"""
 import json, sys, time
 from unet_pipeline import stages
-from unet_pipeline.train import loop as training
+from unet_pipeline.train import epochs as training
 from unet_pipeline.runlog import rule_logging
 
 args = json.loads(sys.argv[1])
@@ -218,7 +218,7 @@ def test_real_signal_checkpoints_exits_and_resumes_to_the_same_weights(prepared,
 
 
 def test_timed_checkpoint_is_written_mid_epoch(prepared, tmp_path, monkeypatch):
-    from unet_pipeline.train import loop as training
+    from unet_pipeline.train import epochs as training
 
     positions = []
     real = training.save_checkpoint
@@ -227,7 +227,7 @@ def test_timed_checkpoint_is_written_mid_epoch(prepared, tmp_path, monkeypatch):
         positions.append((state.epoch, state.iteration))
         return real(path, model, optimizer, scaler, state, *rest)
 
-    monkeypatch.setattr(training, "save_checkpoint", spy)  # as the loop calls it
+    monkeypatch.setattr(training, "save_checkpoint", spy)  # as the epoch loop calls it
     _train(prepared, tmp_path / "off", epochs=1, iterations_per_epoch=3, checkpoint_minutes=0)
     assert positions == [(1, 0)]  # only the end of the epoch
     positions.clear()
@@ -241,7 +241,7 @@ def test_timed_checkpoint_is_written_mid_epoch(prepared, tmp_path, monkeypatch):
 def test_defaults_are_adamw_and_sgd_is_nesterov_with_momentum_0_99():
     """The default optimiser is AdamW at 0.003 (measured best on real CT, README "Real CT"); the
     schema's other choice is nnU-Net's Nesterov SGD with momentum 0.99."""
-    from unet_pipeline.train.loop import _make_optimizer
+    from unet_pipeline.train.run import _make_optimizer
 
     cfg = TrainConfig()
     assert (cfg.optimizer, cfg.momentum, cfg.lr, cfg.poly_power, cfg.grad_clip, cfg.prefetch) == \
@@ -257,7 +257,7 @@ def test_defaults_are_adamw_and_sgd_is_nesterov_with_momentum_0_99():
 
 @pytest.mark.parametrize("power", [0.9, 2.0])
 def test_polynomial_learning_rate_decay(power):
-    from unet_pipeline.train.loop import _lr_at
+    from unet_pipeline.train.epochs import _lr_at
 
     cfg = TrainConfig(lr=0.01, poly_power=power)
     total = 200
@@ -278,7 +278,7 @@ def test_training_log_follows_the_schedule(prepared, tmp_path):
 
 
 def test_gradient_clipping_clips_a_huge_gradient():
-    from unet_pipeline.train.loop import _backward_and_step
+    from unet_pipeline.train.epochs import _backward_and_step
 
     def step(grad_clip):
         torch.manual_seed(0)
@@ -322,7 +322,7 @@ def test_best_epoch_by_smoothed_score_and_early_stopping():
 def test_training_keeps_the_best_epoch_and_stops_early(prepared, tmp_path, monkeypatch):
     """Scripted validation scores (the hand-computed sequence above): model.safetensors holds the
     weights of epoch 4, and patience 2 stops training after epoch 6."""
-    from unet_pipeline.train import loop as training
+    from unet_pipeline.train import epochs as training
 
     scores = iter([0.2, 0.6, 0.5, 0.9, 0.1, 0.1, 0.1, 0.1])
     snapshots = []
@@ -382,7 +382,7 @@ def _losses(out: Path) -> list[float]:
 
 
 def test_weighted_ce_trains_with_the_weight_maps(prepared, weight_slices, tmp_path, monkeypatch):
-    from unet_pipeline.train import loop as training
+    from unet_pipeline.train import run as training
 
     seen = []
     real = training.make_loss
@@ -616,7 +616,7 @@ def test_validation_dice_leaves_out_classes_absent_from_reference_and_prediction
                                                                                   mean):
     import math
 
-    from unet_pipeline.train.loop import _summarize_dice
+    from unet_pipeline.train.epochs import _summarize_dice
 
     got = _summarize_dice(inter, ref_n, pred_n)
     assert [None if math.isnan(v) else pytest.approx(v) for v in got["per_class"]] == per_class
@@ -624,7 +624,7 @@ def test_validation_dice_leaves_out_classes_absent_from_reference_and_prediction
 
 
 def test_class_without_validation_cases_is_an_empty_log_cell(prepared, tmp_path, monkeypatch):
-    from unet_pipeline.train import loop as training
+    from unet_pipeline.train import epochs as training
 
     monkeypatch.setattr(training, "_validate", lambda *a, **k: {"per_class": [0.5, float("nan")], "mean": 0.5})
     out = tmp_path / "model"
@@ -657,7 +657,7 @@ def test_planned_steps_follow_the_measured_rate():
     from types import SimpleNamespace
 
     from unet_pipeline.train.checkpoint import TrainState as _State
-    from unet_pipeline.train.loop import _budget_left, _planned_steps
+    from unet_pipeline.train.epochs import _budget_left, _planned_steps
 
     run = SimpleNamespace(cfg=TrainConfig(epochs=10, iterations_per_epoch=100, max_minutes=1.0), total_steps=1000)
     state = _State(step=20)
