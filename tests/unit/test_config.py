@@ -152,9 +152,6 @@ def test_command_line_strings_become_the_numbers_and_flags_the_schema_asks_for()
 
 
 #: Keyword arguments a rule script passes that come from the rule itself (paths, the case), not the config.
-_FROM_THE_RULE = {"import_case": {"labels", "series_uid"}, "fingerprint": {"labels"}, "plan": set(), "slice_case": set(),
-                  "train": {"preprocessed_root", "slices_root", "plan_path", "out_dir"}}
-
 
 def test_stage_options_are_what_the_rules_pass():
     config = load_config({"cohort": {"geometry_tolerance_mm": 0.2}, "model": {"in_channels": 3},

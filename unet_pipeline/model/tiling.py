@@ -22,7 +22,6 @@ test-time augmentation (:class:`unet_pipeline.infer.tta.MirrorTTA`) and the ense
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache

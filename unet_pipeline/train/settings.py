@@ -7,14 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..schema import section_defaults
+from ..schema import with_schema_defaults
 
 __all__ = ["TrainConfig"]
 
-_DEFAULTS = section_defaults("training")  # the one place the defaults are written: the config schema
-
 
 @dataclass(frozen=True)
+@with_schema_defaults("training")  # defaults: the config schema's training section
 class TrainConfig:
     """Training settings (the ``training`` section of the config; defaults from the config schema).
 
@@ -22,29 +21,29 @@ class TrainConfig:
     follows ``lr * (1 - step / total_steps) ** poly_power``.
     """
 
-    epochs: int = _DEFAULTS["epochs"]
-    iterations_per_epoch: int = _DEFAULTS["iterations_per_epoch"]
-    batch_size: int = _DEFAULTS["batch_size"]
-    optimizer: str = _DEFAULTS["optimizer"]  # "sgd" (Nesterov, momentum 0.99) | "adamw"
-    lr: float = _DEFAULTS["lr"]
-    momentum: float = _DEFAULTS["momentum"]
-    weight_decay: float = _DEFAULTS["weight_decay"]
-    poly_power: float = _DEFAULTS["poly_power"]
-    grad_clip: float = _DEFAULTS["grad_clip"]  # max. global L2 norm of the gradients; 0 = no clipping
+    epochs: int
+    iterations_per_epoch: int
+    batch_size: int
+    optimizer: str  # "sgd" (Nesterov, momentum 0.99) | "adamw"
+    lr: float
+    momentum: float
+    weight_decay: float
+    poly_power: float
+    grad_clip: float  # max. global L2 norm of the gradients; 0 = no clipping
     loss: str = "dice_ce"  # set from the loss section by stages.train
-    foreground_fraction: float = _DEFAULTS["foreground_fraction"]
-    seed: int = _DEFAULTS["seed"]
-    device: str = _DEFAULTS["device"]
-    amp: bool = _DEFAULTS["amp"]
-    deterministic: bool = _DEFAULTS["deterministic"]
-    checkpoint_minutes: float = _DEFAULTS["checkpoint_minutes"]
-    val_smoothing: float = _DEFAULTS["val_smoothing"]  # exponential smoothing of the validation Dice (best epoch)
-    early_stopping_patience: int = _DEFAULTS["early_stopping_patience"]  # epochs without improvement; 0 = off
-    compile: bool = _DEFAULTS["compile"]
-    threads: int = _DEFAULTS["threads"]  # torch intra-op threads; 0 = torch's default
-    progress: bool | None = _DEFAULTS["progress"]  # tqdm bar; None = only on a terminal
-    prefetch: bool = _DEFAULTS["prefetch"]  # draw the next batches in a background thread; same batches
-    max_minutes: float = _DEFAULTS["max_minutes"]  # time budget of the whole run, 0 = none; the LR schedule follows it
+    foreground_fraction: float
+    seed: int
+    device: str
+    amp: bool
+    deterministic: bool
+    checkpoint_minutes: float
+    val_smoothing: float  # exponential smoothing of the validation Dice (best epoch)
+    early_stopping_patience: int  # epochs without improvement; 0 = off
+    compile: bool
+    threads: int  # torch intra-op threads; 0 = torch's default
+    progress: bool | None  # tqdm bar; None = only on a terminal
+    prefetch: bool  # draw the next batches in a background thread; same batches
+    max_minutes: float  # time budget of the whole run, 0 = none; the LR schedule follows it
     stop_after_iterations: int = 0  # testing aid: simulate a SIGTERM after this many iterations in total (0 = off)
 
     @classmethod
