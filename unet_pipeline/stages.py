@@ -41,6 +41,8 @@ __all__ = [
     "write_segmentation",
     "write_sidecar",
     "SIDECAR_KEYS",
+    "review_case",
+    "review_list",
     "segmentation_complete",
 ]
 
@@ -306,10 +308,32 @@ def reassemble(probs_path: str | Path, preprocessed_dir: str | Path, imported_im
     seconds = round(time.perf_counter() - t0, 3)
     record = load_json(case_record) if isinstance(case_record, (str, Path)) else dict(case_record or {})
     info = load_json(infer_info) if isinstance(infer_info, (str, Path)) else dict(infer_info or {})
-    timings = {"infer": info.get("seconds"), "reassemble": seconds}
+    t0 = time.perf_counter()
+    review = review_case(record.get("case_id") or _sidecar_path(out_nifti).stem, probs_path, preprocessed_dir,
+                         model_dirs)
+    timings = {"infer": info.get("seconds"), "reassemble": seconds, "review": round(time.perf_counter() - t0, 3)}
     return write_sidecar(out_nifti, case_id=record.get("case_id"), source=record.get("source_image"), labels=labels,
                          model_dirs=model_dirs, postprocess=applied, inference=info,
-                         warnings=record.get("warnings", []), timings=timings, provenance=provenance)
+                         warnings=record.get("warnings", []), timings=timings, provenance=provenance, review=review)
+
+
+def review_case(case_id: str, probs_path: str | Path, preprocessed_dir: str | Path,
+                model_dirs: Sequence[str | Path]) -> dict:
+    """The sidecar's ``review`` of one case, from its probabilities while they exist: the review
+    signals and per-class predicted Dice and reasons (:func:`unet_pipeline.quality.review.review_from_files`).
+    Called by :func:`reassemble` (the workflow) and by ``unet-pipeline predict``."""
+    from .quality.review import review_from_files
+
+    return review_from_files(case_id, probs_path, preprocessed_dir, _as_list(model_dirs)[0])
+
+
+def review_list(sidecars: Sequence[str | Path | Mapping], out_csv: str | Path) -> list[dict]:
+    """``review.csv`` of a cohort: the rows of every segmentation sidecar's ``review``, ranked over the
+    cohort (``review_rank`` 1 = look first; :func:`unet_pipeline.quality.review.review_cohort`).
+    The workflow's rule review and ``unet-pipeline predict`` both write it with this."""
+    from .quality.review import review_cohort
+
+    return review_cohort([load_json(s) if isinstance(s, (str, Path)) else s for s in sidecars], out_csv)
 
 
 #: File name endings of the DICOM results beside ``<case>.nii.gz``: ``<case>.dcm`` (DICOM-SEG) and
@@ -401,20 +425,21 @@ def write_segmentation(probs_path: str | Path, preprocessed_dir: str | Path, imp
 
 #: The keys of every segmentation sidecar, whichever door wrote it (the workflow or ``predict``).
 SIDECAR_KEYS = ("case", "source", "labels", "model", "model_sha256", "models", "unet_pipeline", "postprocess",
-                "device", "inference", "warnings", "timings", "provenance")
+                "device", "inference", "warnings", "timings", "provenance", "review")
 
 
 def write_sidecar(out_nifti: str | Path, *, case_id: str | None, source: str | Path | None,
                   labels: Mapping[int, str], model_dirs: str | Path | Sequence[str | Path], postprocess: Mapping,
                   inference: Mapping, warnings: Sequence[str], timings: Mapping[str, float | None],
-                  provenance: Mapping | None) -> dict:
+                  provenance: Mapping | None, review: Mapping | None = None) -> dict:
     """``<case>.json`` beside a segmentation (:data:`SIDECAR_KEYS`): the one writer of the workflow's
     rule reassemble and of ``unet-pipeline predict``.
 
     ``case`` and ``source`` (the input image or DICOM folder), label names, the models (path +
     SHA-256), the package version, the postprocessing applied, the device and the inference record
     (settings, slices, seconds), the import warnings, seconds per step and ``provenance`` (the
-    config's SHA-256). Written atomically, after the segmentation: its presence marks the case as
+    config's SHA-256), and ``review``: the review signals and per-class predicted Dice of
+    :func:`review_case` (None when not computed). Written atomically, after the segmentation: its presence marks the case as
     done (:func:`segmentation_complete`). Returns its content.
     """
     from . import __version__
@@ -425,7 +450,8 @@ def write_sidecar(out_nifti: str | Path, *, case_id: str | None, source: str | P
                "labels": {str(k): v for k, v in labels.items()}, "model": models[0]["path"],
                "model_sha256": models[0]["sha256"], "models": models, "unet_pipeline": __version__,
                "postprocess": dict(postprocess), "device": inference.get("device"), "inference": dict(inference),
-               "warnings": list(warnings), "timings": dict(timings), "provenance": dict(provenance or {})}
+               "warnings": list(warnings), "timings": dict(timings), "provenance": dict(provenance or {}),
+               "review": dict(review) if review is not None else None}
     save_json(sidecar, _sidecar_path(out_nifti))
     return sidecar
 
@@ -517,7 +543,8 @@ def report_from_files(out_html: str | Path, *, metrics_csv: str | Path | None, s
                       train_logs: Sequence[str | Path], overlay_cases: Sequence[Mapping],
                       case_records: Sequence[str | Path], provenance: Mapping, labels: Mapping,
                       work_dir: str | Path, splits: Mapping[str, str] | None = None,
-                      volumes_csv: str | Path | None = None) -> None:
+                      volumes_csv: str | Path | None = None, review_csv: str | Path | None = None,
+                      review_cases: Sequence[Mapping] = ()) -> None:
     """The HTML report from files named one by one: draws the overlays, reads the cases' geometry,
     then :func:`unet_pipeline.report.html.write_report` writes the page (summary, plots, curves,
     volumes, overlays, cohort geometry and provenance). :func:`report_from_workflow` calls it
@@ -530,7 +557,8 @@ def report_from_files(out_html: str | Path, *, metrics_csv: str | Path | None, s
     (in label order, then any other group); otherwise the figures are listed as given. Each
     case's volumes are read once, however many figures show it; a repeated (case, focus) is drawn
     once. Figures are written to ``work_dir`` as ``overlay_<case>.png`` (no focus) or
-    ``overlay_<case>_label<focus>.png``.
+    ``overlay_<case>_label<focus>.png``. ``review_csv`` and ``review_cases`` (dicts as
+    ``overlay_cases``: the top of the review list) make the first section, "Review first".
     """
     import nibabel as nib
 
@@ -544,7 +572,7 @@ def report_from_files(out_html: str | Path, *, metrics_csv: str | Path | None, s
     work.mkdir(parents=True, exist_ok=True)
     names = _labels(labels)
     by_case: dict[str, list[Mapping]] = {}
-    for item in overlay_cases:
+    for item in [*overlay_cases, *review_cases]:
         by_case.setdefault(str(item["case"]), []).append(item)
     pngs: dict[tuple[str, int | None], Path] = {}
     for cid, items in by_case.items():  # one case at a time: its volumes are read once, then dropped
@@ -569,9 +597,12 @@ def report_from_files(out_html: str | Path, *, metrics_csv: str | Path | None, s
         entries.append((item.get("group"), (item.get("caption", item["case"]), pngs[(str(item["case"]), focus)])))
     overlays = group_overlays(entries, names)
     geometry = geometry_rows(case_records, splits)
+    focus_of = lambda item: None if item.get("focus") is None else int(item["focus"])  # noqa: E731
+    review_overlays = [(item.get("caption", item["case"]), pngs[(str(item["case"]), focus_of(item))])
+                       for item in review_cases]
     write_report(out_html, metrics_csv=metrics_csv, summary_json=summary_json, train_logs=train_logs,
                  overlays=overlays, geometry_rows=geometry, provenance=provenance, empty_policy=EMPTY_POLICY,
-                 volumes_csv=volumes_csv)
+                 volumes_csv=volumes_csv, review_csv=review_csv, review_overlays=review_overlays)
 
 
 def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mapping[str, Mapping], labels: Mapping,
@@ -606,6 +637,22 @@ def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mappin
     records = inputs.get("records", [])
     if isinstance(records, str):
         records = [records]
+    review_cases = _review_overlay_cases(inputs.get("review"), cases, labels, n_overlays)
     report_from_files(out_html, metrics_csv=metrics, summary_json=inputs.get("summary"), train_logs=list(train_logs),
            overlay_cases=overlay_cases, case_records=records, provenance=provenance, labels=labels, work_dir=work_dir,
-           splits={cid: c.get("split") for cid, c in cases.items()}, volumes_csv=inputs.get("volumes"))
+           splits={cid: c.get("split") for cid, c in cases.items()}, volumes_csv=inputs.get("volumes"),
+           review_csv=inputs.get("review"), review_cases=review_cases)
+
+
+def _review_overlay_cases(review_csv: str | Path | None, cases: Mapping[str, Mapping], labels: Mapping,
+                          n: int) -> list[dict]:
+    """The report's overlays of the ``n`` top rows of ``review.csv`` (each cut through its class)."""
+    if not review_csv or not Path(review_csv).is_file():
+        return []
+    from .quality.review import read_review_csv
+
+    ids = {name: k for k, name in _labels(labels).items()}
+    picked = [r for r in read_review_csv(review_csv) if r["case"] in cases][:n]
+    return [{**cases[r["case"]], "case": r["case"], "focus": ids.get(r["class"]),
+             "caption": f"#{r['review_rank']} {r['case']} {r['class']}: predicted Dice {r['predicted_dice'] or '-'}"
+                        f" ({r['reason']})"} for r in picked]
