@@ -146,13 +146,18 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], ou
         else:
             status[case_id], rows_of[case_id] = "ok", outcome
     status = {case_id: status[case_id] for case_id, *_ in inputs}  # the order of ``inputs``
+    _write_cohort_tables(Path(out_dir), status, rows_of)
+    return status
+
+
+def _write_cohort_tables(out_dir: Path, status: Mapping[str, str], rows_of: Mapping[str, list[dict]]) -> None:
+    """``volumes.csv`` and ``review.csv`` of the cases with a complete segmentation (in ``status`` order)."""
     volume_rows = [row for case_id in status for row in rows_of.get(case_id, [])]
     if volume_rows:
-        tables.write_rows(Path(out_dir) / "volumes.csv", volume_rows, columns=tables.VOLUME_COLUMNS)
-    done = [Path(out_dir) / f"{case_id}.json" for case_id, state in status.items() if state in ("ok", "skipped")]
+        tables.write_rows(out_dir / "volumes.csv", volume_rows, columns=tables.VOLUME_COLUMNS)
+    done = [out_dir / f"{case_id}.json" for case_id, state in status.items() if state in ("ok", "skipped")]
     if done:
-        stages.review_list(done, Path(out_dir) / "review.csv")
-    return status
+        stages.review_list(done, out_dir / "review.csv")
 
 
 def _predict_options(model_dirs: list[str], inference: dict, postprocess: Mapping | None, dicom_requested: bool,

@@ -249,7 +249,7 @@ def test_realdata_benchmark_segments_both_tests_on_their_grids_with_both_recipes
 
 
 def test_realdata_scores_are_the_metrics_of_the_masks(tmp_path):
-    """``_score`` (what the benchmark reports): the reference against itself scores Dice 1 and HD95 0,
+    """``score`` (what the benchmark reports): the reference against itself scores Dice 1 and HD95 0,
     a prediction missing one class scores Dice 0 there, and a mask off the reference's grid is refused."""
     from bench import bench_realdata
     from tests.conftest import make_ct, save_nifti
@@ -261,12 +261,12 @@ def test_realdata_scores_are_the_metrics_of_the_masks(tmp_path):
     shifted[0, 3] += 5.0
     off_grid = save_nifti(tmp_path / "off.nii.gz", label, shifted)
     classes = {1: "liver", 2: "spleen"}
-    same = bench_realdata._score(ref, ref, classes)
+    same = bench_realdata.score(ref, ref, classes)
     assert same == {"liver": {"dice": 1.0, "hd95_mm": 0.0}, "spleen": {"dice": 1.0, "hd95_mm": 0.0}}
-    partial = bench_realdata._score(missing, ref, classes)
+    partial = bench_realdata.score(missing, ref, classes)
     assert partial["liver"]["dice"] == 1.0 and partial["spleen"]["dice"] == 0.0
     with pytest.raises(AssertionError, match="not on the grid"):
-        bench_realdata._score(off_grid, ref, classes)
+        bench_realdata.score(off_grid, ref, classes)
 
 
 def test_forward_before_variant_is_the_same_network_with_torch_instance_norm():

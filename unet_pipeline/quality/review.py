@@ -9,7 +9,8 @@ Order: ascending predicted Dice (ties: ascending ``soft_dice``), then the classe
 segmented (no signals, ``predicted_dice`` empty). A class that is probably absent from the scan
 (a volume under :data:`ABSENT_FRACTION` of the smallest one in the training cases, or a class no
 training case holds) gets at most :data:`ABSENT_DICE`, whatever its softmax says, so it ranks
-near the top with that reason.
+near the top with that reason. A class with nothing segmented that every training scan holds, in
+a scan covering about as much of the body (:data:`COVERAGE`), is predicted 0 (probably missed).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ REVIEW_COLUMNS = ["case", "class", "predicted_dice", "review_rank", "reason", "a
 ABSENT_FRACTION = 0.2
 #: The most a probably absent class is predicted to score.
 ABSENT_DICE = 0.05
+#: A scan covering at least this share of the training scans' extent along the slices should hold
+#: every class all of them hold.
+COVERAGE = 0.8
 
 _NAN = float("nan")
 
@@ -79,6 +83,20 @@ def _reasons(cls: Mapping, scan: Mapping, ref: Mapping | None, name: str, absent
     return out
 
 
+def _empty_class(scan: Mapping, ref: Mapping | None, ref_cls: Mapping | None) -> dict:
+    """``predicted_dice``, ``absent_suspected`` and ``reason`` of a class with nothing segmented.
+
+    A class every training scan holds, missing from a scan that covers at least
+    :data:`COVERAGE` of the training scans' extent along the slices, is probably missed:
+    predicted Dice 0. Otherwise (a shorter scan, or a class some training scans lack) nothing
+    may be right: predicted Dice empty, ranked after every segmented class."""
+    extent, ref_extent = _num(scan.get("z_extent_mm")), _num(((ref or {}).get("scan") or {}).get("z_extent_mm"))
+    if (ref_cls or {}).get("present_share") == 1 and extent >= COVERAGE * ref_extent:
+        return {"predicted_dice": 0.0, "absent_suspected": False,
+                "reason": "nothing segmented, though every training scan holds it and this one covers as much"}
+    return {"predicted_dice": _NAN, "absent_suspected": False, "reason": "nothing segmented"}
+
+
 def case_review(case_id: str, signals: Mapping, review: Mapping | None) -> list[dict]:
     """Unranked review rows (:data:`REVIEW_COLUMNS` but ``review_rank``) of one case, one per class.
 
@@ -101,9 +119,7 @@ def case_review(case_id: str, signals: Mapping, review: Mapping | None) -> list[
         row["scan_hu_shift"] = _num(scan.get("body_hu_median")) - _num(((ref or {}).get("scan") or {})
                                                                          .get("body_hu_median"))
         if not cls.get("volume_ml"):
-            present = (ref_cls or {}).get("present_share")
-            row.update(predicted_dice=_NAN, absent_suspected=False,
-                       reason="nothing segmented" + (" (every training scan holds it)" if present == 1 else ""))
+            row.update(_empty_class(scan, ref, ref_cls))
         else:
             absent = _absent(cls, ref_cls)
             dice = predict_dice(calibration, features(cls, scan, ref, name))
