@@ -33,6 +33,8 @@ REVIEW_COLUMNS = ["case", "class", "predicted_dice", "review_rank", "reason", "a
 ABSENT_FRACTION = 0.2
 #: The most a probably absent class is predicted to score.
 ABSENT_DICE = 0.05
+#: At most this many reasons per row, the most telling first.
+MAX_REASONS = 3
 #: A scan covering at least this share of the training scans' extent along the slices should hold
 #: every class all of them hold.
 COVERAGE = 0.8
@@ -124,7 +126,7 @@ def case_review(case_id: str, signals: Mapping, review: Mapping | None) -> list[
             absent = _absent(cls, ref_cls)
             dice = predict_dice(calibration, features(cls, scan, ref, name))
             row.update(predicted_dice=min(dice, ABSENT_DICE) if absent else dice, absent_suspected=bool(absent),
-                       reason="; ".join(_reasons(cls, scan, ref, name, absent)) or "no signal out of the usual")
+                       reason="; ".join(_reasons(cls, scan, ref, name, absent)[:MAX_REASONS]) or "no signal out of the usual")
         rows.append(row)
     return rows
 
