@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.bench_realdata import CLASSES, DATA, cli  # noqa: E402
+from bench.bench_realdata import CLASSES, DATA, cli, training_scan  # noqa: E402
 
 __all__ = ["run", "check", "VARIANTS", "evaluate_ranking"]
 
@@ -164,16 +164,11 @@ def _write_cases(tmp: Path, names: list[str], seed: int = 0) -> dict:
     """The training scan (image, label) and each variant with its reference, as NIfTI files."""
     import nibabel as nib
 
-    ts = DATA / "totalsegmentator-example"
-    img = nib.load(str(ts / "example_ct_sm.nii.gz"))
-    seg = np.asarray(nib.load(str(ts / "example_seg.nii.gz")).dataobj)
-    label = np.zeros(seg.shape, np.uint8)
-    for value, (_, ts_value) in CLASSES.items():
-        label[seg == ts_value] = value
-    hu = np.asarray(img.dataobj).astype(np.float64)
+    img, hu_int, label = training_scan()
+    hu = hu_int.astype(np.float64)
     paths = {"train_image": tmp / "train" / "ts.nii.gz", "train_label": tmp / "train_labels" / "ts.nii.gz"}
     cases = {}
-    for key, array in (("train_image", hu.astype(np.int16)), ("train_label", label)):
+    for key, array in (("train_image", hu_int), ("train_label", label)):
         paths[key].parent.mkdir(parents=True, exist_ok=True)
         nib.save(nib.Nifti1Image(array, img.affine), str(paths[key]))
     (tmp / "tests").mkdir()

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run", "check", "DATA", "CLASSES", "cli", "score"]
+__all__ = ["run", "check", "DATA", "CLASSES", "cli", "score", "training_scan"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -48,11 +48,9 @@ FULL_MINUTES = 10.0
 QUICK_MINUTES = 1.5
 
 
-def _write_inputs(tmp: Path, seed: int = 0) -> dict:
-    """Training case, the two tests and their references as NIfTI files in ``tmp``."""
+def training_scan():
+    """``(NIfTI image, HU int16 (x, y, z), label uint8 with the values of CLASSES)`` of the training scan."""
     import nibabel as nib
-
-    from unet_pipeline.io.images import load_image, read_voxels
 
     ts = DATA / "totalsegmentator-example"
     img = nib.load(str(ts / "example_ct_sm.nii.gz"))
@@ -60,7 +58,16 @@ def _write_inputs(tmp: Path, seed: int = 0) -> dict:
     label = np.zeros(seg.shape, np.uint8)
     for value, (_, ts_value) in CLASSES.items():
         label[seg == ts_value] = value
-    hu = np.asarray(img.dataobj).astype(np.int16)
+    return img, np.asarray(img.dataobj).astype(np.int16), label
+
+
+def _write_inputs(tmp: Path, seed: int = 0) -> dict:
+    """Training case, the two tests and their references as NIfTI files in ``tmp``."""
+    import nibabel as nib
+
+    from unet_pipeline.io.images import load_image, read_voxels
+
+    img, hu, label = training_scan()
     paths = {"train_image": tmp / "train" / "ts.nii.gz", "train_label": tmp / "train_labels" / "ts.nii.gz",
              "venous_image": tmp / "venous" / "ts_venous.nii.gz", "venous_ref": tmp / "venous_ref" / "ts_venous.nii.gz",
              "dcmqi_dicom": DATA / "dcmqi-ct-3slice" / "dicom", "dcmqi_image": tmp / "dcmqi" / "dcmqi.nii.gz",

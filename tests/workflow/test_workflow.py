@@ -103,7 +103,7 @@ def test_dry_run_plans_the_jobs_of_each_rule_per_case(tmp_path):
         "demo_cohort": 1, "import_case": 5, "import_label": 5, "training_cases_imported": 1, "fingerprint": 1,
         "preprocess": 5, "preprocess_label": 3, "slice_case": 3, "training_cases_prepared": 1, "train": 1,
         "infer": 2, "reassemble": 2, "evaluate": 2, "volumes": 2, "aggregate_metrics": 1, "aggregate_volumes": 1,
-        "report": 1, "all": 1, "total": 38}
+        "review": 1, "report": 1, "all": 1, "total": 39}
 
 
 def test_cross_validation_dry_run_trains_one_model_per_fold(tmp_path):
