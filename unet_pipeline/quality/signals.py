@@ -134,7 +134,10 @@ def _shape_signals(mask: np.ndarray, n: int) -> dict:
     """``largest_share``, ``n_components`` and ``edge_slices`` of a ``(Z, Y, X)`` boolean structure."""
     if not n:
         return {"largest_share": float("nan"), "n_components": 0, "edge_slices": False}
-    comps, count = label_components(mask)
+    from scipy import ndimage
+
+    box = ndimage.find_objects(mask.view(np.uint8))[0]  # the components are counted in the bounding box only
+    comps, count = label_components(mask[box])
     sizes = np.bincount(comps.ravel())[1:]
     return {"largest_share": float(sizes.max() / n), "n_components": int(count),
             "edge_slices": bool(mask[0].any() or mask[-1].any()) if mask.shape[0] > 1 else False}
