@@ -7,7 +7,8 @@ class; the segmentation sidecar stores them. :func:`rank_rows` ranks the rows of
 
 Order: ascending predicted Dice (ties: ascending ``soft_dice``), then the classes with nothing
 segmented (no signals, ``predicted_dice`` empty). A class that is probably absent from the scan
-(a volume under :data:`ABSENT_FRACTION` of the smallest one in the training cases, or a class no
+(its largest cross-section in one slice under :data:`ABSENT_FRACTION` of the smallest such
+cross-section of the training cases, whatever the scan's extent along the slices; or a class no
 training case holds) gets at most :data:`ABSENT_DICE`, whatever its softmax says, so it ranks
 near the top with that reason. A class with nothing segmented that every training scan holds, in
 a scan covering about as much of the body (:data:`COVERAGE`), is predicted 0 (probably missed).
@@ -27,9 +28,10 @@ __all__ = ["REVIEW_COLUMNS", "ABSENT_FRACTION", "ABSENT_DICE", "case_review", "r
 
 #: Columns of ``review.csv``, in order.
 REVIEW_COLUMNS = ["case", "class", "predicted_dice", "review_rank", "reason", "absent_suspected", "volume_ml",
-                  "volume_ratio", "soft_dice", "mean_maxprob", "entropy", "largest_share", "n_components",
+                  "max_area_mm2", "volume_ratio", "soft_dice", "mean_maxprob", "entropy", "largest_share", "n_components",
                   "hu_median", "hu_shift", "scan_hu_shift", "slice_thickness_mm", "edge_slices", "calibration"]
-#: A class predicted with less than this share of the smallest training volume is probably absent.
+#: A class whose largest cross-section in a slice is less than this share of the training cases'
+#: smallest one is probably absent.
 ABSENT_FRACTION = 0.2
 #: The most a probably absent class is predicted to score.
 ABSENT_DICE = 0.05
@@ -52,10 +54,11 @@ def _absent(cls: Mapping, ref_cls: Mapping | None) -> str:
         return ""
     if not ref_cls.get("present_share"):
         return "absent in every training scan"
-    smallest = _num(ref_cls.get("volume_ml_min"))
-    vol = _num(cls.get("volume_ml"))
-    if smallest > 0 and vol < ABSENT_FRACTION * smallest:
-        return f"{vol:.1f} mL where training scans hold >= {smallest:.0f} mL: probably absent from this scan"
+    smallest = _num(ref_cls.get("max_area_mm2_min"))
+    area = _num(cls.get("max_area_mm2"))
+    if smallest > 0 and area < ABSENT_FRACTION * smallest:
+        return (f"{_num(cls.get('volume_ml')):.1f} mL, at most {area:.0f} mm² a slice where every training scan "
+                f"has >= {smallest:.0f} mm²: probably absent from this scan")
     return ""
 
 
@@ -113,8 +116,8 @@ def case_review(case_id: str, signals: Mapping, review: Mapping | None) -> list[
         ref_cls = ((ref or {}).get("classes") or {}).get(name)
         row = {"case": case_id, "class": name, "calibration": "fitted" if calibration is not UNCALIBRATED
                else "uncalibrated", "slice_thickness_mm": _num(scan.get("slice_thickness_mm"))}
-        row.update({k: cls.get(k) for k in ("volume_ml", "soft_dice", "mean_maxprob", "entropy", "largest_share",
-                                             "n_components", "hu_median", "edge_slices")})
+        row.update({k: cls.get(k) for k in ("volume_ml", "max_area_mm2", "soft_dice", "mean_maxprob", "entropy",
+                                             "largest_share", "n_components", "hu_median", "edge_slices")})
         med = _num((ref_cls or {}).get("volume_ml_median"))
         row["volume_ratio"] = _num(cls.get("volume_ml")) / med if med > 0 else _NAN
         row["hu_shift"] = _num(cls.get("hu_median")) - _num((ref_cls or {}).get("hu_median"))

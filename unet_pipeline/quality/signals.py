@@ -8,7 +8,8 @@ cases to calibrate the signals against their true Dice (:mod:`unet_pipeline.qual
 
 Per class (by name), from the argmax (the raw network segmentation, before postprocessing):
 
-* ``volume_ml``: predicted volume (mL);
+* ``volume_ml``: predicted volume (mL); ``max_area_mm2``: its largest cross-section in one slice
+  (mm², independent of how much of the body the scan covers);
 * ``mean_maxprob``: mean maximum softmax probability in the predicted structure (the naive baseline);
 * ``soft_dice``: ``2 sum(p_k * [argmax = k]) / (sum(p_k) + |argmax = k|)``, the Dice the network
   expects between its probabilities and its own segmentation (low when the boundary is unsure or
@@ -94,6 +95,7 @@ class SignalAccumulator:
         self.sum_p, self.sum_p_in, self.entropy_in = (np.zeros(k) for _ in range(3))
         self.hist = np.zeros((k, _HU_BINS), np.int64)
         self.body = np.zeros(_HU_BINS, np.int64)
+        self.max_area = np.zeros(k, np.int64)  # voxels in the class's largest slice
 
     def add(self, z0: int, probs: np.ndarray, image: np.ndarray) -> None:
         """Fold in slices ``z0 .. z0 + n``: ``probs`` ``(n, K, Y', X')`` softmax probabilities, ``image``
@@ -108,6 +110,7 @@ class SignalAccumulator:
         self.body += _body_histogram(image, self.intensity)
         for k in range(1, p.shape[1]):
             inside = am == k
+            self.max_area[k] = max(self.max_area[k], int(inside.sum(axis=(1, 2)).max()))
             self.sum_p[k] += float(p[:, k].sum(dtype=np.float64))
             if inside.any():
                 self.sum_p_in[k] += float(p[:, k][inside].sum(dtype=np.float64))
@@ -117,6 +120,7 @@ class SignalAccumulator:
     def finish(self) -> dict:
         """``{"scan": {...}, "classes": {name: {...}}}`` (see the module's docstring); NaN where undefined."""
         voxel_ml = float(np.prod(self.spacing)) / 1000.0
+        pixel_mm2 = self.spacing[1] * self.spacing[2]
         classes = {}
         for k, name in enumerate(self.names, start=1):
             mask = self.argmax == k
@@ -124,7 +128,8 @@ class SignalAccumulator:
             row = {"volume_ml": n * voxel_ml, "mean_maxprob": float(self.sum_p_in[k] / n) if n else float("nan"),
                    "soft_dice": float(2 * self.sum_p_in[k] / (self.sum_p[k] + n)) if n else float("nan"),
                    "entropy": float(self.entropy_in[k] / n) if n else float("nan"),
-                   "hu_median": _histogram_median(self.hist[k])}
+                   "hu_median": _histogram_median(self.hist[k]),
+                   "max_area_mm2": float(self.max_area[k] * pixel_mm2)}
             row.update(_shape_signals(mask, n))
             classes[name] = row
         return {"scan": _scan_signals(self.argmax.shape[0], self.spacing, self.body), "classes": classes}
@@ -158,8 +163,8 @@ def case_signals_from_files(probs_path: str | Path, preprocessed_dir: str | Path
 
 def label_statistics(label: np.ndarray, image: np.ndarray, spacing_mm: Sequence[float], intensity: Mapping,
                      class_names: Sequence[str]) -> dict:
-    """What a reference segmentation says about one training case: per class ``volume_ml`` and
-    ``hu_median``, and the scan signals of :class:`SignalAccumulator`.
+    """What a reference segmentation says about one training case: per class ``volume_ml``,
+    ``max_area_mm2`` and ``hu_median``, and the scan signals of :class:`SignalAccumulator`.
 
     ``label`` ``(Z, Y', X')`` class indices and ``image`` ``(Z, Y', X')`` z-scores on the preprocessed
     grid, ``spacing_mm`` its ``(z, y, x)`` spacing.
@@ -168,6 +173,7 @@ def label_statistics(label: np.ndarray, image: np.ndarray, spacing_mm: Sequence[
     voxel_ml = float(np.prod([float(s) for s in spacing_mm])) / 1000.0
     body = np.zeros(_HU_BINS, np.int64)
     hists = np.zeros((len(class_names) + 1, _HU_BINS), np.int64)
+    max_area = np.zeros(len(class_names) + 1, np.int64)
     for z0 in range(0, label.shape[0], _CHUNK):
         lab, img = label[z0:z0 + _CHUNK], np.asarray(image[z0:z0 + _CHUNK], np.float32)
         body += _body_histogram(img, intensity)
@@ -175,15 +181,18 @@ def label_statistics(label: np.ndarray, image: np.ndarray, spacing_mm: Sequence[
             inside = lab == k
             if inside.any():
                 hists[k] += _hu_histogram(img[inside], intensity)
-    classes = {name: {"volume_ml": float(hists[k].sum()) * voxel_ml, "hu_median": _histogram_median(hists[k])}
-               for k, name in enumerate(class_names, start=1)}
+                max_area[k] = max(max_area[k], int(inside.sum(axis=(1, 2)).max()))
+    pixel_mm2 = float(spacing_mm[1]) * float(spacing_mm[2])
+    classes = {name: {"volume_ml": float(hists[k].sum()) * voxel_ml, "hu_median": _histogram_median(hists[k]),
+                      "max_area_mm2": float(max_area[k]) * pixel_mm2} for k, name in enumerate(class_names, start=1)}
     return {"scan": _scan_signals(label.shape[0], spacing_mm, body), "classes": classes}
 
 
 def summarize_reference(stats: Iterable[Mapping]) -> dict:
     """The training cases' distribution from their :func:`label_statistics`: per class the median,
-    smallest and largest volume (mL) over the cases holding it, their share and the median of
-    their HU medians; per scan quantity the median over the cases. Stored in ``model.json``."""
+    smallest and largest volume (mL) over the cases holding it, the smallest of their largest
+    cross-sections (mm²), their share and the median of their HU medians; per scan quantity the
+    median over the cases. Stored in ``model.json``."""
     stats = list(stats)
     if not stats:
         raise ValueError("summarize_reference needs the statistics of at least one training case")
@@ -196,6 +205,7 @@ def summarize_reference(stats: Iterable[Mapping]) -> dict:
                          "volume_ml_median": float(np.median(vols)) if vols else 0.0,
                          "volume_ml_min": float(min(vols)) if vols else 0.0,
                          "volume_ml_max": float(max(vols)) if vols else 0.0,
+                         "max_area_mm2_min": float(min(c["max_area_mm2"] for c in held)) if held else 0.0,
                          "hu_median": float(np.median([c["hu_median"] for c in held])) if held else float("nan")}
     scan = {key: float(np.nanmedian([s["scan"][key] for s in stats]))
             for key in ("slice_thickness_mm", "pixel_mm", "z_extent_mm", "body_hu_median")}

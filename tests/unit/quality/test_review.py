@@ -122,6 +122,15 @@ def test_a_class_probably_absent_is_ranked_first_whatever_its_softmax():
     assert liver["absent_suspected"] is False and liver["predicted_dice"] > 0.5
 
 
+def test_a_scan_covering_part_of_the_organ_is_not_taken_for_one_without_it():
+    """One slice through both organs: small volumes (a sixth and a quarter of training's), full
+    cross-sections: not absent; the volume is named as a reason instead."""
+    label = _label()[2:3]
+    rows = case_review("part", _signals(_degraded_probs(label, 0), _image(label)), {"reference": REFERENCE})
+    assert not any(r["absent_suspected"] for r in rows)
+    assert all(r["volume_ratio"] < 0.5 and "x the training median" in r["reason"] for r in rows)
+
+
 def test_a_class_no_training_scan_holds_is_flagged():
     ref = {**REFERENCE, "classes": {**REFERENCE["classes"], "kidney": {**REFERENCE["classes"]["kidney"],
                                                                        "present_share": 0.0}}}

@@ -39,6 +39,7 @@ def test_signals_of_a_certain_prediction_are_hand_computable():
     assert liver["soft_dice"] == pytest.approx(1.0) and liver["mean_maxprob"] == pytest.approx(1.0)
     assert liver["entropy"] == pytest.approx(0.0, abs=1e-5)
     assert liver["hu_median"] == 150.0 and kidney["hu_median"] == 50.0
+    assert liver["max_area_mm2"] == 4 * 5 * 2.0 and kidney["max_area_mm2"] == 2 * 2 * 2.0  # largest slice, mm²
     assert (liver["n_components"], liver["largest_share"], liver["edge_slices"]) == (1, 1.0, False)
     assert (kidney["n_components"], kidney["largest_share"], kidney["edge_slices"]) == (2, 0.5, True)
     assert sig["scan"] == {"slices": 6, "slice_thickness_mm": 3.0, "pixel_mm": 1.0, "z_extent_mm": 18.0,
@@ -101,6 +102,7 @@ def test_reference_summarizes_the_training_cases():
     assert ref["classes"]["liver"]["volume_ml_median"] == pytest.approx(0.48)  # over the cases holding it
     assert ref["classes"]["kidney"]["volume_ml_min"] == pytest.approx(0.096)
     assert ref["classes"]["liver"]["hu_median"] == 150.0
+    assert ref["classes"]["liver"]["max_area_mm2_min"] == 40.0 and ref["classes"]["kidney"]["max_area_mm2_min"] == 8.0
     assert ref["scan"]["slice_thickness_mm"] == 3.0 and ref["scan"]["z_extent_mm"] == 18.0
     with pytest.raises(ValueError, match="at least one training case"):
         summarize_reference([])
