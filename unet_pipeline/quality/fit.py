@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 #: name -> (Gaussian noise sigma in HU, in-plane Gaussian blur sigma in px, HU shift of the whole image)
 DEGRADATIONS: dict[str, tuple[float, float, float]] = {
     "none": (0.0, 0.0, 0.0), "noise_30hu": (30.0, 0.0, 0.0), "noise_80hu": (80.0, 0.0, 0.0),
+    "noise_150hu": (150.0, 0.0, 0.0),
     "blur_1px": (0.0, 1.0, 0.0), "blur_2px": (0.0, 2.0, 0.0), "shift_+60hu": (0.0, 0.0, 60.0),
     "shift_-60hu": (0.0, 0.0, -60.0), "noise_50hu_blur_1px": (50.0, 1.0, 0.0),
 }
