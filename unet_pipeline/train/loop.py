@@ -645,7 +645,8 @@ def _review_record(run: _Run) -> dict:
                                          num_classes=len(run.label_values) + 1, patch_size=run.patch, overlap=0.25,
                                          batch_size=8, device=run.device, margin=run.margin, pad_value=pad_value)
 
-    spacing = {c.case_id: c.spacing_mm for c in [*run.train_cases, *run.val_cases]}
+    fallback = (float(run.plan.get("median_slice_thickness_mm", 1.0)), *run.plan["target_spacing_mm"])
+    spacing = {c.case_id: c.spacing_mm or fallback for c in [*run.train_cases, *run.val_cases]}
     run.model.eval()
     with torch.inference_mode():
         return review_record(predict, run.train_cases, run.val_cases, class_names=run.label_names,
