@@ -288,12 +288,18 @@ def test_qc_ranking_figures_are_computed_from_the_rows():
     the first 20 % of the list ordered by the score (undefined scores last)."""
     from bench import bench_qc
 
-    rows = [{"true_dice": d, "s": s} for d, s in ((0.1, 0.2), (0.95, 0.9), (0.5, float("nan")), (0.9, 0.8),
-                                                  (0.85, 0.85), (0.3, 0.95), (0.97, 0.99), (0.92, 0.7),
-                                                  (0.99, 0.97), (0.88, 0.75))]
+    rows = [{"true_dice": d, "s": s, "class": c} for d, s, c in (
+        (0.1, 0.2, "a"), (0.95, 0.9, "a"), (0.5, float("nan"), "b"), (0.9, 0.8, "b"), (0.85, 0.85, "a"),
+        (0.3, 0.95, "b"), (0.97, 0.99, "a"), (0.92, 0.7, "b"), (0.99, 0.97, "b"), (0.88, 0.75, "a"))]
     fig = bench_qc.evaluate_ranking(rows, "s")
     assert fig["n_scored"] == 9 and fig["n_top"] == 2 and fig["n_bad"] == 3
     assert fig["bad_in_top"] == 1 and fig["bad_in_top_share"] == pytest.approx(1 / 3, abs=1e-4)  # 0.1 first; 0.3 and 0.5 not
+    # The first 3 rows (as many as the bad ones): 0.1 (s 0.2), 0.92 (s 0.7), 0.88 (s 0.75): one bad.
+    assert fig["recall_at_n_bad"] == pytest.approx(1 / 3, abs=1e-4)
+    # Class a: s and Dice in the same order but 0.88/0.85 swapped -> rho 1 - 6 * 2 / 120 = 0.9; class b, 4 scored
+    # rows, rank pairs (s, Dice) (2, 2), (3, 1), (1, 3), (4, 4) -> rho 1 - 6 * 8 / 60 = 0.2.
+    assert fig["spearman_by_class"]["a"] == pytest.approx(0.9) and fig["spearman_by_class"]["b"] == pytest.approx(0.2)
+    assert fig["spearman_within_class"] == pytest.approx(0.55)
     from scipy.stats import spearmanr
 
     scored = [r for r in rows if r["s"] == r["s"]]
