@@ -288,7 +288,8 @@ def _scored_rows(tmp: Path, truth_of: dict[str, tuple[Path, Path, dict]]) -> lis
     for r in read_review_csv(tmp / "review.csv"):
         dice = truth.get(r["case"], {}).get(r["class"])
         if dice is not None:
-            rows.append({**r, "true_dice": dice})
+            numbers = {k: (float(r[k]) if r[k] != "" else None) for k in ("predicted_dice", "mean_maxprob")}
+            rows.append({**r, **numbers, "review_rank": int(r["review_rank"]), "true_dice": dice})
     return rows
 
 
