@@ -83,7 +83,7 @@ def _reasons(cls: Mapping, scan: Mapping, ref: Mapping | None, name: str, absent
         out.append(f"unsure boundary (soft Dice {_num(cls.get('soft_dice')):.2f})")
     if _num(cls.get("largest_share")) < 0.9:
         out.append(f"fragmented ({int(cls.get('n_components') or 0)} pieces)")
-    if cls.get("edge_slices"):
+    if cls.get("edge_slices") and _num(ref_cls.get("edge_share", 0.0)) < 0.5:  # unusual in training scans
         out.append("reaches the first or last slice (cut by the field of view?)")
     return out
 

@@ -183,15 +183,18 @@ def label_statistics(label: np.ndarray, image: np.ndarray, spacing_mm: Sequence[
                 hists[k] += _hu_histogram(img[inside], intensity)
                 max_area[k] = max(max_area[k], int(inside.sum(axis=(1, 2)).max()))
     pixel_mm2 = float(spacing_mm[1]) * float(spacing_mm[2])
+    edge = [bool((label[0] == k).any() or (label[-1] == k).any()) for k in range(len(class_names) + 1)]
     classes = {name: {"volume_ml": float(hists[k].sum()) * voxel_ml, "hu_median": _histogram_median(hists[k]),
-                      "max_area_mm2": float(max_area[k]) * pixel_mm2} for k, name in enumerate(class_names, start=1)}
+                      "max_area_mm2": float(max_area[k]) * pixel_mm2, "edge_slices": edge[k]}
+               for k, name in enumerate(class_names, start=1)}
     return {"scan": _scan_signals(label.shape[0], spacing_mm, body), "classes": classes}
 
 
 def summarize_reference(stats: Iterable[Mapping]) -> dict:
     """The training cases' distribution from their :func:`label_statistics`: per class the median,
     smallest and largest volume (mL) over the cases holding it, the smallest of their largest
-    cross-sections (mm²), their share and the median of their HU medians; per scan quantity the
+    cross-sections (mm²), their share, the share of them reaching the first or last slice
+    (``edge_share``) and the median of their HU medians; per scan quantity the
     median over the cases. Stored in ``model.json``."""
     stats = list(stats)
     if not stats:
@@ -206,6 +209,7 @@ def summarize_reference(stats: Iterable[Mapping]) -> dict:
                          "volume_ml_min": float(min(vols)) if vols else 0.0,
                          "volume_ml_max": float(max(vols)) if vols else 0.0,
                          "max_area_mm2_min": float(min(c["max_area_mm2"] for c in held)) if held else 0.0,
+                         "edge_share": sum(bool(c.get("edge_slices")) for c in held) / len(held) if held else 0.0,
                          "hu_median": float(np.median([c["hu_median"] for c in held])) if held else float("nan")}
     scan = {key: float(np.nanmedian([s["scan"][key] for s in stats]))
             for key in ("slice_thickness_mm", "pixel_mm", "z_extent_mm", "body_hu_median")}

@@ -131,6 +131,18 @@ def test_a_scan_covering_part_of_the_organ_is_not_taken_for_one_without_it():
     assert all(r["volume_ratio"] < 0.5 and "x the training median" in r["reason"] for r in rows)
 
 
+def test_reaching_the_edge_slices_is_a_reason_only_where_training_scans_do_not():
+    label = _label(n_z=6)
+    label[0][label[1] == 1] = 1  # the liver now starts in the first slice; in the training scans it does not
+    label[0][label[2] == 2] = 2  # the kidney too
+    ref = {**REFERENCE, "classes": {**REFERENCE["classes"], "kidney": {**REFERENCE["classes"]["kidney"],
+                                                                       "edge_share": 1.0}}}
+    rows = {r["class"]: r for r in case_review("c", _signals(_degraded_probs(label, 0), _image(label)),
+                                               {"reference": ref})}
+    assert rows["liver"]["edge_slices"] and "first or last slice" in rows["liver"]["reason"]
+    assert rows["kidney"]["edge_slices"] and "first or last slice" not in rows["kidney"]["reason"]
+
+
 def test_a_class_no_training_scan_holds_is_flagged():
     ref = {**REFERENCE, "classes": {**REFERENCE["classes"], "kidney": {**REFERENCE["classes"]["kidney"],
                                                                        "present_share": 0.0}}}

@@ -103,6 +103,7 @@ def test_reference_summarizes_the_training_cases():
     assert ref["classes"]["kidney"]["volume_ml_min"] == pytest.approx(0.096)
     assert ref["classes"]["liver"]["hu_median"] == 150.0
     assert ref["classes"]["liver"]["max_area_mm2_min"] == 40.0 and ref["classes"]["kidney"]["max_area_mm2_min"] == 8.0
+    assert ref["classes"]["liver"]["edge_share"] == 0.0 and ref["classes"]["kidney"]["edge_share"] == 1.0
     assert ref["scan"]["slice_thickness_mm"] == 3.0 and ref["scan"]["z_extent_mm"] == 18.0
     with pytest.raises(ValueError, match="at least one training case"):
         summarize_reference([])
