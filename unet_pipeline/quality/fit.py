@@ -49,6 +49,8 @@ def degrade(image: np.ndarray, name: str, hu_per_unit: float, seed: int = 0) -> 
 
     if name not in DEGRADATIONS:
         raise ValueError(f"degradation must be one of {sorted(DEGRADATIONS)}, got {name!r}")
+    if not hu_per_unit > 0:
+        raise ValueError(f"hu_per_unit must be > 0, got {hu_per_unit}")
     noise_hu, blur_px, shift_hu = DEGRADATIONS[name]
     out = np.array(image, dtype=np.float32)
     if blur_px:
@@ -70,7 +72,8 @@ def _case_rows(predict: Predict, case, names: Sequence[str], spacing: Sequence[f
     rows = []
     label = np.asarray(case.label)
     for d, name in enumerate(DEGRADATIONS):
-        image = degrade(np.asarray(case.image), name, float(intensity["std"]), seed=d)
+        # HU per z-score unit as preprocessing divides by it (a constant foreground has std 0)
+        image = degrade(np.asarray(case.image), name, max(float(intensity["std"]), 1e-6), seed=d)
         acc = SignalAccumulator(image.shape, names, spacing, intensity)
         for z0, probs in predict(image, case.pad_value):
             acc.add(z0, probs, image[z0:z0 + probs.shape[0]])

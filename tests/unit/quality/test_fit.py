@@ -43,6 +43,8 @@ def test_degradations_do_what_they_say():
     assert 0.0 < blurred[0, 7, 0] < 0.5 < blurred[0, 8, 0] < 1.0 and np.allclose(blurred[0], blurred[1])
     with pytest.raises(ValueError, match="degradation must be one of"):
         degrade(image, "melt", 100.0)
+    with pytest.raises(ValueError, match="hu_per_unit must be > 0"):
+        degrade(image, "none", 0.0)
 
 
 def test_review_record_fits_on_the_validation_cases_and_measures_every_feature():
