@@ -359,7 +359,7 @@ def test_predict_goes_on_past_failing_cases_and_names_them(cli_train, tmp_path, 
     err = capsys.readouterr().err
     assert "FAILED demo_000: RuntimeError: boom" in err
     assert f"FAILED demo_002: {broken}" in err and "not segmented: demo_000, demo_002" in err
-    assert sorted(p.name for p in out.iterdir()) == ["demo_001.json", "demo_001.nii.gz", "volumes.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["demo_001.json", "demo_001.nii.gz", "review.csv", "volumes.csv"]
 
     def interrupted(self, *args, **kwargs):
         raise KeyboardInterrupt
@@ -367,7 +367,7 @@ def test_predict_goes_on_past_failing_cases_and_names_them(cli_train, tmp_path, 
     monkeypatch.setattr(Predictor, "predict", interrupted)
     with pytest.raises(KeyboardInterrupt):  # an interrupt stops the run, leaving nothing half-written
         main(["predict", "-m", str(cli_train.model), "-i", str(inputs), "-o", str(out), "--overwrite"])
-    assert sorted(p.name for p in out.iterdir()) == ["demo_001.json", "demo_001.nii.gz", "volumes.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["demo_001.json", "demo_001.nii.gz", "review.csv", "volumes.csv"]
 
 
 @pytest.mark.slow  # trains (the module's cli_train)
