@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run", "check", "DATA"]
+__all__ = ["run", "check", "DATA", "CLASSES", "cli", "score", "training_scan"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -48,11 +48,9 @@ FULL_MINUTES = 10.0
 QUICK_MINUTES = 1.5
 
 
-def _write_inputs(tmp: Path, seed: int = 0) -> dict:
-    """Training case, the two tests and their references as NIfTI files in ``tmp``."""
+def training_scan():
+    """``(NIfTI image, HU int16 (x, y, z), label uint8 with the values of CLASSES)`` of the training scan."""
     import nibabel as nib
-
-    from unet_pipeline.io.images import load_image, read_voxels
 
     ts = DATA / "totalsegmentator-example"
     img = nib.load(str(ts / "example_ct_sm.nii.gz"))
@@ -60,7 +58,16 @@ def _write_inputs(tmp: Path, seed: int = 0) -> dict:
     label = np.zeros(seg.shape, np.uint8)
     for value, (_, ts_value) in CLASSES.items():
         label[seg == ts_value] = value
-    hu = np.asarray(img.dataobj).astype(np.int16)
+    return img, np.asarray(img.dataobj).astype(np.int16), label
+
+
+def _write_inputs(tmp: Path, seed: int = 0) -> dict:
+    """Training case, the two tests and their references as NIfTI files in ``tmp``."""
+    import nibabel as nib
+
+    from unet_pipeline.io.images import load_image, read_voxels
+
+    img, hu, label = training_scan()
     paths = {"train_image": tmp / "train" / "ts.nii.gz", "train_label": tmp / "train_labels" / "ts.nii.gz",
              "venous_image": tmp / "venous" / "ts_venous.nii.gz", "venous_ref": tmp / "venous_ref" / "ts_venous.nii.gz",
              "dcmqi_dicom": DATA / "dcmqi-ct-3slice" / "dicom", "dcmqi_image": tmp / "dcmqi" / "dcmqi.nii.gz",
@@ -83,7 +90,7 @@ def _write_inputs(tmp: Path, seed: int = 0) -> dict:
     return {"paths": paths, "venous_shifts_hu": shifts}
 
 
-def _score(pred_path: Path, ref_path: Path, classes: dict[int, str]) -> dict[str, dict]:
+def score(pred_path: Path, ref_path: Path, classes: dict[int, str]) -> dict[str, dict]:
     """Dice and HD95 (mm) per class of a segmentation against its reference (same grid)."""
     import nibabel as nib
 
@@ -119,23 +126,23 @@ def _ours(tmp: Path, paths: dict, minutes: float, overrides: dict | None = None)
     manifest.write_text(f"case_id,image,label\nts,{paths['train_image']},{paths['train_label']}\n", encoding="utf-8")
     model = tmp / "ours_model"
     t0 = time.perf_counter()
-    _cli(["train", "--manifest", str(manifest), "-c", str(tmp / "ours.yaml"), "-o", str(model),
+    cli(["train", "--manifest", str(manifest), "-c", str(tmp / "ours.yaml"), "-o", str(model),
           "--work-dir", str(tmp / "ours_work")])
     train_s = time.perf_counter() - t0
     meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
     t0 = time.perf_counter()
-    _cli(["predict", "-m", str(model), "-i", str(paths["dcmqi_dicom"]), "-o", str(tmp / "ours_dcmqi")])
-    _cli(["predict", "-m", str(model), "-i", str(paths["venous_image"]), "-o", str(tmp / "ours_venous")])
+    cli(["predict", "-m", str(model), "-i", str(paths["dcmqi_dicom"]), "-o", str(tmp / "ours_dcmqi")])
+    cli(["predict", "-m", str(model), "-i", str(paths["venous_image"]), "-o", str(tmp / "ours_venous")])
     predict_s = time.perf_counter() - t0
     dcmqi_seg = next((tmp / "ours_dcmqi").glob("*.nii.gz"))
     return {"train_s": round(train_s, 1), "predict_s": round(predict_s, 1), "steps": meta.get("steps_run"),
             "ended_by": meta.get("ended_by"),
-            "dcmqi_liver": _score(dcmqi_seg, paths["dcmqi_ref"], {1: "liver"}),
-            "ts_venous": _score(tmp / "ours_venous" / "ts_venous.nii.gz", paths["venous_ref"],
+            "dcmqi_liver": score(dcmqi_seg, paths["dcmqi_ref"], {1: "liver"}),
+            "ts_venous": score(tmp / "ours_venous" / "ts_venous.nii.gz", paths["venous_ref"],
                                 {v: n for v, (n, _) in CLASSES.items()})}
 
 
-def _cli(argv: list[str]) -> None:
+def cli(argv: list[str]) -> None:
     """Run the ``unet-pipeline`` CLI in a child process (its own threads and memory)."""
     done = subprocess.run([sys.executable, "-m", "unet_pipeline.cli", *argv], capture_output=True, text=True,
                           encoding="utf-8", errors="replace", cwd=ROOT, check=False)
@@ -222,8 +229,8 @@ def _monai(tmp: Path, paths: dict, minutes: float, spacing: float) -> dict:
     dcmqi = next((tmp / "monai" / "dcmqi").glob("*.nii.gz"))
     venous = next((tmp / "monai" / "venous").glob("*.nii.gz"))
     return {"train_s": round(timing["train_s"], 1), "predict_s": round(timing["predict_s"], 1), "steps": timing["steps"],
-            "dcmqi_liver": _score(dcmqi, paths["dcmqi_ref"], {1: "liver"}),
-            "ts_venous": _score(venous, paths["venous_ref"], {v: n for v, (n, _) in CLASSES.items()})}
+            "dcmqi_liver": score(dcmqi, paths["dcmqi_ref"], {1: "liver"}),
+            "ts_venous": score(venous, paths["venous_ref"], {v: n for v, (n, _) in CLASSES.items()})}
 
 
 def _headline(result: dict) -> dict:
@@ -263,7 +270,7 @@ def run(quick: bool = False, minutes: float | None = None, overrides: dict | Non
 
 def check(steps: int = 4, monai_minutes: float = 0.05) -> dict:
     """The benchmark's plumbing without its budget: ours for ``steps`` optimizer steps, MONAI for
-    ``monai_minutes``; every segmentation checked to lie on its input's grid (:func:`_score`)."""
+    ``monai_minutes``; every segmentation checked to lie on its input's grid (:func:`score`)."""
     return run(minutes=monai_minutes,
                overrides={"training": {"epochs": 1, "iterations_per_epoch": steps, "max_minutes": 0}})
 

@@ -87,6 +87,19 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, str | float | None]]]] = {
                                           ("real CT: mean Dice of 4 organs, portal-venous phase, ours / MONAI",
                                            "mean_dice_venous", "mean_dice_venous_monai"),
                                           ("real CT: classes where ours trails MONAI", "classes_behind_monai", None)]),
+    "qc": ("bench.bench_qc", [("review list: Spearman of predicted vs true Dice, ours", "spearman", "target_spearman"),
+                              ("review list: Spearman, baseline (mean max-softmax in the structure)",
+                               "spearman_baseline", None),
+                              ("review list: Spearman within each class (mean), ours / baseline",
+                               "spearman_within_class", "spearman_within_class_baseline"),
+                              ("review list: share of bad rows (Dice < 0.7) in the top 20 %, ours", "bad_in_top20",
+                               "target_bad_in_top20"),
+                              ("review list: share of bad rows in the top 20 %, baseline", "bad_in_top20_baseline",
+                               None),
+                              ("review list: share of bad rows among the first n_bad rows, ours / baseline",
+                               "recall_at_n_bad", "recall_at_n_bad_baseline"),
+                              ("review list: ahead of the baseline on both", "ahead_of_baseline_on_both", None),
+                              ("review list: rows scored (case x class with a reference)", "n_rows", None)]),
     "cohort": ("bench.bench_cohort", []),  # rows from bench_cohort.table: snakemake -n per cohort size and profile
 }
 

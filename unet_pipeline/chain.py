@@ -95,8 +95,9 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], ou
         ``(case_id, DICOM folder, SeriesInstanceUID)`` for one series of a folder holding several.
     out_dir
         Receives ``<case>.nii.gz`` (the input's geometry) and ``<case>.json`` per case, each written
-        atomically (the sidecar last), and ``volumes.csv`` of every case of ``inputs`` that has a
-        complete segmentation (written now or before).
+        atomically (the sidecar last), and ``volumes.csv`` and ``review.csv`` (the review list ranked
+        over these cases: :func:`unet_pipeline.stages.review_list`) of every case of ``inputs`` that
+        has a complete segmentation (written now or before).
     dicom_seg, rtstruct
         For a case read from a DICOM series, also write ``<case>.dcm`` (DICOM-SEG) and/or
         ``<case>_rtstruct.dcm`` (RTSTRUCT) referencing it (:func:`export_dicom`); a case
@@ -147,10 +148,18 @@ def predict_cohort(model_dirs: Sequence[str | Path], inputs: Sequence[tuple], ou
         else:
             status[case_id], rows_of[case_id] = "ok", outcome
     status = {case_id: status[case_id] for case_id, *_ in inputs}  # the order of ``inputs``
+    _write_cohort_tables(Path(out_dir), status, rows_of)
+    return status
+
+
+def _write_cohort_tables(out_dir: Path, status: Mapping[str, str], rows_of: Mapping[str, list[dict]]) -> None:
+    """``volumes.csv`` and ``review.csv`` of the cases with a complete segmentation (in ``status`` order)."""
     volume_rows = [row for case_id in status for row in rows_of.get(case_id, [])]
     if volume_rows:
-        tables.write_rows(Path(out_dir) / "volumes.csv", volume_rows, columns=tables.VOLUME_COLUMNS)
-    return status
+        tables.write_rows(out_dir / "volumes.csv", volume_rows, columns=tables.VOLUME_COLUMNS)
+    done = [out_dir / f"{case_id}.json" for case_id, state in status.items() if state in ("ok", "skipped")]
+    if done:
+        stages.review_list(done, out_dir / "review.csv")
 
 
 def _predict_options(model_dirs: list[str], inference: dict, postprocess: Mapping | None, dicom_requested: bool,
@@ -300,6 +309,7 @@ def _finish_case(predictor, job: _CaseJob, record: dict, info: dict, options: Ma
     _, applied = job.timed("reassemble", stages.write_segmentation, job.work / "probs.npy", job.work / "pre", imported, job.out,
                            model_dirs, options["postprocess"])
     rows = job.timed("volumes", volume_rows, job.case_id, job.out, imported, dict(labels))
+    review = job.timed("review", stages.review_case, job.case_id, job.work / "probs.npy", job.work / "pre", model_dirs)
     if job.dicom_out:
         job.timed("dicom_export", stages.export_dicom, job.out, job.image, labels=labels, series_uid=job.series_uid,
                   out_seg=job.dicom_out.get("seg"), out_rtstruct=job.dicom_out.get("rtstruct"))
@@ -307,7 +317,8 @@ def _finish_case(predictor, job: _CaseJob, record: dict, info: dict, options: Ma
         log.info("%s: not read from a DICOM series, so no DICOM-SEG/RTSTRUCT is written", job.case_id)
     stages.write_sidecar(job.out, case_id=job.case_id, source=job.image, labels=labels, model_dirs=model_dirs,
                   postprocess=applied, inference={**info, "settings": options["inference"]},
-                  warnings=record.get("warnings", []), timings=job.timings, provenance=options["provenance"])
+                  warnings=record.get("warnings", []), timings=job.timings, provenance=options["provenance"],
+                  review=review)
     log.info("%s: segmented (%s)", job.case_id, ", ".join(f"{k} {v:.1f} s" for k, v in job.timings.items()))
     return rows
 

@@ -227,7 +227,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     failed = {k: v for k, v in status.items() if v not in ("ok", "skipped")}
     skipped = [k for k, v in status.items() if v == "skipped"]
     print(f"{len(status) - len(failed) - len(skipped)} of {len(status)} case(s) segmented into {args.output} "
-          f"(volumes and QC flags: {Path(args.output) / 'volumes.csv'})")
+          f"(volumes and QC flags: {Path(args.output) / 'volumes.csv'}; "
+          f"which to review first: {Path(args.output) / 'review.csv'})")
     if skipped:
         print(f"{len(skipped)} case(s) skipped, their output was complete (--overwrite redoes them): "
               f"{', '.join(skipped)}")

@@ -51,6 +51,8 @@ __all__ = [
     "write_segmentation",
     "write_sidecar",
     "SIDECAR_KEYS",
+    "review_case",
+    "review_list",
     "segmentation_complete",
 ]
 
@@ -334,10 +336,32 @@ def reassemble(probs_path: str | Path, preprocessed_dir: str | Path, imported_im
     seconds = round(time.perf_counter() - t0, 3)
     record = load_json(case_record) if isinstance(case_record, (str, Path)) else dict(case_record or {})
     info = load_json(infer_info) if isinstance(infer_info, (str, Path)) else dict(infer_info or {})
-    timings = {"infer": info.get("seconds"), "reassemble": seconds}
+    t0 = time.perf_counter()
+    review = review_case(record.get("case_id") or _sidecar_path(out_nifti).stem, probs_path, preprocessed_dir,
+                         model_dirs)
+    timings = {"infer": info.get("seconds"), "reassemble": seconds, "review": round(time.perf_counter() - t0, 3)}
     return write_sidecar(out_nifti, case_id=record.get("case_id"), source=record.get("source_image"), labels=labels,
                          model_dirs=model_dirs, postprocess=applied, inference=info,
-                         warnings=record.get("warnings", []), timings=timings, provenance=provenance)
+                         warnings=record.get("warnings", []), timings=timings, provenance=provenance, review=review)
+
+
+def review_case(case_id: str, probs_path: str | Path, preprocessed_dir: str | Path,
+                model_dirs: Sequence[str | Path]) -> dict:
+    """The sidecar's ``review`` of one case, from its probabilities while they exist: the review
+    signals and per-class predicted Dice and reasons (:func:`unet_pipeline.quality.review.review_from_files`).
+    Called by :func:`reassemble` (the workflow) and by ``unet-pipeline predict``."""
+    from .quality.review import review_from_files
+
+    return review_from_files(case_id, probs_path, preprocessed_dir, _as_list(model_dirs)[0])
+
+
+def review_list(sidecars: Sequence[str | Path | Mapping], out_csv: str | Path) -> list[dict]:
+    """``review.csv`` of a cohort: the rows of every segmentation sidecar's ``review``, ranked over the
+    cohort (``review_rank`` 1 = look first; :func:`unet_pipeline.quality.review.review_cohort`).
+    The workflow's rule review and ``unet-pipeline predict`` both write it with this."""
+    from .quality.review import review_cohort
+
+    return review_cohort([load_json(s) if isinstance(s, (str, Path)) else s for s in sidecars], out_csv)
 
 
 #: File name endings of the DICOM results beside ``<case>.nii.gz``: ``<case>.dcm`` (DICOM-SEG) and
@@ -429,20 +453,21 @@ def write_segmentation(probs_path: str | Path, preprocessed_dir: str | Path, imp
 
 #: The keys of every segmentation sidecar, whichever door wrote it (the workflow or ``predict``).
 SIDECAR_KEYS = ("case", "source", "labels", "model", "model_sha256", "models", "unet_pipeline", "postprocess",
-                "device", "inference", "warnings", "timings", "provenance")
+                "device", "inference", "warnings", "timings", "provenance", "review")
 
 
 def write_sidecar(out_nifti: str | Path, *, case_id: str | None, source: str | Path | None,
                   labels: Mapping[int, str], model_dirs: str | Path | Sequence[str | Path], postprocess: Mapping,
                   inference: Mapping, warnings: Sequence[str], timings: Mapping[str, float | None],
-                  provenance: Mapping | None) -> dict:
+                  provenance: Mapping | None, review: Mapping | None = None) -> dict:
     """``<case>.json`` beside a segmentation (:data:`SIDECAR_KEYS`): the one writer of the workflow's
     rule reassemble and of ``unet-pipeline predict``.
 
     ``case`` and ``source`` (the input image or DICOM folder), label names, the models (path +
     SHA-256), the package version, the postprocessing applied, the device and the inference record
     (settings, slices, seconds), the import warnings, seconds per step and ``provenance`` (the
-    config's SHA-256). Written atomically, after the segmentation: its presence marks the case as
+    config's SHA-256), and ``review``: the review signals and per-class predicted Dice of
+    :func:`review_case` (None when not computed). Written atomically, after the segmentation: its presence marks the case as
     done (:func:`segmentation_complete`). Returns its content.
     """
     from . import __version__
@@ -453,7 +478,8 @@ def write_sidecar(out_nifti: str | Path, *, case_id: str | None, source: str | P
                "labels": {str(k): v for k, v in labels.items()}, "model": models[0]["path"],
                "model_sha256": models[0]["sha256"], "models": models, "unet_pipeline": __version__,
                "postprocess": dict(postprocess), "device": inference.get("device"), "inference": dict(inference),
-               "warnings": list(warnings), "timings": dict(timings), "provenance": dict(provenance or {})}
+               "warnings": list(warnings), "timings": dict(timings), "provenance": dict(provenance or {}),
+               "review": dict(review) if review is not None else None}
     save_json(sidecar, _sidecar_path(out_nifti))
     return sidecar
 

@@ -88,7 +88,8 @@ def report_from_files(out_html: str | Path, *, metrics_csv: str | Path | None, s
                       train_logs: Sequence[str | Path], overlay_cases: Sequence[Mapping],
                       case_records: Sequence[str | Path], provenance: Mapping, labels: Mapping,
                       work_dir: str | Path, splits: Mapping[str, str] | None = None,
-                      volumes_csv: str | Path | None = None) -> None:
+                      volumes_csv: str | Path | None = None, review_csv: str | Path | None = None,
+                      review_cases: Sequence[Mapping] = ()) -> None:
     """The HTML report from files named one by one: draws the overlays, reads the cases' geometry,
     then :func:`unet_pipeline.report.html.write_report` writes the page (summary, plots, curves,
     volumes, overlays, cohort geometry and provenance). :func:`report_from_workflow` calls it
@@ -101,7 +102,8 @@ def report_from_files(out_html: str | Path, *, metrics_csv: str | Path | None, s
     (in label order, then any other group); otherwise the figures are listed as given. Each
     case's volumes are read once, however many figures show it; a repeated (case, focus) is drawn
     once. Figures are written to ``work_dir`` as ``overlay_<case>.png`` (no focus) or
-    ``overlay_<case>_label<focus>.png``.
+    ``overlay_<case>_label<focus>.png``. ``review_csv`` and ``review_cases`` (dicts as
+    ``overlay_cases``: the top of the review list) make the first section, "Review first".
     """
     import nibabel as nib
 
@@ -115,7 +117,7 @@ def report_from_files(out_html: str | Path, *, metrics_csv: str | Path | None, s
     work.mkdir(parents=True, exist_ok=True)
     names = _labels(labels)
     by_case: dict[str, list[Mapping]] = {}
-    for item in overlay_cases:
+    for item in [*overlay_cases, *review_cases]:
         by_case.setdefault(str(item["case"]), []).append(item)
     pngs: dict[tuple[str, int | None], Path] = {}
     for cid, items in by_case.items():  # one case at a time: its volumes are read once, then dropped
@@ -140,9 +142,12 @@ def report_from_files(out_html: str | Path, *, metrics_csv: str | Path | None, s
         entries.append((item.get("group"), (item.get("caption", item["case"]), pngs[(str(item["case"]), focus)])))
     overlays = group_overlays(entries, names)
     geometry = geometry_rows(case_records, splits)
+    focus_of = lambda item: None if item.get("focus") is None else int(item["focus"])  # noqa: E731
+    review_overlays = [(item.get("caption", item["case"]), pngs[(str(item["case"]), focus_of(item))])
+                       for item in review_cases]
     write_report(out_html, metrics_csv=metrics_csv, summary_json=summary_json, train_logs=train_logs,
                  overlays=overlays, geometry_rows=geometry, provenance=provenance, empty_policy=EMPTY_POLICY,
-                 volumes_csv=volumes_csv)
+                 volumes_csv=volumes_csv, review_csv=review_csv, review_overlays=review_overlays)
 
 
 def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mapping[str, Mapping], labels: Mapping,
@@ -177,6 +182,22 @@ def report_from_workflow(out_html: str | Path, *, inputs: Mapping, cases: Mappin
     records = inputs.get("records", [])
     if isinstance(records, str):
         records = [records]
+    review_cases = _review_overlay_cases(inputs.get("review"), cases, labels, n_overlays)
     report_from_files(out_html, metrics_csv=metrics, summary_json=inputs.get("summary"), train_logs=list(train_logs),
            overlay_cases=overlay_cases, case_records=records, provenance=provenance, labels=labels, work_dir=work_dir,
-           splits={cid: c.get("split") for cid, c in cases.items()}, volumes_csv=inputs.get("volumes"))
+           splits={cid: c.get("split") for cid, c in cases.items()}, volumes_csv=inputs.get("volumes"),
+           review_csv=inputs.get("review"), review_cases=review_cases)
+
+
+def _review_overlay_cases(review_csv: str | Path | None, cases: Mapping[str, Mapping], labels: Mapping,
+                          n: int) -> list[dict]:
+    """The report's overlays of the ``n`` top rows of ``review.csv`` (each cut through its class)."""
+    if not review_csv or not Path(review_csv).is_file():
+        return []
+    from .quality.review import read_review_csv
+
+    ids = {name: k for k, name in _labels(labels).items()}
+    picked = [r for r in read_review_csv(review_csv) if r["case"] in cases][:n]
+    return [{**cases[r["case"]], "case": r["case"], "focus": ids.get(r["class"]),
+             "caption": f"#{r['review_rank']} {r['case']} {r['class']}: predicted Dice {r['predicted_dice'] or '-'}"
+                        f" ({r['reason']})"} for r in picked]

@@ -249,7 +249,7 @@ def test_realdata_benchmark_segments_both_tests_on_their_grids_with_both_recipes
 
 
 def test_realdata_scores_are_the_metrics_of_the_masks(tmp_path):
-    """``_score`` (what the benchmark reports): the reference against itself scores Dice 1 and HD95 0,
+    """``score`` (what the benchmark reports): the reference against itself scores Dice 1 and HD95 0,
     a prediction missing one class scores Dice 0 there, and a mask off the reference's grid is refused."""
     from bench import bench_realdata
     from tests.conftest import make_ct, save_nifti
@@ -261,12 +261,12 @@ def test_realdata_scores_are_the_metrics_of_the_masks(tmp_path):
     shifted[0, 3] += 5.0
     off_grid = save_nifti(tmp_path / "off.nii.gz", label, shifted)
     classes = {1: "liver", 2: "spleen"}
-    same = bench_realdata._score(ref, ref, classes)
+    same = bench_realdata.score(ref, ref, classes)
     assert same == {"liver": {"dice": 1.0, "hd95_mm": 0.0}, "spleen": {"dice": 1.0, "hd95_mm": 0.0}}
-    partial = bench_realdata._score(missing, ref, classes)
+    partial = bench_realdata.score(missing, ref, classes)
     assert partial["liver"]["dice"] == 1.0 and partial["spleen"]["dice"] == 0.0
     with pytest.raises(AssertionError, match="not on the grid"):
-        bench_realdata._score(off_grid, ref, classes)
+        bench_realdata.score(off_grid, ref, classes)
 
 
 def test_forward_before_variant_is_the_same_network_with_torch_instance_norm():
@@ -278,3 +278,71 @@ def test_forward_before_variant_is_the_same_network_with_torch_instance_norm():
     before = bench_forward._before(model, tuple(x.shape))
     with torch.inference_mode():
         torch.testing.assert_close(before(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+# -- review list on real CT ----------------------------------------------------------------------
+
+
+def test_qc_ranking_figures_are_computed_from_the_rows():
+    """``evaluate_ranking`` (what bench_qc reports): Spearman over rows with a score, bad rows counted in
+    the first 20 % of the list ordered by the score (undefined scores last)."""
+    from bench import bench_qc
+
+    rows = [{"true_dice": d, "s": s, "class": c} for d, s, c in (
+        (0.1, 0.2, "a"), (0.95, 0.9, "a"), (0.5, float("nan"), "b"), (0.9, 0.8, "b"), (0.85, 0.85, "a"),
+        (0.3, 0.95, "b"), (0.97, 0.99, "a"), (0.92, 0.7, "b"), (0.99, 0.97, "b"), (0.88, 0.75, "a"))]
+    fig = bench_qc.evaluate_ranking(rows, "s")
+    assert fig["n_scored"] == 9 and fig["n_top"] == 2 and fig["n_bad"] == 3
+    assert fig["bad_in_top"] == 1 and fig["bad_in_top_share"] == pytest.approx(1 / 3, abs=1e-4)  # 0.1 first; 0.3 and 0.5 not
+    # The first 3 rows (as many as the bad ones): 0.1 (s 0.2), 0.92 (s 0.7), 0.88 (s 0.75): one bad.
+    assert fig["recall_at_n_bad"] == pytest.approx(1 / 3, abs=1e-4)
+    # Class a: s and Dice in the same order but 0.88/0.85 swapped -> rho 1 - 6 * 2 / 120 = 0.9; class b, 4 scored
+    # rows, rank pairs (s, Dice) (2, 2), (3, 1), (1, 3), (4, 4) -> rho 1 - 6 * 8 / 60 = 0.2.
+    assert fig["spearman_by_class"]["a"] == pytest.approx(0.9) and fig["spearman_by_class"]["b"] == pytest.approx(0.2)
+    assert fig["spearman_within_class"] == pytest.approx(0.55)
+    from scipy.stats import spearmanr
+
+    scored = [r for r in rows if r["s"] == r["s"]]
+    expected = spearmanr([r["s"] for r in scored], [r["true_dice"] for r in scored]).statistic
+    assert fig["spearman"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_qc_variants_degrade_the_scan_as_named():
+    from bench import bench_qc
+
+    rng = np.random.default_rng(0)
+    hu = np.zeros((20, 16, 30))
+    label = np.zeros(hu.shape, np.uint8)
+    label[5:10, 4:8, 2:8] = 1
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    thick = bench_qc.VARIANTS["slices_6mm"](hu, label, affine, rng)
+    assert thick[0].shape == (20, 16, 15) and thick[2][2, 2] == 6.0 and np.array_equal(thick[1], label[:, :, ::2])
+    thin = bench_qc.VARIANTS["slices_1.5mm"](hu, label, affine, rng)
+    assert thin[0].shape == thin[1].shape == (20, 16, 59) and thin[2][2, 2] == 1.5
+    cut = bench_qc.VARIANTS["fov_cut_25pct"](hu, label, affine, rng)
+    assert cut[0].shape == cut[1].shape == (10, 16, 30) and cut[2][0, 3] == 15.0  # 5 columns of 3 mm cut
+    crop = bench_qc.VARIANTS["region_upper_7_slices"](hu, label, affine, rng)
+    assert crop[0].shape == (20, 16, 7) and crop[2][2, 3] == 69.0
+    phase = bench_qc.VARIANTS["phase_plus90hu"](hu, label, affine, rng)[0]
+    assert 72 <= phase[label == 1].min() and phase[label == 1].max() <= 108 and not phase[label == 0].any()
+
+
+def test_qc_plumbing_on_real_ct():
+    """bench_qc on a barely trained model: every variant and the dcmqi series segmented and scored,
+    our ranking and the baseline's computed on the same rows (no figure is held to its target)."""
+    from bench import bench_qc
+
+    if not (bench_qc.DATA / "totalsegmentator-example").is_dir():
+        pytest.skip(f"real CT data not found at {bench_qc.DATA} (../shared/data)")
+    result = bench_qc.check(steps=4)
+    assert result["n_cases"] == 5
+    cases = {r["case"] for r in result["rows"]}
+    assert {"clean", "noise_250hu", "region_upper_7_slices", "slices_6mm"} <= cases and len(cases) == 5
+    assert [r["review_rank"] for r in result["rows"]] == sorted(r["review_rank"] for r in result["rows"])
+    assert all(0.0 <= r["true_dice"] <= 1.0 for r in result["rows"])
+    # The upper slices hold no kidney: scored only where something was segmented there.
+    kidneys = [r for r in result["rows"] if r["case"] == "region_upper_7_slices" and r["class"].startswith("kidney")]
+    assert all(r["true_dice"] == 0.0 for r in kidneys)
+    for side in ("ours", "baseline_max_softmax"):
+        assert result[side]["n_bad"] == sum(r["true_dice"] < bench_qc.BAD_DICE for r in result["rows"])
+    assert result["calibration"] is None or result["calibration"]["fitted_on"].startswith("training cases")

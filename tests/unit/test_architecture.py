@@ -29,6 +29,7 @@ LAYERS = [
     "preprocess",
     "model",
     "postprocess",  # label-mask cleanup: chosen by train/, applied by infer/, its components counted by evaluate/
+    "quality",  # review signals, their calibration (fitted by train/) and the review list
     "train",
     "infer",
     "evaluate",

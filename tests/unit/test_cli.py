@@ -311,6 +311,38 @@ def test_predict_writes_the_inputs_geometry_skips_complete_cases_and_overwrites(
 
 
 @pytest.mark.slow  # trains (the module's cli_train)
+def test_predict_writes_the_review_list_with_the_models_calibration(cli_train, tmp_path):
+    """model.json records the training distribution and the calibration (how, on how many cases);
+    predict writes review.csv: one row per case and class, ranks 1..n, predicted Dice in 0..1."""
+    meta = json.loads((cli_train.model / "model.json").read_text(encoding="utf-8"))
+    review = meta["review"]
+    assert set(review["reference"]["classes"]) == set(meta["labels"].values())
+    assert review["reference"]["n_cases"] == len(meta["train_cases"])
+    calibration = review["calibration"]
+    if calibration is not None:  # None only when the briefly trained model segments almost nothing
+        assert calibration["method"] and calibration["fitted_on"] == "validation cases"
+        assert calibration["n_cases"] == len(meta["val_cases"]) and calibration["n_rows"] >= 3
+    inputs, out = _inputs(cli_train, tmp_path), tmp_path / "out"
+    assert main(["predict", "-m", str(cli_train.model), "-i", str(inputs), "-o", str(out)]) == 0
+    with open(out / "review.csv", newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        assert {"case", "class", "predicted_dice", "review_rank", "reason"} <= set(reader.fieldnames)
+        rows = list(reader)
+    assert {(r["case"], r["class"]) for r in rows} == {(c, n) for c in ("demo_000", "demo_001")
+                                                        for n in meta["labels"].values()}
+    assert [int(r["review_rank"]) for r in rows] == list(range(1, len(rows) + 1))
+    for r in rows:
+        assert r["reason"]
+        if r["predicted_dice"] == "":  # undefined only where nothing was segmented
+            assert r["volume_ml"] in ("", "0", "0.0")
+        else:
+            assert 0.0 <= float(r["predicted_dice"]) <= 1.0
+    sidecar = json.loads((out / "demo_000.json").read_text(encoding="utf-8"))
+    assert {r["class"] for r in sidecar["review"]["rows"]} == set(meta["labels"].values())
+    assert set(sidecar["review"]["signals"]) == {"scan", "classes"}
+
+
+@pytest.mark.slow  # trains (the module's cli_train)
 def test_predict_goes_on_past_failing_cases_and_names_them(cli_train, tmp_path, capsys, monkeypatch):
     from unet_pipeline.infer.predictor import Predictor
 
@@ -329,7 +361,7 @@ def test_predict_goes_on_past_failing_cases_and_names_them(cli_train, tmp_path, 
     err = capsys.readouterr().err
     assert "FAILED demo_000: RuntimeError: boom" in err
     assert f"FAILED demo_002: {broken}" in err and "not segmented: demo_000, demo_002" in err
-    assert sorted(p.name for p in out.iterdir()) == ["demo_001.json", "demo_001.nii.gz", "volumes.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["demo_001.json", "demo_001.nii.gz", "review.csv", "volumes.csv"]
 
     def interrupted(self, *args, **kwargs):
         raise KeyboardInterrupt
@@ -337,7 +369,7 @@ def test_predict_goes_on_past_failing_cases_and_names_them(cli_train, tmp_path, 
     monkeypatch.setattr(Predictor, "predict", interrupted)
     with pytest.raises(KeyboardInterrupt):  # an interrupt stops the run, leaving nothing half-written
         main(["predict", "-m", str(cli_train.model), "-i", str(inputs), "-o", str(out), "--overwrite"])
-    assert sorted(p.name for p in out.iterdir()) == ["demo_001.json", "demo_001.nii.gz", "volumes.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["demo_001.json", "demo_001.nii.gz", "review.csv", "volumes.csv"]
 
 
 @pytest.mark.slow  # trains (the module's cli_train)

@@ -42,7 +42,7 @@ def test_dry_run_plans_every_case_of_a_generated_cohort(planned, profile):
         "infer": n_test + N_UNLABELLED, "reassemble": n_test + N_UNLABELLED, "volumes": n_test + N_UNLABELLED,
     }
     once = ["training_cases_imported", "fingerprint", "plan", "training_cases_prepared", "train", "aggregate_metrics",
-            "aggregate_volumes", "report", "all"]
+            "aggregate_volumes", "review", "report", "all"]
     assert jobs == {**per_case, "evaluate": n_test, **dict.fromkeys(once, 1),
                     "total": sum(per_case.values()) + n_test + len(once)}
 

@@ -103,7 +103,7 @@ def test_dry_run_plans_the_jobs_of_each_rule_per_case(tmp_path):
         "demo_cohort": 1, "import_case": 5, "import_label": 5, "training_cases_imported": 1, "fingerprint": 1,
         "plan": 1, "preprocess": 5, "preprocess_label": 3, "slice_case": 3, "training_cases_prepared": 1, "train": 1,
         "infer": 2, "reassemble": 2, "evaluate": 2, "volumes": 2, "aggregate_metrics": 1, "aggregate_volumes": 1,
-        "report": 1, "all": 1, "total": 39}
+        "review": 1, "report": 1, "all": 1, "total": 40}
 
 
 def test_cross_validation_dry_run_trains_one_model_per_fold(tmp_path):
@@ -148,8 +148,14 @@ def _check_outputs(work: Path, results: Path) -> list[dict]:
         volumes = list(csv.DictReader(fh))
     assert {r["case"] for r in volumes} == {s.name[:-7] for s in segs} and len(volumes) == 4 * len(segs)
     assert all(float(r["volume_ml"]) >= 0 for r in volumes) and "qc_flags" in volumes[0]
+    with open(results / "review.csv", encoding="utf-8") as fh:
+        review = list(csv.DictReader(fh))
+    assert {(r["case"], r["class"]) for r in review} == {(r["case"], r["label"]) for r in volumes}
+    assert [int(r["review_rank"]) for r in review] == list(range(1, len(review) + 1))
+    assert all(r["predicted_dice"] == "" or 0.0 <= float(r["predicted_dice"]) <= 1.0 for r in review)
     html = (results / "report.html").read_text(encoding="utf-8")
     assert "data:image/png;base64," in html and "liver" in html
+    assert html.split("<section><h2>")[1].startswith("Review first</h2>")
     for log in ("model/train.log", "fingerprint.log"):
         assert (results / "logs" / log).exists()
     return rows
@@ -206,7 +212,7 @@ def test_tiny_end_to_end_run(tiny_run):
 
 
 #: What a change of one kind of key reruns on a finished run (config/README.md, "What a change reruns").
-_DOWNSTREAM_OF_SEGMENTATIONS = {"evaluate", "volumes", "aggregate_metrics", "aggregate_volumes", "report"}
+_DOWNSTREAM_OF_SEGMENTATIONS = {"evaluate", "volumes", "aggregate_metrics", "aggregate_volumes", "review", "report"}
 RERUNS = [
     ("training={device: cpu, threads: 2, prefetch: false, checkpoint_minutes: 5, progress: false}", set()),
     ("inference={device: cpu, batch_size: 2, model_server: false, chunk_slices: 3}", set()),

@@ -4,7 +4,8 @@ A trained model folder holds ``model.safetensors`` (the weights) and ``model.jso
 tag, the architecture (:class:`unet_pipeline.model.unet.UNetConfig`), the plan it was trained
 with (slicing plane, spacing, intensities, patch size), the label map, the training, loss and
 augmentation settings, the training and validation cases, the postprocessing recorded for its
-segmentations and the versions it was made with. Every other module reads it through
+segmentations, the training distribution and calibration of the review list (``review``) and the
+versions it was made with. Every other module reads it through
 :func:`read_model_card`, and training writes it through :func:`write_model_card`.
 """
 
@@ -73,6 +74,21 @@ class ModelCard:
     def postprocess(self) -> dict[str, Any]:
         """The postprocessing recorded for the model's segmentations (none when unrecorded)."""
         return dict(self.meta.get("postprocess") or {})
+
+    @property
+    def review(self) -> dict[str, Any] | None:
+        """What the review list needs (:mod:`unet_pipeline.quality`): ``reference`` (the training cases'
+        per-class volume and HU, their scans' spacing and body HU), ``calibration`` (the fit of the
+        signals to Dice: ``method``, ``features``, ``n_cases``, ``fitted_on``, ...; None when it could
+        not be fitted) and ``feature_spearman``. None for models trained before it was recorded."""
+        review = self.meta.get("review")
+        return dict(review) if isinstance(review, dict) else None
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        """The review calibration (``review.calibration``), or None when the model has none."""
+        calibration = (self.review or {}).get("calibration")
+        return dict(calibration) if isinstance(calibration, dict) else None
 
 
 def read_model_card(model_dir: str | Path) -> ModelCard:

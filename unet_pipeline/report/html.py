@@ -423,6 +423,24 @@ def _volumes_section(volumes_csv: str | Path | None) -> str:
             "touches border: the structure reaches the edge of the image and may be cut off).</p>")
 
 
+#: Rows of ``review.csv`` shown in the report's "Review first" table.
+REVIEW_ROWS_SHOWN = 15
+
+
+def _review_section(review_csv: str | Path | None, overlays: Sequence[tuple[str, str | Path]]) -> str:
+    """The first rows of ``review.csv`` (review order) and the overlays of the top-ranked cases."""
+    rows = read_csv_rows(review_csv)
+    if not rows:
+        return _na("review list")
+    header = ["review_rank", "case", "class", "predicted_dice", "reason", "volume_ml", "soft_dice", "mean_maxprob"]
+    body = [[_cell(r.get(h) or "") for h in header] for r in rows[:REVIEW_ROWS_SHOWN]]
+    note = (f"<p>The {min(len(rows), REVIEW_ROWS_SHOWN)} first of {len(rows)} rows of <code>review.csv</code> "
+            "(one per case and class, sorted by predicted Dice, lowest first; classes with nothing segmented last). "
+            "The predicted Dice is an estimate from signals without a reference (see the README): use it to "
+            "order the reading, not as a measurement.</p>")
+    return f'{note}<div class="scroll">{_table(header, body)}</div>{_figures(overlays)}'
+
+
 def _curves_section(train_logs: Sequence[str | Path], tmp: Path) -> str:
     logs = [Path(p) for p in train_logs if p]
     if not logs:
@@ -504,7 +522,9 @@ def write_report(out_html: str | Path, *, metrics_csv: str | Path | None = None,
                  overlays: Sequence[tuple[str, str | Path]] | Mapping[str, Sequence[tuple[str, str | Path]]] = (),
                  geometry_rows: Sequence[Mapping] = (),
                  provenance: Mapping | None = None, title: str = "U-Net segmentation report",
-                 empty_policy: str = "", volumes_csv: str | Path | None = None) -> None:
+                 empty_policy: str = "", volumes_csv: str | Path | None = None,
+                 review_csv: str | Path | None = None,
+                 review_overlays: Sequence[tuple[str, str | Path]] = ()) -> None:
     """Write the self-contained HTML report.
 
     Parameters
@@ -536,6 +556,9 @@ def write_report(out_html: str | Path, *, metrics_csv: str | Path | None = None,
     volumes_csv
         ``volumes.csv`` (one row per segmented case and class), summarised per class; ``None``
         leaves the section "not available".
+    review_csv, review_overlays
+        ``review.csv`` (:mod:`unet_pipeline.quality.review`, rows in review order) and the
+        ``(caption, png path)`` overlays of its top-ranked cases: the first section, "Review first".
 
     Every missing input gives a section that says "not available".
     """
@@ -545,6 +568,7 @@ def write_report(out_html: str | Path, *, metrics_csv: str | Path | None = None,
     with tempfile.TemporaryDirectory(prefix="report-") as td:
         tmp = Path(td)
         sections = [
+            ("Review first", _review_section(review_csv, list(review_overlays))),
             ("Summary per class", _summary_section(summary_json)),
             ("Metric distributions", _boxes_section(metrics_csv, tmp)),
             ("Per-case metrics", _cases_section(metrics_csv)),

@@ -39,6 +39,7 @@ def export_model(run: Run, state: TrainState) -> dict:
     _write_outputs(run.out_dir, run.model, state.history)
     plot_training_curves(run.out_dir / "train_log.csv", run.out_dir / "curves.png")
     postprocess_choice = _choose_postprocessing(run)
+    review = _review_record(run)
     cfg = run.cfg
     if state.budget_spent:
         ended_by = "max_minutes"
@@ -68,6 +69,7 @@ def export_model(run: Run, state: TrainState) -> dict:
         "versions": _versions(),
         "data_fingerprint": _data_fingerprint(run.plan.to_dict(), train_ids, val_ids),
         "postprocess_choice": postprocess_choice,
+        "review": review,
     }
     return write_model_card(run.out_dir, meta).meta
 
@@ -99,6 +101,25 @@ def _choose_postprocessing(run: Run) -> dict:
              "; ".join(f"{n}: largest component {'kept' if t['adopted'] else 'not used'} "
                        f"(Dice {t['before']} -> {t['after']})" for n, t in table.items()))
     return {"decided_on": decided_on, "config": config, "table": table}
+
+
+def _review_record(run: Run) -> dict:
+    """``model.json``'s ``review``: training distribution and calibration of the review list
+    (:func:`unet_pipeline.quality.fit.review_record`), with the final model of :func:`_choose_postprocessing`."""
+    from ..quality.fit import review_record
+
+    def predict(image: np.ndarray, pad_value: float):
+        return iter_volume_probabilities(run.model, image, in_slices=run.mcfg.in_channels,
+                                         num_classes=len(run.label_values) + 1, patch_size=run.patch, overlap=0.25,
+                                         batch_size=8, device=run.device, margin=run.margin, pad_value=pad_value)
+
+    plan = run.plan.to_dict()
+    fallback = (float(plan.get("median_slice_thickness_mm") or 1.0), *plan["target_spacing_mm"])
+    spacing = {c.case_id: c.spacing_mm or fallback for c in [*run.train_cases, *run.val_cases]}
+    run.model.eval()
+    with torch.inference_mode():
+        return review_record(predict, run.train_cases, run.val_cases, class_names=run.label_names,
+                             spacing_of=spacing.__getitem__, intensity=plan["intensity"])
 
 
 def _write_outputs(out_dir: Path, model: torch.nn.Module, history: list[dict]) -> None:

@@ -40,6 +40,8 @@ class TrainingCase:
         ``(Z, Y, X)`` float16 paper weight map (memory map) or None.
     classes_present
         Per slice, the foreground classes it holds.
+    spacing_mm
+        ``(z, y, x)`` spacing of the preprocessed grid in mm (``meta.json``'s ``resampled_spacing_mm``).
     """
 
     case_id: str
@@ -48,6 +50,7 @@ class TrainingCase:
     weight: np.ndarray | None
     classes_present: list[list[int]]
     pad_value: float
+    spacing_mm: tuple[float, ...] | None = None
 
 
 def load_training_cases(pairs: Sequence[tuple[str | Path, str | Path]], *, need_weights: bool = False,
@@ -69,7 +72,8 @@ def load_training_cases(pairs: Sequence[tuple[str | Path, str | Path]], *, need_
         intensity = meta["intensity"]
         pad = (float(intensity["p00_5"]) - float(intensity["mean"])) / max(float(intensity["std"]), 1e-6)
         cases.append(TrainingCase(meta["case_id"], image, np.load(pre_dir / "label.npy", mmap_mode=mode), weight,
-                                  index["classes_present"], pad))
+                                  index["classes_present"], pad,
+                                  tuple(float(v) for v in meta.get("resampled_spacing_mm") or ()) or None))
     return cases
 
 

@@ -156,7 +156,7 @@ def final_targets(with_rejected=True):
         targets += expand(pattern, case=DICOM_CASES)
     if evaluated_cases():
         targets += [f"{RESULTS}/metrics/metrics.csv", f"{RESULTS}/metrics/summary.json"]
-    targets += [f"{RESULTS}/volumes.csv", f"{RESULTS}/report.html"]
+    targets += [f"{RESULTS}/volumes.csv", f"{RESULTS}/review.csv", f"{RESULTS}/report.html"]
     if CASES.rejected and with_rejected:  # the job of rejected_cases runs last and fails, naming them
         targets.append(REJECTED_CASES)
     return targets
@@ -206,6 +206,7 @@ def report_inputs(wildcards):
         "segmentations": expand(f"{RESULTS}/segmentations/{{case}}.nii.gz", case=CASES.to_segment),
         "records": expand(f"{RESULTS}/imported/{{case}}/case.json", case=sorted(CASES.cases)),
         "volumes": f"{RESULTS}/volumes.csv",
+        "review": f"{RESULTS}/review.csv",
     }
     if evaluated_cases():
         inputs["metrics"] = f"{RESULTS}/metrics/metrics.csv"

@@ -60,6 +60,29 @@ rule aggregate_volumes:
         "../scripts/aggregate_volumes.py"
 
 
+# The review list: per case and class a predicted Dice and the reasons, ranked over the cohort,
+# from the sidecars' review signals (computed in rule reassemble, while the probabilities exist).
+rule review:
+    input:
+        expand(f"{RESULTS}/segmentations/{{case}}.json", case=CASES.to_segment),
+    output:
+        csv=report(
+            f"{RESULTS}/review.csv",
+            caption="../report/review.rst",
+            category="Review",
+        ),
+    log:
+        f"{LOGS}/review.log",
+    localrule: True
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime_min,
+    conda:
+        "../envs/unet.yaml"
+    script:
+        "../scripts/review.py"
+
+
 rule aggregate_metrics:
     input:
         expand(f"{RESULTS}/metrics/cases/{{case}}.csv", case=evaluated_cases()),

@@ -326,15 +326,29 @@ def test_write_report_full(tmp_path):
 
     volumes = _write_csv(inputs / "volumes.csv", [{"case": EVIL, "label": "liver", "label_id": 1, "volume_ml": 1480.0,
                                                    "empty": False, "qc_flags": ""}], VOLUME_COLUMNS)
+    from unet_pipeline.quality.review import REVIEW_COLUMNS, write_review_csv
+
+    review = inputs / "review.csv"
+    write_review_csv(review, [{"case": EVIL, "class": "liver", "predicted_dice": 0.4321, "review_rank": 1,
+                               "reason": "volume 4.0x the training median"},
+                              {"case": "case_002", "class": "liver", "predicted_dice": 0.91, "review_rank": 2,
+                               "reason": "no signal out of the usual"}])
+    assert review.read_text(encoding="utf-8").splitlines()[0] == ",".join(REVIEW_COLUMNS)
     out = tmp_path / "out" / "report.html"
     write_report(out, metrics_csv=metrics, summary_json=summary, train_logs=[log],
                  overlays=[(f"worst: {EVIL}", overlay_png)], geometry_rows=geometry, provenance=provenance,
-                 title="Report <b>x</b>", empty_policy="Both empty: Dice = 1 & <NaN>.", volumes_csv=volumes)
+                 title="Report <b>x</b>", empty_policy="Both empty: Dice = 1 & <NaN>.", volumes_csv=volumes,
+                 review_csv=review, review_overlays=[(f"#1 {EVIL} liver", overlay_png)])
     text = out.read_text(encoding="utf-8")
 
     assert text.startswith("<!DOCTYPE html>")
-    # three figures embedded: boxes, curves, overlay
-    assert text.count("data:image/png;base64,") == 3
+    # The report opens with the review list: its rows in order, then the top case's overlay.
+    first = text.split("<section><h2>")[1]
+    assert first.startswith("Review first</h2>")
+    assert first.index("0.4321") < first.index("0.91") and "volume 4.0x the training median" in first
+    assert "2 first of 2 rows" in first and first.count("data:image/png;base64,") == 1
+    # four figures embedded: the review overlay, boxes, curves, overlay
+    assert text.count("data:image/png;base64,") == 4
     assert 'src="http' not in text and "href=" not in text
     assert "<script" not in text.lower()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
@@ -361,10 +375,11 @@ def test_write_report_predict_only(tmp_path):
     out = tmp_path / "report.html"
     write_report(out)
     text = out.read_text(encoding="utf-8")
-    for heading in ("Summary per class", "Metric distributions", "Per-case metrics", "Volumes and QC flags",
-                    "Training curves", "Overlays", "Cohort geometry", "Provenance", "Empty-mask policy"):
+    for heading in ("Review first", "Summary per class", "Metric distributions", "Per-case metrics",
+                    "Volumes and QC flags", "Training curves", "Overlays", "Cohort geometry", "Provenance",
+                    "Empty-mask policy"):
         assert heading in text
-    assert text.count("not available") == 9  # every section says so
+    assert text.count("not available") == 10  # every section says so
     assert "data:image/png;base64," not in text
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
 
@@ -632,6 +647,34 @@ def test_report_from_workflow_predict_only_keeps_first_cases(tmp_path):
                                                                      "overlay_p3.png"]
     assert re.findall(r"<figcaption>(.*?)</figcaption>", text) == [f"{c} (no reference)" for c in ("p1", "p2", "p3")]
     assert "overlay-class" not in text and "<h3>" not in text
+
+
+def test_report_from_workflow_opens_with_the_review_list_and_its_top_cases(tmp_path):
+    """The report rule with review.csv: the "Review first" section lists its rows and draws the
+    top-ranked (case, class) rows, each cut through its class, in rank order."""
+    from unet_pipeline import stages
+    from unet_pipeline.quality.review import write_review_csv
+
+    cases = {}
+    for cid in ("p1", "p2", "p3", "p4"):
+        paths, _ = _write_case(tmp_path / "in", cid, {1: np.s_[2:5, 4:9, 3:8], 2: np.s_[5:7, 12:16, 10:14]})
+        cases[cid] = {"image": paths["image"], "pred": paths["pred"], "ref": None, "split": "predict"}
+    review = tmp_path / "review.csv"
+    order = [("p3", "tumour", 0.05, "probably absent"), ("p1", "liver", 0.41, "volume 3.0x the training median"),
+             ("p4", "liver", 0.62, "unsure boundary"), ("p2", "liver", 0.97, "no signal out of the usual")]
+    write_review_csv(review, [{"case": c, "class": k, "predicted_dice": d, "review_rank": i, "reason": r}
+                              for i, (c, k, d, r) in enumerate(order, start=1)])
+    out = tmp_path / "report.html"
+    stages.report_from_workflow(out, inputs={"review": str(review)}, cases=cases, labels=PER_CLASS_LABELS, config={},
+                                work_dir=tmp_path / "fig")
+    text = out.read_text(encoding="utf-8")
+    first = text.split("<section><h2>")[1]
+    assert first.startswith("Review first</h2>") and "4 first of 4 rows" in first
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", first)
+    assert [c.split(":")[0] for c in captions] == ["#1 p3 tumour", "#2 p1 liver", "#3 p4 liver"]
+    assert "probably absent" in captions[0]
+    drawn = {p.name for p in (tmp_path / "fig").iterdir()}
+    assert {"overlay_p3_label2.png", "overlay_p1_label1.png", "overlay_p4_label1.png"} <= drawn
 
 
 def test_write_report_overlays_per_class(tmp_path):

@@ -1,0 +1,90 @@
+"""Calibration of the review signals: features, the fit (feature choice by measurement), storage in model.json."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from unet_pipeline.model.card import read_model_card, write_model_card
+from unet_pipeline.quality.calibration import FEATURES, UNCALIBRATED, features, fit_calibration, predict_dice
+
+REFERENCE = {"classes": {"liver": {"volume_ml_median": 1500.0, "hu_median": 60.0, "present_share": 1.0,
+                                   "volume_ml_min": 1200.0}},
+             "scan": {"body_hu_median": 20.0, "slice_thickness_mm": 3.0}}
+
+
+def _rows(n=30, seed=0):
+    """Rows whose true Dice falls with soft_dice's shortfall; ``entropy`` is unrelated noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        soft = rng.uniform(0.5, 1.0)
+        row = {f: 0.0 for f in FEATURES}
+        row.update(case=f"c{i % 3}", soft_dice=soft, entropy=rng.uniform(0, 1),
+                   dice=float(np.clip(1.6 * soft - 0.62 + rng.normal(0, 0.01), 0, 1)))
+        rows.append(row)
+    return rows
+
+
+def test_features_compare_with_the_training_distribution():
+    cls = {"volume_ml": 6000.0, "soft_dice": 0.9, "mean_maxprob": 0.95, "entropy": 0.1, "largest_share": 1.0,
+           "hu_median": 160.0}
+    scan = {"body_hu_median": -30.0, "slice_thickness_mm": 6.0}
+    f = features(cls, scan, REFERENCE, "liver")
+    assert set(f) == set(FEATURES)
+    assert f["volume_log_ratio"] == pytest.approx(math.log(4.0))
+    assert f["hu_shift"] == pytest.approx(1.0) and f["scan_hu_shift"] == pytest.approx(0.5)
+    assert f["thickness_log_ratio"] == pytest.approx(math.log(2.0))
+    # Without a reference (a model trained before it was recorded) the comparisons are 0.
+    bare = features(cls, scan, None, "liver")
+    assert bare["volume_log_ratio"] == bare["hu_shift"] == bare["scan_hu_shift"] == bare["thickness_log_ratio"] == 0.0
+    # Missing signals (stored as null) do not break the features.
+    assert features({"volume_ml": 1.0, "soft_dice": None}, {}, REFERENCE, "liver")["soft_dice"] == 0.0
+
+
+def test_fit_chooses_the_informative_feature_and_predicts_dice():
+    rows = _rows()
+    cal = fit_calibration(rows, fitted_on="validation cases", degradations=["none", "noise"])
+    assert cal["features"][0] == "soft_dice" and "entropy" not in cal["features"]
+    assert cal["n_rows"] == 30 and cal["n_cases"] == 3 and cal["fitted_on"] == "validation cases"
+    assert cal["degradations"] == ["none", "noise"] and "ridge" in cal["method"]
+    assert cal["loo_mae"] < 0.03 and cal["loo_spearman"] > 0.95
+    good = predict_dice(cal, {f: (0.97 if f == "soft_dice" else 0.0) for f in FEATURES})
+    bad = predict_dice(cal, {f: (0.6 if f == "soft_dice" else 0.0) for f in FEATURES})
+    assert good == pytest.approx(1.6 * 0.97 - 0.62, abs=0.06) and bad == pytest.approx(1.6 * 0.6 - 0.62, abs=0.06)
+    assert predict_dice(cal, {f: (5.0 if f == "soft_dice" else 0.0) for f in FEATURES}) == 1.0  # clipped
+    assert predict_dice(cal, {f: (-5.0 if f == "soft_dice" else 0.0) for f in FEATURES}) == 0.0
+
+
+def test_fit_without_a_useful_feature_predicts_the_mean():
+    rows = [{**{f: float(i % 2) for f in FEATURES}, "case": "a", "dice": 0.8} for i in range(6)]
+    cal = fit_calibration(rows, fitted_on="validation cases")
+    assert cal["features"] == [] and predict_dice(cal, {f: 0.3 for f in FEATURES}) == pytest.approx(0.8)
+
+
+def test_fit_needs_three_rows():
+    with pytest.raises(ValueError, match="at least 3 rows"):
+        fit_calibration(_rows(2), fitted_on="validation cases")
+
+
+def test_uncalibrated_prediction_is_the_soft_dice():
+    feats = {f: 0.0 for f in FEATURES} | {"soft_dice": 0.73}
+    assert predict_dice(None, feats) == pytest.approx(0.73)
+    assert predict_dice(UNCALIBRATED, feats) == pytest.approx(0.73)
+
+
+def test_calibration_is_stored_in_model_json_and_reloaded(tmp_path):
+    cal = fit_calibration(_rows(), fitted_on="validation cases", degradations=["none"])
+    meta = {"architecture": {}, "plan": {}, "labels": {"1": "liver"},
+            "review": {"reference": REFERENCE, "calibration": cal, "feature_spearman": {"soft_dice": 0.9}}}
+    write_model_card(tmp_path, meta)
+    card = read_model_card(tmp_path)
+    assert card.calibration == cal and card.review["reference"] == REFERENCE
+    assert card.calibration["method"] and card.calibration["n_cases"] == 3
+    feats = {f: 0.0 for f in FEATURES} | {"soft_dice": 0.8}
+    assert predict_dice(card.calibration, feats) == predict_dice(cal, feats)
+    # A model folder from before the review list: no record, no calibration.
+    write_model_card(tmp_path, {"architecture": {}, "plan": {}, "labels": {"1": "liver"}})
+    assert read_model_card(tmp_path).review is None and read_model_card(tmp_path).calibration is None

@@ -1,0 +1,109 @@
+"""Review signals from probabilities (hand-computed values) and the training distribution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unet_pipeline.quality.signals import SignalAccumulator, case_signals_from_files, label_statistics, \
+    summarize_reference
+
+INTENSITY = {"mean": 50.0, "std": 100.0}  # HU = 100 * z + 50
+
+
+def _probs(label: np.ndarray, k: int, p: float) -> np.ndarray:
+    """``(Z, K, Y, X)`` probabilities: ``p`` on the label's class, the rest shared equally."""
+    out = np.full((label.shape[0], k, *label.shape[1:]), (1 - p) / (k - 1), np.float32)
+    for c in range(k):
+        out[:, c][label == c] = p
+    return out
+
+
+def _case():
+    label = np.zeros((6, 10, 12), np.uint8)
+    label[1:5, 2:6, 2:7] = 1  # 80 voxels
+    label[0:2, 7:9, 8:10] = 2  # 8 voxels, reaches the first slice
+    label[4:6, 7:9, 8:10] = 2  # a second piece of 8, reaches the last slice
+    image = np.zeros(label.shape, np.float32)  # 50 HU
+    image[label == 1] = 1.0  # 150 HU
+    return label, image
+
+
+def test_signals_of_a_certain_prediction_are_hand_computable():
+    label, image = _case()
+    acc = SignalAccumulator(label.shape, ["liver", "kidney"], (3.0, 1.0, 2.0), INTENSITY)
+    acc.add(0, _probs(label, 3, 1.0), image)
+    sig = acc.finish()
+    liver, kidney = sig["classes"]["liver"], sig["classes"]["kidney"]
+    assert liver["volume_ml"] == pytest.approx(80 * 6 / 1000) and kidney["volume_ml"] == pytest.approx(16 * 6 / 1000)
+    assert liver["soft_dice"] == pytest.approx(1.0) and liver["mean_maxprob"] == pytest.approx(1.0)
+    assert liver["entropy"] == pytest.approx(0.0, abs=1e-5)
+    assert liver["hu_median"] == 150.0 and kidney["hu_median"] == 50.0
+    assert liver["max_area_mm2"] == 4 * 5 * 2.0 and kidney["max_area_mm2"] == 2 * 2 * 2.0  # largest slice, mm²
+    assert (liver["n_components"], liver["largest_share"], liver["edge_slices"]) == (1, 1.0, False)
+    assert (kidney["n_components"], kidney["largest_share"], kidney["edge_slices"]) == (2, 0.5, True)
+    assert sig["scan"] == {"slices": 6, "slice_thickness_mm": 3.0, "pixel_mm": 1.0, "z_extent_mm": 18.0,
+                           "body_hu_median": 50.0}
+
+
+def test_soft_dice_counts_probability_outside_the_structure():
+    """p = 0.8 on every voxel's class, 0.1 elsewhere: inside 80 x 0.8, everywhere 80 x 0.8 + 640 x 0.1."""
+    label, image = _case()
+    label[label == 2] = 0
+    acc = SignalAccumulator(label.shape, ["liver", "kidney"], (1.0, 1.0, 1.0), INTENSITY)
+    acc.add(0, _probs(label, 3, 0.8), image)
+    liver = acc.finish()["classes"]["liver"]
+    inside, total = 80 * 0.8, 80 * 0.8 + (label.size - 80) * 0.1
+    assert liver["soft_dice"] == pytest.approx(2 * inside / (total + 80), rel=1e-5)
+    assert liver["mean_maxprob"] == pytest.approx(0.8)
+    expected_entropy = -(0.8 * np.log(0.8) + 2 * 0.1 * np.log(0.1)) / np.log(3)
+    assert liver["entropy"] == pytest.approx(expected_entropy, rel=1e-5)
+
+
+def test_chunked_equals_one_pass_and_files_equal_arrays(tmp_path):
+    import json
+
+    label, image = _case()
+    probs = _probs(label, 3, 0.7)
+    one = SignalAccumulator(label.shape, ["a", "b"], (2.0, 1.0, 1.0), INTENSITY)
+    one.add(0, probs, image)
+    chunked = SignalAccumulator(label.shape, ["a", "b"], (2.0, 1.0, 1.0), INTENSITY)
+    for z0 in range(0, 6, 4):
+        chunked.add(z0, probs[z0:z0 + 4], image[z0:z0 + 4])
+    whole, parts = one.finish(), chunked.finish()
+    assert whole["scan"] == parts["scan"]
+    for name, values in whole["classes"].items():
+        for key, value in values.items():
+            assert parts["classes"][name][key] == pytest.approx(value, rel=1e-6), (name, key)
+    np.save(tmp_path / "probs.npy", probs.astype(np.float16))
+    np.save(tmp_path / "image.npy", image)
+    (tmp_path / "meta.json").write_text(json.dumps({"resampled_spacing_mm": [2.0, 1.0, 1.0],
+                                                    "intensity": INTENSITY}), encoding="utf-8")
+    from_files = case_signals_from_files(tmp_path / "probs.npy", tmp_path, ["a", "b"])
+    a, b = from_files["classes"]["a"], one.finish()["classes"]["a"]
+    assert a["volume_ml"] == b["volume_ml"] and a["soft_dice"] == pytest.approx(b["soft_dice"], rel=1e-3)
+
+
+def test_probabilities_of_the_wrong_shape_are_refused():
+    acc = SignalAccumulator((2, 4, 4), ["a"], (1.0, 1.0, 1.0), INTENSITY)
+    with pytest.raises(ValueError, match=r"probs must be \(n, 2, 4, 4\)"):
+        acc.add(0, np.zeros((2, 3, 4, 4), np.float32), np.zeros((2, 4, 4), np.float32))
+
+
+def test_reference_summarizes_the_training_cases():
+    label, image = _case()
+    small = label.copy()
+    small[small == 1] = 0
+    stats = [label_statistics(label, image, (3.0, 1.0, 2.0), INTENSITY, ["liver", "kidney"]),
+             label_statistics(small, image, (3.0, 1.0, 2.0), INTENSITY, ["liver", "kidney"])]
+    ref = summarize_reference(stats)
+    assert ref["n_cases"] == 2
+    assert ref["classes"]["liver"]["present_share"] == 0.5  # the second case lacks it
+    assert ref["classes"]["liver"]["volume_ml_median"] == pytest.approx(0.48)  # over the cases holding it
+    assert ref["classes"]["kidney"]["volume_ml_min"] == pytest.approx(0.096)
+    assert ref["classes"]["liver"]["hu_median"] == 150.0
+    assert ref["classes"]["liver"]["max_area_mm2_min"] == 40.0 and ref["classes"]["kidney"]["max_area_mm2_min"] == 8.0
+    assert ref["classes"]["liver"]["edge_share"] == 0.0 and ref["classes"]["kidney"]["edge_share"] == 1.0
+    assert ref["scan"]["slice_thickness_mm"] == 3.0 and ref["scan"]["z_extent_mm"] == 18.0
+    with pytest.raises(ValueError, match="at least one training case"):
+        summarize_reference([])

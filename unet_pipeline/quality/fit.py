@@ -1,0 +1,120 @@
+"""At the end of training: the training cases' distribution and the calibration of the review signals.
+
+:func:`review_record` is what ``model.json`` stores under ``review``:
+
+* ``reference``: the training cases' per-class volume and HU and their scans' thickness, extent
+  and body HU (:func:`unet_pipeline.quality.signals.summarize_reference`), measured on their labels;
+* ``calibration``: the fit of :mod:`unet_pipeline.quality.calibration` on cases with references
+  the model did not train on (the validation cases; the training cases, said so in
+  ``fitted_on``, when there are none), each segmented as it is and as degraded copies
+  (:data:`DEGRADATIONS`: noise, in-plane blur, HU shifts), so the fit sees a range of Dice;
+* ``feature_spearman``: the Spearman correlation of every candidate feature with the true Dice on
+  those rows, the measurement behind the choice of features.
+
+The model under test is given as a function, so this module needs no network code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .calibration import FEATURES, features, fit_calibration
+from .signals import SignalAccumulator, label_statistics, summarize_reference
+
+__all__ = ["DEGRADATIONS", "MAX_CALIBRATION_CASES", "degrade", "review_record"]
+
+log = logging.getLogger(__name__)
+
+#: name -> (Gaussian noise sigma in HU, in-plane Gaussian blur sigma in px, HU shift of the whole image)
+DEGRADATIONS: dict[str, tuple[float, float, float]] = {
+    "none": (0.0, 0.0, 0.0), "noise_30hu": (30.0, 0.0, 0.0), "noise_80hu": (80.0, 0.0, 0.0),
+    "noise_150hu": (150.0, 0.0, 0.0),
+    "blur_1px": (0.0, 1.0, 0.0), "blur_2px": (0.0, 2.0, 0.0), "shift_+60hu": (0.0, 0.0, 60.0),
+    "shift_-60hu": (0.0, 0.0, -60.0), "noise_50hu_blur_1px": (50.0, 1.0, 0.0),
+}
+#: At most this many cases are segmented (each once per degradation) for the calibration.
+MAX_CALIBRATION_CASES = 3
+
+#: ``predict(image, pad_value)`` -> iterator of ``(z0, probs (n, K, Y', X'))`` over a ``(Z, Y', X')`` volume.
+Predict = Callable[[np.ndarray, float], Iterator[tuple[int, np.ndarray]]]
+
+
+def degrade(image: np.ndarray, name: str, hu_per_unit: float, seed: int = 0) -> np.ndarray:
+    """A degraded float32 copy of a ``(Z, Y', X')`` z-score volume (:data:`DEGRADATIONS` ``name``);
+    ``hu_per_unit`` is the plan's intensity ``std`` (HU per z-score unit)."""
+    from scipy import ndimage
+
+    if name not in DEGRADATIONS:
+        raise ValueError(f"degradation must be one of {sorted(DEGRADATIONS)}, got {name!r}")
+    if not hu_per_unit > 0:
+        raise ValueError(f"hu_per_unit must be > 0, got {hu_per_unit}")
+    noise_hu, blur_px, shift_hu = DEGRADATIONS[name]
+    out = np.array(image, dtype=np.float32)
+    if blur_px:
+        out = ndimage.gaussian_filter(out, sigma=(0.0, blur_px, blur_px))
+    if noise_hu:
+        out += np.random.default_rng(seed).normal(0.0, noise_hu / hu_per_unit, out.shape).astype(np.float32)
+    return out + np.float32(shift_hu / hu_per_unit)
+
+
+def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice of two boolean masks (1.0 when both are empty)."""
+    n = int(np.count_nonzero(pred)) + int(np.count_nonzero(ref))
+    return 1.0 if n == 0 else 2.0 * np.count_nonzero(pred & ref) / n
+
+
+def _case_rows(predict: Predict, case, names: Sequence[str], spacing: Sequence[float], intensity: Mapping,
+               reference: Mapping) -> list[dict]:
+    """One row per degradation and predicted class of one case: true Dice and :data:`FEATURES`."""
+    rows = []
+    label = np.asarray(case.label)
+    for d, name in enumerate(DEGRADATIONS):
+        # HU per z-score unit as preprocessing divides by it (a constant foreground has std 0)
+        image = degrade(np.asarray(case.image), name, max(float(intensity["std"]), 1e-6), seed=d)
+        acc = SignalAccumulator(image.shape, names, spacing, intensity)
+        for z0, probs in predict(image, case.pad_value):
+            acc.add(z0, probs, image[z0:z0 + probs.shape[0]])
+        signals = acc.finish()
+        for k, cls in enumerate(names, start=1):
+            if not signals["classes"][cls]["volume_ml"]:
+                continue  # nothing predicted: no signals (the review list ranks empty classes apart)
+            rows.append({"case": case.case_id, "degradation": name, "class": cls,
+                         "dice": _dice(acc.argmax == k, label == k),
+                         **features(signals["classes"][cls], signals["scan"], reference, cls)})
+    return rows
+
+
+def review_record(predict: Predict, train_cases: Sequence, val_cases: Sequence, *, class_names: Sequence[str],
+                  spacing_of: Callable[[str], Sequence[float]], intensity: Mapping) -> dict:
+    """``model.json``'s ``review``: ``reference``, ``calibration`` (None when fewer than 3 rows) and
+    ``feature_spearman`` (see the module's docstring).
+
+    ``train_cases`` and ``val_cases`` are :class:`unet_pipeline.train.sampler.TrainingCase` objects
+    (``case_id``, ``image`` z-scores and ``label`` class indices ``(Z, Y', X')``, ``pad_value``);
+    ``spacing_of(case_id)`` gives a case's ``(z, y, x)`` preprocessed spacing in mm.
+    """
+    from scipy.stats import spearmanr
+
+    names = list(class_names)
+    reference = summarize_reference(label_statistics(c.label, c.image, spacing_of(c.case_id), intensity, names)
+                                    for c in train_cases)
+    cases, fitted_on = (val_cases, "validation cases") if val_cases else (
+        train_cases, "training cases (no validation cases: the fit is optimistic)")
+    rows = [r for c in list(cases)[:MAX_CALIBRATION_CASES]
+            for r in _case_rows(predict, c, names, spacing_of(c.case_id), intensity, reference)]
+    y = np.array([r["dice"] for r in rows])
+    rho = {}
+    for f in FEATURES:
+        x = np.array([r[f] for r in rows])
+        ok = len(rows) > 2 and np.ptp(x) > 0 and np.ptp(y) > 0
+        rho[f] = round(float(spearmanr(x, y).statistic), 4) if ok else None
+    calibration = fit_calibration(rows, fitted_on=fitted_on, degradations=list(DEGRADATIONS)) if len(rows) >= 3 \
+        else None
+    if calibration:
+        log.info("review calibration on %d %s (%d rows): features %s, leave-one-out MAE %.3f, Spearman %s",
+                 calibration["n_cases"], fitted_on, len(rows), calibration["features"], calibration["loo_mae"],
+                 calibration["loo_spearman"])
+    return {"reference": reference, "calibration": calibration, "feature_spearman": rho}

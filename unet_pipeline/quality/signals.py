@@ -1,0 +1,216 @@
+"""Review signals of one segmented case, from its probabilities and image (no reference needed).
+
+Everything is measured on the preprocessed grid ``(Z, Y', X')`` (slices along the model's plane,
+in-plane resampled to the plan's spacing), where the probabilities exist: the workflow's rule
+reassemble and ``unet-pipeline predict`` call :func:`case_signals_from_files` before the
+probabilities are deleted, and training calls :class:`SignalAccumulator` on the validation
+cases to calibrate the signals against their true Dice (:mod:`unet_pipeline.quality.calibration`).
+
+Per class (by name), from the argmax (the raw network segmentation, before postprocessing):
+
+* ``volume_ml``: predicted volume (mL); ``max_area_mm2``: its largest cross-section in one slice
+  (mm², independent of how much of the body the scan covers);
+* ``mean_maxprob``: mean maximum softmax probability in the predicted structure (the naive baseline);
+* ``soft_dice``: ``2 sum(p_k * [argmax = k]) / (sum(p_k) + |argmax = k|)``, the Dice the network
+  expects between its probabilities and its own segmentation (low when the boundary is unsure or
+  probability mass lies outside the structure);
+* ``entropy``: mean softmax entropy in the structure, divided by ``log K`` (0..1);
+* ``largest_share``: share of the volume in the largest connected component; ``n_components``;
+* ``hu_median``: median HU of the CT in the structure (from the z-scores and the plan's intensity);
+* ``edge_slices``: whether the structure reaches the first or last slice (cut by the field of view).
+
+Per scan: ``slices``, ``slice_thickness_mm``, ``pixel_mm``, ``z_extent_mm`` and
+``body_hu_median`` (median HU of the voxels above :data:`BODY_HU`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..io.files import load_json
+from ..io.npy import NpyReader
+from ..postprocess import label_components
+
+__all__ = ["BODY_HU", "SignalAccumulator", "case_signals_from_files", "label_statistics", "summarize_reference"]
+
+#: Voxels above this many HU count as body for ``body_hu_median``.
+BODY_HU = -400.0
+#: HU histograms span -1024..3071 HU in 1 HU bins (values outside are clipped into the end bins).
+_HU_LOW, _HU_BINS = -1024, 4096
+#: Slices read at once from the files.
+_CHUNK = 16
+
+
+def _hu_histogram(z_scores: np.ndarray, intensity: Mapping) -> np.ndarray:
+    """``(4096,)`` int64 counts of the HU of ``z_scores`` (z-scores of the plan's ``intensity``)."""
+    hu = np.asarray(z_scores, np.float32) * float(intensity["std"]) + float(intensity["mean"])
+    index = np.clip(np.rint(hu) - _HU_LOW, 0, _HU_BINS - 1).astype(np.int64)
+    return np.bincount(index.ravel(), minlength=_HU_BINS)
+
+
+def _histogram_median(hist: np.ndarray) -> float:
+    """Median HU of a :func:`_hu_histogram` (NaN when empty)."""
+    total = int(hist.sum())
+    if not total:
+        return float("nan")
+    return float(np.searchsorted(np.cumsum(hist), (total + 1) / 2) + _HU_LOW)
+
+
+def _body_histogram(z_scores: np.ndarray, intensity: Mapping) -> np.ndarray:
+    hist = _hu_histogram(z_scores, intensity)
+    hist[: int(BODY_HU) - _HU_LOW + 1] = 0
+    return hist
+
+
+def _scan_signals(n_slices: int, spacing_mm: Sequence[float], body_hist: np.ndarray) -> dict:
+    return {"slices": int(n_slices), "slice_thickness_mm": float(spacing_mm[0]), "pixel_mm": float(spacing_mm[1]),
+            "z_extent_mm": float(n_slices * spacing_mm[0]), "body_hu_median": _histogram_median(body_hist)}
+
+
+class SignalAccumulator:
+    """Review signals of one case, gathered chunk by chunk of slices.
+
+    Parameters
+    ----------
+    shape
+        ``(Z, Y', X')`` of the preprocessed volume.
+    class_names
+        Names of the foreground classes ``1..K-1`` in class-index order.
+    spacing_mm
+        ``(z, y, x)`` spacing of the preprocessed grid in mm.
+    intensity
+        The plan's ``intensity`` (``mean``, ``std`` in HU): turns the z-scores back into HU.
+    """
+
+    def __init__(self, shape: Sequence[int], class_names: Sequence[str], spacing_mm: Sequence[float],
+                 intensity: Mapping) -> None:
+        self.names = list(class_names)
+        self.spacing = [float(s) for s in spacing_mm]
+        self.intensity = dict(intensity)
+        k = len(self.names) + 1
+        self.argmax = np.zeros(tuple(int(s) for s in shape), np.uint8)  # (Z, Y', X') class indices
+        self.sum_p, self.sum_p_in, self.entropy_in = (np.zeros(k) for _ in range(3))
+        self.hist = np.zeros((k, _HU_BINS), np.int64)
+        self.body = np.zeros(_HU_BINS, np.int64)
+        self.max_area = np.zeros(k, np.int64)  # voxels in the class's largest slice
+
+    def add(self, z0: int, probs: np.ndarray, image: np.ndarray) -> None:
+        """Fold in slices ``z0 .. z0 + n``: ``probs`` ``(n, K, Y', X')`` softmax probabilities, ``image``
+        ``(n, Y', X')`` float32 z-scores."""
+        p = np.asarray(probs, np.float32)
+        if p.ndim != 4 or p.shape[1] != len(self.names) + 1 or p.shape[2:] != self.argmax.shape[1:]:
+            raise ValueError(f"probs must be (n, {len(self.names) + 1}, {self.argmax.shape[1]}, "
+                             f"{self.argmax.shape[2]}), got {p.shape}")
+        am = p.argmax(axis=1).astype(np.uint8)
+        self.argmax[z0:z0 + p.shape[0]] = am
+        ent = -(p * np.log(np.clip(p, 1e-7, 1.0))).sum(axis=1) / np.log(p.shape[1])
+        self.body += _body_histogram(image, self.intensity)
+        for k in range(1, p.shape[1]):
+            inside = am == k
+            self.max_area[k] = max(self.max_area[k], int(inside.sum(axis=(1, 2)).max()))
+            self.sum_p[k] += float(p[:, k].sum(dtype=np.float64))
+            if inside.any():
+                self.sum_p_in[k] += float(p[:, k][inside].sum(dtype=np.float64))
+                self.entropy_in[k] += float(ent[inside].sum(dtype=np.float64))
+                self.hist[k] += _hu_histogram(np.asarray(image)[inside], self.intensity)
+
+    def finish(self) -> dict:
+        """``{"scan": {...}, "classes": {name: {...}}}`` (see the module's docstring); NaN where undefined."""
+        voxel_ml = float(np.prod(self.spacing)) / 1000.0
+        pixel_mm2 = self.spacing[1] * self.spacing[2]
+        classes = {}
+        for k, name in enumerate(self.names, start=1):
+            mask = self.argmax == k
+            n = int(np.count_nonzero(mask))
+            row = {"volume_ml": n * voxel_ml, "mean_maxprob": float(self.sum_p_in[k] / n) if n else float("nan"),
+                   "soft_dice": float(2 * self.sum_p_in[k] / (self.sum_p[k] + n)) if n else float("nan"),
+                   "entropy": float(self.entropy_in[k] / n) if n else float("nan"),
+                   "hu_median": _histogram_median(self.hist[k]),
+                   "max_area_mm2": float(self.max_area[k] * pixel_mm2)}
+            row.update(_shape_signals(mask, n))
+            classes[name] = row
+        return {"scan": _scan_signals(self.argmax.shape[0], self.spacing, self.body), "classes": classes}
+
+
+def _shape_signals(mask: np.ndarray, n: int) -> dict:
+    """``largest_share``, ``n_components`` and ``edge_slices`` of a ``(Z, Y, X)`` boolean structure."""
+    if not n:
+        return {"largest_share": float("nan"), "n_components": 0, "edge_slices": False}
+    from scipy import ndimage
+
+    box = ndimage.find_objects(mask.view(np.uint8))[0]  # the components are counted in the bounding box only
+    comps, count = label_components(mask[box])
+    sizes = np.bincount(comps.ravel())[1:]
+    return {"largest_share": float(sizes.max() / n), "n_components": int(count),
+            "edge_slices": bool(mask[0].any() or mask[-1].any()) if mask.shape[0] > 1 else False}
+
+
+def case_signals_from_files(probs_path: str | Path, preprocessed_dir: str | Path,
+                            class_names: Sequence[str]) -> dict:
+    """:class:`SignalAccumulator` over a probabilities ``.npy`` ``(Z, K, Y', X')`` and the preprocessed
+    ``image.npy`` ``(Z, Y', X')`` + ``meta.json`` of the same case, read a few slices at a time."""
+    pre = Path(preprocessed_dir)
+    meta = load_json(pre / "meta.json")
+    probs, image = NpyReader(probs_path), NpyReader(pre / "image.npy")
+    acc = SignalAccumulator(image.shape, class_names, meta["resampled_spacing_mm"], meta["intensity"])
+    for z0 in range(0, image.shape[0], _CHUNK):
+        acc.add(z0, probs[z0:z0 + _CHUNK], image[z0:z0 + _CHUNK])
+    return acc.finish()
+
+
+def label_statistics(label: np.ndarray, image: np.ndarray, spacing_mm: Sequence[float], intensity: Mapping,
+                     class_names: Sequence[str]) -> dict:
+    """What a reference segmentation says about one training case: per class ``volume_ml``,
+    ``max_area_mm2`` and ``hu_median``, and the scan signals of :class:`SignalAccumulator`.
+
+    ``label`` ``(Z, Y', X')`` class indices and ``image`` ``(Z, Y', X')`` z-scores on the preprocessed
+    grid, ``spacing_mm`` its ``(z, y, x)`` spacing.
+    """
+    label = np.asarray(label)
+    voxel_ml = float(np.prod([float(s) for s in spacing_mm])) / 1000.0
+    body = np.zeros(_HU_BINS, np.int64)
+    hists = np.zeros((len(class_names) + 1, _HU_BINS), np.int64)
+    max_area = np.zeros(len(class_names) + 1, np.int64)
+    for z0 in range(0, label.shape[0], _CHUNK):
+        lab, img = label[z0:z0 + _CHUNK], np.asarray(image[z0:z0 + _CHUNK], np.float32)
+        body += _body_histogram(img, intensity)
+        for k in range(1, len(class_names) + 1):
+            inside = lab == k
+            if inside.any():
+                hists[k] += _hu_histogram(img[inside], intensity)
+                max_area[k] = max(max_area[k], int(inside.sum(axis=(1, 2)).max()))
+    pixel_mm2 = float(spacing_mm[1]) * float(spacing_mm[2])
+    edge = [bool((label[0] == k).any() or (label[-1] == k).any()) for k in range(len(class_names) + 1)]
+    classes = {name: {"volume_ml": float(hists[k].sum()) * voxel_ml, "hu_median": _histogram_median(hists[k]),
+                      "max_area_mm2": float(max_area[k]) * pixel_mm2, "edge_slices": edge[k]}
+               for k, name in enumerate(class_names, start=1)}
+    return {"scan": _scan_signals(label.shape[0], spacing_mm, body), "classes": classes}
+
+
+def summarize_reference(stats: Iterable[Mapping]) -> dict:
+    """The training cases' distribution from their :func:`label_statistics`: per class the median,
+    smallest and largest volume (mL) over the cases holding it, the smallest of their largest
+    cross-sections (mm²), their share, the share of them reaching the first or last slice
+    (``edge_share``) and the median of their HU medians; per scan quantity the
+    median over the cases. Stored in ``model.json``."""
+    stats = list(stats)
+    if not stats:
+        raise ValueError("summarize_reference needs the statistics of at least one training case")
+    names = list(stats[0]["classes"])
+    classes = {}
+    for name in names:
+        held = [s["classes"][name] for s in stats if s["classes"][name]["volume_ml"] > 0]
+        vols = [c["volume_ml"] for c in held]
+        classes[name] = {"present_share": len(held) / len(stats),
+                         "volume_ml_median": float(np.median(vols)) if vols else 0.0,
+                         "volume_ml_min": float(min(vols)) if vols else 0.0,
+                         "volume_ml_max": float(max(vols)) if vols else 0.0,
+                         "max_area_mm2_min": float(min(c["max_area_mm2"] for c in held)) if held else 0.0,
+                         "edge_share": sum(bool(c.get("edge_slices")) for c in held) / len(held) if held else 0.0,
+                         "hu_median": float(np.median([c["hu_median"] for c in held])) if held else float("nan")}
+    scan = {key: float(np.nanmedian([s["scan"][key] for s in stats]))
+            for key in ("slice_thickness_mm", "pixel_mm", "z_extent_mm", "body_hu_median")}
+    return {"n_cases": len(stats), "classes": classes, "scan": scan}
