@@ -161,10 +161,11 @@ submitted=$(grep -oE "submitted with SLURM jobid [0-9]+" "$SMK_LOG" | awk '{prin
 n_submitted=$(grep -c . <<<"$submitted" || true)
 rule_jobs=$(awk '/^total /{print $2; exit}' "$SMK_LOG")   # Job stats total, includes the target rule
 [[ -n $rule_jobs ]] || die "no job stats in the Snakemake log"
-# No rule may run on the submitting host but the target rule `all` and the two local rules that
-# only write the list of training cases (training_cases_imported, training_cases_prepared).
+# No rule may run on the submitting host but the target rule `all` and the local rules that only
+# write or read small JSON/CSV files: the lists of training cases (training_cases_imported,
+# training_cases_prepared), the plan from fingerprint.json (plan) and the review list (review).
 local_rules=$(grep -oE "^localrule [a-z_]+" "$SMK_LOG" | awk '{print $2}' | sort -u \
-  | grep -vxF -e all -e training_cases_imported -e training_cases_prepared || true)
+  | grep -vxF -e all -e training_cases_imported -e training_cases_prepared -e plan -e review || true)
 [[ -z $local_rules ]] || die "rules run outside Slurm: $local_rules"
 n_local=$(grep -cE "^localrule [a-z_]+:" "$SMK_LOG" || true)   # jobs run on the submitting host
 
@@ -223,5 +224,5 @@ print(f"    outputs ok: {len(segs)} segmentations on the input grid, {len(rows)}
       f"report.html {len(html) // 1024} KiB")
 EOF
 
-log "rule jobs: $rule_jobs (incl. $n_local run locally: 'all' and the training-case lists); slurm jobs: $n_jobs; with gres/gpu: $n_gpu"
+log "rule jobs: $rule_jobs (incl. $n_local run locally: 'all', the training-case lists, plan and review); slurm jobs: $n_jobs; with gres/gpu: $n_gpu"
 log "SLURM-TEST OK: $n_jobs slurm jobs COMPLETED ($((rule_jobs - n_local)) rule jobs) in $(( $(date +%s) - T0 )) s"
