@@ -58,7 +58,6 @@ SLICE_OPTIONS = slice_options(config)
 TRAIN_OPTIONS = train_options(config, speed=False)
 INFERENCE_OPTIONS = inference_options(config, speed=False)
 NEEDS_WEIGHT_MAP = SLICE_OPTIONS["weight_map"]
-MIN_SLICES = IMPORT_OPTIONS["min_slices"]
 
 
 wildcard_constraints:
