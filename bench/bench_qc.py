@@ -21,9 +21,25 @@ The baseline in the same run: the mean maximum softmax probability in the predic
 segmented) are left out of that side's Spearman and ranked last. Targets: Spearman >= 0.7 and
 >= 80 % of the bad rows in the top 20 %, ahead of the baseline on both.
 
-Run ``python bench/bench_qc.py [--quick] [--steps N]`` (default 600 optimizer steps of 8 patches,
-quick 250: a fixed amount of training, so a busy machine takes longer but trains the same model);
-needs ``../shared/data``. Prints a JSON dict.
+Leakage, and how the figures are split: with one labelled scan there is no validation case, so
+training fits the calibration on degraded copies of the training scan itself, and some of those
+degradations (noise, in-plane blur, HU shifts: :data:`unet_pipeline.quality.fit.DEGRADATIONS`)
+are of the same kinds as variants here (noise, blur, another scanner's HU profile). Every figure
+is therefore also given apart for the variants of kinds the calibration saw (``seen``:
+:data:`SEEN_KINDS`) and for the others (``unseen``: contrast phase, streaks, field of view, slice
+thickness, body region, their combinations, the other scanner's series), under
+``by_degradation_group``; a choice of signals or fit should be judged on ``unseen``.
+
+Run ``python bench/bench_qc.py [--quick] [--steps N] [--seed S]`` (default 600 optimizer steps of
+8 patches, quick 250: a fixed amount of training, so a busy machine takes longer but trains the
+same model); needs ``../shared/data``. Prints a JSON dict with ``times`` (seconds per stage).
+Training is most of the time (measured on 2 busy cores: 1,494 s of training, then 401 s to
+segment the 25 cases, in two ``predict`` processes). To iterate on the review list without it, ``--cache DIR`` keeps the
+model and its predictions in ``DIR`` (one subfolder per steps, seed and variants) and reuses
+them; ``--refit`` then recomputes the model's review record (the calibration) with the current
+code from the cached model (a minute: the training scan's degraded copies are segmented again)
+and rebuilds the list from the signals the sidecars hold; ``--repredict`` segments the variants
+again (when the signals themselves change).
 """
 
 from __future__ import annotations
