@@ -37,7 +37,8 @@ Training is most of the time (measured on 2 busy cores: 1,494 s of training, the
 segment the 25 cases, in two ``predict`` processes). To iterate on the review list without it, ``--cache DIR`` keeps the
 model and its predictions in ``DIR`` (one subfolder per steps, seed and variants) and reuses
 them; ``--refit`` then recomputes the model's review record (the calibration) with the current
-code from the cached model (a minute: the training scan's degraded copies are segmented again)
+code from the cached model (about 2.5 CPU minutes: the training scan's 9 degraded copies are
+segmented again)
 and rebuilds the list from the signals the sidecars hold; ``--repredict`` segments the variants
 again (when the signals themselves change).
 """
