@@ -346,3 +346,15 @@ def test_qc_plumbing_on_real_ct():
     for side in ("ours", "baseline_max_softmax"):
         assert result[side]["n_bad"] == sum(r["true_dice"] < bench_qc.BAD_DICE for r in result["rows"])
     assert result["calibration"] is None or result["calibration"]["fitted_on"].startswith("training cases")
+
+
+def test_qc_variants_split_by_the_kinds_the_calibration_saw():
+    """Figures are reported apart for variants of kinds training's calibration degrades its cases
+    with (noise, blur, HU shifts) and for the others, the other scanner's series among them."""
+    from bench import bench_qc
+
+    seen = {n for n in bench_qc.VARIANTS if bench_qc.variant_group(n) == "seen"}
+    assert {"clean", "noise_250hu", "blur_3px", "scanner_x1.08_plus40hu", "noise_60hu_blur_1px"} <= seen
+    assert not seen & {"phase_plus90hu", "streaks_300hu", "fov_cut_15pct", "slices_6mm", "region_upper_7_slices",
+                       "phase_plus90hu_noise_60hu", "scanner_plus40hu_streaks_300hu"}
+    assert bench_qc.variant_group("dicom") == "unseen"

@@ -24,7 +24,7 @@ import numpy as np
 from .calibration import FEATURES, features, fit_calibration
 from .signals import SignalAccumulator, label_statistics, summarize_reference
 
-__all__ = ["DEGRADATIONS", "MAX_CALIBRATION_CASES", "degrade", "review_record"]
+__all__ = ["DEGRADATIONS", "MAX_CALIBRATION_CASES", "degradation_kind", "degrade", "review_record"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,15 @@ def degrade(image: np.ndarray, name: str, hu_per_unit: float, seed: int = 0) -> 
     return out + np.float32(shift_hu / hu_per_unit)
 
 
+def degradation_kind(name: str) -> str:
+    """The kind of a :data:`DEGRADATIONS` entry: ``"none"`` or its parts joined by ``+`` in
+    alphabetical order (``"noise"``, ``"blur+noise"``, ``"shift"``); the calibration's
+    cross-validation leaves one kind out at a time."""
+    noise_hu, blur_px, shift_hu = DEGRADATIONS[name]
+    parts = sorted(p for p, on in (("noise", noise_hu), ("blur", blur_px), ("shift", shift_hu)) if on)
+    return "+".join(parts) or "none"
+
+
 def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
     """Dice of two boolean masks (1.0 when both are empty)."""
     n = int(np.count_nonzero(pred)) + int(np.count_nonzero(ref))
@@ -81,7 +90,7 @@ def _case_rows(predict: Predict, case, names: Sequence[str], spacing: Sequence[f
         for k, cls in enumerate(names, start=1):
             if not signals["classes"][cls]["volume_ml"]:
                 continue  # nothing predicted: no signals (the review list ranks empty classes apart)
-            rows.append({"case": case.case_id, "degradation": name, "class": cls,
+            rows.append({"case": case.case_id, "degradation": name, "kind": degradation_kind(name), "class": cls,
                          "dice": _dice(acc.argmax == k, label == k),
                          **features(signals["classes"][cls], signals["scan"], reference, cls)})
     return rows
@@ -114,7 +123,7 @@ def review_record(predict: Predict, train_cases: Sequence, val_cases: Sequence, 
     calibration = fit_calibration(rows, fitted_on=fitted_on, degradations=list(DEGRADATIONS)) if len(rows) >= 3 \
         else None
     if calibration:
-        log.info("review calibration on %d %s (%d rows): features %s, leave-one-out MAE %.3f, Spearman %s",
-                 calibration["n_cases"], fitted_on, len(rows), calibration["features"], calibration["loo_mae"],
-                 calibration["loo_spearman"])
+        log.info("review calibration on %d %s (%d rows): features %s, cross-validated (%s) MAE %.3f, Spearman %s",
+                 calibration["n_cases"], fitted_on, len(rows), calibration["features"], calibration["cv"],
+                 calibration["cv_mae"], calibration["cv_spearman"])
     return {"reference": reference, "calibration": calibration, "feature_spearman": rho}

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from unet_pipeline.model.card import read_model_card, write_model_card
-from unet_pipeline.quality.calibration import FEATURES, UNCALIBRATED, features, fit_calibration, predict_dice
+from unet_pipeline.quality.calibration import (FEATURES, UNCALIBRATED, features, fit_calibration, fold_groups,
+                                               isotonic_knots, predict_dice)
 
 REFERENCE = {"classes": {"liver": {"volume_ml_median": 1500.0, "hu_median": 60.0, "present_share": 1.0,
                                    "volume_ml_min": 1200.0}},
@@ -49,8 +50,9 @@ def test_fit_chooses_the_informative_feature_and_predicts_dice():
     cal = fit_calibration(rows, fitted_on="validation cases", degradations=["none", "noise"])
     assert cal["features"][0] == "soft_dice" and "entropy" not in cal["features"]
     assert cal["n_rows"] == 30 and cal["n_cases"] == 3 and cal["fitted_on"] == "validation cases"
-    assert cal["degradations"] == ["none", "noise"] and "ridge" in cal["method"]
-    assert cal["loo_mae"] < 0.03 and cal["loo_spearman"] > 0.95
+    assert cal["degradations"] == ["none", "noise"] and "isotonic" in cal["method"]
+    assert cal["cv"] == "one case left out at a time"  # no kinds given: the 3 cases are the folds
+    assert cal["cv_mae"] < 0.03 and cal["cv_spearman"] > 0.95
     good = predict_dice(cal, {f: (0.97 if f == "soft_dice" else 0.0) for f in FEATURES})
     bad = predict_dice(cal, {f: (0.6 if f == "soft_dice" else 0.0) for f in FEATURES})
     assert good == pytest.approx(1.6 * 0.97 - 0.62, abs=0.06) and bad == pytest.approx(1.6 * 0.6 - 0.62, abs=0.06)
@@ -61,7 +63,65 @@ def test_fit_chooses_the_informative_feature_and_predicts_dice():
 def test_fit_without_a_useful_feature_predicts_the_mean():
     rows = [{**{f: float(i % 2) for f in FEATURES}, "case": "a", "dice": 0.8} for i in range(6)]
     cal = fit_calibration(rows, fitted_on="validation cases")
-    assert cal["features"] == [] and predict_dice(cal, {f: 0.3 for f in FEATURES}) == pytest.approx(0.8)
+    assert cal["features"] == ["soft_dice"] and cal["cv"] == "one row left out at a time"
+    assert predict_dice(cal, {f: 0.3 for f in FEATURES}) == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize(("x", "y", "knot_x", "knot_y"), [
+    ([1, 2, 3], [0.1, 0.2, 0.3], [1, 2, 3], [0.1, 0.2, 0.3]),  # already increasing: unchanged
+    ([1, 2, 3], [0.3, 0.1, 0.5], [1.5, 3], [0.2, 0.5]),  # one violation pooled
+    ([3, 1, 2], [0.5, 0.3, 0.1], [1.5, 3], [0.2, 0.5]),  # order of the rows does not matter
+    ([1, 2, 3, 4], [0.4, 0.4, 0.2, 0.6], [2, 4], [1 / 3, 0.6]),  # ties pooled: knots strictly increasing
+    ([1, 1, 2], [0.2, 0.4, 0.9], [1, 2], [0.3, 0.9]),  # equal x pooled
+])
+def test_isotonic_knots_by_hand(x, y, knot_x, knot_y):
+    kx, ky = isotonic_knots(np.array(x, float), np.array(y, float))
+    np.testing.assert_allclose(kx, knot_x)
+    np.testing.assert_allclose(ky, knot_y)
+
+
+def test_curve_is_monotone_and_extends_beyond_the_fitted_range():
+    rows = [{**{f: 0.0 for f in FEATURES}, "case": "a", "kind": k, "soft_dice": s, "dice": d}
+            for k, s, d in (("none", 0.95, 0.96), ("noise", 0.9, 0.9), ("noise", 0.85, 0.86), ("blur", 0.8, 0.7),
+                            ("blur", 0.75, 0.72), ("shift", 0.7, 0.6))]
+    cal = fit_calibration(rows, fitted_on="validation cases")
+    assert cal["cv"] == "one kind of degradation left out at a time" and cal["curve"]["slope"] > 0
+    grid = np.linspace(0.0, 1.0, 101)
+    pred = [predict_dice(cal, {f: 0.0 for f in FEATURES} | {"soft_dice": s}) for s in grid]
+    assert all(b >= a for a, b in zip(pred, pred[1:])) and 0.0 <= min(pred) and max(pred) <= 1.0
+    # Below the lowest soft_dice seen the curve keeps falling: worse cases rank below the worst fitted one.
+    below = [predict_dice(cal, {f: 0.0 for f in FEATURES} | {"soft_dice": s}) for s in (0.65, 0.6, 0.55)]
+    assert below[0] > below[1] > below[2]
+
+
+def test_corrections_join_only_when_they_help_on_a_kind_left_out():
+    """A feature that explains the Dice beyond soft_dice in every kind of degradation is added; one that
+    only tells the kinds apart (constant within each kind, unrelated to Dice across them) is not."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for k, kind in enumerate(("none", "noise", "blur", "shift", "blur+noise")):
+        for _ in range(8):
+            soft, frag = rng.uniform(0.7, 1.0), rng.uniform(0.0, 1.0)
+            rows.append({**{f: 0.0 for f in FEATURES}, "case": "a", "kind": kind, "soft_dice": soft,
+                         "largest_share": frag, "hu_shift": float(k) * rng.choice([-1, 1]),
+                         "dice": float(np.clip(soft - 0.3 * (1 - frag), 0, 1))})
+    cal = fit_calibration(rows, fitted_on="validation cases")
+    assert cal["features"][:2] == ["soft_dice", "largest_share"] and "hu_shift" not in cal["features"]
+    ok = {f: 0.0 for f in FEATURES} | {"soft_dice": 0.9, "largest_share": 1.0}
+    assert predict_dice(cal, ok) > predict_dice(cal, ok | {"largest_share": 0.2}) + 0.1
+
+
+def test_fold_groups():
+    assert fold_groups([{"kind": k, "case": "a"} for k in "xyzx"]) == (list("xyzx"), "kind of degradation")
+    assert fold_groups([{"kind": k, "case": c} for k, c in zip("xxyy", "abcd")]) == (list("abcd"), "case")
+    assert fold_groups([{"case": "a"}] * 3) == (["0", "1", "2"], "row")
+
+
+def test_earlier_ridge_records_are_still_read():
+    old = {"method": "ridge", "features": ["soft_dice"], "mean": [0.9], "scale": [0.1], "coef": [0.05],
+           "intercept": 0.85}
+    assert predict_dice(old, {f: 0.0 for f in FEATURES} | {"soft_dice": 0.8}) == pytest.approx(0.80)
+    assert predict_dice({"features": [], "intercept": 0.7}, {f: 0.1 for f in FEATURES}) == pytest.approx(0.7)
 
 
 def test_fit_needs_three_rows():
