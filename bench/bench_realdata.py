@@ -276,6 +276,7 @@ def _nnunet(tmp: Path, paths: dict, minutes: float, python: Path | None = None) 
     return {"train_s": round(r["train_s"], 1), "predict_s": round(r["predict_s"], 1), "steps": r["iterations"],
             "plan_s": round(r["plan_s"], 1), "setup_s": round(r["setup_s"], 1), "epochs": r["epochs"],
             "batch_size": r["batch_size"], "patch_size": r["patch_size"], "spacing_mm": r["spacing_mm"],
+            "mirror_axes": r["mirror_axes"],
             **{name: score(Path(r["segmentations"][name]), ref, names) for name, (_, ref, names) in tests.items()}}
 
 

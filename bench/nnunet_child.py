@@ -8,8 +8,8 @@ folders in the benchmark's temporary directory. ``ARGS.json`` holds ``raw``, ``p
 :func:`bench.realdata_nnunet.write_inputs`), ``tests`` (name -> image in the training scan's
 storage order), ``out`` (folder for the predictions), ``minutes`` (training budget),
 ``da_processes`` (data-augmentation worker processes) and ``result`` (where the timings go, as
-JSON: ``plan_s``, ``setup_s``, ``train_s``, ``predict_s``, ``iterations``, ``epochs``,
-``ended_by``, ``final_lr``, ``patch_size``, ``batch_size``, ``spacing_mm``, ``predictions``).
+JSON: ``plan_s``, ``setup_s``, ``train_s``, ``predict_s``, ``iterations``, ``epochs`` (begun),
+``final_lr``, ``patch_size``, ``batch_size``, ``spacing_mm``, ``mirror_axes``, ``predictions``).
 
 What is nnU-Net's own here: the fingerprint, the default ``ExperimentPlanner`` (plans
 ``nnUNetPlans``) and preprocessing of the ``2d`` configuration; its trainer (network from the
@@ -63,7 +63,7 @@ def main(args_path: str) -> None:
 
         def run_training(self):
             self.on_train_start()  # data loaders (augmentation workers started), plans copied
-            self.iterations, self.ended_by = 0, "budget"
+            self.iterations = 0
             t0 = time.perf_counter()
             while True:
                 self.on_epoch_start()
@@ -124,7 +124,7 @@ def main(args_path: str) -> None:
     predict_s = time.perf_counter() - t0
     config = trainer.configuration_manager
     result = {"plan_s": plan_s, "setup_s": setup_s, "train_s": trainer.train_s, "predict_s": predict_s,
-              "iterations": trainer.iterations, "epochs": trainer.current_epoch, "ended_by": trainer.ended_by,
+              "iterations": trainer.iterations, "epochs": trainer.current_epoch,
               "final_lr": trainer.optimizer.param_groups[0]["lr"], "patch_size": list(config.patch_size),
               "batch_size": int(config.batch_size), "spacing_mm": [float(s) for s in config.spacing],
               "mirror_axes": list(checkpoint["inference_allowed_mirroring_axes"] or []),
