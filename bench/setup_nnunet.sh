@@ -7,7 +7,9 @@
 # Python: $PYTHON (default python3), 3.10 or newer.
 #
 # Torch is installed first and pinned through a constraints file while nnunetv2 comes in, so pip
-# keeps the CPU wheel instead of pulling a CUDA build of several GB. nnunetv2 also pulls
+# keeps the CPU wheel instead of pulling a CUDA build of several GB. Here pip finds that CPU wheel
+# in its local find-links folder; elsewhere point pip at a CPU build for the first install (e.g.
+# PIP_INDEX_URL set to PyTorch's CPU wheel index) or accept the default build. nnunetv2 also pulls
 # torchvision and timm; the PyPI torchvision built for another torch fails to import beside this
 # one, and only nnU-Net's `primus` architectures need timm, so both are removed afterwards (the
 # benchmark's child imports neither).
