@@ -1,5 +1,5 @@
-"""Benchmark: generalisation to real CT never seen in training, ours vs a plain MONAI 2D U-Net,
-both given the same wall-clock training budget in the same run.
+"""Benchmark: generalisation to real CT never seen in training, ours vs a plain MONAI 2D U-Net and
+nnU-Net v2's 2d configuration, all given the same wall-clock training budget in the same run.
 
 Training data: ``totalsegmentator-example/example_ct_sm`` (abdominal CT, 3 mm isotropic,
 non-contrast, TotalSegmentator labels) with four classes: liver, spleen, kidney_right,
@@ -17,11 +17,32 @@ the dcmqi test). MONAI: ``Orientationd(RAS) -> Spacingd`` to the same in-plane s
 ``RandCropByPosNegLabeld`` 2-D patches with flips, rotations and intensity shifts, a
 ``monai.networks.nets.UNet`` (16..256 channels, residual units, instance norm), ``DiceCELoss``,
 AdamW, for the same wall-clock time; ``sliding_window_inference`` on each slice and ``Invertd``
-back to the input grid. Metrics: Dice and HD95 (mm) per class on the input grid, computed by
-:mod:`unet_pipeline.evaluate.metrics` for both.
+back to the input grid. nnU-Net v2 (``nnunetv2`` from PyPI, a benchmark-only extra in its own
+venv made by ``bench/setup_nnunet.sh``; :mod:`bench.realdata_nnunet` and, in that venv,
+:mod:`bench.nnunet_child`): its fingerprint, default planner and preprocessing of the ``2d``
+configuration, its trainer, augmentation and data loader, fold ``all``, on the CPU, for the same
+wall-clock time; its predictor (tile step 0.5, Gaussian, test-time mirroring). Deviations from its
+defaults: training stops when the budget is spent (checked before every iteration; one epoch of
+250 iterations may outlast a CPU budget) and the poly learning-rate schedule runs over the
+budget's seconds instead of 1000 epochs; the per-epoch validation pass (the training case itself
+under fold ``all``; logging and the "best" checkpoint only) is skipped; one data-augmentation
+worker process (``nnUNet_n_proc_DA=1``; its default is the number of cores, 2 here, beside the
+training process); preprocessing with 2 processes. nnU-Net does not reorient: its training case
+and the test scans are written in RAS (the training scan's storage order) and its predictions
+reoriented back onto each reference's grid, axes permuted and flipped, nothing resampled. Its
+``plan_s`` (fingerprint, planning, preprocessing) and ``setup_s`` (network, data loaders) are
+outside the budget, as our preprocessing is; ``steps`` counts its iterations (batches).
+Metrics: Dice and HD95 (mm) per class on the input grid, computed by
+:mod:`unet_pipeline.evaluate.metrics` for all three. The headline has liver Dice of both tests and
+mean Dice of the venous one for each recipe, and ``classes_behind_monai`` /
+``classes_behind_nnunet``: the classes where ours has the lower Dice.
 
-Run ``python bench/bench_realdata.py [--quick] [--minutes M]`` (default 10 minutes a side, quick
-1.5); needs ``../shared/data`` beside the repository. Prints a JSON dict.
+Run ``python bench/bench_realdata.py [--quick] [--minutes M] [--nnunet-python PATH]`` (default 10
+minutes a side, quick 1.5); needs ``../shared/data`` beside the repository. nnU-Net's Python:
+``--nnunet-python``, else ``$UNET_BENCH_NNUNET_PYTHON``, else ``../nnunet-venv/bin/python``
+beside the repository; when it is absent the ``nnunet`` entry says ``skipped`` and the rest runs.
+Its ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` lie in the run's temporary
+directory. Prints a JSON dict.
 """
 
 from __future__ import annotations
@@ -233,23 +254,59 @@ def _monai(tmp: Path, paths: dict, minutes: float, spacing: float) -> dict:
             "ts_venous": score(venous, paths["venous_ref"], {v: n for v, (n, _) in CLASSES.items()})}
 
 
+def _nnunet(tmp: Path, paths: dict, minutes: float, python: Path | None = None) -> dict:
+    """nnU-Net v2 (``2d``, its own planning, augmentation and predictor; fold ``all``) trained for
+    ``minutes`` in its own venv (:mod:`bench.realdata_nnunet`, :mod:`bench.nnunet_child`), scored
+    like the others; ``{"skipped": reason}`` when that venv's Python is absent, ``{"failed": log
+    tail}`` when nnU-Net fails (the other columns stand)."""
+    from bench import realdata_nnunet
+
+    python = Path(python) if python is not None else realdata_nnunet.default_python()
+    if not python.is_file():
+        return {"skipped": f"no nnU-Net Python at {python}: run bench/setup_nnunet.sh, or pass --nnunet-python "
+                           "or set UNET_BENCH_NNUNET_PYTHON"}
+    classes = {v: n for v, (n, _) in CLASSES.items()}
+    tests = {"dcmqi_liver": (paths["dcmqi_image"], paths["dcmqi_ref"], {1: "liver"}),
+             "ts_venous": (paths["venous_image"], paths["venous_ref"], classes)}
+    try:
+        r = realdata_nnunet.run(tmp / "nnunet", python, paths["train_image"], paths["train_label"],
+                                {name: (image, ref) for name, (image, ref, _) in tests.items()}, classes, minutes)
+    except RuntimeError as error:
+        return {"failed": str(error)[-2000:]}
+    return {"train_s": round(r["train_s"], 1), "predict_s": round(r["predict_s"], 1), "steps": r["iterations"],
+            "plan_s": round(r["plan_s"], 1), "setup_s": round(r["setup_s"], 1), "epochs": r["epochs"],
+            "batch_size": r["batch_size"], "patch_size": r["patch_size"], "spacing_mm": r["spacing_mm"],
+            "mirror_axes": r["mirror_axes"],
+            **{name: score(Path(r["segmentations"][name]), ref, names) for name, (_, ref, names) in tests.items()}}
+
+
+def _mean_dice(figures: dict[str, dict]) -> float:
+    return round(float(np.mean([f["dice"] for f in figures.values()])), 4)
+
+
 def _headline(result: dict) -> dict:
-    """The figures the summary table shows: liver Dice of both tests, and the classes where ours trails."""
-    ours, theirs = result["ours"], result["monai"]
-    behind = [f"{test}:{name}" for test in ("dcmqi_liver", "ts_venous") for name, fig in ours[test].items()
-              if fig["dice"] < theirs[test][name]["dice"]]
-    return {"liver_dice_dcmqi": ours["dcmqi_liver"]["liver"]["dice"],
-            "liver_dice_dcmqi_monai": theirs["dcmqi_liver"]["liver"]["dice"],
-            "liver_dice_venous": ours["ts_venous"]["liver"]["dice"],
-            "liver_dice_venous_monai": theirs["ts_venous"]["liver"]["dice"],
-            "mean_dice_venous": round(float(np.mean([f["dice"] for f in ours["ts_venous"].values()])), 4),
-            "mean_dice_venous_monai": round(float(np.mean([f["dice"] for f in theirs["ts_venous"].values()])), 4),
-            "classes_behind_monai": behind}
+    """The figures the summary table shows: liver Dice of both tests and mean Dice of the venous one,
+    ours and each other recipe that ran, and the classes where ours trails each of them."""
+    ours = result["ours"]
+    head = {"liver_dice_dcmqi": ours["dcmqi_liver"]["liver"]["dice"],
+            "liver_dice_venous": ours["ts_venous"]["liver"]["dice"], "mean_dice_venous": _mean_dice(ours["ts_venous"])}
+    for other in ("monai", "nnunet"):
+        theirs = result.get(other, {})
+        if "ts_venous" not in theirs:  # not run, skipped or failed
+            continue
+        head[f"liver_dice_dcmqi_{other}"] = theirs["dcmqi_liver"]["liver"]["dice"]
+        head[f"liver_dice_venous_{other}"] = theirs["ts_venous"]["liver"]["dice"]
+        head[f"mean_dice_venous_{other}"] = _mean_dice(theirs["ts_venous"])
+        head[f"classes_behind_{other}"] = [f"{test}:{name}" for test in ("dcmqi_liver", "ts_venous")
+                                           for name, fig in ours[test].items() if fig["dice"] < theirs[test][name]["dice"]]
+    return head
 
 
 def run(quick: bool = False, minutes: float | None = None, overrides: dict | None = None,
-        with_monai: bool = True) -> dict:
-    """Train both recipes for ``minutes`` each (default 10, quick 1.5) and score both tests."""
+        with_monai: bool = True, with_nnunet: bool = True, nnunet_python: Path | None = None) -> dict:
+    """Train each recipe for ``minutes`` (default 10, quick 1.5) and score both tests. nnU-Net runs
+    with ``nnunet_python`` (default: :func:`bench.realdata_nnunet.default_python`) and is reported
+    as skipped when that Python is absent."""
     if not (DATA / "totalsegmentator-example").is_dir():
         return {"skipped": f"no real data at {DATA}"}
     minutes = float(minutes if minutes is not None else (QUICK_MINUTES if quick else FULL_MINUTES))
@@ -263,6 +320,9 @@ def run(quick: bool = False, minutes: float | None = None, overrides: dict | Non
                   "overrides": overrides or {}}
         if with_monai:
             result["monai"] = _monai(tmp, paths, minutes, float(plan["target_spacing_mm"][0]))
+        if with_nnunet:
+            result["nnunet"] = _nnunet(tmp, paths, minutes, nnunet_python)
+        if with_monai or with_nnunet:
             result.update(_headline(result))
         result["target_liver_dice"] = TARGET_DICE
     return result
@@ -270,8 +330,9 @@ def run(quick: bool = False, minutes: float | None = None, overrides: dict | Non
 
 def check(steps: int = 4, monai_minutes: float = 0.05) -> dict:
     """The benchmark's plumbing without its budget: ours for ``steps`` optimizer steps, MONAI for
-    ``monai_minutes``; every segmentation checked to lie on its input's grid (:func:`score`)."""
-    return run(minutes=monai_minutes,
+    ``monai_minutes``; every segmentation checked to lie on its input's grid (:func:`score`).
+    nnU-Net is left out (its venv is optional, and its planning and prediction take minutes)."""
+    return run(minutes=monai_minutes, with_nnunet=False,
                overrides={"training": {"epochs": 1, "iterations_per_epoch": steps, "max_minutes": 0}})
 
 
@@ -281,7 +342,12 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, help="training minutes a side (default 10)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=YAML",
                         help="override our config, e.g. --set plan.intensity=body (repeatable)")
-    parser.add_argument("--no-monai", action="store_true", help="our side only (to compare settings)")
+    parser.add_argument("--no-monai", action="store_true", help="leave MONAI's recipe out")
+    parser.add_argument("--no-nnunet", action="store_true", help="leave nnU-Net out (--no-monai --no-nnunet: "
+                        "our side only, to compare settings)")
+    parser.add_argument("--nnunet-python", type=Path, metavar="PATH",
+                        help="Python of the nnU-Net venv made by bench/setup_nnunet.sh (default: "
+                             "$UNET_BENCH_NNUNET_PYTHON, else ../nnunet-venv/bin/python beside the repository)")
     args = parser.parse_args()
     import yaml
 
@@ -291,8 +357,8 @@ def main() -> None:
         section, _, name = key.partition(".")
         overrides.setdefault(section, {})[name] = yaml.safe_load(value)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    print(json.dumps(run(quick=args.quick, minutes=args.minutes, overrides=overrides, with_monai=not args.no_monai),
-                     indent=2))
+    print(json.dumps(run(quick=args.quick, minutes=args.minutes, overrides=overrides, with_monai=not args.no_monai,
+                         with_nnunet=not args.no_nnunet, nnunet_python=args.nnunet_python), indent=2))
 
 
 if __name__ == "__main__":
