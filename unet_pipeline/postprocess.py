@@ -13,7 +13,11 @@ Configuration (``postprocess`` section), per class name or ``"*"`` for every cla
 
 Left unset (null), the postprocessing is chosen by the data after training
 (:func:`choose_postprocessing`, as nnU-Net does): per class, keeping only the largest connected
-component is adopted when it does not lower that class's Dice on the validation cases.
+component is adopted when it does not lower that class's Dice on the validation cases. Each class
+also gets a ``min_volume_ml`` learned from the labels (:func:`learn_min_volumes`): a fraction
+(:data:`MIN_VOLUME_FRACTION`) of its smallest labelled volume, so that a scan without the organ
+(cropped above it, another body region) is not painted with a few mL of it, while a real organ, or
+most of one cut by the scan's edge, stays.
 
 Connected components follow one rule, :data:`CONNECTIVITY`, here and in the volumes table
 (:mod:`unet_pipeline.evaluate.volumes`). MONAI gives the same masks (``bench/bench_postprocess.py``)
@@ -24,12 +28,13 @@ mask, after a 1.6 s import.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["postprocess_labels", "POSTPROCESS_KEYS", "choose_postprocessing", "CONNECTIVITY", "label_components"]
+__all__ = ["postprocess_labels", "POSTPROCESS_KEYS", "choose_postprocessing", "CONNECTIVITY", "label_components",
+           "MIN_VOLUME_FRACTION", "class_volumes_ml", "learn_min_volumes", "with_min_volumes"]
 
 POSTPROCESS_KEYS = ("largest_component", "min_volume_ml", "fill_holes")
 
@@ -37,6 +42,10 @@ POSTPROCESS_KEYS = ("largest_component", "min_volume_ml", "fill_holes")
 #: most orthogonal steps between two neighbours. 3: voxels that share a face, an edge or a corner
 #: (26 neighbours in 3-D) are one component, MONAI's default. In 2-D it is capped at 2 (8 neighbours).
 CONNECTIVITY = 3
+
+#: The learned ``min_volume_ml`` of a class is this fraction of its smallest volume in the labelled
+#: cases (:func:`learn_min_volumes`). Chosen on ``bench/bench_realdata.py``: FRACTION_PLACEHOLDER
+MIN_VOLUME_FRACTION = 0.1
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -168,3 +177,63 @@ def choose_postprocessing(predictions: Sequence[np.ndarray], references: Sequenc
         if adopted:
             config[name] = {"largest_component": True}
     return config, table
+
+
+def class_volumes_ml(labels: np.ndarray, spacing_mm: Sequence[float], names: Mapping[int, str]) -> dict[str, float]:
+    """Volume (mL) of each class of a ``(Z, Y, X)`` integer label volume with voxels of ``spacing_mm``
+    ``(z, y, x)`` mm; 0.0 for a class it does not hold."""
+    values = np.asarray(labels).ravel()
+    counts = np.bincount(values, minlength=max(names, default=0) + 1) if values.size else np.zeros(1, np.int64)
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    return {name: float(counts[value]) * voxel_ml if value < len(counts) else 0.0 for value, name in names.items()}
+
+
+def learn_min_volumes(labelled: Iterable[tuple[np.ndarray, Sequence[float]]], names: Mapping[int, str],
+                      fraction: float = MIN_VOLUME_FRACTION) -> dict:
+    """Per class, the smallest volume a segmented component of it must have: ``fraction`` of the
+    class's smallest volume in the labelled cases that hold it.
+
+    A network trained only on scans that hold an organ tends to paint a few mL of it on a scan that
+    does not; the organ's real volume is far larger, so components well below its smallest labelled
+    volume are removed (``min_volume_ml`` of :func:`postprocess_labels`).
+
+    Parameters
+    ----------
+    labelled
+        ``(labels, spacing_mm)`` per labelled case: ``(Z, Y, X)`` integer class indices and the
+        ``(z, y, x)`` voxel size in mm.
+    names
+        Label value -> class name.
+    fraction
+        In ``[0, 1]``; 0 learns no minimum.
+
+    Returns
+    -------
+    dict
+        ``{"fraction", "source", "classes": {name: {"smallest_labelled_ml", "cases", "min_volume_ml"}}}``;
+        a class absent from every labelled case has ``min_volume_ml`` None (nothing to learn from).
+    """
+    fraction = float(fraction)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction: {fraction} is not in [0, 1]")
+    smallest: dict[str, float | None] = {name: None for name in names.values()}
+    cases = {name: 0 for name in names.values()}
+    for labels, spacing_mm in labelled:
+        for name, ml in class_volumes_ml(labels, spacing_mm, names).items():
+            if ml > 0:
+                cases[name] += 1
+                smallest[name] = ml if smallest[name] is None else min(smallest[name], ml)
+    classes = {name: {"smallest_labelled_ml": None if ml is None else round(ml, 6), "cases": cases[name],
+                      "min_volume_ml": None if ml is None or fraction == 0 else round(fraction * ml, 6)}
+               for name, ml in smallest.items()}
+    return {"fraction": fraction, "source": "labelled cases (training and validation)", "classes": classes}
+
+
+def with_min_volumes(config: Mapping, record: Mapping) -> dict:
+    """``config`` (a ``postprocess`` section) with each class's learned ``min_volume_ml`` of ``record``
+    (:func:`learn_min_volumes`) added; a class that already sets ``min_volume_ml`` keeps its own."""
+    out = {name: dict(opts or {}) for name, opts in config.items()}
+    for name, learned in (record.get("classes") or {}).items():
+        if learned.get("min_volume_ml"):
+            out.setdefault(name, {}).setdefault("min_volume_ml", learned["min_volume_ml"])
+    return out
