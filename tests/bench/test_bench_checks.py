@@ -269,6 +269,21 @@ def test_realdata_scores_are_the_metrics_of_the_masks(tmp_path):
         bench_realdata.score(off_grid, ref, classes)
 
 
+def test_realdata_fp_volume_is_voxels_times_the_voxel_volume_of_the_affine(tmp_path):
+    """``fp_volume_ml`` (the absent-class score): voxel count x |det| of the affine's 3 x 3 part, per
+    class; 0 for a class not painted; a flipped axis counts the same."""
+    from bench import bench_realdata
+    from tests.conftest import save_nifti
+
+    pred = np.zeros((6, 5, 4), np.uint8)
+    pred[0:2, 0:2, 0:2] = 3  # 8 voxels
+    pred[5, 4, 3] = 4  # 1 voxel
+    affine = np.diag([-2.0, 1.5, 3.0, 1.0])  # 9 mm^3 = 0.009 mL a voxel
+    path = save_nifti(tmp_path / "pred.nii.gz", pred, affine)
+    assert bench_realdata.fp_volume_ml(path, {3: "kidney_right", 4: "kidney_left", 1: "liver"}) == {
+        "kidney_right": 0.072, "kidney_left": 0.009, "liver": 0.0}
+
+
 def test_forward_before_variant_is_the_same_network_with_torch_instance_norm():
     """``b1_before`` (the former predictor path, torch's InstanceNorm2d, frozen) computes the logits of
     the shipped network: the speed ratio compares two ways of computing one function."""
