@@ -237,7 +237,9 @@ def learn_min_volumes(labelled: Iterable[tuple[np.ndarray, Sequence[float]]], na
     cases = {name: 0 for name in names.values()}
     for labels, spacing_mm in labelled:
         labels = np.asarray(labels)
-        for value, (name, ml) in zip(names, class_volumes_ml(labels, spacing_mm, names).items()):
+        volumes = class_volumes_ml(labels, spacing_mm, names)
+        for value, name in names.items():
+            ml = volumes[name]
             if ml > 0:
                 cases[name] += 1
                 if smallest[name] is None or ml < smallest[name]:
