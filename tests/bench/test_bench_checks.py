@@ -238,6 +238,11 @@ def test_realdata_benchmark_segments_both_tests_on_their_grids_with_both_recipes
     for side in ("ours", "monai"):
         assert set(result[side]["dcmqi_liver"]) == {"liver"}
         assert set(result[side]["ts_venous"]) == {"liver", "spleen", "kidney_right", "kidney_left"}
+        # Absent classes: the painted volume of each, on both scans without them; Dice of those present.
+        fp = result[side]["absent_fp_ml"]
+        assert {t: set(v) for t, v in fp.items()} == {t: set(names) for t, names in bench_realdata.ABSENT.items()}
+        assert all(ml >= 0 for v in fp.values() for ml in v.values())
+        assert set(result[side]["ts_cropped"]) == {"liver", "spleen"}
     # The headline is read from the per-class figures: ours behind MONAI exactly where its Dice is lower.
     ours, theirs = result["ours"], result["monai"]
     behind = [f"{test}:{name}" for test in ("dcmqi_liver", "ts_venous") for name in ours[test]

@@ -678,18 +678,23 @@ def test_postprocessing_is_chosen_on_the_validation_cases_unless_configured(prep
     choice = meta["postprocess_choice"]
     assert choice["decided_on"] == "validation cases" and set(choice["table"]) == {"organ_a", "organ_b"}
     assert meta["postprocess"] == choice["config"] and meta["postprocess_source"] == "postprocess_choice"
-    assert all(set(v) <= {"largest_component", "min_volume_ml"} for v in choice["config"].values())
+    assert all(set(v) <= {"largest_component", "min_volume_ml", "min_volume_extent_mm"} for v in choice["config"].values())
     # Each class's minimum volume: a fraction of its smallest volume in the training and validation labels.
     from unet_pipeline.postprocess import MIN_VOLUME_FRACTION
 
     root, _ = prepared
     for value, name in ((1, "organ_a"), (2, "organ_b")):
-        volumes = []
+        volumes, extents = [], []
         for cid in ("a", "b", "c"):
             spacing = json.loads((root / "preprocessed" / cid / "meta.json").read_text())["resampled_spacing_mm"]
-            volumes.append(int((np.load(root / "preprocessed" / cid / "label.npy") == value).sum()) * np.prod(spacing) / 1000)
-        assert choice["min_volume"]["classes"][name]["min_volume_ml"] == pytest.approx(MIN_VOLUME_FRACTION * min(volumes))
-        assert choice["config"][name]["min_volume_ml"] == choice["min_volume"]["classes"][name]["min_volume_ml"]
+            mask = np.load(root / "preprocessed" / cid / "label.npy") == value
+            volumes.append(int(mask.sum()) * np.prod(spacing) / 1000)
+            extents.append(int(mask.any(axis=(1, 2)).sum()) * spacing[0])  # the fixture's organs are boxes
+        learned = choice["min_volume"]["classes"][name]
+        assert learned["min_volume_ml"] == pytest.approx(MIN_VOLUME_FRACTION * min(volumes))
+        assert learned["extent_mm"] == pytest.approx(extents[int(np.argmin(volumes))])
+        assert choice["config"][name]["min_volume_ml"] == learned["min_volume_ml"]
+        assert choice["config"][name]["min_volume_extent_mm"] == learned["extent_mm"]
         assert choice["table"][name]["final"] is not None
     on_disk = json.loads((tmp_path / "auto" / "model.json").read_text(encoding="utf-8"))
     assert on_disk["postprocess"] == choice["config"]
