@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = ["postprocess_labels", "POSTPROCESS_KEYS", "choose_postprocessing", "CONNECTIVITY", "label_components",
-           "MIN_VOLUME_FRACTION", "class_volumes_ml", "learn_min_volumes", "with_min_volumes"]
+           "MIN_VOLUME_FRACTION", "class_volumes_ml", "learn_min_volumes", "with_min_volumes", "mean_class_dice"]
 
 POSTPROCESS_KEYS = ("largest_component", "min_volume_ml", "min_volume_extent_mm", "fill_holes")
 
@@ -142,6 +142,18 @@ def _dice(pred: np.ndarray, ref: np.ndarray) -> float | None:
     """Dice of two boolean masks; None when both are empty (the case says nothing about the class)."""
     total = int(pred.sum()) + int(ref.sum())
     return None if total == 0 else 2.0 * int(np.count_nonzero(pred & ref)) / total
+
+
+def mean_class_dice(predictions: Sequence[np.ndarray], references: Sequence[np.ndarray],
+                    names: Mapping[int, str]) -> dict[str, float | None]:
+    """Per class name, the mean Dice over the cases where prediction or reference holds it (None
+    where none does); ``predictions`` and ``references`` are per-case integer label volumes."""
+    out: dict[str, float | None] = {}
+    for value, name in names.items():
+        dice = [d for p, r in zip(predictions, references)
+                if (d := _dice(np.asarray(p) == value, np.asarray(r) == value)) is not None]
+        out[name] = round(float(np.mean(dice)), 6) if dice else None
+    return out
 
 
 def choose_postprocessing(predictions: Sequence[np.ndarray], references: Sequence[np.ndarray],

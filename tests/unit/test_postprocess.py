@@ -233,3 +233,15 @@ def test_a_scan_thinner_than_the_organ_gets_a_proportionally_smaller_minimum():
     # A 2-slice scan of 3 mm slices is as long as the organ: the full minimum.
     assert not postprocess_labels(slab, (3, 1, 1), {"liver": {"min_volume_ml": 0.24, "min_volume_extent_mm": 6.0}},
                                   NAMES).any()
+
+
+def test_mean_class_dice_skips_cases_without_the_class():
+    from unet_pipeline.postprocess import mean_class_dice
+
+    ref = np.zeros((2, 4, 4), np.uint8)
+    ref[0, 0:2, 0:2] = 1  # 4 voxels of liver
+    pred = ref.copy()
+    pred[1, 0:2, 0:2] = 1  # 4 more: Dice 2 * 4 / (8 + 4)
+    empty = np.zeros_like(ref)
+    assert mean_class_dice([pred, empty], [ref, empty], NAMES) == {"liver": round(8 / 12, 6), "spleen": None}
+    assert mean_class_dice([empty, ref], [ref, ref], NAMES)["liver"] == 0.5  # 0 where missed, 1 where found

@@ -84,7 +84,8 @@ def _choose_postprocessing(run: Run) -> dict:
     (``final``), ``min_volume`` where the minimum volumes came from."""
     from safetensors.torch import load_file
 
-    from ..postprocess import _dice, choose_postprocessing, learn_min_volumes, postprocess_labels, with_min_volumes
+    from ..postprocess import (choose_postprocessing, learn_min_volumes, mean_class_dice, postprocess_labels,
+                               with_min_volumes)
 
     cases, decided_on = (run.val_cases, "validation cases") if run.val_cases else (run.train_cases, "training cases")
     run.model.load_state_dict(load_file(str(run.out_dir / "model.safetensors")))
@@ -106,9 +107,8 @@ def _choose_postprocessing(run: Run) -> dict:
     min_volume = learn_min_volumes(((np.asarray(c.label), spacing(c)) for c in labelled), names)
     config = with_min_volumes(config, min_volume)
     finals = [postprocess_labels(p, spacing(c), config, names) for p, c in zip(preds, cases)]
-    for value, name in names.items():
-        dice = [d for p, r in zip(finals, refs) if (d := _dice(p == value, r == value)) is not None]
-        table[name]["final"] = round(float(np.mean(dice)), 6) if dice else None
+    for name, dice in mean_class_dice(finals, refs, names).items():
+        table[name]["final"] = dice
     log.info("postprocessing chosen on the %s: %s", decided_on,
              "; ".join(f"{n}: largest component {'kept' if t['adopted'] else 'not used'}, min volume "
                        f"{(config.get(n) or {}).get('min_volume_ml')} mL (Dice {t['before']} -> {t['after']} "
