@@ -48,9 +48,9 @@ CONNECTIVITY = 3
 #: The learned ``min_volume_ml`` of a class is this fraction of its smallest volume in the labelled
 #: cases (:func:`learn_min_volumes`): a piece of an organ cut by the scan's edge stays when it holds a
 #: tenth of the organ (about 12 mm of a kidney's pole). Measured on ``bench/bench_realdata.py`` (660
-#: steps, seed 0): on the extremity CT, 0.05 to 0.2 all removed the spleen (8.7 mL) and the left
-#: kidney (3.6 mL) painted there and changed no Dice of the organs present; 0.3 also removed a
-#: 27 mL right kidney, but would drop any piece under 30 % of a kidney.
+#: steps, seeds 0 and 1): on the extremity CT, 0.1 to 0.2 removed the spleen (8.7, 1.4 mL) and the
+#: left kidney (3.6, 5.0 mL) painted there and changed no Dice of the organs present; 0.05 left the
+#: 5.0 mL kidney; 0.3 also removed a 27 mL right kidney, but would drop any piece under 30 % of a kidney.
 MIN_VOLUME_FRACTION = 0.1
 
 
