@@ -16,7 +16,7 @@ defaults plus the variant's overrides, then ``unet-pipeline predict``; Dice per 
 * ``ensemble2``: two models of half the steps each (two seeds), predicted together (the
   ensemble of folds at the same total budget: with one training scan there are no patient folds).
 
-Run ``python bench/bench_levers.py [--steps N] [--seeds 0 1] [--only NAME ...]``; prints one JSON
+Run ``python bench/bench_levers.py [--steps N] [--seeds 0 1] [--only NAME ...] [--threads 1]``; prints one JSON
 line per trained variant as it finishes and a summary (mean over seeds) at the end. Needs
 ``../shared/data``.
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -88,9 +89,8 @@ def run(steps: int, seeds: list[int], only: list[str] | None = None) -> dict:
         tmp = Path(tmp)
         paths = _write_inputs(tmp)["paths"]
         for seed in seeds:
-            for variant, (overrides, n_models, predictions) in VARIANTS.items():
-                if only and variant not in only:
-                    continue
+            for variant in only or VARIANTS:
+                overrides, n_models, predictions = VARIANTS[variant]
                 trained = [_train(tmp, f"{variant}_s{seed}_m{m}", paths, overrides, steps // n_models, seed + 100 * m)
                            for m in range(n_models)]
                 for name, extra in predictions.items():
@@ -111,7 +111,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1250, help="optimizer steps per variant (default 1250)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="train only these variants")
+    parser.add_argument("--threads", type=int, help="torch threads of every child process (OMP_NUM_THREADS); "
+                        "1 lets two runs share a busy machine without spinning")
     args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     print(json.dumps(run(args.steps, args.seeds, args.only), indent=2))
 
 

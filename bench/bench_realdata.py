@@ -8,11 +8,16 @@ kidney_left (every other structure is background). Tests:
 * ``dcmqi_liver``: the liver of ``dcmqi-ct-3slice`` (another scanner, 0.81 mm pixels, 1 mm slices,
   a DICOM series; reference ``liver_spine_seg.nrrd`` value 1);
 * ``ts_venous``: the training scan with the HU of each organ raised by 40-60 HU (a simulated
-  portal-venous phase), all four classes.
+  portal-venous phase), all four classes;
+* absent classes (issue #23), where a class the model knows is not in the scan and every voxel of
+  it is a false positive (:func:`fp_volume_ml`, mL): ``ts_cropped``, the training scan cropped
+  above the top of both kidneys (kidneys absent; Dice of liver and spleen, still present), and
+  ``sts_extremity``, ``sts-001-ct-rtstruct``'s extremity soft-tissue CT (a DICOM series, another
+  body region: all four organs absent).
 
 Ours: ``unet-pipeline train`` with the schema's defaults (what a user's cohort gets) and
 ``training.max_minutes`` = the budget, then ``unet-pipeline predict`` (the DICOM folder itself for
-the dcmqi test). MONAI: ``Orientationd(RAS) -> Spacingd`` to the same in-plane spacing ->
+the dcmqi and sts tests). MONAI: ``Orientationd(RAS) -> Spacingd`` to the same in-plane spacing ->
 ``ScaleIntensityRanged`` with the abdominal window of MONAI's tutorials (-175..250 HU) ->
 ``RandCropByPosNegLabeld`` 2-D patches with flips, rotations and intensity shifts, a
 ``monai.networks.nets.UNet`` (16..256 channels, residual units, instance norm), ``DiceCELoss``,
@@ -33,7 +38,8 @@ reoriented back onto each reference's grid, axes permuted and flipped, nothing r
 ``plan_s`` (fingerprint, planning, preprocessing) and ``setup_s`` (network, data loaders) are
 outside the budget, as our preprocessing is; ``steps`` counts its iterations (batches).
 Metrics: Dice and HD95 (mm) per class on the input grid, computed by
-:mod:`unet_pipeline.evaluate.metrics` for all three. The headline has liver Dice of both tests and
+:mod:`unet_pipeline.evaluate.metrics` for all three; ``absent_fp_ml``: per absent-class test and absent
+class, the volume painted (mL), for all three. The headline has liver Dice of both tests and
 mean Dice of the venous one for each recipe, and ``classes_behind_monai`` /
 ``classes_behind_nnunet``: the classes where ours has the lower Dice.
 
@@ -58,13 +64,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run", "check", "DATA", "CLASSES", "cli", "score", "training_scan"]
+__all__ = ["run", "check", "DATA", "CLASSES", "cli", "score", "fp_volume_ml", "training_scan", "ABSENT"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 #: class value in our files -> (name, TotalSegmentator value)
 CLASSES = {1: ("liver", 5), 2: ("spleen", 1), 3: ("kidney_right", 2), 4: ("kidney_left", 3)}
 TARGET_DICE = 0.90
+#: absent-class tests -> the classes of CLASSES absent from the scan (every voxel of them is a false positive)
+ABSENT = {"ts_cropped": ("kidney_right", "kidney_left"), "sts_extremity": tuple(n for n, _ in CLASSES.values())}
 FULL_MINUTES = 10.0
 QUICK_MINUTES = 1.5
 
@@ -108,7 +116,52 @@ def _write_inputs(tmp: Path, seed: int = 0) -> dict:
                        ("dcmqi_ref", (ref == 1).astype(np.uint8))):
         paths[key].parent.mkdir(parents=True, exist_ok=True)
         nib.save(nib.Nifti1Image(array, dcm.affine), str(paths[key]))
+    paths.update(_write_absent_inputs(tmp, img, hu, label))
     return {"paths": paths, "venous_shifts_hu": shifts}
+
+
+def _write_absent_inputs(tmp: Path, img, hu: np.ndarray, label: np.ndarray) -> dict:
+    """The absent-class tests (:data:`ABSENT`): ``ts_cropped`` (image and reference: the slices of the
+    training scan above the top of both kidneys, the affine moved with nibabel's slicer) and
+    ``sts_extremity`` (its DICOM folder, and a NIfTI copy for MONAI's loader)."""
+    import nibabel as nib
+
+    from unet_pipeline.io.images import load_image, read_voxels
+
+    kidneys = [v for v, (n, _) in CLASSES.items() if n in ABSENT["ts_cropped"]]
+    top = int(np.nonzero(np.isin(label, kidneys).any(axis=(0, 1)))[0].max())  # z rises to the head (RAS+)
+    above = slice(top + 1, None)
+    paths = {"cropped_image": tmp / "cropped" / "ts_cropped.nii.gz", "cropped_ref": tmp / "cropped_ref" / "ts_cropped.nii.gz",
+             "sts_dicom": DATA / "sts-001-ct-rtstruct" / "dicom", "sts_image": tmp / "sts" / "sts.nii.gz"}
+    cropped = img.slicer[:, :, above]
+    for key, array in (("cropped_image", hu[:, :, above]), ("cropped_ref", label[:, :, above])):
+        paths[key].parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(array), cropped.affine, header=img.header), str(paths[key]))
+    sts = load_image(paths["sts_dicom"])
+    paths["sts_image"].parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(read_voxels(sts, "dicom").astype(np.int16), sts.affine), str(paths["sts_image"]))
+    return paths
+
+
+def fp_volume_ml(pred_path: Path, classes: dict[int, str]) -> dict[str, float]:
+    """Volume (mL) painted with each of ``classes`` (value -> name) in a segmentation: voxel count x
+    voxel volume from its affine. For a class absent from the scan, all of it is false positive."""
+    import nibabel as nib
+
+    pred_img = nib.load(str(pred_path))
+    pred = np.asarray(pred_img.dataobj)
+    voxel_ml = abs(float(np.linalg.det(pred_img.affine[:3, :3]))) / 1000.0
+    return {name: round(int(np.count_nonzero(pred == value)) * voxel_ml, 3) for value, name in classes.items()}
+
+
+def _absent_scores(cropped_seg: Path, sts_seg: Path, cropped_ref: Path) -> dict:
+    """``absent_fp_ml`` (per absent-class test, per absent class, mL) and ``ts_cropped`` (Dice and HD95
+    of the classes still present in the cropped scan)."""
+    names = {n: v for v, (n, _) in CLASSES.items()}
+    present = {v: n for v, (n, _) in CLASSES.items() if n not in ABSENT["ts_cropped"]}
+    return {"absent_fp_ml": {test: fp_volume_ml(seg, {names[n]: n for n in ABSENT[test]})
+                             for test, seg in (("ts_cropped", cropped_seg), ("sts_extremity", sts_seg))},
+            "ts_cropped": score(cropped_seg, cropped_ref, present)}
 
 
 def score(pred_path: Path, ref_path: Path, classes: dict[int, str]) -> dict[str, dict]:
@@ -154,13 +207,17 @@ def _ours(tmp: Path, paths: dict, minutes: float, overrides: dict | None = None)
     t0 = time.perf_counter()
     cli(["predict", "-m", str(model), "-i", str(paths["dcmqi_dicom"]), "-o", str(tmp / "ours_dcmqi")])
     cli(["predict", "-m", str(model), "-i", str(paths["venous_image"]), "-o", str(tmp / "ours_venous")])
+    cli(["predict", "-m", str(model), "-i", str(paths["cropped_image"]), "-o", str(tmp / "ours_cropped")])
+    cli(["predict", "-m", str(model), "-i", str(paths["sts_dicom"]), "-o", str(tmp / "ours_sts")])
     predict_s = time.perf_counter() - t0
     dcmqi_seg = next((tmp / "ours_dcmqi").glob("*.nii.gz"))
     return {"train_s": round(train_s, 1), "predict_s": round(predict_s, 1), "steps": meta.get("steps_run"),
-            "ended_by": meta.get("ended_by"),
+            "ended_by": meta.get("ended_by"), "postprocess": meta.get("postprocess"),
             "dcmqi_liver": score(dcmqi_seg, paths["dcmqi_ref"], {1: "liver"}),
             "ts_venous": score(tmp / "ours_venous" / "ts_venous.nii.gz", paths["venous_ref"],
-                                {v: n for v, (n, _) in CLASSES.items()})}
+                                {v: n for v, (n, _) in CLASSES.items()}),
+            **_absent_scores(tmp / "ours_cropped" / "ts_cropped.nii.gz", next((tmp / "ours_sts").glob("*.nii.gz")),
+                             paths["cropped_ref"])}
 
 
 def cli(argv: list[str]) -> None:
@@ -241,7 +298,8 @@ print(json.dumps({"train_s": train_s, "predict_s": time.perf_counter() - t0, "st
 def _monai(tmp: Path, paths: dict, minutes: float, spacing: float) -> dict:
     args = {"train_image": str(paths["train_image"]), "train_label": str(paths["train_label"]), "minutes": minutes,
             "spacing": spacing, "classes": len(CLASSES) + 1, "out": str(tmp / "monai"),
-            "tests": {"dcmqi": str(paths["dcmqi_image"]), "venous": str(paths["venous_image"])}}
+            "tests": {"dcmqi": str(paths["dcmqi_image"]), "venous": str(paths["venous_image"]),
+                      "cropped": str(paths["cropped_image"]), "sts": str(paths["sts_image"])}}
     done = subprocess.run([sys.executable, "-c", _MONAI_CHILD, json.dumps(args)], capture_output=True, text=True,
                           encoding="utf-8", errors="replace", cwd=ROOT, check=False)
     if done.returncode != 0:
@@ -251,7 +309,9 @@ def _monai(tmp: Path, paths: dict, minutes: float, spacing: float) -> dict:
     venous = next((tmp / "monai" / "venous").glob("*.nii.gz"))
     return {"train_s": round(timing["train_s"], 1), "predict_s": round(timing["predict_s"], 1), "steps": timing["steps"],
             "dcmqi_liver": score(dcmqi, paths["dcmqi_ref"], {1: "liver"}),
-            "ts_venous": score(venous, paths["venous_ref"], {v: n for v, (n, _) in CLASSES.items()})}
+            "ts_venous": score(venous, paths["venous_ref"], {v: n for v, (n, _) in CLASSES.items()}),
+            **_absent_scores(next((tmp / "monai" / "cropped").glob("*.nii.gz")),
+                             next((tmp / "monai" / "sts").glob("*.nii.gz")), paths["cropped_ref"])}
 
 
 def _nnunet(tmp: Path, paths: dict, minutes: float, python: Path | None = None) -> dict:
@@ -268,20 +328,31 @@ def _nnunet(tmp: Path, paths: dict, minutes: float, python: Path | None = None) 
     classes = {v: n for v, (n, _) in CLASSES.items()}
     tests = {"dcmqi_liver": (paths["dcmqi_image"], paths["dcmqi_ref"], {1: "liver"}),
              "ts_venous": (paths["venous_image"], paths["venous_ref"], classes)}
+    # the absent-class scans: the extremity CT has no reference, its own grid is the one to score on
+    grids = {"ts_cropped": (paths["cropped_image"], paths["cropped_ref"]),
+             "sts_extremity": (paths["sts_image"], paths["sts_image"])}
     try:
         r = realdata_nnunet.run(tmp / "nnunet", python, paths["train_image"], paths["train_label"],
-                                {name: (image, ref) for name, (image, ref, _) in tests.items()}, classes, minutes)
+                                {**{name: (image, ref) for name, (image, ref, _) in tests.items()}, **grids}, classes,
+                                minutes)
     except RuntimeError as error:
         return {"failed": str(error)[-2000:]}
+    segs = {name: Path(path) for name, path in r["segmentations"].items()}
     return {"train_s": round(r["train_s"], 1), "predict_s": round(r["predict_s"], 1), "steps": r["iterations"],
             "plan_s": round(r["plan_s"], 1), "setup_s": round(r["setup_s"], 1), "epochs": r["epochs"],
             "batch_size": r["batch_size"], "patch_size": r["patch_size"], "spacing_mm": r["spacing_mm"],
             "mirror_axes": r["mirror_axes"],
-            **{name: score(Path(r["segmentations"][name]), ref, names) for name, (_, ref, names) in tests.items()}}
+            **{name: score(segs[name], ref, names) for name, (_, ref, names) in tests.items()},
+            **_absent_scores(segs["ts_cropped"], segs["sts_extremity"], paths["cropped_ref"])}
 
 
 def _mean_dice(figures: dict[str, dict]) -> float:
     return round(float(np.mean([f["dice"] for f in figures.values()])), 4)
+
+
+def _absent_total(recipe: dict) -> float:
+    """All the false-positive volume (mL) a recipe painted on the absent-class tests."""
+    return round(sum(ml for test in recipe["absent_fp_ml"].values() for ml in test.values()), 1)
 
 
 def _headline(result: dict) -> dict:
@@ -289,7 +360,8 @@ def _headline(result: dict) -> dict:
     ours and each other recipe that ran, and the classes where ours trails each of them."""
     ours = result["ours"]
     head = {"liver_dice_dcmqi": ours["dcmqi_liver"]["liver"]["dice"],
-            "liver_dice_venous": ours["ts_venous"]["liver"]["dice"], "mean_dice_venous": _mean_dice(ours["ts_venous"])}
+            "liver_dice_venous": ours["ts_venous"]["liver"]["dice"], "mean_dice_venous": _mean_dice(ours["ts_venous"]),
+            "absent_fp_ml": _absent_total(ours)}
     for other in ("monai", "nnunet"):
         theirs = result.get(other, {})
         if "ts_venous" not in theirs:  # not run, skipped or failed
@@ -297,6 +369,7 @@ def _headline(result: dict) -> dict:
         head[f"liver_dice_dcmqi_{other}"] = theirs["dcmqi_liver"]["liver"]["dice"]
         head[f"liver_dice_venous_{other}"] = theirs["ts_venous"]["liver"]["dice"]
         head[f"mean_dice_venous_{other}"] = _mean_dice(theirs["ts_venous"])
+        head[f"absent_fp_ml_{other}"] = _absent_total(theirs)
         head[f"classes_behind_{other}"] = [f"{test}:{name}" for test in ("dcmqi_liver", "ts_venous")
                                            for name, fig in ours[test].items() if fig["dice"] < theirs[test][name]["dice"]]
     return head

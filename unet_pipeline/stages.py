@@ -243,7 +243,9 @@ def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root
     the model apply it unless told otherwise (:func:`unet_pipeline.config.effective_postprocess`).
     None (the schema's default) records the postprocessing chosen by the data after training
     (``postprocess_choice`` in ``model.json``: per class, the largest component kept when that
-    does not lower the class's validation Dice).
+    does not lower the class's validation Dice, and a ``min_volume_ml`` learned from the labels,
+    see :func:`unet_pipeline.postprocess.learn_min_volumes`). ``postprocess_source`` in
+    ``model.json`` says which: ``"config"`` or ``"postprocess_choice"``.
     """
     from .model.card import write_model_card
     from .train import loop
@@ -262,7 +264,8 @@ def train(train_ids: Sequence[str], val_ids: Sequence[str], *, preprocessed_root
                   train_config=loop.TrainConfig.from_dict(training), augment_config=AugmentConfig.from_dict(augment),
                   loss_options=loss)
     chosen = (meta.get("postprocess_choice") or {}).get("config", {})
-    meta = {**meta, "postprocess": dict(postprocess) if postprocess is not None else dict(chosen)}
+    meta = {**meta, "postprocess": dict(postprocess) if postprocess is not None else dict(chosen),
+            "postprocess_source": "config" if postprocess is not None else "postprocess_choice"}
     return write_model_card(out_dir, meta).meta
 
 

@@ -238,6 +238,11 @@ def test_realdata_benchmark_segments_both_tests_on_their_grids_with_both_recipes
     for side in ("ours", "monai"):
         assert set(result[side]["dcmqi_liver"]) == {"liver"}
         assert set(result[side]["ts_venous"]) == {"liver", "spleen", "kidney_right", "kidney_left"}
+        # Absent classes: the painted volume of each, on both scans without them; Dice of those present.
+        fp = result[side]["absent_fp_ml"]
+        assert {t: set(v) for t, v in fp.items()} == {t: set(names) for t, names in bench_realdata.ABSENT.items()}
+        assert all(ml >= 0 for v in fp.values() for ml in v.values())
+        assert set(result[side]["ts_cropped"]) == {"liver", "spleen"}
     # The headline is read from the per-class figures: ours behind MONAI exactly where its Dice is lower.
     ours, theirs = result["ours"], result["monai"]
     behind = [f"{test}:{name}" for test in ("dcmqi_liver", "ts_venous") for name in ours[test]
@@ -267,6 +272,21 @@ def test_realdata_scores_are_the_metrics_of_the_masks(tmp_path):
     assert partial["liver"]["dice"] == 1.0 and partial["spleen"]["dice"] == 0.0
     with pytest.raises(AssertionError, match="not on the grid"):
         bench_realdata.score(off_grid, ref, classes)
+
+
+def test_realdata_fp_volume_is_voxels_times_the_voxel_volume_of_the_affine(tmp_path):
+    """``fp_volume_ml`` (the absent-class score): voxel count x |det| of the affine's 3 x 3 part, per
+    class; 0 for a class not painted; a flipped axis counts the same."""
+    from bench import bench_realdata
+    from tests.conftest import save_nifti
+
+    pred = np.zeros((6, 5, 4), np.uint8)
+    pred[0:2, 0:2, 0:2] = 3  # 8 voxels
+    pred[5, 4, 3] = 4  # 1 voxel
+    affine = np.diag([-2.0, 1.5, 3.0, 1.0])  # 9 mm^3 = 0.009 mL a voxel
+    path = save_nifti(tmp_path / "pred.nii.gz", pred, affine)
+    assert bench_realdata.fp_volume_ml(path, {3: "kidney_right", 4: "kidney_left", 1: "liver"}) == {
+        "kidney_right": 0.072, "kidney_left": 0.009, "liver": 0.0}
 
 
 def test_forward_before_variant_is_the_same_network_with_torch_instance_norm():

@@ -75,16 +75,19 @@ def test_nnunet_column_is_skipped_without_its_python(tmp_path, monkeypatch):
     assert set(result) == {"skipped"} and "setup_nnunet.sh" in result["skipped"]
 
 
-def _side(dcmqi: float, venous: list[float]) -> dict:
+def _side(dcmqi: float, venous: list[float], kidney_ml: float = 0.0) -> dict:
     names = ["liver", "spleen", "kidney_right", "kidney_left"]
     return {"dcmqi_liver": {"liver": {"dice": dcmqi, "hd95_mm": 1.0}},
-            "ts_venous": {n: {"dice": d, "hd95_mm": 1.0} for n, d in zip(names, venous)}}
+            "ts_venous": {n: {"dice": d, "hd95_mm": 1.0} for n, d in zip(names, venous)},
+            "absent_fp_ml": {"ts_cropped": {"kidney_right": kidney_ml, "kidney_left": 0.0},
+                             "sts_extremity": {n: 1.0 for n in names}}}
 
 
 def test_headline_compares_ours_with_each_recipe_that_ran():
-    result = {"ours": _side(0.9, [0.9, 0.8, 0.7, 0.6]), "monai": _side(0.95, [0.8, 0.8, 0.8, 0.5]),
+    result = {"ours": _side(0.9, [0.9, 0.8, 0.7, 0.6], 2.5), "monai": _side(0.95, [0.8, 0.8, 0.8, 0.5]),
               "nnunet": _side(0.5, [0.95, 0.5, 0.5, 0.7])}
     head = bench_realdata._headline(result)
+    assert head["absent_fp_ml"] == 6.5 and head["absent_fp_ml_nnunet"] == 4.0
     assert head["classes_behind_monai"] == ["dcmqi_liver:liver", "ts_venous:kidney_right"]
     assert head["classes_behind_nnunet"] == ["ts_venous:liver", "ts_venous:kidney_left"]
     assert head["liver_dice_dcmqi_nnunet"] == 0.5 and head["liver_dice_venous_nnunet"] == 0.95

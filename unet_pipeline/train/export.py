@@ -77,10 +77,15 @@ def export_model(run: Run, state: TrainState) -> dict:
 def _choose_postprocessing(run: Run) -> dict:
     """Postprocessing chosen by the data (:func:`unet_pipeline.postprocess.choose_postprocessing`):
     the final model's argmax of the validation cases (the training cases when there are none)
-    against their labels, on the preprocessed grid. Returns ``{"decided_on", "config", "table"}``."""
+    against their labels, on the preprocessed grid; plus each class's ``min_volume_ml`` learned
+    from the labels of the training and validation cases
+    (:func:`unet_pipeline.postprocess.learn_min_volumes`). Returns ``{"decided_on", "config",
+    "table", "min_volume"}``: ``table`` also holds each class's mean Dice with the whole ``config``
+    (``final``), ``min_volume`` where the minimum volumes came from."""
     from safetensors.torch import load_file
 
-    from ..postprocess import choose_postprocessing
+    from ..postprocess import (choose_postprocessing, learn_min_volumes, mean_class_dice, postprocess_labels,
+                               with_min_volumes)
 
     cases, decided_on = (run.val_cases, "validation cases") if run.val_cases else (run.train_cases, "training cases")
     run.model.load_state_dict(load_file(str(run.out_dir / "model.safetensors")))
@@ -97,10 +102,25 @@ def _choose_postprocessing(run: Run) -> dict:
         refs.append(np.asarray(case.label))
     names = dict(enumerate(run.label_names, start=1))  # class index -> name
     config, table = choose_postprocessing(preds, refs, names)
+    spacing = _spacing_of(run)
+    labelled = [*run.train_cases, *run.val_cases]
+    min_volume = learn_min_volumes(((np.asarray(c.label), spacing(c)) for c in labelled), names)
+    config = with_min_volumes(config, min_volume)
+    finals = [postprocess_labels(p, spacing(c), config, names) for p, c in zip(preds, cases)]
+    for name, dice in mean_class_dice(finals, refs, names).items():
+        table[name]["final"] = dice
     log.info("postprocessing chosen on the %s: %s", decided_on,
-             "; ".join(f"{n}: largest component {'kept' if t['adopted'] else 'not used'} "
-                       f"(Dice {t['before']} -> {t['after']})" for n, t in table.items()))
-    return {"decided_on": decided_on, "config": config, "table": table}
+             "; ".join(f"{n}: largest component {'kept' if t['adopted'] else 'not used'}, min volume "
+                       f"{(config.get(n) or {}).get('min_volume_ml')} mL (Dice {t['before']} -> {t['after']} "
+                       f"-> {t['final']})" for n, t in table.items()))
+    return {"decided_on": decided_on, "config": config, "table": table, "min_volume": min_volume}
+
+
+def _spacing_of(run: Run):
+    """A case's ``(z, y, x)`` preprocessed spacing in mm (the plan's when the case has none recorded)."""
+    plan = run.plan.to_dict()
+    fallback = (float(plan.get("median_slice_thickness_mm") or 1.0), *plan["target_spacing_mm"])
+    return lambda case: tuple(case.spacing_mm or fallback)
 
 
 def _review_record(run: Run) -> dict:
@@ -114,8 +134,8 @@ def _review_record(run: Run) -> dict:
                                          batch_size=8, device=run.device, margin=run.margin, pad_value=pad_value)
 
     plan = run.plan.to_dict()
-    fallback = (float(plan.get("median_slice_thickness_mm") or 1.0), *plan["target_spacing_mm"])
-    spacing = {c.case_id: c.spacing_mm or fallback for c in [*run.train_cases, *run.val_cases]}
+    spacing_of = _spacing_of(run)
+    spacing = {c.case_id: spacing_of(c) for c in [*run.train_cases, *run.val_cases]}
     run.model.eval()
     with torch.inference_mode():
         return review_record(predict, run.train_cases, run.val_cases, class_names=run.label_names,

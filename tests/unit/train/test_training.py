@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -676,11 +677,29 @@ def test_postprocessing_is_chosen_on_the_validation_cases_unless_configured(prep
     meta = _train(prepared, tmp_path / "auto")
     choice = meta["postprocess_choice"]
     assert choice["decided_on"] == "validation cases" and set(choice["table"]) == {"organ_a", "organ_b"}
-    assert meta["postprocess"] == choice["config"]
-    assert all(set(v) == {"largest_component"} for v in choice["config"].values())
+    assert meta["postprocess"] == choice["config"] and meta["postprocess_source"] == "postprocess_choice"
+    assert all(set(v) <= {"largest_component", "min_volume_ml", "min_volume_extent_mm"} for v in choice["config"].values())
+    # Each class's minimum volume: a fraction of its smallest volume in the training and validation labels.
+    from unet_pipeline.postprocess import MIN_VOLUME_FRACTION
+
+    root, _ = prepared
+    for value, name in ((1, "organ_a"), (2, "organ_b")):
+        volumes, extents = [], []
+        for cid in ("a", "b", "c"):
+            spacing = json.loads((root / "preprocessed" / cid / "meta.json").read_text())["resampled_spacing_mm"]
+            mask = np.load(root / "preprocessed" / cid / "label.npy") == value
+            volumes.append(int(mask.sum()) * np.prod(spacing) / 1000)
+            extents.append(int(mask.any(axis=(1, 2)).sum()) * spacing[0])  # the fixture's organs are boxes
+        learned = choice["min_volume"]["classes"][name]
+        assert learned["min_volume_ml"] == pytest.approx(MIN_VOLUME_FRACTION * min(volumes))
+        assert learned["extent_mm"] == pytest.approx(extents[int(np.argmin(volumes))])
+        assert choice["config"][name]["min_volume_ml"] == learned["min_volume_ml"]
+        assert choice["config"][name]["min_volume_extent_mm"] == learned["extent_mm"]
+        assert choice["table"][name]["final"] is not None
     on_disk = json.loads((tmp_path / "auto" / "model.json").read_text(encoding="utf-8"))
     assert on_disk["postprocess"] == choice["config"]
-    # Without validation cases the training cases decide; a configured section wins over the choice.
+    # Without validation cases the training cases decide; a configured section wins over the choice,
+    # learned minimum volumes included (recorded in postprocess_choice, not applied).
     configured = stages.train(**{**_train_args(prepared, tmp_path / "set", val=()), "postprocess": {"*": {"fill_holes": True}}})
     assert configured["postprocess_choice"]["decided_on"] == "training cases"
-    assert configured["postprocess"] == {"*": {"fill_holes": True}}
+    assert configured["postprocess"] == {"*": {"fill_holes": True}} and configured["postprocess_source"] == "config"
