@@ -5,7 +5,9 @@ A model is trained for a fixed number of optimizer steps on the real abdominal C
 with its helpers), then ``unet-pipeline predict`` segments realistic degradations of that scan
 (noise, blur, contrast phase, another scanner's HU profile, metal-like streaks, truncated field
 of view, thick and thin slices, cropped body regions, and combinations; :data:`VARIANTS`) and the
-other scanner's DICOM series ``dcmqi-ct-3slice`` (liver only: its reference has no other class).
+other scanner's DICOM series ``dcmqi-ct-3slice`` (liver only: its reference has no other class)
+and another body region, the extremity CT ``sts-001-ct-rtstruct`` (none of the four organs is
+there: a class segmented in it has true Dice 0; issue #20, part 3).
 Each (case, class) with a reference gets its true Dice; the review list (``review.csv``, ranked
 over all these cases) is scored against it:
 
@@ -27,7 +29,7 @@ degradations (noise, in-plane blur, HU shifts: :data:`unet_pipeline.quality.fit.
 are of the same kinds as variants here (noise, blur, another scanner's HU profile). Every figure
 is therefore also given apart for the variants of kinds the calibration saw (``seen``:
 :data:`SEEN_KINDS`) and for the others (``unseen``: contrast phase, streaks, field of view, slice
-thickness, body region, their combinations, the other scanner's series), under
+thickness, body region, their combinations, the other scanner's series, the extremity CT), under
 ``by_degradation_group``; a choice of signals or fit should be judged on ``unseen``.
 
 Run ``python bench/bench_qc.py [--quick] [--steps N] [--seed S]`` (default 600 optimizer steps of
@@ -230,6 +232,19 @@ def _dcmqi_reference(tmp: Path) -> Path:
     return path
 
 
+def _empty_reference(tmp: Path) -> Path:
+    """An empty mask on the grid of the extremity CT ``sts-001-ct-rtstruct``: none of the abdominal
+    classes is in it, so every voxel segmented there is wrong (true Dice 0)."""
+    import nibabel as nib
+
+    from unet_pipeline.io.images import load_image
+
+    sts = load_image(DATA / "sts-001-ct-rtstruct" / "dicom")
+    path = tmp / "refs" / "other_region.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(sts.shape[:3], np.uint8), sts.affine), str(path))
+    return path
+
+
 def _true_dice(pred_path: Path, ref_path: Path, classes: dict[int, str]) -> dict[str, float | None]:
     """Dice per class; None where the reference and the prediction are both empty (nothing to score)."""
     import nibabel as nib
@@ -313,7 +328,7 @@ def _scored_rows(tmp: Path, truth_of: dict[str, tuple[Path, Path, dict]], review
     from unet_pipeline import stages
     from unet_pipeline.quality.review import case_review, rank_rows, read_review_csv, write_review_csv
 
-    sidecars = sorted((tmp / "out").glob("*.json")) + sorted((tmp / "out_dcmqi").glob("*.json"))
+    sidecars = [p for out in ("out", "out_dcmqi", "out_region") for p in sorted((tmp / out).glob("*.json"))]
     if review is None:
         stages.review_list(sidecars, tmp / "review.csv")
     else:
@@ -385,8 +400,8 @@ def _run_in(tmp: Path, names: list[str], overrides: dict, *, steps: int, refit: 
         t0 = time.perf_counter()
         _refit_review(tmp)
         times["refit_s"] = time.perf_counter() - t0
-    outs = (tmp / "out", tmp / "out_dcmqi")
-    done = all((outs[0] / f"{n}.json").exists() for n in names) and any(outs[1].glob("*.json"))
+    outs = (tmp / "out", tmp / "out_dcmqi", tmp / "out_region")
+    done = all((outs[0] / f"{n}.json").exists() for n in names) and all(any(o.glob("*.json")) for o in outs[1:])
     if trained or repredict or not done:
         for out in outs:
             shutil.rmtree(out, ignore_errors=True)
@@ -396,9 +411,17 @@ def _run_in(tmp: Path, names: list[str], overrides: dict, *, steps: int, refit: 
         t0 = time.perf_counter()
         cli(["predict", "-m", str(model), "-i", str(DATA / "dcmqi-ct-3slice" / "dicom"), "-o", str(outs[1])])
         times["predict_dcmqi_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        region = tmp / "other_region"  # the case is named after its folder: "dicom" is the dcmqi series'
+        if not region.exists():
+            region.symlink_to(DATA / "sts-001-ct-rtstruct" / "dicom", target_is_directory=True)
+        cli(["predict", "-m", str(model), "-i", str(region), "-o", str(outs[2])])
+        times["predict_other_region_s"] = time.perf_counter() - t0
     truth_of = {name: (outs[0] / f"{name}.nii.gz", ref, NAMES) for name, ref in made["refs"].items()}
     dcmqi_seg = next(outs[1].glob("*.nii.gz"))
     truth_of[dcmqi_seg.name[:-7]] = (dcmqi_seg, _dcmqi_reference(tmp), {1: "liver"})
+    region_seg = next(outs[2].glob("*.nii.gz"))
+    truth_of[region_seg.name[:-7]] = (region_seg, _empty_reference(tmp), NAMES)
     review = json.loads((model / "model.json").read_text(encoding="utf-8")).get("review") or {}
     t0 = time.perf_counter()
     rows = _scored_rows(tmp, truth_of, review if refit else None)
@@ -424,7 +447,7 @@ def _refit_review(tmp: Path) -> None:
     from unet_pipeline.model.card import read_model_card, write_model_card
     from unet_pipeline.model.folder import load_model
     from unet_pipeline.model.tiling import iter_volume_probabilities
-    from unet_pipeline.quality.fit import review_record
+    from unet_pipeline.quality.fit import model_review
     from unet_pipeline.train.sampler import load_training_cases
 
     model, meta = load_model(tmp / "model")
@@ -443,8 +466,9 @@ def _refit_review(tmp: Path) -> None:
     fallback = (float(plan.get("median_slice_thickness_mm") or 1.0), *plan["target_spacing_mm"])
     spacing = {c.case_id: c.spacing_mm or fallback for c in cases}
     with torch.inference_mode():
-        review = review_record(predict, cases, [], class_names=list(card.labels.values()),
-                               spacing_of=spacing.__getitem__, intensity=plan["intensity"])
+        review = model_review(predict, model, tmp / "model", cases, [], class_names=list(card.labels.values()),
+                              spacing_of=spacing.__getitem__, intensity=plan["intensity"],
+                              postprocess=(meta.get("postprocess_choice") or {}).get("config"))
     write_model_card(tmp / "model", {**meta, "review": review})
 
 

@@ -41,7 +41,10 @@ Metrics: Dice and HD95 (mm) per class on the input grid, computed by
 :mod:`unet_pipeline.evaluate.metrics` for all three; ``absent_fp_ml``: per absent-class test and absent
 class, the volume painted (mL), for all three. The headline has liver Dice of both tests and
 mean Dice of the venous one for each recipe, and ``classes_behind_monai`` /
-``classes_behind_nnunet``: the classes where ours has the lower Dice.
+``classes_behind_nnunet``: the classes where ours has the lower Dice. Ours also reports its review
+list (``review``, per test and segmented class, from ``review.csv``): ``absent_flagged``, how
+many of the absent classes it segmented anyway the list calls probably absent, and
+``present_flagged``, how many present classes it wrongly calls so (issue #20, part 3).
 
 Run ``python bench/bench_realdata.py [--quick] [--minutes M] [--nnunet-python PATH]`` (default 10
 minutes a side, quick 1.5); needs ``../shared/data`` beside the repository. nnU-Net's Python:
@@ -211,7 +214,8 @@ def _ours(tmp: Path, paths: dict, minutes: float, overrides: dict | None = None)
     cli(["predict", "-m", str(model), "-i", str(paths["sts_dicom"]), "-o", str(tmp / "ours_sts")])
     predict_s = time.perf_counter() - t0
     dcmqi_seg = next((tmp / "ours_dcmqi").glob("*.nii.gz"))
-    return {"train_s": round(train_s, 1), "predict_s": round(predict_s, 1), "steps": meta.get("steps_run"),
+    review = {test: _review_flags(tmp / f"ours_{test}") for test in ("dcmqi", "venous", "cropped", "sts")}
+    return {"review": review, **_review_counts(review),"train_s": round(train_s, 1), "predict_s": round(predict_s, 1), "steps": meta.get("steps_run"),
             "ended_by": meta.get("ended_by"), "postprocess": meta.get("postprocess"),
             "dcmqi_liver": score(dcmqi_seg, paths["dcmqi_ref"], {1: "liver"}),
             "ts_venous": score(tmp / "ours_venous" / "ts_venous.nii.gz", paths["venous_ref"],
@@ -346,6 +350,30 @@ def _nnunet(tmp: Path, paths: dict, minutes: float, python: Path | None = None) 
             **_absent_scores(segs["ts_cropped"], segs["sts_extremity"], paths["cropped_ref"])}
 
 
+def _review_flags(out_dir: Path) -> dict[str, dict]:
+    """Per class segmented in one test (``review.csv`` of ``unet-pipeline predict``): whether the review
+    list calls it probably absent, its predicted Dice, unfamiliar share and reason."""
+    from unet_pipeline.quality.review import read_review_csv
+
+    return {r["class"]: {"absent_suspected": r["absent_suspected"] == "True",
+                         "predicted_dice": float(r["predicted_dice"]) if r["predicted_dice"] else None,
+                         "unfamiliar_share": float(r["unfamiliar_share"]) if r.get("unfamiliar_share") else None,
+                         "reason": r["reason"]}
+            for r in read_review_csv(out_dir / "review.csv") if r["volume_ml"] not in ("", "0", "0.0")}
+
+
+def _review_counts(review: dict) -> dict:
+    """``absent_flagged``: absent classes segmented anyway on the absent-class tests that the review list
+    flags as probably absent, of those segmented; ``present_flagged``: present classes (dcmqi liver,
+    the venous scan's four, the cropped scan's liver and spleen) it wrongly flags, of those segmented."""
+    tests = {"cropped": "ts_cropped", "sts": "sts_extremity"}
+    absent = [f for test, name in tests.items() for cls, f in review[test].items() if cls in ABSENT[name]]
+    present = [f for test, flags in review.items() for cls, f in flags.items()
+               if not (test in tests and cls in ABSENT[tests[test]]) and (test != "dcmqi" or cls == "liver")]
+    return {"absent_flagged": f"{sum(f['absent_suspected'] for f in absent)}/{len(absent)}",
+            "present_flagged": f"{sum(f['absent_suspected'] for f in present)}/{len(present)}"}
+
+
 def _mean_dice(figures: dict[str, dict]) -> float:
     return round(float(np.mean([f["dice"] for f in figures.values()])), 4)
 
@@ -361,7 +389,8 @@ def _headline(result: dict) -> dict:
     ours = result["ours"]
     head = {"liver_dice_dcmqi": ours["dcmqi_liver"]["liver"]["dice"],
             "liver_dice_venous": ours["ts_venous"]["liver"]["dice"], "mean_dice_venous": _mean_dice(ours["ts_venous"]),
-            "absent_fp_ml": _absent_total(ours)}
+            "absent_fp_ml": _absent_total(ours), "absent_flagged": ours.get("absent_flagged"),
+            "present_flagged": ours.get("present_flagged")}
     for other in ("monai", "nnunet"):
         theirs = result.get(other, {})
         if "ts_venous" not in theirs:  # not run, skipped or failed

@@ -309,7 +309,8 @@ def _finish_case(predictor, job: _CaseJob, record: dict, info: dict, options: Ma
     _, applied = job.timed("reassemble", stages.write_segmentation, job.work / "probs.npy", job.work / "pre", imported, job.out,
                            model_dirs, options["postprocess"])
     rows = job.timed("volumes", volume_rows, job.case_id, job.out, imported, dict(labels))
-    review = job.timed("review", stages.review_case, job.case_id, job.work / "probs.npy", job.work / "pre", model_dirs)
+    review = job.timed("review", stages.review_case, job.case_id, job.work / "probs.npy", job.work / "pre", model_dirs,
+                       applied)
     if job.dicom_out:
         job.timed("dicom_export", stages.export_dicom, job.out, job.image, labels=labels, series_uid=job.series_uid,
                   out_seg=job.dicom_out.get("seg"), out_rtstruct=job.dicom_out.get("rtstruct"))

@@ -341,7 +341,7 @@ def reassemble(probs_path: str | Path, preprocessed_dir: str | Path, imported_im
     info = load_json(infer_info) if isinstance(infer_info, (str, Path)) else dict(infer_info or {})
     t0 = time.perf_counter()
     review = review_case(record.get("case_id") or _sidecar_path(out_nifti).stem, probs_path, preprocessed_dir,
-                         model_dirs)
+                         model_dirs, applied)
     timings = {"infer": info.get("seconds"), "reassemble": seconds, "review": round(time.perf_counter() - t0, 3)}
     return write_sidecar(out_nifti, case_id=record.get("case_id"), source=record.get("source_image"), labels=labels,
                          model_dirs=model_dirs, postprocess=applied, inference=info,
@@ -349,13 +349,14 @@ def reassemble(probs_path: str | Path, preprocessed_dir: str | Path, imported_im
 
 
 def review_case(case_id: str, probs_path: str | Path, preprocessed_dir: str | Path,
-                model_dirs: Sequence[str | Path]) -> dict:
+                model_dirs: Sequence[str | Path], postprocess: Mapping | None = None) -> dict:
     """The sidecar's ``review`` of one case, from its probabilities while they exist: the review
-    signals and per-class predicted Dice and reasons (:func:`unet_pipeline.quality.review.review_from_files`).
+    signals and per-class predicted Dice and reasons (:func:`unet_pipeline.quality.review.review_from_files`)
+    of the segmentation after ``postprocess`` (the postprocessing applied to the output).
     Called by :func:`reassemble` (the workflow) and by ``unet-pipeline predict``."""
     from .quality.review import review_from_files
 
-    return review_from_files(case_id, probs_path, preprocessed_dir, _as_list(model_dirs)[0])
+    return review_from_files(case_id, probs_path, preprocessed_dir, _as_list(model_dirs)[0], postprocess)
 
 
 def review_list(sidecars: Sequence[str | Path | Mapping], out_csv: str | Path) -> list[dict]:

@@ -251,6 +251,14 @@ def test_realdata_benchmark_segments_both_tests_on_their_grids_with_both_recipes
     assert result["liver_dice_dcmqi"] == ours["dcmqi_liver"]["liver"]["dice"]
     assert result["liver_dice_venous_monai"] == theirs["ts_venous"]["liver"]["dice"]
     assert result["mean_dice_venous"] == pytest.approx(np.mean([f["dice"] for f in ours["ts_venous"].values()]), abs=1e-4)
+    # The review list's calls, read from each test's review.csv, counted over what was segmented.
+    assert set(ours["review"]) == {"dcmqi", "venous", "cropped", "sts"}
+    flags = [f for test in ours["review"].values() for f in test.values()]
+    assert all(isinstance(f["absent_suspected"], bool) and f["reason"] for f in flags)
+    flagged, segmented = (int(n) for n in result["absent_flagged"].split("/"))
+    assert 0 <= flagged <= segmented == sum(cls in bench_realdata.ABSENT[name] for test, name in
+                                            (("cropped", "ts_cropped"), ("sts", "sts_extremity"))
+                                            for cls in ours["review"][test])
 
 
 def test_realdata_scores_are_the_metrics_of_the_masks(tmp_path):
@@ -348,16 +356,19 @@ def test_qc_variants_degrade_the_scan_as_named():
 
 
 def test_qc_plumbing_on_real_ct():
-    """bench_qc on a barely trained model: every variant and the dcmqi series segmented and scored,
+    """bench_qc on a barely trained model: every variant, the dcmqi series and the extremity CT segmented and scored,
     our ranking and the baseline's computed on the same rows (no figure is held to its target)."""
     from bench import bench_qc
 
     if not (bench_qc.DATA / "totalsegmentator-example").is_dir():
         pytest.skip(f"real CT data not found at {bench_qc.DATA} (../shared/data)")
     result = bench_qc.check(steps=4)
-    assert result["n_cases"] == 5
+    assert result["n_cases"] == 6
     cases = {r["case"] for r in result["rows"]}
-    assert {"clean", "noise_250hu", "region_upper_7_slices", "slices_6mm"} <= cases and len(cases) == 5
+    assert {"clean", "noise_250hu", "region_upper_7_slices", "slices_6mm"} <= cases <= \
+        {"clean", "noise_250hu", "region_upper_7_slices", "slices_6mm", "dicom", "other_region"}
+    # The extremity CT holds none of the classes: whatever was segmented there scores 0.
+    assert all(r["true_dice"] == 0.0 for r in result["rows"] if r["case"] == "other_region")
     assert [r["review_rank"] for r in result["rows"]] == sorted(r["review_rank"] for r in result["rows"])
     assert all(0.0 <= r["true_dice"] <= 1.0 for r in result["rows"])
     # The upper slices hold no kidney: scored only where something was segmented there.

@@ -86,8 +86,10 @@ def _side(dcmqi: float, venous: list[float], kidney_ml: float = 0.0) -> dict:
 def test_headline_compares_ours_with_each_recipe_that_ran():
     result = {"ours": _side(0.9, [0.9, 0.8, 0.7, 0.6], 2.5), "monai": _side(0.95, [0.8, 0.8, 0.8, 0.5]),
               "nnunet": _side(0.5, [0.95, 0.5, 0.5, 0.7])}
+    result["ours"].update(absent_flagged="3/4", present_flagged="0/7")  # the review list's calls (ours only)
     head = bench_realdata._headline(result)
     assert head["absent_fp_ml"] == 6.5 and head["absent_fp_ml_nnunet"] == 4.0
+    assert (head["absent_flagged"], head["present_flagged"]) == ("3/4", "0/7")
     assert head["classes_behind_monai"] == ["dcmqi_liver:liver", "ts_venous:kidney_right"]
     assert head["classes_behind_nnunet"] == ["ts_venous:liver", "ts_venous:kidney_left"]
     assert head["liver_dice_dcmqi_nnunet"] == 0.5 and head["liver_dice_venous_nnunet"] == 0.95

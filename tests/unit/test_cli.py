@@ -322,6 +322,9 @@ def test_predict_writes_the_review_list_with_the_models_calibration(cli_train, t
     if calibration is not None:  # None only when the briefly trained model segments almost nothing
         assert calibration["method"] and calibration["fitted_on"] == "validation cases"
         assert calibration["n_cases"] == len(meta["val_cases"]) and calibration["n_rows"] >= 3
+    context = review["context"]  # the reference of the context signals, its arrays beside the weights
+    assert (cli_train.model / context["file"]).is_file() and set(context["classes"]) <= set(meta["labels"].values())
+    assert all(c["threshold"] > 0 and c["n_cases"] == len(meta["train_cases"]) for c in context["classes"].values())
     inputs, out = _inputs(cli_train, tmp_path), tmp_path / "out"
     assert main(["predict", "-m", str(cli_train.model), "-i", str(inputs), "-o", str(out)]) == 0
     with open(out / "review.csv", newline="", encoding="utf-8") as fh:
@@ -340,6 +343,9 @@ def test_predict_writes_the_review_list_with_the_models_calibration(cli_train, t
     sidecar = json.loads((out / "demo_000.json").read_text(encoding="utf-8"))
     assert {r["class"] for r in sidecar["review"]["rows"]} == set(meta["labels"].values())
     assert set(sidecar["review"]["signals"]) == {"scan", "classes"}
+    for name, cls in sidecar["review"]["signals"]["classes"].items():  # context where the model has a reference
+        if cls["volume_ml"] and name in context["classes"]:
+            assert 0.0 <= cls["unfamiliar_share"] <= 1.0 and cls["context_distance"] >= 0.0
 
 
 @pytest.mark.slow  # trains (the module's cli_train)

@@ -242,25 +242,8 @@ class UNet2d(nn.Module):
     # -- forward -------------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"expected input (N, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
         h, w = x.shape[-2:]
-        if self.config.padded:
-            # Pad to a multiple of 2**depth, at least 2 * 2**depth so the bottom map is >= 2 x 2
-            # (instance normalisation needs more than one value per channel).
-            m = 2 ** self.config.depth
-            ph, pw = max((-h) % m, 2 * m - h), max((-w) % m, 2 * m - w)
-            if ph or pw:
-                mode = "reflect" if h > ph and w > pw else "replicate"
-                x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode=mode)
-        else:
-            self.output_size(h), self.output_size(w)  # validate with a readable error
-        skips = []
-        for i, block in enumerate(self.down):
-            x = block(x)
-            if i < self.config.depth:
-                skips.append(x)
-                x = F.max_pool2d(x, 2)
+        x, skips = self._encode(self._pad_input(x))
         x = self.dropout(x)
         for up, skip in zip(self.up, reversed(skips)):
             x = up(x, skip)
@@ -269,6 +252,41 @@ class UNet2d(nn.Module):
             top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
             x = x[..., top:top + h, left:left + w]
         return x
+
+    def bottleneck(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+        """The deepest feature map of ``x`` ``(N, in_channels, H, W)``: ``(N, base * 2**depth, h, w)``,
+        and the ``(top, bottom, left, right)`` px the padded variant added around ``x`` (the map
+        covers the padded input, ``2**depth`` px of it per position). The unpadded variant needs a
+        valid input size and adds nothing."""
+        padded = self._pad_input(x)
+        ph, pw = padded.shape[-2] - x.shape[-2], padded.shape[-1] - x.shape[-1]
+        return self._encode(padded)[0], (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
+
+    def _pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"expected input (N, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if not self.config.padded:
+            self.output_size(h), self.output_size(w)  # validate with a readable error
+            return x
+        # Pad to a multiple of 2**depth, at least 2 * 2**depth so the bottom map is >= 2 x 2
+        # (instance normalisation needs more than one value per channel).
+        m = 2 ** self.config.depth
+        ph, pw = max((-h) % m, 2 * m - h), max((-w) % m, 2 * m - w)
+        if ph or pw:
+            mode = "reflect" if h > ph and w > pw else "replicate"
+            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode=mode)
+        return x
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The contracting path: the bottom feature map and the skip maps, shallowest first."""
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x)
+            if i < self.config.depth:
+                skips.append(x)
+                x = F.max_pool2d(x, 2)
+        return x, skips
 
 
 def build_unet(config: UNetConfig | Mapping[str, Any]) -> UNet2d:

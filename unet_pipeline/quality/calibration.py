@@ -35,7 +35,7 @@ __all__ = ["FEATURES", "PRIMARY", "features", "fit_calibration", "fold_groups", 
 
 #: Candidate features (all floats, larger = more unusual or more sure, see :func:`features`).
 FEATURES = ("soft_dice", "mean_maxprob", "entropy", "largest_share", "volume_log_ratio", "hu_shift",
-            "scan_hu_shift", "thickness_log_ratio")
+            "scan_hu_shift", "thickness_log_ratio", "context_distance")
 #: The feature the monotone curve maps to a Dice.
 PRIMARY = "soft_dice"
 #: A correction joins the fit only if it lowers the cross-validated mean absolute error by at
@@ -63,7 +63,9 @@ def features(cls: Mapping, scan: Mapping, reference: Mapping | None, name: str) 
     comparisons are 0). ``volume_log_ratio``: ``|ln(volume / training median)|``; ``hu_shift``:
     the structure's median HU minus the training median of the class, absolute, in 100 HU;
     ``scan_hu_shift``: the same for the body's median HU; ``thickness_log_ratio``:
-    ``|ln(slice thickness / training median)|``.
+    ``|ln(slice thickness / training median)|``; ``context_distance``: the network's view around the
+    structure against the training cases' (:mod:`unet_pipeline.quality.context`; 0 where the model
+    has no reference).
     """
     ref_cls = ((reference or {}).get("classes") or {}).get(name) or {}
     ref_scan = (reference or {}).get("scan") or {}
@@ -81,6 +83,7 @@ def features(cls: Mapping, scan: Mapping, reference: Mapping | None, name: str) 
         "scan_hu_shift": abs(_finite(scan.get("body_hu_median")) - _finite(ref_scan.get("body_hu_median"),
                                                                         _finite(scan.get("body_hu_median")))) / 100.0,
         "thickness_log_ratio": abs(math.log(thick / ref_thick)) if thick > 0 and ref_thick > 0 else 0.0,
+        "context_distance": _finite(cls.get("context_distance")),
     }
 
 

@@ -9,8 +9,11 @@ Order: ascending predicted Dice (ties: ascending ``soft_dice``), then the classe
 segmented (no signals, ``predicted_dice`` empty). A class that is probably absent from the scan
 (its largest cross-section in one slice under :data:`ABSENT_FRACTION` of the smallest such
 cross-section of the training cases, whatever the scan's extent along the slices; or a class no
-training case holds) gets at most :data:`ABSENT_DICE`, whatever its softmax says, so it ranks
-near the top with that reason. A class with nothing segmented that every training scan holds, in
+training case holds; or one whose surroundings, as the network sees them, are unlike the
+training scans' around that class on at least half of its voxels and, in its median, by
+:data:`~unet_pipeline.quality.context.ABSENT_DISTANCE` thresholds: another body region,
+:mod:`unet_pipeline.quality.context`) gets at most :data:`ABSENT_DICE`, whatever its softmax
+says, so it ranks near the top with that reason. A class with nothing segmented that every training scan holds, in
 a scan covering about as much of the body (:data:`COVERAGE`), is predicted 0 (probably missed).
 """
 
@@ -29,7 +32,8 @@ __all__ = ["REVIEW_COLUMNS", "ABSENT_FRACTION", "ABSENT_DICE", "case_review", "r
 #: Columns of ``review.csv``, in order.
 REVIEW_COLUMNS = ["case", "class", "predicted_dice", "review_rank", "reason", "absent_suspected", "volume_ml",
                   "max_area_mm2", "volume_ratio", "soft_dice", "mean_maxprob", "entropy", "largest_share", "n_components",
-                  "hu_median", "hu_shift", "scan_hu_shift", "slice_thickness_mm", "edge_slices", "calibration"]
+                  "hu_median", "hu_shift", "scan_hu_shift", "slice_thickness_mm", "edge_slices", "context_distance",
+                  "unfamiliar_share", "calibration"]
 #: A class whose largest cross-section in a slice is less than this share of the training cases'
 #: smallest one is probably absent.
 ABSENT_FRACTION = 0.2
@@ -50,6 +54,12 @@ def _num(x) -> float:
 
 def _absent(cls: Mapping, ref_cls: Mapping | None) -> str:
     """The reason a predicted class is probably absent from the scan, or ``""``."""
+    from .context import ABSENT_DISTANCE, UNFAMILIAR_SHARE
+
+    unfamiliar, distance = _num(cls.get("unfamiliar_share")), _num(cls.get("context_distance"))
+    if unfamiliar >= UNFAMILIAR_SHARE and distance >= ABSENT_DISTANCE:
+        return (f"surroundings far from the training scans' around this class on {unfamiliar:.0%} of it "
+                f"(context distance {distance:.1f}x the threshold): another body region?")
     if ref_cls is None:
         return ""
     if not ref_cls.get("present_share"):
@@ -66,7 +76,12 @@ def _reasons(cls: Mapping, scan: Mapping, ref: Mapping | None, name: str, absent
     """Short reasons, most telling first (see :data:`REVIEW_COLUMNS`); empty when all signals look usual."""
     ref_cls = ((ref or {}).get("classes") or {}).get(name) or {}
     ref_scan = (ref or {}).get("scan") or {}
+    from .context import UNFAMILIAR_SHARE
+
     out = [absent] if absent else []
+    if not absent and _num(cls.get("unfamiliar_share")) >= UNFAMILIAR_SHARE:
+        out.append(f"surroundings unlike the training scans' (context distance "
+                   f"{_num(cls.get('context_distance')):.1f}x the threshold: contrast, artefact or body region?)")
     med, vol = _num(ref_cls.get("volume_ml_median")), _num(cls.get("volume_ml"))
     if not absent and med > 0 and vol > 0 and not 0.5 <= vol / med <= 2.0:
         out.append(f"volume {vol / med:.1f}x the training median")
@@ -117,7 +132,8 @@ def case_review(case_id: str, signals: Mapping, review: Mapping | None) -> list[
         row = {"case": case_id, "class": name, "calibration": "fitted" if calibration is not UNCALIBRATED
                else "uncalibrated", "slice_thickness_mm": _num(scan.get("slice_thickness_mm"))}
         row.update({k: cls.get(k) for k in ("volume_ml", "max_area_mm2", "soft_dice", "mean_maxprob", "entropy",
-                                             "largest_share", "n_components", "hu_median", "edge_slices")})
+                                             "largest_share", "n_components", "hu_median", "edge_slices",
+                                             "context_distance", "unfamiliar_share")})
         med = _num((ref_cls or {}).get("volume_ml_median"))
         row["volume_ratio"] = _num(cls.get("volume_ml")) / med if med > 0 else _NAN
         row["hu_shift"] = _num(cls.get("hu_median")) - _num((ref_cls or {}).get("hu_median"))
@@ -172,16 +188,40 @@ def read_review_csv(path: str | Path) -> list[dict]:
 
 
 def review_from_files(case_id: str, probs_path: str | Path, preprocessed_dir: str | Path,
-                      model_dir: str | Path) -> dict:
+                      model_dir: str | Path, postprocess: Mapping | None = None) -> dict:
     """A segmentation sidecar's ``review``: ``signals`` (:func:`~unet_pipeline.quality.signals.case_signals_from_files`
-    of the case's probabilities) and the unranked ``rows`` of :func:`case_review` with the model's
-    ``review`` record (the first model's, when folds are ensembled)."""
+    of the case's probabilities, on the segmentation after ``postprocess``, the section applied to
+    the output), with the context signals of :mod:`unet_pipeline.quality.context` where the model
+    has a reference, and the unranked ``rows`` of :func:`case_review` with the model's ``review``
+    record (the first model's, when folds are ensembled)."""
     from ..model.card import read_model_card
-    from .signals import case_signals_from_files
+    from .signals import case_signals_from_files, segmentation_on_grid
 
     card = read_model_card(model_dir)
-    signals = case_signals_from_files(probs_path, preprocessed_dir, list(card.labels.values()))
+    names = list(card.labels.values())
+    labels = segmentation_on_grid(probs_path, preprocessed_dir, names, postprocess)
+    signals = case_signals_from_files(probs_path, preprocessed_dir, names, labels)
+    context = (card.review or {}).get("context")
+    if context:
+        for name, values in _context_signals(model_dir, preprocessed_dir, labels, context, names).items():
+            signals["classes"][name].update(values)
     return {"signals": signals, "rows": case_review(case_id, signals, card.review)}
+
+
+def _context_signals(model_dir: str | Path, preprocessed_dir: str | Path, labels, record: Mapping,
+                     names: Sequence[str]) -> dict:
+    """:func:`~unet_pipeline.quality.context.class_context` of one case, the network on the CPU."""
+    from ..io.files import load_json
+    from ..io.npy import NpyReader
+    from ..model.folder import load_model
+    from .context import class_context, load_context
+
+    pre = Path(preprocessed_dir)
+    inten = load_json(pre / "meta.json")["intensity"]
+    pad = (float(inten["p00_5"]) - float(inten["mean"])) / max(float(inten["std"]), 1e-6)  # air, normalised
+    model, _ = load_model(model_dir, "cpu")
+    model.eval()
+    return class_context(model, NpyReader(pre / "image.npy"), labels, record, load_context(model_dir), names, pad)
 
 
 def review_cohort(sidecars: Sequence[Mapping], out_csv: str | Path) -> list[dict]:

@@ -6,7 +6,8 @@ reassemble and ``unet-pipeline predict`` call :func:`case_signals_from_files` be
 probabilities are deleted, and training calls :class:`SignalAccumulator` on the validation
 cases to calibrate the signals against their true Dice (:mod:`unet_pipeline.quality.calibration`).
 
-Per class (by name), from the argmax (the raw network segmentation, before postprocessing):
+Per class (by name), from the segmentation on that grid: the argmax after the postprocessing the
+case's output gets (:func:`segmentation_on_grid`; the raw argmax where none is given):
 
 * ``volume_ml``: predicted volume (mL); ``max_area_mm2``: its largest cross-section in one slice
   (mm², independent of how much of the body the scan covers);
@@ -34,7 +35,9 @@ from ..io.files import load_json
 from ..io.npy import NpyReader
 from ..postprocess import label_components
 
-__all__ = ["BODY_HU", "SignalAccumulator", "case_signals_from_files", "label_statistics", "summarize_reference"]
+__all__ = ["BODY_HU", "SignalAccumulator", "accumulate_signals", "case_signals_from_files", "final_labels",
+           "label_statistics", "segmentation_on_grid",
+           "summarize_reference"]
 
 #: Voxels above this many HU count as body for ``body_hu_median``.
 BODY_HU = -400.0
@@ -97,14 +100,17 @@ class SignalAccumulator:
         self.body = np.zeros(_HU_BINS, np.int64)
         self.max_area = np.zeros(k, np.int64)  # voxels in the class's largest slice
 
-    def add(self, z0: int, probs: np.ndarray, image: np.ndarray) -> None:
+    def add(self, z0: int, probs: np.ndarray, image: np.ndarray, labels: np.ndarray | None = None) -> None:
         """Fold in slices ``z0 .. z0 + n``: ``probs`` ``(n, K, Y', X')`` softmax probabilities, ``image``
-        ``(n, Y', X')`` float32 z-scores."""
+        ``(n, Y', X')`` float32 z-scores, ``labels`` ``(n, Y', X')`` the segmentation's class indices
+        (None: the argmax of ``probs``)."""
         p = np.asarray(probs, np.float32)
         if p.ndim != 4 or p.shape[1] != len(self.names) + 1 or p.shape[2:] != self.argmax.shape[1:]:
             raise ValueError(f"probs must be (n, {len(self.names) + 1}, {self.argmax.shape[1]}, "
                              f"{self.argmax.shape[2]}), got {p.shape}")
-        am = p.argmax(axis=1).astype(np.uint8)
+        am = p.argmax(axis=1).astype(np.uint8) if labels is None else np.asarray(labels, np.uint8)
+        if am.shape != (p.shape[0], *p.shape[2:]):
+            raise ValueError(f"labels must be {(p.shape[0], *p.shape[2:])}, got {am.shape}")
         self.argmax[z0:z0 + p.shape[0]] = am
         ent = -(p * np.log(np.clip(p, 1e-7, 1.0))).sum(axis=1) / np.log(p.shape[1])
         self.body += _body_histogram(image, self.intensity)
@@ -148,17 +154,50 @@ def _shape_signals(mask: np.ndarray, n: int) -> dict:
             "edge_slices": bool(mask[0].any() or mask[-1].any()) if mask.shape[0] > 1 else False}
 
 
+def final_labels(probs, spacing_mm: Sequence[float], class_names: Sequence[str],
+                 postprocess: Mapping | None = None) -> np.ndarray:
+    """``(Z, Y', X')`` uint8 class indices: the argmax of ``probs`` ``(Z, K, Y', X')`` (an array or an
+    :class:`~unet_pipeline.io.npy.NpyReader`, read a few slices at a time), then ``postprocess``
+    (the section applied to the output, :func:`unet_pipeline.postprocess.postprocess_labels`, on
+    this grid of ``(z, y, x)`` spacing ``spacing_mm``; None or empty: none), so the review judges
+    what the user gets."""
+    from ..postprocess import postprocess_labels
+
+    labels = np.zeros((probs.shape[0], *probs.shape[2:]), np.uint8)
+    for z0 in range(0, probs.shape[0], _CHUNK):
+        labels[z0:z0 + _CHUNK] = np.asarray(probs[z0:z0 + _CHUNK]).argmax(axis=1)
+    if postprocess:
+        labels = postprocess_labels(labels, spacing_mm, postprocess, dict(enumerate(class_names, start=1)))
+    return labels
+
+
+def accumulate_signals(probs, image, class_names: Sequence[str], spacing_mm: Sequence[float], intensity: Mapping,
+                       labels: np.ndarray | None = None) -> dict:
+    """:class:`SignalAccumulator` over ``probs`` ``(Z, K, Y', X')`` and ``image`` ``(Z, Y', X')`` z-scores
+    (arrays or :class:`~unet_pipeline.io.npy.NpyReader`, read a few slices at a time); ``labels``:
+    the segmentation to judge (:func:`final_labels`; None: the raw argmax)."""
+    acc = SignalAccumulator(image.shape, class_names, spacing_mm, intensity)
+    for z0 in range(0, image.shape[0], _CHUNK):
+        acc.add(z0, probs[z0:z0 + _CHUNK], image[z0:z0 + _CHUNK], None if labels is None else labels[z0:z0 + _CHUNK])
+    return acc.finish()
+
+
+def segmentation_on_grid(probs_path: str | Path, preprocessed_dir: str | Path, class_names: Sequence[str],
+                         postprocess: Mapping | None = None) -> np.ndarray:
+    """:func:`final_labels` of a probabilities ``.npy`` and the preprocessed folder of its case."""
+    spacing = load_json(Path(preprocessed_dir) / "meta.json")["resampled_spacing_mm"]
+    return final_labels(NpyReader(probs_path), spacing, class_names, postprocess)
+
+
 def case_signals_from_files(probs_path: str | Path, preprocessed_dir: str | Path,
-                            class_names: Sequence[str]) -> dict:
-    """:class:`SignalAccumulator` over a probabilities ``.npy`` ``(Z, K, Y', X')`` and the preprocessed
-    ``image.npy`` ``(Z, Y', X')`` + ``meta.json`` of the same case, read a few slices at a time."""
+                            class_names: Sequence[str], labels: np.ndarray | None = None) -> dict:
+    """:func:`accumulate_signals` of a probabilities ``.npy`` ``(Z, K, Y', X')`` and the preprocessed
+    ``image.npy`` ``(Z, Y', X')`` + ``meta.json`` of the same case (:func:`segmentation_on_grid` gives
+    ``labels``)."""
     pre = Path(preprocessed_dir)
     meta = load_json(pre / "meta.json")
-    probs, image = NpyReader(probs_path), NpyReader(pre / "image.npy")
-    acc = SignalAccumulator(image.shape, class_names, meta["resampled_spacing_mm"], meta["intensity"])
-    for z0 in range(0, image.shape[0], _CHUNK):
-        acc.add(z0, probs[z0:z0 + _CHUNK], image[z0:z0 + _CHUNK])
-    return acc.finish()
+    return accumulate_signals(NpyReader(probs_path), NpyReader(pre / "image.npy"), class_names,
+                              meta["resampled_spacing_mm"], meta["intensity"], labels)
 
 
 def label_statistics(label: np.ndarray, image: np.ndarray, spacing_mm: Sequence[float], intensity: Mapping,

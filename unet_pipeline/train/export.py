@@ -39,7 +39,7 @@ def export_model(run: Run, state: TrainState) -> dict:
     _write_outputs(run.out_dir, run.model, state.history)
     plot_training_curves(run.out_dir / "train_log.csv", run.out_dir / "curves.png")
     postprocess_choice = _choose_postprocessing(run)
-    review = _review_record(run)
+    review = _review_record(run, postprocess_choice["config"])
     cfg = run.cfg
     if state.budget_spent:
         ended_by = "max_minutes"
@@ -123,10 +123,11 @@ def _spacing_of(run: Run):
     return lambda case: tuple(case.spacing_mm or fallback)
 
 
-def _review_record(run: Run) -> dict:
-    """``model.json``'s ``review``: training distribution and calibration of the review list
-    (:func:`unet_pipeline.quality.fit.review_record`), with the final model of :func:`_choose_postprocessing`."""
-    from ..quality.fit import review_record
+def _review_record(run: Run, postprocess: Mapping) -> dict:
+    """``model.json``'s ``review`` (:func:`unet_pipeline.quality.fit.model_review`: training distribution,
+    calibration judging segmentations after ``postprocess``, context reference), with the final
+    model of :func:`_choose_postprocessing`."""
+    from ..quality.fit import model_review
 
     def predict(image: np.ndarray, pad_value: float):
         return iter_volume_probabilities(run.model, image, in_slices=run.mcfg.in_channels,
@@ -138,8 +139,9 @@ def _review_record(run: Run) -> dict:
     spacing = {c.case_id: spacing_of(c) for c in [*run.train_cases, *run.val_cases]}
     run.model.eval()
     with torch.inference_mode():
-        return review_record(predict, run.train_cases, run.val_cases, class_names=run.label_names,
-                             spacing_of=spacing.__getitem__, intensity=plan["intensity"])
+        return model_review(predict, run.model, run.out_dir, run.train_cases, run.val_cases,
+                            class_names=run.label_names, spacing_of=spacing.__getitem__, intensity=plan["intensity"],
+                            postprocess=postprocess, device=run.device)
 
 
 def _write_outputs(out_dir: Path, model: torch.nn.Module, history: list[dict]) -> None:

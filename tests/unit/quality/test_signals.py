@@ -107,3 +107,25 @@ def test_reference_summarizes_the_training_cases():
     assert ref["scan"]["slice_thickness_mm"] == 3.0 and ref["scan"]["z_extent_mm"] == 18.0
     with pytest.raises(ValueError, match="at least one training case"):
         summarize_reference([])
+
+
+def test_the_review_judges_the_segmentation_after_postprocessing(tmp_path):
+    """A 2-voxel stray piece of "a" that the minimum volume removes is not in the signals."""
+    import json
+
+    from unet_pipeline.quality.signals import segmentation_on_grid
+
+    label, image = _case()
+    label[label == 2] = 0
+    label[0, 0, 0:2] = 1  # a stray piece, 2 voxels of 2 mm³
+    probs = _probs(label, 3, 0.9)
+    np.save(tmp_path / "probs.npy", probs.astype(np.float16))
+    np.save(tmp_path / "image.npy", image)
+    (tmp_path / "meta.json").write_text(json.dumps({"resampled_spacing_mm": [2.0, 1.0, 1.0],
+                                                    "intensity": INTENSITY}), encoding="utf-8")
+    raw = case_signals_from_files(tmp_path / "probs.npy", tmp_path, ["a", "b"])["classes"]["a"]
+    final = segmentation_on_grid(tmp_path / "probs.npy", tmp_path, ["a", "b"], {"a": {"min_volume_ml": 0.1}})
+    assert int((final == 1).sum()) == 80
+    kept = case_signals_from_files(tmp_path / "probs.npy", tmp_path, ["a", "b"], final)["classes"]["a"]
+    assert (raw["n_components"], kept["n_components"]) == (2, 1)
+    assert raw["volume_ml"] == pytest.approx(82 * 2 / 1000) and kept["volume_ml"] == pytest.approx(80 * 2 / 1000)
