@@ -349,6 +349,25 @@ def test_predict_writes_the_review_list_with_the_models_calibration(cli_train, t
 
 
 @pytest.mark.slow  # trains (the module's cli_train)
+def test_a_model_folder_copied_without_its_context_file_still_segments_and_says_so(cli_train, tmp_path, caplog):
+    """Only model.json and model.safetensors copied: the segmentation is written, the review rows
+    too, and the sidecar and the log say that the context check could not run, naming the file."""
+    import logging
+
+    partial = tmp_path / "model"
+    partial.mkdir()
+    for name in ("model.json", "model.safetensors"):
+        shutil.copy(cli_train.model / name, partial / name)
+    inputs, out = _inputs(cli_train, tmp_path, ids=("demo_000",)), tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        assert main(["predict", "-m", str(partial), "-i", str(inputs), "-o", str(out)]) == 0
+    sidecar = json.loads((out / "demo_000.json").read_text(encoding="utf-8"))
+    assert "review_context.safetensors missing" in sidecar["review"]["context_skipped"]
+    assert sidecar["review"]["rows"] and (out / "review.csv").is_file() and (out / "demo_000.nii.gz").is_file()
+    assert "review_context.safetensors missing" in caplog.text
+
+
+@pytest.mark.slow  # trains (the module's cli_train)
 def test_predict_goes_on_past_failing_cases_and_names_them(cli_train, tmp_path, capsys, monkeypatch):
     from unet_pipeline.infer.predictor import Predictor
 

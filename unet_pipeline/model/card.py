@@ -1,6 +1,7 @@
 """``model.json``, the model card: read and written here only.
 
-A trained model folder holds ``model.safetensors`` (the weights) and ``model.json``: the format
+A trained model folder holds ``model.safetensors`` (the weights), ``review_context.safetensors``
+(the review list's context reference, :mod:`unet_pipeline.quality.context`) and ``model.json``: the format
 tag, the architecture (:class:`unet_pipeline.model.unet.UNetConfig`), the plan it was trained
 with (slicing plane, spacing, intensities, patch size), the label map, the training, loss and
 augmentation settings, the training and validation cases, the postprocessing recorded for its
@@ -103,7 +104,7 @@ def read_model_card(model_dir: str | Path) -> ModelCard:
     """
     path = model_card_path(model_dir)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; a model folder holds model.json and model.safetensors")
+        raise FileNotFoundError(f"{path}: missing; a model folder holds model.json, model.safetensors and review_context.safetensors")
     try:
         meta = load_json(path)
     except (OSError, ValueError) as exc:

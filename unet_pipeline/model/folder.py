@@ -23,7 +23,7 @@ def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tup
     meta = read_model_card(model_dir).meta
     weights_path = model_dir / "model.safetensors"
     if not weights_path.exists():
-        raise FileNotFoundError(f"{weights_path}: missing; a model folder holds model.json and model.safetensors")
+        raise FileNotFoundError(f"{weights_path}: missing; a model folder holds model.json, model.safetensors and review_context.safetensors")
     model = build_unet(UNetConfig.from_dict(meta["architecture"]))
     model.load_state_dict(load_file(str(weights_path)))
     model = model.to(device, memory_format=torch.channels_last).eval()  # see predict_slices

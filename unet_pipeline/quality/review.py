@@ -19,6 +19,7 @@ a scan covering about as much of the body (:data:`COVERAGE`), is predicted 0 (pr
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,6 +47,8 @@ MAX_REASONS = 3
 COVERAGE = 0.8
 
 _NAN = float("nan")
+
+log = logging.getLogger(__name__)
 
 
 def _num(x) -> float:
@@ -202,10 +205,19 @@ def review_from_files(case_id: str, probs_path: str | Path, preprocessed_dir: st
     labels = segmentation_on_grid(probs_path, preprocessed_dir, names, postprocess)
     signals = case_signals_from_files(probs_path, preprocessed_dir, names, labels)
     context = (card.review or {}).get("context")
+    skipped = None
     if context:
-        for name, values in _context_signals(model_dir, preprocessed_dir, labels, context, names).items():
-            signals["classes"][name].update(values)
-    return {"signals": signals, "rows": case_review(case_id, signals, card.review)}
+        from .context import CONTEXT_FILE
+
+        if (Path(model_dir) / CONTEXT_FILE).is_file():
+            for name, values in _context_signals(model_dir, preprocessed_dir, labels, context, names).items():
+                signals["classes"][name].update(values)
+        else:  # a model folder copied without it: the segmentation stands, the check cannot run
+            skipped = (f"{Path(model_dir) / CONTEXT_FILE} missing (copy the whole model folder): "
+                       "no context check, so another body region is not flagged")
+            log.warning("%s: %s", case_id, skipped)
+    out = {"signals": signals, "rows": case_review(case_id, signals, card.review)}
+    return {**out, "context_skipped": skipped} if skipped else out
 
 
 def _context_signals(model_dir: str | Path, preprocessed_dir: str | Path, labels, record: Mapping,
