@@ -149,7 +149,9 @@ def fit_context(model: torch.nn.Module, cases: Sequence, class_names: Sequence[s
     Returns ``(record, tensors)``: ``record`` for ``model.json`` (``review.context``: per class the
     threshold and the number of reference slices and cases, how the threshold was fitted) and the
     arrays to save (:func:`save_context`): per class ``"{name}"`` ``(n, C)`` descriptors,
-    ``"{name}.mean"`` and ``"{name}.scale"`` ``(C,)``. A class no case holds gets no entry.
+    ``"{name}.mean"`` and ``"{name}.scale"`` ``(C,)``. A class held by fewer than two slices, or
+    with one case by slices all within :data:`NEIGHBOURS` of each other, gets no entry (logged):
+    it is not checked.
     """
     names = list(class_names)
     wanted: dict[tuple[int, int], set[int]] = {}  # (case, slice) -> classes to describe there
@@ -173,6 +175,7 @@ def fit_context(model: torch.nn.Module, cases: Sequence, class_names: Sequence[s
     tensors: dict[str, np.ndarray] = {}
     for name, rows in per_class.items():
         if len(rows) < 2:
+            log.info("context check: no reference for %s (%d labelled slice(s)); it is not checked", name, len(rows))
             continue
         case_of = np.array([c for c, _, _ in rows])
         z_of = np.array([z for _, z, _ in rows])
@@ -186,6 +189,8 @@ def fit_context(model: torch.nn.Module, cases: Sequence, class_names: Sequence[s
             how = (f"one case: each reference slice to its slices more than {NEIGHBOURS} away "
                    "(narrower than across patients)")
         if excluded.all(axis=1).any():
+            log.info("context check: no reference for %s (one case, its %d slices too close together to compare); "
+                     "it is not checked", name, len(rows))
             continue
         own = _distances(ref, ref, mean, scale, excluded)
         threshold = FACTOR * float(np.quantile(own, 0.95))
