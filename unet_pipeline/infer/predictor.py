@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..io.files import load_json
+from ..preprocess.transform import air_value
 from ..io.npy import NpyReader, NpyWriter
 from ..plan.plan import Plan
 
@@ -154,7 +155,7 @@ def _infer_volume(net: Callable[[torch.Tensor], torch.Tensor], margin: int, meta
     plan = Plan.from_dict(meta["plan"])
     volume = NpyReader(pre_dir / "image.npy")  # (Z, Y', X') float32, read chunk by chunk (no memory map)
     inten = load_json(pre_dir / "meta.json")["intensity"]
-    pad = (float(inten["p00_5"]) - float(inten["mean"])) / max(float(inten["std"]), 1e-6)  # air, normalised
+    pad = air_value(inten)
     k = plan.num_classes
     t0 = time.perf_counter()
     with NpyWriter(out_probs, (volume.shape[0], k, *volume.shape[1:]), np.float16) as writer:

@@ -36,7 +36,7 @@ from ..io.images import load_image, read_voxels
 from ..io.npy import NpyWriter
 from ..plan.plan import Plan
 
-__all__ = ["preprocess_image", "preprocess_label", "resample_slices", "normalise", "CHUNK_SLICES"]
+__all__ = ["air_value", "preprocess_image", "preprocess_label", "resample_slices", "normalise", "CHUNK_SLICES"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,12 @@ def normalise(x: np.ndarray | torch.Tensor, intensity: Mapping[str, float]) -> n
     if isinstance(x, torch.Tensor):
         return (x.clamp(lo, hi) - mean) / std
     return ((np.clip(x, lo, hi) - mean) / std).astype(np.float32, copy=False)
+
+
+def air_value(intensity: Mapping[str, float]) -> float:
+    """The normalised value of air (``p00_5`` HU after :func:`normalise`): what tiles and patches are
+    padded with beyond the image."""
+    return (float(intensity["p00_5"]) - float(intensity["mean"])) / max(float(intensity["std"]), 1e-6)
 
 
 def preprocess_image(image_path: str | Path, plan: Plan | Mapping, out_dir: str | Path, *, case_id: str) -> dict:

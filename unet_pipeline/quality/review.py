@@ -226,11 +226,12 @@ def _context_signals(model_dir: str | Path, preprocessed_dir: str | Path, labels
     from ..io.files import load_json
     from ..io.npy import NpyReader
     from ..model.folder import load_model
+    from ..preprocess.transform import air_value
     from .context import class_context, load_context
 
     pre = Path(preprocessed_dir)
     inten = load_json(pre / "meta.json")["intensity"]
-    pad = (float(inten["p00_5"]) - float(inten["mean"])) / max(float(inten["std"]), 1e-6)  # air, normalised
+    pad = air_value(inten)
     model, _ = load_model(model_dir, "cpu")
     model.eval()
     return class_context(model, NpyReader(pre / "image.npy"), labels, record, load_context(model_dir), names, pad)

@@ -22,6 +22,7 @@ from ..io.files import load_json
 from ..model.read_ahead import ReadAhead
 from ..preprocess.slice_index import load_slice_index
 from ..preprocess.slice_index import stack_neighbours
+from ..preprocess.transform import air_value
 
 __all__ = ["TrainingCase", "PatchSampler", "BatchStream", "Batch", "load_training_cases"]
 
@@ -70,7 +71,7 @@ def load_training_cases(pairs: Sequence[tuple[str | Path, str | Path]], *, need_
             weight = np.load(slice_dir / "weightmap.npy", mmap_mode=mode)
         image = np.load(pre_dir / "image.npy", mmap_mode=mode)
         intensity = meta["intensity"]
-        pad = (float(intensity["p00_5"]) - float(intensity["mean"])) / max(float(intensity["std"]), 1e-6)
+        pad = air_value(intensity)
         cases.append(TrainingCase(meta["case_id"], image, np.load(pre_dir / "label.npy", mmap_mode=mode), weight,
                                   index["classes_present"], pad,
                                   tuple(float(v) for v in meta.get("resampled_spacing_mm") or ()) or None))
