@@ -31,8 +31,8 @@ defaults: training stops when the budget is spent (checked before every iteratio
 250 iterations may outlast a CPU budget) and the poly learning-rate schedule runs over the
 budget's seconds instead of 1000 epochs; the per-epoch validation pass (the training case itself
 under fold ``all``; logging and the "best" checkpoint only) is skipped; one data-augmentation
-worker process (``nnUNet_n_proc_DA=1``; its default is the number of cores, 2 here, beside the
-training process); preprocessing with 2 processes. nnU-Net does not reorient: its training case
+worker process (``nnUNet_n_proc_DA=1``, ``--nnunet-da N`` for more; its default is the number of
+cores, 2 here, beside the training process); preprocessing with 2 processes. nnU-Net does not reorient: its training case
 and the test scans are written in RAS (the training scan's storage order) and its predictions
 reoriented back onto each reference's grid, axes permuted and flipped, nothing resampled. Its
 ``plan_s`` (fingerprint, planning, preprocessing) and ``setup_s`` (network, data loaders) are
@@ -318,11 +318,12 @@ def _monai(tmp: Path, paths: dict, minutes: float, spacing: float) -> dict:
                              next((tmp / "monai" / "sts").glob("*.nii.gz")), paths["cropped_ref"])}
 
 
-def _nnunet(tmp: Path, paths: dict, minutes: float, python: Path | None = None) -> dict:
+def _nnunet(tmp: Path, paths: dict, minutes: float, python: Path | None = None, da_processes: int = 1) -> dict:
     """nnU-Net v2 (``2d``, its own planning, augmentation and predictor; fold ``all``) trained for
     ``minutes`` in its own venv (:mod:`bench.realdata_nnunet`, :mod:`bench.nnunet_child`), scored
     like the others; ``{"skipped": reason}`` when that venv's Python is absent, ``{"failed": log
-    tail}`` when nnU-Net fails (the other columns stand)."""
+    tail}`` when nnU-Net fails (the other columns stand). ``da_processes``: its data-augmentation
+    worker processes (``nnUNet_n_proc_DA``)."""
     from bench import realdata_nnunet
 
     python = Path(python) if python is not None else realdata_nnunet.default_python()
@@ -338,11 +339,12 @@ def _nnunet(tmp: Path, paths: dict, minutes: float, python: Path | None = None) 
     try:
         r = realdata_nnunet.run(tmp / "nnunet", python, paths["train_image"], paths["train_label"],
                                 {**{name: (image, ref) for name, (image, ref, _) in tests.items()}, **grids}, classes,
-                                minutes)
+                                minutes, da_processes=da_processes)
     except RuntimeError as error:
         return {"failed": str(error)[-2000:]}
     segs = {name: Path(path) for name, path in r["segmentations"].items()}
     return {"train_s": round(r["train_s"], 1), "predict_s": round(r["predict_s"], 1), "steps": r["iterations"],
+            "da_processes": int(da_processes),
             "plan_s": round(r["plan_s"], 1), "setup_s": round(r["setup_s"], 1), "epochs": r["epochs"],
             "batch_size": r["batch_size"], "patch_size": r["patch_size"], "spacing_mm": r["spacing_mm"],
             "mirror_axes": r["mirror_axes"],
@@ -405,7 +407,8 @@ def _headline(result: dict) -> dict:
 
 
 def run(quick: bool = False, minutes: float | None = None, overrides: dict | None = None,
-        with_monai: bool = True, with_nnunet: bool = True, nnunet_python: Path | None = None) -> dict:
+        with_monai: bool = True, with_nnunet: bool = True, nnunet_python: Path | None = None,
+        nnunet_da_processes: int = 1) -> dict:
     """Train each recipe for ``minutes`` (default 10, quick 1.5) and score both tests. nnU-Net runs
     with ``nnunet_python`` (default: :func:`bench.realdata_nnunet.default_python`) and is reported
     as skipped when that Python is absent."""
@@ -423,7 +426,7 @@ def run(quick: bool = False, minutes: float | None = None, overrides: dict | Non
         if with_monai:
             result["monai"] = _monai(tmp, paths, minutes, float(plan["target_spacing_mm"][0]))
         if with_nnunet:
-            result["nnunet"] = _nnunet(tmp, paths, minutes, nnunet_python)
+            result["nnunet"] = _nnunet(tmp, paths, minutes, nnunet_python, nnunet_da_processes)
         if with_monai or with_nnunet:
             result.update(_headline(result))
         result["target_liver_dice"] = TARGET_DICE
@@ -447,6 +450,9 @@ def main() -> None:
     parser.add_argument("--no-monai", action="store_true", help="leave MONAI's recipe out")
     parser.add_argument("--no-nnunet", action="store_true", help="leave nnU-Net out (--no-monai --no-nnunet: "
                         "our side only, to compare settings)")
+    parser.add_argument("--nnunet-da", type=int, default=1, metavar="N",
+                        help="nnU-Net's data-augmentation worker processes (nnUNet_n_proc_DA; default 1, its own "
+                             "default is the number of cores)")
     parser.add_argument("--nnunet-python", type=Path, metavar="PATH",
                         help="Python of the nnU-Net venv made by bench/setup_nnunet.sh (default: "
                              "$UNET_BENCH_NNUNET_PYTHON, else ../nnunet-venv/bin/python beside the repository)")
@@ -460,7 +466,8 @@ def main() -> None:
         overrides.setdefault(section, {})[name] = yaml.safe_load(value)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     print(json.dumps(run(quick=args.quick, minutes=args.minutes, overrides=overrides, with_monai=not args.no_monai,
-                         with_nnunet=not args.no_nnunet, nnunet_python=args.nnunet_python), indent=2))
+                         with_nnunet=not args.no_nnunet, nnunet_python=args.nnunet_python,
+                         nnunet_da_processes=args.nnunet_da), indent=2))
 
 
 if __name__ == "__main__":
