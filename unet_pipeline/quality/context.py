@@ -49,8 +49,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ABSENT_DISTANCE", "CONTEXT_FILE", "FACTOR", "MAX_SLICES", "MAX_REFERENCE_SLICES", "NEIGHBOURS", "UNFAMILIAR_SHARE",
-           "slice_descriptors", "fit_context", "save_context", "load_context", "class_context"]
+__all__ = ["ABSENT_DISTANCE", "CONTEXT_FILE", "FACTOR", "MAX_SLICES", "MAX_REFERENCE_SLICES", "NEIGHBOURS",
+           "UNFAMILIAR_SHARE", "slice_descriptors", "fit_context", "save_context", "load_context", "class_context"]
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ def slice_descriptors(model: torch.nn.Module, volume: np.ndarray, labels: np.nda
     ``volume`` ``(Z, Y, X)`` z-scores and ``labels`` ``(Z, Y, X)`` class indices on the
     preprocessed grid; ``model`` a :class:`~unet_pipeline.model.unet.UNet2d` in eval mode;
     ``pad_value``: the z-score of air (the unpadded variant's input is padded with it by the
-    network's margin and to a valid size). Row ``[i, k - 1]`` is NaN where slice ``zs[i]`` holds no pixel of class ``k``.
+    network's margin and to a valid size). Row ``[i, k - 1]`` is NaN where slice ``zs[i]`` holds no
+    pixel of class ``k``.
     """
     device = torch.device(device)
     in_slices = int(model.config.in_channels)

@@ -13,7 +13,8 @@
 * ``context`` (:func:`model_review`): the reference of the context signals
   (:mod:`unet_pipeline.quality.context`), its arrays in the model folder.
 
-The model under test is given as a function, so this module needs no network code.
+:func:`review_record` takes the model under test as a function (no network code);
+:func:`model_review` also hands the network to :mod:`unet_pipeline.quality.context`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Everything is measured on the preprocessed grid ``(Z, Y', X')`` (slices along the model's plane,
 in-plane resampled to the plan's spacing), where the probabilities exist: the workflow's rule
 reassemble and ``unet-pipeline predict`` call :func:`case_signals_from_files` before the
-probabilities are deleted, and training calls :class:`SignalAccumulator` on the validation
+probabilities are deleted, and training calls :func:`accumulate_signals` on the validation
 cases to calibrate the signals against their true Dice (:mod:`unet_pipeline.quality.calibration`).
 
 Per class (by name), from the segmentation on that grid: the argmax after the postprocessing the
@@ -36,8 +36,7 @@ from ..io.npy import NpyReader
 from ..postprocess import label_components
 
 __all__ = ["BODY_HU", "SignalAccumulator", "accumulate_signals", "case_signals_from_files", "final_labels",
-           "label_statistics", "segmentation_on_grid",
-           "summarize_reference"]
+           "label_statistics", "segmentation_on_grid", "summarize_reference"]
 
 #: Voxels above this many HU count as body for ``body_hu_median``.
 BODY_HU = -400.0
@@ -94,7 +93,7 @@ class SignalAccumulator:
         self.spacing = [float(s) for s in spacing_mm]
         self.intensity = dict(intensity)
         k = len(self.names) + 1
-        self.argmax = np.zeros(tuple(int(s) for s in shape), np.uint8)  # (Z, Y', X') class indices
+        self.labels = np.zeros(tuple(int(s) for s in shape), np.uint8)  # (Z, Y', X') the segmentation judged
         self.sum_p, self.sum_p_in, self.entropy_in = (np.zeros(k) for _ in range(3))
         self.hist = np.zeros((k, _HU_BINS), np.int64)
         self.body = np.zeros(_HU_BINS, np.int64)
@@ -105,13 +104,13 @@ class SignalAccumulator:
         ``(n, Y', X')`` float32 z-scores, ``labels`` ``(n, Y', X')`` the segmentation's class indices
         (None: the argmax of ``probs``)."""
         p = np.asarray(probs, np.float32)
-        if p.ndim != 4 or p.shape[1] != len(self.names) + 1 or p.shape[2:] != self.argmax.shape[1:]:
-            raise ValueError(f"probs must be (n, {len(self.names) + 1}, {self.argmax.shape[1]}, "
-                             f"{self.argmax.shape[2]}), got {p.shape}")
+        if p.ndim != 4 or p.shape[1] != len(self.names) + 1 or p.shape[2:] != self.labels.shape[1:]:
+            raise ValueError(f"probs must be (n, {len(self.names) + 1}, {self.labels.shape[1]}, "
+                             f"{self.labels.shape[2]}), got {p.shape}")
         am = p.argmax(axis=1).astype(np.uint8) if labels is None else np.asarray(labels, np.uint8)
         if am.shape != (p.shape[0], *p.shape[2:]):
             raise ValueError(f"labels must be {(p.shape[0], *p.shape[2:])}, got {am.shape}")
-        self.argmax[z0:z0 + p.shape[0]] = am
+        self.labels[z0:z0 + p.shape[0]] = am
         ent = -(p * np.log(np.clip(p, 1e-7, 1.0))).sum(axis=1) / np.log(p.shape[1])
         self.body += _body_histogram(image, self.intensity)
         for k in range(1, p.shape[1]):
@@ -129,7 +128,7 @@ class SignalAccumulator:
         pixel_mm2 = self.spacing[1] * self.spacing[2]
         classes = {}
         for k, name in enumerate(self.names, start=1):
-            mask = self.argmax == k
+            mask = self.labels == k
             n = int(np.count_nonzero(mask))
             row = {"volume_ml": n * voxel_ml, "mean_maxprob": float(self.sum_p_in[k] / n) if n else float("nan"),
                    "soft_dice": float(2 * self.sum_p_in[k] / (self.sum_p[k] + n)) if n else float("nan"),
@@ -138,7 +137,7 @@ class SignalAccumulator:
                    "max_area_mm2": float(self.max_area[k] * pixel_mm2)}
             row.update(_shape_signals(mask, n))
             classes[name] = row
-        return {"scan": _scan_signals(self.argmax.shape[0], self.spacing, self.body), "classes": classes}
+        return {"scan": _scan_signals(self.labels.shape[0], self.spacing, self.body), "classes": classes}
 
 
 def _shape_signals(mask: np.ndarray, n: int) -> dict:
