@@ -3,11 +3,13 @@
 A calibration has two parts, fitted on cases with references that the model did not train on
 (the validation cases, each also as degraded copies: see :mod:`unet_pipeline.quality.fit`):
 
-* a monotone map of :data:`PRIMARY` (``soft_dice``, the Dice the network expects between its own
-  probabilities and its segmentation) to the true Dice: isotonic regression (pool adjacent
+* a monotone map of a primary signal to the true Dice: isotonic regression (pool adjacent
   violators), used as a piecewise-linear curve through its steps and extended beyond them with
-  the least-squares slope, so a case's rank follows its ``soft_dice`` unless a correction says
-  otherwise;
+  the least-squares slope, so a case's rank follows its primary signal unless a correction says
+  otherwise. The primary is one of :data:`PRIMARY_CANDIDATES`, the Dice the network expects
+  between its own probabilities and its segmentation, counting the probability everywhere
+  (``soft_dice``) or only near the structure (``soft_dice_near``): the one whose whole fit ranks
+  the held-out rows better (cross-validated Spearman correlation);
 * corrections: a small ridge regression of what the curve leaves over on a few other
   :func:`features`, chosen by forward selection under cross-validation that leaves out one kind
   of degradation at a time (:func:`fold_groups`): a feature joins only while it lowers that
@@ -30,14 +32,18 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["FEATURES", "PRIMARY", "features", "fit_calibration", "fold_groups", "isotonic_knots", "predict_dice",
-           "UNCALIBRATED", "MIN_GAIN", "MAX_FEATURES"]
+__all__ = ["FEATURES", "PRIMARY", "PRIMARY_CANDIDATES", "features", "fit_calibration", "fold_groups",
+           "isotonic_knots", "predict_dice", "UNCALIBRATED", "MIN_GAIN", "MAX_FEATURES"]
 
 #: Candidate features (all floats, larger = more unusual or more sure, see :func:`features`).
-FEATURES = ("soft_dice", "mean_maxprob", "entropy", "largest_share", "volume_log_ratio", "hu_shift",
-            "scan_hu_shift", "thickness_log_ratio", "context_distance")
-#: The feature the monotone curve maps to a Dice.
+FEATURES = ("soft_dice", "soft_dice_near", "mean_maxprob", "entropy", "largest_share", "far_share", "removed_share",
+            "volume_log_ratio", "hu_shift", "scan_hu_shift", "thickness_log_ratio", "noise_log_ratio",
+            "context_distance")
+#: The feature the monotone curve maps to a Dice when a record does not say (records before
+#: :data:`PRIMARY_CANDIDATES`) and the first of the candidates.
 PRIMARY = "soft_dice"
+#: The features the monotone curve may map to a Dice; :func:`fit_calibration` picks one by measurement.
+PRIMARY_CANDIDATES = ("soft_dice", "soft_dice_near")
 #: A correction joins the fit only if it lowers the cross-validated mean absolute error by at
 #: least this much (Dice units).
 MIN_GAIN = 0.005
@@ -63,26 +69,32 @@ def features(cls: Mapping, scan: Mapping, reference: Mapping | None, name: str) 
     comparisons are 0). ``volume_log_ratio``: ``|ln(volume / training median)|``; ``hu_shift``:
     the structure's median HU minus the training median of the class, absolute, in 100 HU;
     ``scan_hu_shift``: the same for the body's median HU; ``thickness_log_ratio``:
-    ``|ln(slice thickness / training median)|``; ``context_distance``: the network's view around the
+    ``|ln(slice thickness / training median)|``; ``noise_log_ratio``: ``|ln(noise_hu / training
+    median)|`` (noisier or smoother scans); ``context_distance``: the network's view around the
     structure against the training cases' (:mod:`unet_pipeline.quality.context`; 0 where the model
-    has no reference).
+    has no reference). ``soft_dice_near`` falls back to ``soft_dice`` where a case has none.
     """
     ref_cls = ((reference or {}).get("classes") or {}).get(name) or {}
     ref_scan = (reference or {}).get("scan") or {}
     med = _finite(ref_cls.get("volume_ml_median"))
     vol = _finite(cls.get("volume_ml"))
     thick, ref_thick = _finite(scan.get("slice_thickness_mm")), _finite(ref_scan.get("slice_thickness_mm"))
+    noise, ref_noise = _finite(scan.get("noise_hu")), _finite(ref_scan.get("noise_hu"))
     return {
         "soft_dice": _finite(cls.get("soft_dice")),
+        "soft_dice_near": _finite(cls.get("soft_dice_near"), _finite(cls.get("soft_dice"))),
         "mean_maxprob": _finite(cls.get("mean_maxprob")),
         "entropy": _finite(cls.get("entropy")),
         "largest_share": _finite(cls.get("largest_share"), 1.0),
+        "far_share": _finite(cls.get("far_share")),
+        "removed_share": _finite(cls.get("removed_share")),
         "volume_log_ratio": abs(math.log(vol / med)) if med > 0 and vol > 0 else 0.0,
         "hu_shift": abs(_finite(cls.get("hu_median")) - _finite(ref_cls.get("hu_median"), _finite(cls.get("hu_median"))))
         / 100.0,
         "scan_hu_shift": abs(_finite(scan.get("body_hu_median")) - _finite(ref_scan.get("body_hu_median"),
                                                                         _finite(scan.get("body_hu_median")))) / 100.0,
         "thickness_log_ratio": abs(math.log(thick / ref_thick)) if thick > 0 and ref_thick > 0 else 0.0,
+        "noise_log_ratio": abs(math.log(noise / ref_noise)) if noise > 0 and ref_noise > 0 else 0.0,
         "context_distance": _finite(cls.get("context_distance")),
     }
 
@@ -121,7 +133,7 @@ def _curve(knot_x: Sequence[float], knot_y: Sequence[float], slope: float, x: np
 
 
 def _fit(table: np.ndarray, y: np.ndarray, columns: list[int]) -> dict:
-    """Curve on column 0 (:data:`PRIMARY`) and ridge corrections on ``columns`` of ``table`` ``(n, f)``."""
+    """Curve on column 0 (the primary feature) and ridge corrections on ``columns`` of ``table`` ``(n, f)``."""
     x = table[:, 0]
     kx, ky = isotonic_knots(x, y)
     slope = max(float(np.polyfit(x, y, 1)[0]), 0.0) if np.ptp(x) > 0 else 0.0
@@ -193,44 +205,70 @@ def _forward_selection(table: np.ndarray, y: np.ndarray, groups: Sequence[str]) 
     return chosen, pred
 
 
-def fit_calibration(rows: Sequence[Mapping], *, fitted_on: str, degradations: Sequence[str] = ()) -> dict:
+def _fit_with(rows: Sequence[Mapping], y: np.ndarray, groups: Sequence[str], primary: str) -> dict:
+    """The fit on ``primary``: ``order`` of the features, ``chosen`` corrections (columns of it),
+    cross-validated predictions ``cv``, their ``cv_mae`` and ``cv_rho``, and the ``model`` on all rows."""
+    order = [primary] + [f for f in FEATURES if f != primary]
+    table = np.array([[float(r[f]) for f in order] for r in rows])
+    chosen, cv = _forward_selection(table, y, groups)
+    return {"order": order, "chosen": chosen, "cv": cv, "cv_mae": float(np.abs(cv - y).mean()),
+            "cv_rho": _rho(cv, y), "model": _fit(table, y, chosen)}
+
+
+def fit_calibration(rows: Sequence[Mapping], *, fitted_on: str, degradations: Sequence[str] = (),
+                    primary: str | None = None) -> dict:
     """Fit the calibration on ``rows``: dicts with ``case``, ``dice`` (true Dice), the :data:`FEATURES`
     and optionally ``kind`` (the kind of degradation, for :func:`fold_groups`).
 
-    Returns the record stored in ``model.json``: ``method``, ``features`` (:data:`PRIMARY` and the
-    corrections chosen), ``curve`` (``x``, ``y`` knots and ``slope``), ``corrections`` (their
+    ``primary``: the feature of the monotone curve; None: each of :data:`PRIMARY_CANDIDATES` that
+    varies over the rows is fitted and the one with the higher cross-validated Spearman
+    correlation is kept (ties: the lower cross-validated error, then the first).
+
+    Returns the record stored in ``model.json``: ``method``, ``features`` (the primary first, then
+    the corrections chosen), ``curve`` (``x``, ``y`` knots and ``slope``), ``corrections`` (their
     ``mean``, ``scale``, ``coef`` on the standardised features and ``offset``), ``n_rows``,
     ``n_cases`` (distinct ``case`` values before degradation), ``fitted_on``, ``degradations``,
-    ``cv`` (what a fold leaves out) and the cross-validated ``cv_mae`` and ``cv_spearman`` of the
-    chosen fit (how well it ranked rows of a kind it did not see).
+    ``cv`` (what a fold leaves out), the cross-validated ``cv_mae`` and ``cv_spearman`` of the
+    chosen fit (how well it ranked rows of a kind it did not see) and ``primary_choice`` (those two
+    figures of every primary tried).
 
     Raises
     ------
     ValueError
-        Fewer than 3 rows.
+        Fewer than 3 rows, or a ``primary`` that is not one of :data:`FEATURES`.
     """
     if len(rows) < 3:
         raise ValueError(f"fit_calibration needs at least 3 rows with a true Dice, got {len(rows)}")
-    order = [PRIMARY] + [f for f in FEATURES if f != PRIMARY]
-    table = np.array([[float(r[f]) for f in order] for r in rows])
+    if primary is not None and primary not in FEATURES:
+        raise ValueError(f"primary must be one of {FEATURES}, got {primary!r}")
     y = np.array([float(r["dice"]) for r in rows])
     groups, what = fold_groups(rows)
-    chosen, cv = _forward_selection(table, y, groups)
-    model = _fit(table, y, chosen)
-    rho = _rho(cv, y)
+    tried = [primary] if primary else [p for p in PRIMARY_CANDIDATES if np.ptp([float(r[p]) for r in rows]) > 0]
+    fits = {p: _fit_with(rows, y, groups, p) for p in (tried or [PRIMARY])}
+
+    def merit(p: str) -> tuple:
+        rho = fits[p]["cv_rho"]
+        return (rho if math.isfinite(rho) else -2.0, -fits[p]["cv_mae"], -list(fits).index(p))
+
+    primary = max(fits, key=merit)
+    best = fits[primary]
+    order, chosen, cv, model, rho = best["order"], best["chosen"], best["cv"], best["model"], best["cv_rho"]
     corrections = {"features": [order[j] for j in chosen]}
     if chosen:
         corrections.update(mean=model["mean"].tolist(), scale=model["scale"].tolist(), coef=model["coef"].tolist(),
                            offset=float(model["offset"]))
-    return {"method": f"isotonic curve of true Dice on {PRIMARY} (piecewise linear, least-squares slope beyond "
+    return {"method": f"isotonic curve of true Dice on {primary} (piecewise linear, least-squares slope beyond "
                       "its ends) plus ridge corrections chosen by forward selection (cross-validated mean "
                       "absolute error, one kind of degradation left out at a time), clipped to 0..1",
-            "features": [PRIMARY, *corrections["features"]],
+            "features": [primary, *corrections["features"]],
             "curve": {"x": model["knot_x"].tolist(), "y": model["knot_y"].tolist(), "slope": model["slope"]},
             "corrections": corrections, "n_rows": len(rows), "n_cases": len({str(r["case"]) for r in rows}),
             "fitted_on": fitted_on, "degradations": list(degradations), "cv": f"one {what} left out at a time",
             "cv_mae": round(float(np.abs(cv - y).mean()), 4),
             "cv_spearman": None if not math.isfinite(rho) else round(rho, 4),
+            "primary_choice": {p: {"cv_mae": round(f["cv_mae"], 4),
+                                   "cv_spearman": None if not math.isfinite(f["cv_rho"]) else round(f["cv_rho"], 4)}
+                               for p, f in fits.items()},
             "dice_range": [float(y.min()), float(y.max())]}
 
 
@@ -241,8 +279,8 @@ def predict_dice(calibration: Mapping | None, feats: Mapping[str, float]) -> flo
     has ``coef`` instead of ``curve``), or None / :data:`UNCALIBRATED` (the ``soft_dice`` feature itself).
     """
     if calibration and calibration.get("curve"):
-        curve = calibration["curve"]
-        dice = float(_curve(curve["x"], curve["y"], float(curve["slope"]), np.array([float(feats[PRIMARY])]))[0])
+        curve, primary = calibration["curve"], (calibration.get("features") or [PRIMARY])[0]
+        dice = float(_curve(curve["x"], curve["y"], float(curve["slope"]), np.array([float(feats[primary])]))[0])
         corr = calibration.get("corrections") or {}
         if corr.get("coef"):
             x = np.array([float(feats[f]) for f in corr["features"]])

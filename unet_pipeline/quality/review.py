@@ -32,9 +32,10 @@ __all__ = ["REVIEW_COLUMNS", "ABSENT_FRACTION", "ABSENT_DICE", "case_review", "r
 
 #: Columns of ``review.csv``, in order.
 REVIEW_COLUMNS = ["case", "class", "predicted_dice", "review_rank", "reason", "absent_suspected", "volume_ml",
-                  "max_area_mm2", "volume_ratio", "soft_dice", "mean_maxprob", "entropy", "largest_share", "n_components",
-                  "hu_median", "hu_shift", "scan_hu_shift", "slice_thickness_mm", "edge_slices", "context_distance",
-                  "unfamiliar_share", "calibration"]
+                  "max_area_mm2", "volume_ratio", "soft_dice", "soft_dice_near", "far_share", "removed_share",
+                  "mean_maxprob", "entropy", "largest_share", "n_components", "hu_median", "hu_shift", "scan_hu_shift",
+                  "slice_thickness_mm", "noise_hu", "noise_ratio", "edge_slices", "context_distance", "unfamiliar_share",
+                  "calibration"]
 #: A class whose largest cross-section in a slice is less than this share of the training cases'
 #: smallest one is probably absent.
 ABSENT_FRACTION = 0.2
@@ -45,6 +46,12 @@ MAX_REASONS = 3
 #: A scan covering at least this share of the training scans' extent along the slices should hold
 #: every class all of them hold.
 COVERAGE = 0.8
+#: A structure with at least this share of its class's probability mass farther than
+#: :data:`~unet_pipeline.quality.signals.NEAR_MM` from it gets a reason.
+FAR_SHARE = 0.3
+#: A scan whose soft-tissue noise is this many times the training scans' (or this many times
+#: smaller) gets a reason.
+NOISE_FACTOR = 3.0
 
 _NAN = float("nan")
 
@@ -97,8 +104,17 @@ def _reasons(cls: Mapping, scan: Mapping, ref: Mapping | None, name: str, absent
     thick, ref_thick = _num(scan.get("slice_thickness_mm")), _num(ref_scan.get("slice_thickness_mm"))
     if thick > 0 and ref_thick > 0 and not 2 / 3 <= thick / ref_thick <= 1.5:
         out.append(f"{thick:.1f} mm slices, training {ref_thick:.1f} mm")
-    if _num(cls.get("soft_dice")) < 0.85:
-        out.append(f"unsure boundary (soft Dice {_num(cls.get('soft_dice')):.2f})")
+    noise, ref_noise = _num(scan.get("noise_hu")), _num(ref_scan.get("noise_hu"))
+    if noise > 0 and ref_noise > 0 and noise / ref_noise >= NOISE_FACTOR:
+        out.append(f"noise {noise / ref_noise:.1f}x the training scans' ({noise:.0f} HU)")
+    elif noise > 0 and ref_noise > 0 and noise / ref_noise <= 1 / NOISE_FACTOR:
+        out.append(f"image smoother than the training scans' (noise {noise:.0f} HU against {ref_noise:.0f}: "
+                   "blur or a soft kernel?)")
+    soft = _num(cls.get("soft_dice_near", cls.get("soft_dice")))
+    if soft < 0.85:
+        out.append(f"unsure boundary (soft Dice {soft:.2f})")
+    if _num(cls.get("far_share")) >= FAR_SHARE:
+        out.append(f"{_num(cls.get('far_share')):.0%} of its probability lies away from it (other candidate pieces?)")
     if _num(cls.get("largest_share")) < 0.9:
         out.append(f"fragmented ({int(cls.get('n_components') or 0)} pieces)")
     if cls.get("edge_slices") and _num(ref_cls.get("edge_share", 0.0)) < 0.5:  # unusual in training scans
@@ -134,9 +150,12 @@ def case_review(case_id: str, signals: Mapping, review: Mapping | None) -> list[
         ref_cls = ((ref or {}).get("classes") or {}).get(name)
         row = {"case": case_id, "class": name, "calibration": "fitted" if calibration is not UNCALIBRATED
                else "uncalibrated", "slice_thickness_mm": _num(scan.get("slice_thickness_mm"))}
-        row.update({k: cls.get(k) for k in ("volume_ml", "max_area_mm2", "soft_dice", "mean_maxprob", "entropy",
-                                             "largest_share", "n_components", "hu_median", "edge_slices",
-                                             "context_distance", "unfamiliar_share")})
+        row.update({k: cls.get(k) for k in ("volume_ml", "max_area_mm2", "soft_dice", "soft_dice_near", "far_share",
+                                             "removed_share", "mean_maxprob", "entropy", "largest_share",
+                                             "n_components", "hu_median", "edge_slices", "context_distance",
+                                             "unfamiliar_share")})
+        noise, ref_noise = _num(scan.get("noise_hu")), _num(((ref or {}).get("scan") or {}).get("noise_hu"))
+        row["noise_hu"], row["noise_ratio"] = noise, noise / ref_noise if ref_noise > 0 else _NAN
         med = _num((ref_cls or {}).get("volume_ml_median"))
         row["volume_ratio"] = _num(cls.get("volume_ml")) / med if med > 0 else _NAN
         row["hu_shift"] = _num(cls.get("hu_median")) - _num((ref_cls or {}).get("hu_median"))

@@ -15,13 +15,21 @@ case's output gets (:func:`segmentation_on_grid`; the raw argmax where none is g
 * ``soft_dice``: ``2 sum(p_k * [argmax = k]) / (sum(p_k) + |argmax = k|)``, the Dice the network
   expects between its probabilities and its own segmentation (low when the boundary is unsure or
   probability mass lies outside the structure);
+* ``soft_dice_near``: the same with ``sum(p_k)`` taken only within :data:`NEAR_MM` of the structure
+  (a box along each axis), so mass far away, as in stray pieces the postprocessing removed, does
+  not count;
+* ``far_share``: the share of the class's probability mass ``sum(p_k)`` farther than :data:`NEAR_MM`;
+* ``removed_share``: the share of the raw argmax's voxels of the class that the postprocessing
+  removed (0 without postprocessing);
 * ``entropy``: mean softmax entropy in the structure, divided by ``log K`` (0..1);
 * ``largest_share``: share of the volume in the largest connected component; ``n_components``;
 * ``hu_median``: median HU of the CT in the structure (from the z-scores and the plan's intensity);
 * ``edge_slices``: whether the structure reaches the first or last slice (cut by the field of view).
 
-Per scan: ``slices``, ``slice_thickness_mm``, ``pixel_mm``, ``z_extent_mm`` and
-``body_hu_median`` (median HU of the voxels above :data:`BODY_HU`).
+Per scan: ``slices``, ``slice_thickness_mm``, ``pixel_mm``, ``z_extent_mm``,
+``body_hu_median`` (median HU of the voxels above :data:`BODY_HU`) and ``noise_hu``, the image
+noise in soft tissue (HU): ``1.4826 / sqrt(2)`` times the median absolute difference between
+neighbours along x where both lie in :data:`SOFT_TISSUE_HU` (high with noise, low when blurred).
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from ..io.files import load_json
 from ..io.npy import NpyReader
 from ..postprocess import label_components
 
-__all__ = ["BODY_HU", "SignalAccumulator", "accumulate_signals", "case_signals_from_files", "final_labels",
+__all__ = ["BODY_HU", "NEAR_MM", "SOFT_TISSUE_HU", "SignalAccumulator", "accumulate_signals", "case_signals_from_files", "final_labels",
            "label_statistics", "segmentation_on_grid", "summarize_reference"]
 
 #: Voxels above this many HU count as body for ``body_hu_median``.
@@ -44,6 +52,12 @@ BODY_HU = -400.0
 _HU_LOW, _HU_BINS = -1024, 4096
 #: Slices read at once from the files.
 _CHUNK = 16
+#: ``soft_dice_near`` counts probability within this many mm of the structure along each axis.
+NEAR_MM = 10.0
+#: Neighbouring voxels both in this HU range measure the noise (``noise_hu``).
+SOFT_TISSUE_HU = (-100.0, 300.0)
+#: Neighbour differences are histogrammed in bins of this many HU, from 0 (the last bin takes the rest).
+_NOISE_BIN_HU, _NOISE_BINS = 0.25, 4096
 
 
 def _hu_histogram(z_scores: np.ndarray, intensity: Mapping) -> np.ndarray:
@@ -67,9 +81,53 @@ def _body_histogram(z_scores: np.ndarray, intensity: Mapping) -> np.ndarray:
     return hist
 
 
-def _scan_signals(n_slices: int, spacing_mm: Sequence[float], body_hist: np.ndarray) -> dict:
+def _noise_histogram(z_scores: np.ndarray, intensity: Mapping) -> np.ndarray:
+    """``(_NOISE_BINS,)`` int64 counts of ``|HU difference|`` between neighbours along the last axis of
+    ``z_scores`` ``(..., X)`` where both lie in :data:`SOFT_TISSUE_HU`."""
+    hu = np.asarray(z_scores, np.float32) * float(intensity["std"]) + float(intensity["mean"])
+    soft = (hu >= SOFT_TISSUE_HU[0]) & (hu <= SOFT_TISSUE_HU[1])
+    both = soft[..., 1:] & soft[..., :-1]
+    diff = np.abs(hu[..., 1:] - hu[..., :-1])[both]
+    index = np.minimum((diff / _NOISE_BIN_HU).astype(np.int64), _NOISE_BINS - 1)
+    return np.bincount(index, minlength=_NOISE_BINS)
+
+
+def _noise_hu(hist: np.ndarray) -> float:
+    """``noise_hu`` of a :func:`_noise_histogram` (NaN when empty): the median absolute difference
+    (its bin's lower edge) times ``1.4826 / sqrt(2)``, the noise of one voxel if it were Gaussian."""
+    total = int(hist.sum())
+    if not total:
+        return float("nan")
+    median = np.searchsorted(np.cumsum(hist), (total + 1) / 2) * _NOISE_BIN_HU
+    return float(median * 1.4826 / np.sqrt(2.0))
+
+
+def _scan_signals(n_slices: int, spacing_mm: Sequence[float], body_hist: np.ndarray, noise_hist: np.ndarray) -> dict:
     return {"slices": int(n_slices), "slice_thickness_mm": float(spacing_mm[0]), "pixel_mm": float(spacing_mm[1]),
-            "z_extent_mm": float(n_slices * spacing_mm[0]), "body_hu_median": _histogram_median(body_hist)}
+            "z_extent_mm": float(n_slices * spacing_mm[0]), "body_hu_median": _histogram_median(body_hist),
+            "noise_hu": _noise_hu(noise_hist)}
+
+
+def near_masks(labels: np.ndarray, n_classes: int, spacing_mm: Sequence[float], margin_mm: float = NEAR_MM,
+               rows: slice | None = None) -> np.ndarray:
+    """``(n, K, Y, X)`` bool: for each class index ``0..K-1`` (``n_classes`` = K, background included
+    and left all False), the voxels within ``margin_mm`` of the class along each axis (a box) in
+    ``labels`` ``(Z, Y, X)`` of ``(z, y, x)`` spacing ``spacing_mm``; ``rows``: the slices to return
+    (default all; neighbouring slices outside it still count)."""
+    from scipy import ndimage
+
+    labels = np.asarray(labels)
+    rows = rows or slice(0, labels.shape[0])
+    radius = [int(np.ceil(margin_mm / max(float(s), 1e-6))) for s in spacing_mm]
+    lo, hi = max(rows.start - radius[0], 0), min(rows.stop + radius[0], labels.shape[0])
+    slab = labels[lo:hi]
+    out = np.zeros((rows.stop - rows.start, n_classes, *labels.shape[1:]), bool)
+    for k in range(1, n_classes):
+        mask = slab == k
+        if mask.any():
+            near = ndimage.maximum_filter(mask.view(np.uint8), size=[2 * r + 1 for r in radius], mode="constant")
+            out[:, k] = near[rows.start - lo:rows.stop - lo].astype(bool)
+    return out
 
 
 class SignalAccumulator:
@@ -94,29 +152,38 @@ class SignalAccumulator:
         self.intensity = dict(intensity)
         k = len(self.names) + 1
         self.labels = np.zeros(tuple(int(s) for s in shape), np.uint8)  # (Z, Y', X') the segmentation judged
-        self.sum_p, self.sum_p_in, self.entropy_in = (np.zeros(k) for _ in range(3))
+        self.sum_p, self.sum_p_in, self.sum_p_near, self.entropy_in = (np.zeros(k) for _ in range(4))
         self.hist = np.zeros((k, _HU_BINS), np.int64)
         self.body = np.zeros(_HU_BINS, np.int64)
+        self.noise = np.zeros(_NOISE_BINS, np.int64)
         self.max_area = np.zeros(k, np.int64)  # voxels in the class's largest slice
+        self.raw_count = np.zeros(k, np.int64)  # voxels of each class in the raw argmax
 
-    def add(self, z0: int, probs: np.ndarray, image: np.ndarray, labels: np.ndarray | None = None) -> None:
+    def add(self, z0: int, probs: np.ndarray, image: np.ndarray, labels: np.ndarray | None = None,
+            near: np.ndarray | None = None) -> None:
         """Fold in slices ``z0 .. z0 + n``: ``probs`` ``(n, K, Y', X')`` softmax probabilities, ``image``
         ``(n, Y', X')`` float32 z-scores, ``labels`` ``(n, Y', X')`` the segmentation's class indices
-        (None: the argmax of ``probs``)."""
+        (None: the argmax of ``probs``), ``near`` ``(n, K, Y', X')`` bool the :func:`near_masks` of
+        the whole segmentation at these slices (None: of these slices alone)."""
         p = np.asarray(probs, np.float32)
         if p.ndim != 4 or p.shape[1] != len(self.names) + 1 or p.shape[2:] != self.labels.shape[1:]:
             raise ValueError(f"probs must be (n, {len(self.names) + 1}, {self.labels.shape[1]}, "
                              f"{self.labels.shape[2]}), got {p.shape}")
-        am = p.argmax(axis=1).astype(np.uint8) if labels is None else np.asarray(labels, np.uint8)
+        raw = p.argmax(axis=1).astype(np.uint8)
+        am = raw if labels is None else np.asarray(labels, np.uint8)
         if am.shape != (p.shape[0], *p.shape[2:]):
             raise ValueError(f"labels must be {(p.shape[0], *p.shape[2:])}, got {am.shape}")
         self.labels[z0:z0 + p.shape[0]] = am
+        near = near_masks(am, p.shape[1], self.spacing) if near is None else np.asarray(near, bool)
         ent = -(p * np.log(np.clip(p, 1e-7, 1.0))).sum(axis=1) / np.log(p.shape[1])
         self.body += _body_histogram(image, self.intensity)
+        self.noise += _noise_histogram(image, self.intensity)
+        self.raw_count += np.bincount(raw.ravel(), minlength=p.shape[1])[:p.shape[1]]
         for k in range(1, p.shape[1]):
             inside = am == k
             self.max_area[k] = max(self.max_area[k], int(inside.sum(axis=(1, 2)).max()))
             self.sum_p[k] += float(p[:, k].sum(dtype=np.float64))
+            self.sum_p_near[k] += float(p[:, k][near[:, k]].sum(dtype=np.float64))
             if inside.any():
                 self.sum_p_in[k] += float(p[:, k][inside].sum(dtype=np.float64))
                 self.entropy_in[k] += float(ent[inside].sum(dtype=np.float64))
@@ -132,12 +199,17 @@ class SignalAccumulator:
             n = int(np.count_nonzero(mask))
             row = {"volume_ml": n * voxel_ml, "mean_maxprob": float(self.sum_p_in[k] / n) if n else float("nan"),
                    "soft_dice": float(2 * self.sum_p_in[k] / (self.sum_p[k] + n)) if n else float("nan"),
+                   "soft_dice_near": float(2 * self.sum_p_in[k] / (self.sum_p_near[k] + n)) if n else float("nan"),
+                   "far_share": float(1.0 - self.sum_p_near[k] / self.sum_p[k]) if n and self.sum_p[k] > 0
+                   else float("nan"),
+                   "removed_share": float(max(self.raw_count[k] - n, 0) / self.raw_count[k]) if self.raw_count[k]
+                   else 0.0,
                    "entropy": float(self.entropy_in[k] / n) if n else float("nan"),
                    "hu_median": _histogram_median(self.hist[k]),
                    "max_area_mm2": float(self.max_area[k] * pixel_mm2)}
             row.update(_shape_signals(mask, n))
             classes[name] = row
-        return {"scan": _scan_signals(self.labels.shape[0], self.spacing, self.body), "classes": classes}
+        return {"scan": _scan_signals(self.labels.shape[0], self.spacing, self.body, self.noise), "classes": classes}
 
 
 def _shape_signals(mask: np.ndarray, n: int) -> dict:
@@ -177,7 +249,12 @@ def accumulate_signals(probs, image, class_names: Sequence[str], spacing_mm: Seq
     the segmentation to judge (:func:`final_labels`; None: the raw argmax)."""
     acc = SignalAccumulator(image.shape, class_names, spacing_mm, intensity)
     for z0 in range(0, image.shape[0], _CHUNK):
-        acc.add(z0, probs[z0:z0 + _CHUNK], image[z0:z0 + _CHUNK], None if labels is None else labels[z0:z0 + _CHUNK])
+        rows = slice(z0, min(z0 + _CHUNK, image.shape[0]))
+        if labels is None:
+            acc.add(z0, probs[rows], image[rows])
+        else:
+            acc.add(z0, probs[rows], image[rows], labels[rows],
+                    near_masks(labels, len(class_names) + 1, spacing_mm, rows=rows))
     return acc.finish()
 
 
@@ -210,11 +287,13 @@ def label_statistics(label: np.ndarray, image: np.ndarray, spacing_mm: Sequence[
     label = np.asarray(label)
     voxel_ml = float(np.prod([float(s) for s in spacing_mm])) / 1000.0
     body = np.zeros(_HU_BINS, np.int64)
+    noise = np.zeros(_NOISE_BINS, np.int64)
     hists = np.zeros((len(class_names) + 1, _HU_BINS), np.int64)
     max_area = np.zeros(len(class_names) + 1, np.int64)
     for z0 in range(0, label.shape[0], _CHUNK):
         lab, img = label[z0:z0 + _CHUNK], np.asarray(image[z0:z0 + _CHUNK], np.float32)
         body += _body_histogram(img, intensity)
+        noise += _noise_histogram(img, intensity)
         for k in range(1, len(class_names) + 1):
             inside = lab == k
             if inside.any():
@@ -225,7 +304,7 @@ def label_statistics(label: np.ndarray, image: np.ndarray, spacing_mm: Sequence[
     classes = {name: {"volume_ml": float(hists[k].sum()) * voxel_ml, "hu_median": _histogram_median(hists[k]),
                       "max_area_mm2": float(max_area[k]) * pixel_mm2, "edge_slices": edge[k]}
                for k, name in enumerate(class_names, start=1)}
-    return {"scan": _scan_signals(label.shape[0], spacing_mm, body), "classes": classes}
+    return {"scan": _scan_signals(label.shape[0], spacing_mm, body, noise), "classes": classes}
 
 
 def summarize_reference(stats: Iterable[Mapping]) -> dict:
@@ -249,6 +328,6 @@ def summarize_reference(stats: Iterable[Mapping]) -> dict:
                          "max_area_mm2_min": float(min(c["max_area_mm2"] for c in held)) if held else 0.0,
                          "edge_share": sum(bool(c.get("edge_slices")) for c in held) / len(held) if held else 0.0,
                          "hu_median": float(np.median([c["hu_median"] for c in held])) if held else float("nan")}
-    scan = {key: float(np.nanmedian([s["scan"][key] for s in stats]))
-            for key in ("slice_thickness_mm", "pixel_mm", "z_extent_mm", "body_hu_median")}
+    scan = {key: float(np.nanmedian([s["scan"].get(key, np.nan) for s in stats]))
+            for key in ("slice_thickness_mm", "pixel_mm", "z_extent_mm", "body_hu_median", "noise_hu")}
     return {"n_cases": len(stats), "classes": classes, "scan": scan}

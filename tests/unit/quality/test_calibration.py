@@ -60,6 +60,32 @@ def test_fit_chooses_the_informative_feature_and_predicts_dice():
     assert predict_dice(cal, {f: (-5.0 if f == "soft_dice" else 0.0) for f in FEATURES}) == 0.0
 
 
+def test_the_primary_signal_is_the_one_that_ranks_held_out_rows_better():
+    """True Dice follows ``soft_dice_near``; ``soft_dice`` is it minus unrelated far-away mass."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(30):
+        near = rng.uniform(0.5, 1.0)
+        row = {f: 0.0 for f in FEATURES}
+        row.update(case=f"c{i % 3}", kind=f"k{i % 4}", soft_dice_near=near, soft_dice=near - rng.uniform(0, 0.3),
+                   dice=float(np.clip(1.5 * near - 0.5 + rng.normal(0, 0.01), 0, 1)))
+        rows.append(row)
+    cal = fit_calibration(rows, fitted_on="validation cases")
+    assert cal["features"][0] == "soft_dice_near" and "soft_dice_near" in cal["method"]
+    choice = cal["primary_choice"]
+    assert set(choice) == {"soft_dice", "soft_dice_near"}
+    assert choice["soft_dice_near"]["cv_spearman"] > choice["soft_dice"]["cv_spearman"]
+    assert cal["cv_spearman"] == choice["soft_dice_near"]["cv_spearman"]
+    # the stored record predicts from its own primary, whatever the default is
+    feats = {f: 0.0 for f in FEATURES} | {"soft_dice_near": 0.9, "soft_dice": 0.6}
+    assert predict_dice(cal, feats) == pytest.approx(1.5 * 0.9 - 0.5, abs=0.05)
+    # a primary given is used alone; an unknown one is refused
+    forced = fit_calibration(rows, fitted_on="validation cases", primary="soft_dice")
+    assert forced["features"][0] == "soft_dice" and list(forced["primary_choice"]) == ["soft_dice"]
+    with pytest.raises(ValueError, match="primary must be one of"):
+        fit_calibration(rows, fitted_on="validation cases", primary="volume_ml")
+
+
 def test_fit_without_a_useful_feature_predicts_the_mean():
     rows = [{**{f: float(i % 2) for f in FEATURES}, "case": "a", "dice": 0.8} for i in range(6)]
     cal = fit_calibration(rows, fitted_on="validation cases")

@@ -178,3 +178,35 @@ def test_reasons_name_what_is_out_of_the_training_range():
     assert liver["volume_ratio"] > 2.0 and liver["scan_hu_shift"] == pytest.approx(100.0, abs=1.0)
     plain = case_review("p", _signals(_degraded_probs(label, 0), _image(label)), {"reference": REFERENCE})
     assert all(r["reason"] == "no signal out of the usual" for r in plain)
+
+
+@pytest.mark.parametrize(("noise_hu", "expected"), [(60.0, "noise 4.0x the training scans' (60 HU)"),
+                                                    (4.0, "image smoother than the training scans' (noise 4 HU "
+                                                          "against 15: blur or a soft kernel?)"),
+                                                    (20.0, None)])
+def test_a_noisier_or_smoother_scan_than_training_gets_a_reason(noise_hu, expected):
+    cls = {"volume_ml": 7.2, "max_area_mm2": 400.0, "soft_dice": 0.97, "soft_dice_near": 0.97, "far_share": 0.0,
+           "mean_maxprob": 0.98, "entropy": 0.02, "largest_share": 1.0, "n_components": 1, "hu_median": 60.0}
+    reference = {**REFERENCE, "scan": {**REFERENCE["scan"], "noise_hu": 15.0}}
+    row = case_review("c", {"scan": {**REFERENCE["scan"], "noise_hu": noise_hu}, "classes": {"liver": cls}},
+                      {"reference": reference})[0]
+    assert row["noise_hu"] == noise_hu and row["noise_ratio"] == pytest.approx(noise_hu / 15.0)
+    if expected:
+        assert expected in row["reason"]
+    else:
+        assert "noise" not in row["reason"] and "smoother" not in row["reason"]
+
+
+def test_probability_far_from_the_structure_is_named_and_the_near_soft_dice_judges_the_boundary():
+    """Mass far away (stray pieces the postprocessing removed) is its own reason, not an unsure boundary."""
+    cls = {"volume_ml": 7.2, "max_area_mm2": 400.0, "soft_dice": 0.62, "soft_dice_near": 0.96, "far_share": 0.4,
+           "removed_share": 0.3, "mean_maxprob": 0.98, "entropy": 0.02, "largest_share": 1.0, "n_components": 1,
+           "hu_median": 60.0}
+    row = case_review("c", {"scan": dict(REFERENCE["scan"]), "classes": {"liver": cls}}, {"reference": REFERENCE})[0]
+    assert "40% of its probability lies away from it" in row["reason"]
+    assert "unsure boundary" not in row["reason"]
+    assert (row["soft_dice_near"], row["far_share"], row["removed_share"]) == (0.96, 0.4, 0.3)
+    # a sidecar from before soft_dice_near: the boundary is judged by soft_dice
+    old = {k: v for k, v in cls.items() if k not in ("soft_dice_near", "far_share", "removed_share")}
+    row = case_review("c", {"scan": dict(REFERENCE["scan"]), "classes": {"liver": old}}, {"reference": REFERENCE})[0]
+    assert "unsure boundary (soft Dice 0.62)" in row["reason"]

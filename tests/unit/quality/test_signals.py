@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unet_pipeline.quality.signals import SignalAccumulator, case_signals_from_files, label_statistics, \
-    summarize_reference
+from unet_pipeline.quality.signals import SignalAccumulator, accumulate_signals, case_signals_from_files, \
+    label_statistics, near_masks, summarize_reference
 
 INTENSITY = {"mean": 50.0, "std": 100.0}  # HU = 100 * z + 50
 
@@ -37,13 +37,15 @@ def test_signals_of_a_certain_prediction_are_hand_computable():
     liver, kidney = sig["classes"]["liver"], sig["classes"]["kidney"]
     assert liver["volume_ml"] == pytest.approx(80 * 6 / 1000) and kidney["volume_ml"] == pytest.approx(16 * 6 / 1000)
     assert liver["soft_dice"] == pytest.approx(1.0) and liver["mean_maxprob"] == pytest.approx(1.0)
-    assert liver["entropy"] == pytest.approx(0.0, abs=1e-5)
+    assert liver["soft_dice_near"] == pytest.approx(1.0) and liver["far_share"] == pytest.approx(0.0)
+    assert liver["removed_share"] == 0.0 and liver["entropy"] == pytest.approx(0.0, abs=1e-5)
     assert liver["hu_median"] == 150.0 and kidney["hu_median"] == 50.0
     assert liver["max_area_mm2"] == 4 * 5 * 2.0 and kidney["max_area_mm2"] == 2 * 2 * 2.0  # largest slice, mm²
     assert (liver["n_components"], liver["largest_share"], liver["edge_slices"]) == (1, 1.0, False)
     assert (kidney["n_components"], kidney["largest_share"], kidney["edge_slices"]) == (2, 0.5, True)
+    # a noiseless image: most neighbours along x are equal, so the median difference is 0
     assert sig["scan"] == {"slices": 6, "slice_thickness_mm": 3.0, "pixel_mm": 1.0, "z_extent_mm": 18.0,
-                           "body_hu_median": 50.0}
+                           "body_hu_median": 50.0, "noise_hu": 0.0}
 
 
 def test_soft_dice_counts_probability_outside_the_structure():
@@ -129,3 +131,59 @@ def test_the_review_judges_the_segmentation_after_postprocessing(tmp_path):
     kept = case_signals_from_files(tmp_path / "probs.npy", tmp_path, ["a", "b"], final)["classes"]["a"]
     assert (raw["n_components"], kept["n_components"]) == (2, 1)
     assert raw["volume_ml"] == pytest.approx(82 * 2 / 1000) and kept["volume_ml"] == pytest.approx(80 * 2 / 1000)
+
+
+def test_soft_dice_near_leaves_out_probability_far_from_the_structure():
+    """A 2x2x2 structure at p = 1 and a far patch of 100 voxels at p = 0.4 (background wins there)."""
+    label = np.zeros((12, 30, 30), np.uint8)
+    label[1:3, 1:3, 1:3] = 1
+    probs = _probs(label, 2, 1.0)
+    probs[8:12, 1, 20:25, 20:25] = 0.4  # 20 mm away along each axis at 1 mm spacing
+    probs[8:12, 0, 20:25, 20:25] = 0.6
+    sig = accumulate_signals(probs, np.zeros(label.shape, np.float32), ["a"], (1.0, 1.0, 1.0), INTENSITY,
+                             label)["classes"]["a"]
+    assert sig["soft_dice"] == pytest.approx(2 * 8 / (8 + 40 + 8))
+    assert sig["soft_dice_near"] == pytest.approx(1.0)
+    assert sig["far_share"] == pytest.approx(40 / 48)
+
+
+def test_near_masks_are_a_box_of_the_margin_in_mm_along_each_axis():
+    label = np.zeros((9, 11, 11), np.uint8)
+    label[4, 5, 5] = 1
+    near = near_masks(label, 2, (2.0, 1.0, 1.0), margin_mm=3.0)  # 2 slices (ceil 1.5) and 3 pixels either side
+    assert near.shape == (9, 2, 11, 11) and not near[:, 0].any()
+    zs, ys, xs = np.nonzero(near[:, 1])
+    assert (zs.min(), zs.max(), ys.min(), ys.max(), xs.min(), xs.max()) == (2, 6, 2, 8, 2, 8)
+    assert near[:, 1].sum() == 5 * 7 * 7
+    # a block of rows sees the structure in the slices beyond it
+    part = near_masks(label, 2, (2.0, 1.0, 1.0), margin_mm=3.0, rows=slice(0, 3))
+    assert np.array_equal(part, near[0:3])
+
+
+def test_noise_is_measured_in_soft_tissue_and_falls_when_blurred():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    hu = 40.0 + rng.normal(0.0, 20.0, (8, 64, 64))
+    hu[:, :, :8] = -1000.0  # air on one side is not soft tissue
+    z = ((hu - INTENSITY["mean"]) / INTENSITY["std"]).astype(np.float32)
+    label = np.zeros(hu.shape, np.uint8)
+    probs = _probs(label, 2, 1.0)
+    noisy = accumulate_signals(probs, z, ["a"], (1.0, 1.0, 1.0), INTENSITY)["scan"]["noise_hu"]
+    assert noisy == pytest.approx(20.0, rel=0.05)
+    blurred = ndimage.gaussian_filter(z, (0, 2, 2))
+    smooth = accumulate_signals(probs, blurred, ["a"], (1.0, 1.0, 1.0), INTENSITY)["scan"]["noise_hu"]
+    assert smooth < 0.25 * noisy
+    stats = label_statistics(label, z, (1.0, 1.0, 1.0), INTENSITY, ["a"])
+    assert stats["scan"]["noise_hu"] == pytest.approx(noisy)
+    assert summarize_reference([stats])["scan"]["noise_hu"] == pytest.approx(noisy)
+
+
+def test_removed_share_is_the_part_of_the_raw_argmax_the_postprocessing_dropped():
+    label, image = _case()
+    label[label == 2] = 0
+    raw = label.copy()
+    raw[0, 0, 0:10] = 1  # 10 stray voxels the network predicted; the judged segmentation lacks them
+    probs = _probs(raw, 3, 0.9)
+    sig = accumulate_signals(probs, image, ["a", "b"], (1.0, 1.0, 1.0), INTENSITY, label)["classes"]["a"]
+    assert sig["volume_ml"] == pytest.approx(0.08) and sig["removed_share"] == pytest.approx(10 / 90)
