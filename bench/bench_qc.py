@@ -64,7 +64,7 @@ if str(ROOT) not in sys.path:
 
 from bench.bench_realdata import CLASSES, DATA, cli, training_scan  # noqa: E402
 
-__all__ = ["run", "check", "VARIANTS", "SEEN_KINDS", "evaluate_ranking", "variant_group"]
+__all__ = ["run", "run_seeds", "check", "VARIANTS", "SEEN_KINDS", "evaluate_ranking", "variant_group"]
 
 FULL_STEPS = 600
 QUICK_STEPS = 250
@@ -502,6 +502,33 @@ def _brief(fig: dict) -> dict:
                                 "bad_in_top_share", "recall_at_n_bad")}
 
 
+def run_seeds(seeds: list[int], **kwargs) -> dict:
+    """:func:`run` once per training seed (``kwargs`` as for it); per seed the headline figures, and
+    over the seeds how many meet the targets and how many are ahead of the baseline on both."""
+    per_seed = {}
+    for seed in seeds:
+        fig = run(seed=seed, **kwargs)
+        if "skipped" in fig:
+            return fig
+        per_seed[str(seed)] = {
+            "primary": (fig.get("calibration") or {}).get("features", [None])[0],
+            "ours": _brief(fig["ours"]), "baseline_max_softmax": _brief(fig["baseline_max_softmax"]),
+            "unseen": fig["by_degradation_group"]["unseen"], "ahead_of_baseline_on_both": fig["ahead_of_baseline_on_both"],
+            "times": fig["times"]}
+    def meets(f: dict) -> bool:
+        return (f["spearman"] or -1) >= TARGET_SPEARMAN and (f["bad_in_top_share"] or 0) >= TARGET_BAD_IN_TOP
+
+    figs = per_seed.values()
+    return {"seeds": per_seed, "n_seeds": len(per_seed),
+            "seeds_meeting_targets": sum(meets(f["ours"]) for f in figs),
+            "seeds_meeting_targets_baseline": sum(meets(f["baseline_max_softmax"]) for f in figs),
+            "seeds_ahead_on_both": sum(f["ahead_of_baseline_on_both"] for f in figs),
+            "seeds_ahead_on_spearman": sum((f["ours"]["spearman"] or -1) > (f["baseline_max_softmax"]["spearman"] or -1)
+                                           for f in figs),
+            "seeds_behind_on_bad_rows": sum(f["ours"]["bad_in_top"] < f["baseline_max_softmax"]["bad_in_top"]
+                                            for f in figs)}
+
+
 def check(steps: int = 4) -> dict:
     """The plumbing without the budget: a model trained ``steps`` steps, four variants and the dcmqi
     series segmented, the review list scored (no figure is asserted against its target)."""
@@ -514,6 +541,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} training steps")
     parser.add_argument("--steps", type=int, help=f"training steps (default {FULL_STEPS})")
     parser.add_argument("--seed", type=int, default=0, help="training seed (config training.seed; default 0)")
+    parser.add_argument("--seeds", help="comma-separated training seeds: one model each, figures per seed and tallied "
+                                        "(for example 0,1,2,3,4; overrides --seed)")
     parser.add_argument("--cache", help="folder that keeps the model and its predictions between runs")
     parser.add_argument("--refit", action="store_true",
                         help="with --cache: recompute the model's review record (calibration) with the current code")
@@ -521,8 +550,12 @@ def main() -> None:
     args = parser.parse_args()
     if (args.refit or args.repredict) and not args.cache:
         parser.error("--refit and --repredict need --cache")
-    print(json.dumps(run(quick=args.quick, steps=args.steps, seed=args.seed, cache=args.cache, refit=args.refit,
-                         repredict=args.repredict), indent=2))
+    common = {"quick": args.quick, "steps": args.steps, "cache": args.cache, "refit": args.refit,
+              "repredict": args.repredict}
+    if args.seeds:
+        print(json.dumps(run_seeds([int(x) for x in args.seeds.split(",")], **common), indent=2))
+    else:
+        print(json.dumps(run(seed=args.seed, **common), indent=2))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,13 @@ segmented (no signals, ``predicted_dice`` empty). A class that is probably absen
 cross-section of the training cases, whatever the scan's extent along the slices; or a class no
 training case holds; or one whose surroundings, as the network sees them, are unlike the
 training scans' around that class on at least half of its voxels and, in its median, by
-:data:`~unet_pipeline.quality.context.ABSENT_DISTANCE` thresholds: another body region,
+:data:`~unet_pipeline.quality.context.ABSENT_DISTANCE` thresholds, in a scan where every
+segmented class is unlike the training scans' around it: another body region,
 :mod:`unet_pipeline.quality.context`) gets at most :data:`ABSENT_DICE`, whatever its softmax
-says, so it ranks near the top with that reason. A class with nothing segmented that every training scan holds, in
-a scan covering about as much of the body (:data:`COVERAGE`), is predicted 0 (probably missed).
+says, so it ranks near the top with that reason. Where another structure of the same scan looks
+familiar, far surroundings are local (an artefact, a contrast phase): a reason to look, not a
+verdict. A class with nothing segmented that every training scan holds, in a scan covering
+about as much of the body (:data:`COVERAGE`), is predicted 0 (probably missed).
 """
 
 from __future__ import annotations
@@ -62,12 +65,21 @@ def _num(x) -> float:
     return _NAN if x is None else float(x)
 
 
-def _absent(cls: Mapping, ref_cls: Mapping | None) -> str:
-    """The reason a predicted class is probably absent from the scan, or ``""``."""
-    from .context import ABSENT_DISTANCE, UNFAMILIAR_SHARE
+def _unlike(cls: Mapping) -> bool:
+    """Whether the network's view around a segmented class is unlike the training scans' around it."""
+    from .context import UNFAMILIAR_SHARE
+
+    return _num(cls.get("unfamiliar_share")) >= UNFAMILIAR_SHARE
+
+
+def _absent(cls: Mapping, ref_cls: Mapping | None, scan_unlike: bool = True) -> str:
+    """The reason a predicted class is probably absent from the scan, or ``""``. ``scan_unlike``:
+    every class segmented in the scan is :func:`_unlike` (only then does the context check call a
+    class absent, as from another body region)."""
+    from .context import ABSENT_DISTANCE
 
     unfamiliar, distance = _num(cls.get("unfamiliar_share")), _num(cls.get("context_distance"))
-    if unfamiliar >= UNFAMILIAR_SHARE and distance >= ABSENT_DISTANCE:
+    if scan_unlike and _unlike(cls) and distance >= ABSENT_DISTANCE:
         return (f"surroundings far from the training scans' around this class on {unfamiliar:.0%} of it "
                 f"(context distance {distance:.1f}x the threshold): another body region?")
     if ref_cls is None:
@@ -86,10 +98,8 @@ def _reasons(cls: Mapping, scan: Mapping, ref: Mapping | None, name: str, absent
     """Short reasons, most telling first (see :data:`REVIEW_COLUMNS`); empty when all signals look usual."""
     ref_cls = ((ref or {}).get("classes") or {}).get(name) or {}
     ref_scan = (ref or {}).get("scan") or {}
-    from .context import UNFAMILIAR_SHARE
-
     out = [absent] if absent else []
-    if not absent and _num(cls.get("unfamiliar_share")) >= UNFAMILIAR_SHARE:
+    if not absent and _unlike(cls):
         out.append(f"surroundings unlike the training scans' (context distance "
                    f"{_num(cls.get('context_distance')):.1f}x the threshold: contrast, artefact or body region?)")
     med, vol = _num(ref_cls.get("volume_ml_median")), _num(cls.get("volume_ml"))
@@ -145,6 +155,7 @@ def case_review(case_id: str, signals: Mapping, review: Mapping | None) -> list[
     review = review or {}
     ref, calibration = review.get("reference"), review.get("calibration") or UNCALIBRATED
     scan = signals["scan"]
+    scan_unlike = all(_unlike(cls) for cls in signals["classes"].values() if cls.get("volume_ml"))
     rows = []
     for name, cls in signals["classes"].items():
         ref_cls = ((ref or {}).get("classes") or {}).get(name)
@@ -164,7 +175,7 @@ def case_review(case_id: str, signals: Mapping, review: Mapping | None) -> list[
         if not cls.get("volume_ml"):
             row.update(_empty_class(scan, ref, ref_cls))
         else:
-            absent = _absent(cls, ref_cls)
+            absent = _absent(cls, ref_cls, scan_unlike)
             dice = predict_dice(calibration, features(cls, scan, ref, name))
             row.update(predicted_dice=min(dice, ABSENT_DICE) if absent else dice, absent_suspected=bool(absent),
                        reason="; ".join(_reasons(cls, scan, ref, name, absent)[:MAX_REASONS]) or "no signal out of the usual")

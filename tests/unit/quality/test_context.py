@@ -92,20 +92,40 @@ def test_a_missing_context_file_is_named(tmp_path):
         load_context(tmp_path)
 
 
+def _organ(volume_ml, area_mm2, distance, share):
+    return {"volume_ml": volume_ml, "soft_dice": 0.95, "mean_maxprob": 0.97, "entropy": 0.05, "largest_share": 1.0,
+            "n_components": 1, "max_area_mm2": area_mm2, "hu_median": 45.0, "context_distance": distance,
+            "unfamiliar_share": share}
+
+
 def test_an_unfamiliar_structure_is_ranked_as_probably_absent_whatever_its_softmax():
-    signals = {"scan": {"slice_thickness_mm": 3.0, "z_extent_mm": 90.0},
-               "classes": {"liver": {"volume_ml": 1100.0, "soft_dice": 0.95, "mean_maxprob": 0.97, "entropy": 0.05,
-                                     "largest_share": 1.0, "n_components": 1, "max_area_mm2": 9000.0,
-                                     "hu_median": 45.0, "context_distance": 4.2, "unfamiliar_share": 0.9},
-                           "spleen": {"volume_ml": 200.0, "soft_dice": 0.95, "mean_maxprob": 0.97, "entropy": 0.05,
-                                      "largest_share": 1.0, "n_components": 1, "max_area_mm2": 4000.0,
-                                      "hu_median": 40.0, "context_distance": 0.4, "unfamiliar_share": 0.1}}}
+    """Another body region: every segmented class looks unlike the training scans' around it."""
+    scan = {"slice_thickness_mm": 3.0, "z_extent_mm": 90.0}
+    signals = {"scan": scan, "classes": {"liver": _organ(1100.0, 9000.0, 4.2, 0.9),
+                                         "spleen": _organ(200.0, 4000.0, 1.5, 0.7)}}
     rows = {r["class"]: r for r in case_review("thigh", signals, None)}
     assert rows["liver"]["absent_suspected"] is True and rows["liver"]["predicted_dice"] <= ABSENT_DICE
     assert "another body region" in rows["liver"]["reason"] and "90%" in rows["liver"]["reason"]
+    # under ABSENT_DISTANCE: a reason to look, not a verdict
     assert rows["spleen"]["absent_suspected"] is False and rows["spleen"]["predicted_dice"] > 0.5
-    assert "surroundings" not in rows["spleen"]["reason"]
-    assert rows["liver"]["unfamiliar_share"] == 0.9 and rows["spleen"]["context_distance"] == 0.4
+    assert "surroundings unlike the training scans'" in rows["spleen"]["reason"]
+    assert rows["liver"]["unfamiliar_share"] == 0.9 and rows["spleen"]["context_distance"] == 1.5
+
+
+def test_far_surroundings_beside_a_familiar_structure_are_local_not_another_region():
+    """The same liver in a scan whose spleen looks like training (streaks or a contrast phase
+    around the liver): it keeps its estimate and gets the reason, the spleen gets none."""
+    scan = {"slice_thickness_mm": 3.0, "z_extent_mm": 90.0}
+    signals = {"scan": scan, "classes": {"liver": _organ(1100.0, 9000.0, 4.2, 0.9),
+                                         "spleen": _organ(200.0, 4000.0, 0.4, 0.1)}}
+    rows = {r["class"]: r for r in case_review("streaks", signals, None)}
+    assert rows["liver"]["absent_suspected"] is False and rows["liver"]["predicted_dice"] > 0.5
+    assert "surroundings unlike the training scans' (context distance 4.2x" in rows["liver"]["reason"]
+    assert rows["spleen"]["absent_suspected"] is False and "surroundings" not in rows["spleen"]["reason"]
+    # a class with nothing segmented does not count as familiar
+    signals["classes"]["spleen"] = {**_organ(0.0, 0.0, float("nan"), float("nan"))}
+    rows = {r["class"]: r for r in case_review("thigh", signals, None)}
+    assert rows["liver"]["absent_suspected"] is True
 
 
 def test_a_structure_somewhat_unlike_training_gets_a_reason_but_keeps_its_estimate():
