@@ -335,6 +335,35 @@ def test_qc_ranking_figures_are_computed_from_the_rows():
     assert fig["spearman"] == pytest.approx(expected, abs=1e-4)
 
 
+def test_qc_seeds_are_tallied_against_the_targets_and_the_baseline(monkeypatch):
+    """``run_seeds`` runs one model per seed and counts, from each seed's figures, who meets the
+    targets and where the list is ahead of, or behind, the baseline."""
+    from bench import bench_qc
+
+    def fig(rho, bad, n_bad=10):
+        return {"spearman": rho, "spearman_within_class": rho, "bad_in_top": bad, "n_bad": n_bad, "n_top": 10,
+                "bad_in_top_share": bad / n_bad, "recall_at_n_bad": bad / n_bad}
+
+    figures = {0: (fig(0.9, 9), fig(0.8, 8)), 1: (fig(0.9, 8), fig(0.8, 8)), 2: (fig(0.6, 7), fig(0.7, 9))}
+    seen = []
+
+    def run(seed, **kwargs):
+        seen.append((seed, kwargs))
+        ours, base = figures[seed]
+        return {"ours": ours, "baseline_max_softmax": base, "calibration": {"features": ["soft_dice_near"]},
+                "by_degradation_group": {"unseen": {}}, "times": {},
+                "ahead_of_baseline_on_both": ours["spearman"] > base["spearman"]
+                and ours["bad_in_top_share"] > base["bad_in_top_share"]}
+
+    monkeypatch.setattr(bench_qc, "run", run)
+    tally = bench_qc.run_seeds([0, 1, 2], steps=600, cache=None)
+    assert [s for s, _ in seen] == [0, 1, 2] and all(kw == {"steps": 600, "cache": None} for _, kw in seen)
+    assert tally["n_seeds"] == 3 and list(tally["seeds"]) == ["0", "1", "2"]
+    assert tally["seeds_meeting_targets"] == 2 and tally["seeds_meeting_targets_baseline"] == 3
+    assert tally["seeds_ahead_on_both"] == 1 and tally["seeds_ahead_on_spearman"] == 2
+    assert tally["seeds_behind_on_bad_rows"] == 1 and tally["seeds"]["0"]["primary"] == "soft_dice_near"
+
+
 def test_qc_variants_degrade_the_scan_as_named():
     from bench import bench_qc
 
