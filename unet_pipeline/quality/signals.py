@@ -109,25 +109,43 @@ def _scan_signals(n_slices: int, spacing_mm: Sequence[float], body_hist: np.ndar
 
 
 def near_masks(labels: np.ndarray, n_classes: int, spacing_mm: Sequence[float], margin_mm: float = NEAR_MM,
-               rows: slice | None = None) -> np.ndarray:
+               rows: slice | None = None, boxes: Sequence | None = None) -> np.ndarray:
     """``(n, K, Y, X)`` bool: for each class index ``0..K-1`` (``n_classes`` = K, background included
     and left all False), the voxels within ``margin_mm`` of the class along each axis (a box) in
     ``labels`` ``(Z, Y, X)`` of ``(z, y, x)`` spacing ``spacing_mm``; ``rows``: the slices to return
-    (default all; neighbouring slices outside it still count)."""
+    (default all; neighbouring slices outside it still count). ``boxes``: ``scipy.ndimage.find_objects``
+    of ``labels``, when the caller has it (the filter runs on each class's box grown by the margin)."""
     from scipy import ndimage
 
     labels = np.asarray(labels)
     rows = rows or slice(0, labels.shape[0])
     radius = [int(np.ceil(margin_mm / max(float(s), 1e-6))) for s in spacing_mm]
-    lo, hi = max(rows.start - radius[0], 0), min(rows.stop + radius[0], labels.shape[0])
-    slab = labels[lo:hi]
+    boxes = ndimage.find_objects(labels, max_label=n_classes - 1) if boxes is None else boxes
     out = np.zeros((rows.stop - rows.start, n_classes, *labels.shape[1:]), bool)
     for k in range(1, n_classes):
-        mask = slab == k
-        if mask.any():
-            near = ndimage.maximum_filter(mask.view(np.uint8), size=[2 * r + 1 for r in radius], mode="constant")
-            out[:, k] = near[rows.start - lo:rows.stop - lo].astype(bool)
+        box = boxes[k - 1] if k - 1 < len(boxes) else None
+        if box is None:
+            continue
+        grown = [slice(max(b.start - r, 0), min(b.stop + r, n)) for b, r, n in zip(box, radius, labels.shape)]
+        z0, z1 = max(grown[0].start, rows.start), min(grown[0].stop, rows.stop)  # the rows the box reaches
+        if z0 >= z1:
+            continue
+        lo, hi = max(z0 - radius[0], grown[0].start), min(z1 + radius[0], grown[0].stop)
+        mask = labels[lo:hi, grown[1], grown[2]] == k
+        near = ndimage.maximum_filter(mask.view(np.uint8), size=[2 * r + 1 for r in radius], mode="constant")
+        out[z0 - rows.start:z1 - rows.start, k, grown[1], grown[2]] = near[z0 - lo:z1 - lo].astype(bool)
     return out
+
+
+def _argmax(p: np.ndarray) -> np.ndarray:
+    """``(n, Y, X)`` uint8 argmax over axis 1 of ``p`` ``(n, K, Y, X)`` (first index on ties), faster
+    than ``numpy.argmax`` along a middle axis."""
+    best, index = p[:, 0].copy(), np.zeros((p.shape[0], *p.shape[2:]), np.uint8)
+    for k in range(1, p.shape[1]):
+        higher = p[:, k] > best
+        index[higher] = k
+        np.maximum(best, p[:, k], out=best)
+    return index
 
 
 class SignalAccumulator:
@@ -169,7 +187,7 @@ class SignalAccumulator:
         if p.ndim != 4 or p.shape[1] != len(self.names) + 1 or p.shape[2:] != self.labels.shape[1:]:
             raise ValueError(f"probs must be (n, {len(self.names) + 1}, {self.labels.shape[1]}, "
                              f"{self.labels.shape[2]}), got {p.shape}")
-        raw = p.argmax(axis=1).astype(np.uint8)
+        raw = _argmax(p)
         am = raw if labels is None else np.asarray(labels, np.uint8)
         if am.shape != (p.shape[0], *p.shape[2:]):
             raise ValueError(f"labels must be {(p.shape[0], *p.shape[2:])}, got {am.shape}")
@@ -247,14 +265,17 @@ def accumulate_signals(probs, image, class_names: Sequence[str], spacing_mm: Seq
     """:class:`SignalAccumulator` over ``probs`` ``(Z, K, Y', X')`` and ``image`` ``(Z, Y', X')`` z-scores
     (arrays or :class:`~unet_pipeline.io.npy.NpyReader`, read a few slices at a time); ``labels``:
     the segmentation to judge (:func:`final_labels`; None: the raw argmax)."""
+    from scipy import ndimage
+
     acc = SignalAccumulator(image.shape, class_names, spacing_mm, intensity)
+    boxes = None if labels is None else ndimage.find_objects(np.asarray(labels), max_label=len(class_names))
     for z0 in range(0, image.shape[0], _CHUNK):
         rows = slice(z0, min(z0 + _CHUNK, image.shape[0]))
         if labels is None:
             acc.add(z0, probs[rows], image[rows])
         else:
             acc.add(z0, probs[rows], image[rows], labels[rows],
-                    near_masks(labels, len(class_names) + 1, spacing_mm, rows=rows))
+                    near_masks(labels, len(class_names) + 1, spacing_mm, rows=rows, boxes=boxes))
     return acc.finish()
 
 

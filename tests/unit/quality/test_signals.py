@@ -187,3 +187,29 @@ def test_removed_share_is_the_part_of_the_raw_argmax_the_postprocessing_dropped(
     probs = _probs(raw, 3, 0.9)
     sig = accumulate_signals(probs, image, ["a", "b"], (1.0, 1.0, 1.0), INTENSITY, label)["classes"]["a"]
     assert sig["volume_ml"] == pytest.approx(0.08) and sig["removed_share"] == pytest.approx(10 / 90)
+
+
+def test_near_masks_by_boxes_equal_a_dilation_of_the_whole_volume():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    label = np.zeros((20, 30, 40), np.uint8)
+    for k, n in ((1, 12), (2, 3), (4, 1)):  # class 3 absent
+        for _ in range(n):
+            z, y, x = rng.integers(0, 20), rng.integers(0, 30), rng.integers(0, 40)
+            label[z:z + 2, y:y + 3, x:x + 2] = k
+    spacing = (2.5, 0.7, 0.9)
+    radius = [int(np.ceil(4.0 / s)) for s in spacing]
+    expected = np.stack([np.zeros(label.shape, bool)] + [
+        ndimage.maximum_filter((label == k).astype(np.uint8), size=[2 * r + 1 for r in radius], mode="constant") > 0
+        for k in range(1, 5)], axis=1)
+    for rows in (slice(0, 20), slice(0, 7), slice(7, 16), slice(16, 20)):
+        assert np.array_equal(near_masks(label, 5, spacing, 4.0, rows=rows), expected[rows]), rows
+
+
+def test_the_argmax_of_the_signals_is_numpys():
+    from unet_pipeline.quality.signals import _argmax
+
+    p = np.random.default_rng(0).random((3, 5, 8, 9)).astype(np.float32)
+    p[0, 2] = p[0, 4]  # ties: the first index, as numpy
+    assert np.array_equal(_argmax(p), p.argmax(axis=1))
