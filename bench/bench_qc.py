@@ -513,8 +513,10 @@ def run_seeds(seeds: list[int], **kwargs) -> dict:
         per_seed[str(seed)] = {
             "primary": (fig.get("calibration") or {}).get("features", [None])[0],
             "ours": _brief(fig["ours"]), "baseline_max_softmax": _brief(fig["baseline_max_softmax"]),
-            "unseen": fig["by_degradation_group"]["unseen"], "ahead_of_baseline_on_both": fig["ahead_of_baseline_on_both"],
+            "unseen": fig["by_degradation_group"]["unseen"],
+            "ahead_of_baseline_on_both": fig["ahead_of_baseline_on_both"],
             "times": fig["times"]}
+
     def meets(f: dict) -> bool:
         return (f["spearman"] or -1) >= TARGET_SPEARMAN and (f["bad_in_top_share"] or 0) >= TARGET_BAD_IN_TOP
 

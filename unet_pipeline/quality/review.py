@@ -37,8 +37,8 @@ __all__ = ["REVIEW_COLUMNS", "ABSENT_FRACTION", "ABSENT_DICE", "case_review", "r
 REVIEW_COLUMNS = ["case", "class", "predicted_dice", "review_rank", "reason", "absent_suspected", "volume_ml",
                   "max_area_mm2", "volume_ratio", "soft_dice", "soft_dice_near", "far_share", "removed_share",
                   "mean_maxprob", "entropy", "largest_share", "n_components", "hu_median", "hu_shift", "scan_hu_shift",
-                  "slice_thickness_mm", "noise_hu", "noise_ratio", "edge_slices", "context_distance", "unfamiliar_share",
-                  "calibration"]
+                  "slice_thickness_mm", "noise_hu", "noise_ratio", "edge_slices", "context_distance",
+                  "unfamiliar_share", "calibration"]
 #: A class whose largest cross-section in a slice is less than this share of the training cases'
 #: smallest one is probably absent.
 ABSENT_FRACTION = 0.2

@@ -43,8 +43,8 @@ from ..io.files import load_json
 from ..io.npy import NpyReader
 from ..postprocess import label_components
 
-__all__ = ["BODY_HU", "NEAR_MM", "SOFT_TISSUE_HU", "SignalAccumulator", "accumulate_signals", "case_signals_from_files", "final_labels",
-           "label_statistics", "segmentation_on_grid", "summarize_reference"]
+__all__ = ["BODY_HU", "NEAR_MM", "SOFT_TISSUE_HU", "SignalAccumulator", "accumulate_signals", "case_signals_from_files",
+           "final_labels", "label_statistics", "near_masks", "segmentation_on_grid", "summarize_reference"]
 
 #: Voxels above this many HU count as body for ``body_hu_median``.
 BODY_HU = -400.0
