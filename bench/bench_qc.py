@@ -32,9 +32,10 @@ is therefore also given apart for the variants of kinds the calibration saw (``s
 thickness, body region, their combinations, the other scanner's series, the extremity CT), under
 ``by_degradation_group``; a choice of signals or fit should be judged on ``unseen``.
 
-Run ``python bench/bench_qc.py [--quick] [--steps N] [--seed S]`` (default 600 optimizer steps of
-8 patches, quick 250: a fixed amount of training, so a busy machine takes longer but trains the
-same model); needs ``../shared/data``. Prints a JSON dict with ``times`` (seconds per stage).
+Run ``python bench/bench_qc.py [--quick] [--steps N] [--seed S | --seeds 0,1,2,3,4]`` (default 600
+optimizer steps of 8 patches, quick 250: a fixed amount of training, so a busy machine takes longer
+but trains the same model; ``--seeds`` trains one model per seed and tallies them, :func:`run_seeds`:
+one seed can tie or lose by a row that lies at the 0.7 line); needs ``../shared/data``. Prints a JSON dict with ``times`` (seconds per stage).
 Training is most of the time (measured on 2 busy cores: 1,494 s of training, then 401 s to
 segment the 25 cases, in two ``predict`` processes). To iterate on the review list without it, ``--cache DIR`` keeps the
 model and its predictions in ``DIR`` (one subfolder per steps, seed and variants) and reuses
