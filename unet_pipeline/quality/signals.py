@@ -34,7 +34,7 @@ neighbours along x where both lie in :data:`SOFT_TISSUE_HU` (high with noise, lo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ from ..io.npy import NpyReader
 from ..postprocess import label_components
 
 __all__ = ["BODY_HU", "NEAR_MM", "SOFT_TISSUE_HU", "SignalAccumulator", "accumulate_signals", "case_signals_from_files",
-           "final_labels", "label_statistics", "near_masks", "segmentation_on_grid", "summarize_reference"]
+           "final_labels", "label_statistics", "NearMasks", "segmentation_on_grid", "summarize_reference"]
 
 #: Voxels above this many HU count as body for ``body_hu_median``.
 BODY_HU = -400.0
@@ -108,33 +108,39 @@ def _scan_signals(n_slices: int, spacing_mm: Sequence[float], body_hist: np.ndar
             "noise_hu": _noise_hu(noise_hist)}
 
 
-def near_masks(labels: np.ndarray, n_classes: int, spacing_mm: Sequence[float], margin_mm: float = NEAR_MM,
-               rows: slice | None = None, boxes: Sequence | None = None) -> np.ndarray:
-    """``(n, K, Y, X)`` bool: for each class index ``0..K-1`` (``n_classes`` = K, background included
-    and left all False), the voxels within ``margin_mm`` of the class along each axis (a box) in
-    ``labels`` ``(Z, Y, X)`` of ``(z, y, x)`` spacing ``spacing_mm``; ``rows``: the slices to return
-    (default all; neighbouring slices outside it still count). ``boxes``: ``scipy.ndimage.find_objects``
-    of ``labels``, when the caller has it (the filter runs on each class's box grown by the margin)."""
-    from scipy import ndimage
+class NearMasks:
+    """The voxels within ``margin_mm`` of each class along each axis (a box) in ``labels`` ``(Z, Y, X)``
+    of ``(z, y, x)`` spacing ``spacing_mm``, one class and a block of slices at a time (memory of one
+    block, however many classes). ``n_classes``: K, the background included.
 
-    labels = np.asarray(labels)
-    rows = rows or slice(0, labels.shape[0])
-    radius = [int(np.ceil(margin_mm / max(float(s), 1e-6))) for s in spacing_mm]
-    boxes = ndimage.find_objects(labels, max_label=n_classes - 1) if boxes is None else boxes
-    out = np.zeros((rows.stop - rows.start, n_classes, *labels.shape[1:]), bool)
-    for k in range(1, n_classes):
-        box = boxes[k - 1] if k - 1 < len(boxes) else None
+    ``masks(k, rows)`` is the ``(n, Y, X)`` bool mask of class ``k`` at the slices ``rows`` (default
+    all); slices outside ``rows`` still count. The filter runs on the class's bounding box grown by
+    the margin only."""
+
+    def __init__(self, labels: np.ndarray, n_classes: int, spacing_mm: Sequence[float], margin_mm: float = NEAR_MM):
+        from scipy import ndimage
+
+        self.labels = np.asarray(labels)
+        self.radius = [int(np.ceil(margin_mm / max(float(s), 1e-6))) for s in spacing_mm]
+        self.boxes = ndimage.find_objects(self.labels, max_label=n_classes - 1)
+
+    def __call__(self, k: int, rows: slice | None = None) -> np.ndarray:
+        from scipy import ndimage
+
+        labels, radius = self.labels, self.radius
+        rows = rows or slice(0, labels.shape[0])
+        out = np.zeros((rows.stop - rows.start, *labels.shape[1:]), bool)
+        box = self.boxes[k - 1] if 1 <= k <= len(self.boxes) else None
         if box is None:
-            continue
+            return out
         grown = [slice(max(b.start - r, 0), min(b.stop + r, n)) for b, r, n in zip(box, radius, labels.shape)]
         z0, z1 = max(grown[0].start, rows.start), min(grown[0].stop, rows.stop)  # the rows the box reaches
-        if z0 >= z1:
-            continue
-        lo, hi = max(z0 - radius[0], grown[0].start), min(z1 + radius[0], grown[0].stop)
-        mask = labels[lo:hi, grown[1], grown[2]] == k
-        near = ndimage.maximum_filter(mask.view(np.uint8), size=[2 * r + 1 for r in radius], mode="constant")
-        out[z0 - rows.start:z1 - rows.start, k, grown[1], grown[2]] = near[z0 - lo:z1 - lo].astype(bool)
-    return out
+        if z0 < z1:
+            lo, hi = max(z0 - radius[0], grown[0].start), min(z1 + radius[0], grown[0].stop)
+            mask = labels[lo:hi, grown[1], grown[2]] == k
+            near = ndimage.maximum_filter(mask.view(np.uint8), size=[2 * r + 1 for r in radius], mode="constant")
+            out[z0 - rows.start:z1 - rows.start, grown[1], grown[2]] = near[z0 - lo:z1 - lo].astype(bool)
+        return out
 
 
 def _argmax(p: np.ndarray) -> np.ndarray:
@@ -178,11 +184,11 @@ class SignalAccumulator:
         self.raw_count = np.zeros(k, np.int64)  # voxels of each class in the raw argmax
 
     def add(self, z0: int, probs: np.ndarray, image: np.ndarray, labels: np.ndarray | None = None,
-            near: np.ndarray | None = None) -> None:
+            near: Callable[[int], np.ndarray] | None = None) -> None:
         """Fold in slices ``z0 .. z0 + n``: ``probs`` ``(n, K, Y', X')`` softmax probabilities, ``image``
         ``(n, Y', X')`` float32 z-scores, ``labels`` ``(n, Y', X')`` the segmentation's class indices
-        (None: the argmax of ``probs``), ``near`` ``(n, K, Y', X')`` bool the :func:`near_masks` of
-        the whole segmentation at these slices (None: of these slices alone)."""
+        (None: the argmax of ``probs``), ``near(k)`` the ``(n, Y', X')`` bool :class:`NearMasks` of
+        class ``k`` of the whole segmentation at these slices (None: of these slices alone)."""
         p = np.asarray(probs, np.float32)
         if p.ndim != 4 or p.shape[1] != len(self.names) + 1 or p.shape[2:] != self.labels.shape[1:]:
             raise ValueError(f"probs must be (n, {len(self.names) + 1}, {self.labels.shape[1]}, "
@@ -192,7 +198,7 @@ class SignalAccumulator:
         if am.shape != (p.shape[0], *p.shape[2:]):
             raise ValueError(f"labels must be {(p.shape[0], *p.shape[2:])}, got {am.shape}")
         self.labels[z0:z0 + p.shape[0]] = am
-        near = near_masks(am, p.shape[1], self.spacing) if near is None else np.asarray(near, bool)
+        near = NearMasks(am, p.shape[1], self.spacing) if near is None else near
         ent = -(p * np.log(np.clip(p, 1e-7, 1.0))).sum(axis=1) / np.log(p.shape[1])
         self.body += _body_histogram(image, self.intensity)
         self.noise += _noise_histogram(image, self.intensity)
@@ -201,7 +207,7 @@ class SignalAccumulator:
             inside = am == k
             self.max_area[k] = max(self.max_area[k], int(inside.sum(axis=(1, 2)).max()))
             self.sum_p[k] += float(p[:, k].sum(dtype=np.float64))
-            self.sum_p_near[k] += float(p[:, k][near[:, k]].sum(dtype=np.float64))
+            self.sum_p_near[k] += float(p[:, k][near(k)].sum(dtype=np.float64))
             if inside.any():
                 self.sum_p_in[k] += float(p[:, k][inside].sum(dtype=np.float64))
                 self.entropy_in[k] += float(ent[inside].sum(dtype=np.float64))
@@ -265,17 +271,14 @@ def accumulate_signals(probs, image, class_names: Sequence[str], spacing_mm: Seq
     """:class:`SignalAccumulator` over ``probs`` ``(Z, K, Y', X')`` and ``image`` ``(Z, Y', X')`` z-scores
     (arrays or :class:`~unet_pipeline.io.npy.NpyReader`, read a few slices at a time); ``labels``:
     the segmentation to judge (:func:`final_labels`; None: the raw argmax)."""
-    from scipy import ndimage
-
     acc = SignalAccumulator(image.shape, class_names, spacing_mm, intensity)
-    boxes = None if labels is None else ndimage.find_objects(np.asarray(labels), max_label=len(class_names))
+    masks = None if labels is None else NearMasks(labels, len(class_names) + 1, spacing_mm)
     for z0 in range(0, image.shape[0], _CHUNK):
         rows = slice(z0, min(z0 + _CHUNK, image.shape[0]))
         if labels is None:
             acc.add(z0, probs[rows], image[rows])
         else:
-            acc.add(z0, probs[rows], image[rows], labels[rows],
-                    near_masks(labels, len(class_names) + 1, spacing_mm, rows=rows, boxes=boxes))
+            acc.add(z0, probs[rows], image[rows], labels[rows], lambda k, rows=rows: masks(k, rows))
     return acc.finish()
 
 

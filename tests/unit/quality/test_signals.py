@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from unet_pipeline.quality.signals import SignalAccumulator, accumulate_signals, case_signals_from_files, \
-    label_statistics, near_masks, summarize_reference
+    label_statistics, NearMasks, summarize_reference
 
 INTENSITY = {"mean": 50.0, "std": 100.0}  # HU = 100 * z + 50
 
@@ -150,14 +150,14 @@ def test_soft_dice_near_leaves_out_probability_far_from_the_structure():
 def test_near_masks_are_a_box_of_the_margin_in_mm_along_each_axis():
     label = np.zeros((9, 11, 11), np.uint8)
     label[4, 5, 5] = 1
-    near = near_masks(label, 2, (2.0, 1.0, 1.0), margin_mm=3.0)  # 2 slices (ceil 1.5) and 3 pixels either side
-    assert near.shape == (9, 2, 11, 11) and not near[:, 0].any()
-    zs, ys, xs = np.nonzero(near[:, 1])
+    masks = NearMasks(label, 3, (2.0, 1.0, 1.0), margin_mm=3.0)  # 2 slices (ceil 1.5) and 3 pixels either side
+    near = masks(1)
+    assert near.shape == (9, 11, 11) and not masks(2).any()  # class 2 is absent
+    zs, ys, xs = np.nonzero(near)
     assert (zs.min(), zs.max(), ys.min(), ys.max(), xs.min(), xs.max()) == (2, 6, 2, 8, 2, 8)
-    assert near[:, 1].sum() == 5 * 7 * 7
+    assert near.sum() == 5 * 7 * 7
     # a block of rows sees the structure in the slices beyond it
-    part = near_masks(label, 2, (2.0, 1.0, 1.0), margin_mm=3.0, rows=slice(0, 3))
-    assert np.array_equal(part, near[0:3])
+    assert np.array_equal(masks(1, slice(0, 3)), near[0:3])
 
 
 def test_noise_is_measured_in_soft_tissue_and_falls_when_blurred():
@@ -200,11 +200,12 @@ def test_near_masks_by_boxes_equal_a_dilation_of_the_whole_volume():
             label[z:z + 2, y:y + 3, x:x + 2] = k
     spacing = (2.5, 0.7, 0.9)
     radius = [int(np.ceil(4.0 / s)) for s in spacing]
-    expected = np.stack([np.zeros(label.shape, bool)] + [
-        ndimage.maximum_filter((label == k).astype(np.uint8), size=[2 * r + 1 for r in radius], mode="constant") > 0
-        for k in range(1, 5)], axis=1)
-    for rows in (slice(0, 20), slice(0, 7), slice(7, 16), slice(16, 20)):
-        assert np.array_equal(near_masks(label, 5, spacing, 4.0, rows=rows), expected[rows]), rows
+    masks = NearMasks(label, 5, spacing, 4.0)
+    for k in range(1, 5):
+        expected = ndimage.maximum_filter((label == k).astype(np.uint8), size=[2 * r + 1 for r in radius],
+                                          mode="constant") > 0
+        for rows in (slice(0, 20), slice(0, 7), slice(7, 16), slice(16, 20)):
+            assert np.array_equal(masks(k, rows), expected[rows]), (k, rows)
 
 
 def test_the_argmax_of_the_signals_is_numpys():
