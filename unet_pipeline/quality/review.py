@@ -65,6 +65,12 @@ def _num(x) -> float:
     return _NAN if x is None else float(x)
 
 
+def _noise_ratio(scan: Mapping, ref: Mapping | None) -> float:
+    """The scan's ``noise_hu`` over the training scans' median (NaN where either is missing)."""
+    noise, ref_noise = _num(scan.get("noise_hu")), _num(((ref or {}).get("scan") or {}).get("noise_hu"))
+    return noise / ref_noise if noise > 0 and ref_noise > 0 else _NAN
+
+
 def _unlike(cls: Mapping) -> bool:
     """Whether the network's view around a segmented class is unlike the training scans' around it."""
     from .context import UNFAMILIAR_SHARE
@@ -114,11 +120,11 @@ def _reasons(cls: Mapping, scan: Mapping, ref: Mapping | None, name: str, absent
     thick, ref_thick = _num(scan.get("slice_thickness_mm")), _num(ref_scan.get("slice_thickness_mm"))
     if thick > 0 and ref_thick > 0 and not 2 / 3 <= thick / ref_thick <= 1.5:
         out.append(f"{thick:.1f} mm slices, training {ref_thick:.1f} mm")
-    noise, ref_noise = _num(scan.get("noise_hu")), _num(ref_scan.get("noise_hu"))
-    if noise > 0 and ref_noise > 0 and noise / ref_noise >= NOISE_FACTOR:
-        out.append(f"noise {noise / ref_noise:.1f}x the training scans' ({noise:.0f} HU)")
-    elif noise > 0 and ref_noise > 0 and noise / ref_noise <= 1 / NOISE_FACTOR:
-        out.append(f"image smoother than the training scans' (noise {noise:.0f} HU against {ref_noise:.0f}: "
+    noise, ratio = _num(scan.get("noise_hu")), _noise_ratio(scan, ref)
+    if ratio >= NOISE_FACTOR:
+        out.append(f"noise {ratio:.1f}x the training scans' ({noise:.0f} HU)")
+    elif ratio <= 1 / NOISE_FACTOR:
+        out.append(f"image smoother than the training scans' (noise {noise:.0f} HU against {noise / ratio:.0f}: "
                    "blur or a soft kernel?)")
     soft = _num(cls.get("soft_dice_near", cls.get("soft_dice")))
     if soft < 0.85:
@@ -165,8 +171,7 @@ def case_review(case_id: str, signals: Mapping, review: Mapping | None) -> list[
                                              "removed_share", "mean_maxprob", "entropy", "largest_share",
                                              "n_components", "hu_median", "edge_slices", "context_distance",
                                              "unfamiliar_share")})
-        noise, ref_noise = _num(scan.get("noise_hu")), _num(((ref or {}).get("scan") or {}).get("noise_hu"))
-        row["noise_hu"], row["noise_ratio"] = noise, noise / ref_noise if ref_noise > 0 else _NAN
+        row["noise_hu"], row["noise_ratio"] = _num(scan.get("noise_hu")), _noise_ratio(scan, ref)
         med = _num((ref_cls or {}).get("volume_ml_median"))
         row["volume_ratio"] = _num(cls.get("volume_ml")) / med if med > 0 else _NAN
         row["hu_shift"] = _num(cls.get("hu_median")) - _num((ref_cls or {}).get("hu_median"))

@@ -41,6 +41,7 @@ import numpy as np
 
 from ..io.files import load_json
 from ..io.npy import NpyReader
+from ..model.tiling import class_argmax
 from ..postprocess import label_components
 
 __all__ = ["BODY_HU", "NEAR_MM", "SOFT_TISSUE_HU", "SignalAccumulator", "accumulate_signals", "case_signals_from_files",
@@ -143,17 +144,6 @@ class NearMasks:
         return out
 
 
-def _argmax(p: np.ndarray) -> np.ndarray:
-    """``(n, Y, X)`` uint8 argmax over axis 1 of ``p`` ``(n, K, Y, X)`` (first index on ties), faster
-    than ``numpy.argmax`` along a middle axis."""
-    best, index = p[:, 0].copy(), np.zeros((p.shape[0], *p.shape[2:]), np.uint8)
-    for k in range(1, p.shape[1]):
-        higher = p[:, k] > best
-        index[higher] = k
-        np.maximum(best, p[:, k], out=best)
-    return index
-
-
 class SignalAccumulator:
     """Review signals of one case, gathered chunk by chunk of slices.
 
@@ -193,7 +183,7 @@ class SignalAccumulator:
         if p.ndim != 4 or p.shape[1] != len(self.names) + 1 or p.shape[2:] != self.labels.shape[1:]:
             raise ValueError(f"probs must be (n, {len(self.names) + 1}, {self.labels.shape[1]}, "
                              f"{self.labels.shape[2]}), got {p.shape}")
-        raw = _argmax(p)
+        raw = class_argmax(p).astype(np.uint8)
         am = raw if labels is None else np.asarray(labels, np.uint8)
         if am.shape != (p.shape[0], *p.shape[2:]):
             raise ValueError(f"labels must be {(p.shape[0], *p.shape[2:])}, got {am.shape}")
@@ -260,7 +250,7 @@ def final_labels(probs, spacing_mm: Sequence[float], class_names: Sequence[str],
 
     labels = np.zeros((probs.shape[0], *probs.shape[2:]), np.uint8)
     for z0 in range(0, probs.shape[0], _CHUNK):
-        labels[z0:z0 + _CHUNK] = np.asarray(probs[z0:z0 + _CHUNK]).argmax(axis=1)
+        labels[z0:z0 + _CHUNK] = class_argmax(np.asarray(probs[z0:z0 + _CHUNK]))
     if postprocess:
         labels = postprocess_labels(labels, spacing_mm, postprocess, dict(enumerate(class_names, start=1)))
     return labels

@@ -209,8 +209,8 @@ def test_near_masks_by_boxes_equal_a_dilation_of_the_whole_volume():
 
 
 def test_the_argmax_of_the_signals_is_numpys():
-    from unet_pipeline.quality.signals import _argmax
+    from unet_pipeline.model.tiling import class_argmax
 
     p = np.random.default_rng(0).random((3, 5, 8, 9)).astype(np.float32)
     p[0, 2] = p[0, 4]  # ties: the first index, as numpy
-    assert np.array_equal(_argmax(p), p.argmax(axis=1))
+    assert np.array_equal(class_argmax(p), p.argmax(axis=1))
